@@ -1,0 +1,13 @@
+"""pvdal-ns: convert a trained radiance field into another architecture by Progressive Volume
+Distillation with Active Learning (PVD-AL), as a nerfstudio plugin.
+
+Importing this package must not need CUDA or tiny-cuda-nn: nerfstudio imports every registered plugin
+when ``ns-train`` starts, and one failing import breaks it for every method.
+"""
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+EMBEDDED_SCENE = Path(__file__).parent / "data" / "lego_100"
+"""The embedded 100×100 lego scene (blender format; r_0–r_89 train, r_90–r_99 val and test)."""

@@ -1,0 +1,146 @@
+"""nerfstudio method specifications: ``pvdal-{hash,vm,mlp,tensors}`` (paper §4.1 sizes) and
+``pvdal-{…}-small`` (presets that train in minutes on a CPU).
+
+Each trains on images when no teacher is given and distils from ``--pipeline.teacher-config`` when one
+is. Registered through the ``nerfstudio.method_configs`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict
+
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
+from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.plugins.types import MethodSpecification
+from torch.optim import SparseAdam
+
+from pvdal_ns.checkpoints import allow_numpy_scalars
+from pvdal_ns.datamanager import DistillationDataManagerConfig
+from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
+from pvdal_ns.model import PVDModelConfig
+from pvdal_ns.pipeline import DistillationPipelineConfig
+
+allow_numpy_scalars()  # lets ns-eval / ns-render / ns-viewer read checkpoints with weights_only=True
+
+LR_FINAL = 7e-5
+"""Cosine decay target of every learning rate (authors' code)."""
+
+
+def pvdal_trainer_config(
+    name: str,
+    field: PVDFieldConfig,
+    learning_rates: Dict[str, float],
+    steps: int,
+    rays_per_batch: int,
+    num_samples: int,
+    grid: Dict[str, float],
+) -> TrainerConfig:
+    """A complete ``TrainerConfig`` for one architecture.
+
+    Args:
+        name: the method name shown by ``ns-train``.
+        field: the field configuration (architecture and sizes).
+        learning_rates: initial Adam learning rate per parameter group ("grids", "networks").
+        steps: default number of training steps.
+        rays_per_batch: rays per training batch.
+        num_samples: uniform samples per ray before occupancy masking.
+        grid: occupancy-grid settings of ``PVDModelConfig`` (``grid_*`` fields).
+    """
+    sparse = isinstance(field, TensorsFieldConfig)  # its grid has sparse gradients
+    optimizers = {
+        group: {
+            "optimizer": OptimizerConfig(_target=SparseAdam, lr=lr, eps=1e-15)
+            if sparse and group == "grids"
+            else AdamOptimizerConfig(lr=lr, eps=1e-15),
+            "scheduler": CosineDecaySchedulerConfig(warm_up_end=0, learning_rate_alpha=LR_FINAL / lr, max_steps=steps),
+        }
+        for group, lr in learning_rates.items()
+    }
+    return TrainerConfig(
+        method_name=name,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=500,
+        steps_per_eval_all_images=1_000_000,
+        steps_per_save=2000,
+        max_num_iterations=steps,
+        mixed_precision=False,
+        pipeline=DistillationPipelineConfig(
+            datamanager=DistillationDataManagerConfig(
+                dataparser=BlenderDataParserConfig(),
+                train_num_rays_per_batch=rays_per_batch,
+                eval_num_rays_per_batch=rays_per_batch,
+            ),
+            model=PVDModelConfig(field=field, num_samples=num_samples, eval_num_rays_per_chunk=1 << 14, **grid),
+        ),
+        optimizers=optimizers,
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 14),
+        vis="viewer",
+    )
+
+
+GRID_LR, NETWORK_LR, MLP_LR = 2e-2, 1e-2, 1e-3
+
+PAPER = {
+    "hash": (HashFieldConfig(), {"grids": GRID_LR, "networks": NETWORK_LR}),
+    "vm": (VMFieldConfig(), {"grids": GRID_LR, "networks": NETWORK_LR / 10}),
+    "mlp": (MLPFieldConfig(), {"networks": MLP_LR}),
+    "tensors": (TensorsFieldConfig(), {"grids": GRID_LR * 5}),
+}
+SMALL = {
+    "hash": (HashFieldConfig(num_levels=12, log2_hashmap_size=15, max_res=512), PAPER["hash"][1]),
+    "vm": (VMFieldConfig(resolution=128, hidden_dim=64), PAPER["vm"][1]),
+    "mlp": (MLPFieldConfig(num_layers=6, split_layer=4, width=96, num_frequencies=8), {"networks": 2 * MLP_LR}),
+    "tensors": (TensorsFieldConfig(resolution=96), PAPER["tensors"][1]),
+}
+
+ARCHITECTURES = tuple(PAPER)
+STAGE_FRACTIONS = (0.15, 0.25)
+"""Stage 1 and stage 2 as fractions of all steps (paper §4.1: 3k and 5k of 20k)."""
+
+
+def set_steps(config: TrainerConfig, steps: int) -> TrainerConfig:
+    """Set the number of steps, and with it the learning-rate schedules and the stage lengths."""
+    config.max_num_iterations = steps
+    for group in config.optimizers.values():
+        if group["scheduler"] is not None:
+            group["scheduler"].max_steps = steps
+    pipeline = config.pipeline
+    assert isinstance(pipeline, DistillationPipelineConfig)
+    pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in STAGE_FRACTIONS)
+    return config
+
+
+def method_config(architecture: str, small: bool) -> TrainerConfig:
+    """A fresh copy of the registered ``TrainerConfig`` of ``pvdal-<architecture>[-small]``."""
+    field, lrs = (SMALL if small else PAPER)[architecture]
+    field = dataclasses.replace(field)
+    name = f"pvdal-{architecture}" + ("-small" if small else "")
+    if small:
+        grid = {"grid_resolution": 64, "grid_warmup_steps": 64, "grid_ema_decay": 0.8}
+        config = pvdal_trainer_config(name, field, lrs, steps=3000, rays_per_batch=2048, num_samples=160, grid=grid)
+    else:
+        config = pvdal_trainer_config(name, field, lrs, steps=20000, rays_per_batch=4096, num_samples=512, grid={})
+    return set_steps(config, config.max_num_iterations)
+
+
+def _spec(architecture: str, small: bool) -> MethodSpecification:
+    what = {"hash": "hash grid", "vm": "VM tensor", "mlp": "MLP", "tensors": "dense SH voxel grid"}[architecture]
+    size = "CPU-sized preset" if small else "paper sizes"
+    return MethodSpecification(
+        config=method_config(architecture, small),
+        description=f"PVD-AL {what} ({size}); add --pipeline.teacher-config to distil from a trained model",
+    )
+
+
+pvdal_hash = _spec("hash", False)
+pvdal_vm = _spec("vm", False)
+pvdal_mlp = _spec("mlp", False)
+pvdal_tensors = _spec("tensors", False)
+pvdal_hash_small = _spec("hash", True)
+pvdal_vm_small = _spec("vm", True)
+pvdal_mlp_small = _spec("mlp", True)
+pvdal_tensors_small = _spec("tensors", True)

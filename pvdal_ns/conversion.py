@@ -1,0 +1,135 @@
+"""What ``ns-distill`` does: train (or reuse) a teacher, convert it into students, evaluate and report."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.utils.eval_utils import eval_setup
+from rich.console import Console
+
+from pvdal_ns.configs import method_config, set_steps
+from pvdal_ns.report import ModelReport, model_report, print_table, save_comparison, write_json
+from pvdal_ns.runner import EvalResult, evaluate, quiet, train
+from pvdal_ns.teacher import TeacherLoadError, read_trainer_config
+
+CONSOLE = Console()
+
+
+class UserError(Exception):
+    """Bad input from the user; ``ns-distill`` prints the message as one line and exits with code 2."""
+
+
+def count_parameters(pipeline) -> int:
+    """Trainable parameters of a pipeline's model."""
+    return sum(p.numel() for p in pipeline.model.parameters())
+
+
+def student_config(architecture: str, small: bool, data: Path, output_dir: Path, experiment: str,
+                   steps: Optional[int], teacher: Optional[Path]) -> TrainerConfig:
+    """The ``TrainerConfig`` of one run (a teacher when ``teacher`` is None, else a student)."""
+    config = quiet(method_config(architecture, small))
+    config.pipeline.datamanager.data = data
+    config.output_dir = output_dir
+    config.experiment_name = experiment
+    config.pipeline.teacher_config = teacher
+    config.steps_per_eval_image = config.steps_per_eval_batch = 10**9  # evaluated once at the end
+    return set_steps(config, steps) if steps else config
+
+
+def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path]) -> Path:
+    """The scene a student uses (training cameras, test images): ``data`` or the teacher's, found
+    relative to the working directory or to the teacher's output folders."""
+    if data is not None:
+        if not data.exists():
+            raise UserError(f"--data {data} does not exist")
+        return data
+    recorded = Path(teacher.pipeline.datamanager.data or teacher.pipeline.datamanager.dataparser.data)
+    candidates = [recorded] if recorded.is_absolute() else [Path.cwd() / recorded, *(p / recorded for p in teacher_path.parents)]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    raise UserError(f"the teacher's scene {recorded} was not found; pass --data <scene folder> (the student needs "
+                    "the training cameras and the test images)")
+
+
+@dataclass
+class Trained:
+    """A trained model and its evaluation."""
+
+    report: ModelReport
+    result: EvalResult
+
+
+def run_and_evaluate(config: TrainerConfig, name: str, role: str) -> Trained:
+    """Train ``config`` in-process, then evaluate it on the eval split."""
+    run = train(config, f"{name}: training")
+    result = evaluate(run.pipeline, f"{name}: evaluating")
+    report = model_report(name, role, config.method_name, result, run.seconds, count_parameters(run.pipeline), run.steps, run.config_path)
+    return Trained(report, result)
+
+
+def cached_teacher(architecture: str, small: bool, data: Path, output_dir: Path, steps: int) -> Trained:
+    """Train the demo teacher, or reuse the one a previous run left in ``output_dir``.
+
+    The cache is keyed by architecture, preset, steps and scene; ``teacher.json`` beside the run holds
+    its training time so a rerun reports it.
+    """
+    key = f"teacher-{architecture}{'-small' if small else ''}-{steps}"
+    record = output_dir / f"{key}.json"
+    if record.is_file():
+        info = json.loads(record.read_text())
+        config_path = Path(info["config"])
+        if config_path.is_file() and info.get("data") == str(data):
+            CONSOLE.log(f"Reusing the cached teacher {config_path} (delete {record} to retrain)")
+            _, pipeline, _, _ = eval_setup(config_path, test_mode="test")
+            result = evaluate(pipeline, "teacher: evaluating")
+            report = model_report(f"teacher ({architecture})", "teacher", info["method"], result, info["seconds"],
+                                  count_parameters(pipeline), steps, config_path, cached=True)
+            return Trained(report, result)
+    trained = run_and_evaluate(student_config(architecture, small, data, output_dir, key, steps, None),
+                               f"teacher ({architecture})", "teacher")
+    info = {"config": trained.report.config, "method": trained.report.method, "seconds": trained.report.train_seconds, "data": str(data)}
+    record.write_text(json.dumps(info, indent=2) + "\n")
+    return trained
+
+
+def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path, output_dir: Path,
+            steps: Optional[int], experiment: str) -> List[Trained]:
+    """Distil the teacher at ``teacher_path`` into each of ``students`` (one run each)."""
+    out = []
+    for arch in students:
+        config = student_config(arch, small, data, output_dir, experiment, steps, teacher_path)
+        out.append(run_and_evaluate(config, f"student ({arch})", "student"))
+    return out
+
+
+def finish(output_dir: Path, models: List[Trained], started: float, extra: dict) -> None:
+    """Print the table and write ``report.json`` and ``comparison.png`` under ``output_dir``."""
+    reports = [m.report for m in models]
+    print_table(reports, CONSOLE)
+    view = 0
+    gt = models[0].result.gt[view]
+    renders = {m.report.name: m.result.images[view] for m in models}
+    psnrs = {m.report.name: float(m.result.per_view[view]["psnr"]) for m in models}  # type: ignore[arg-type]
+    save_comparison(output_dir / "comparison.png", gt, renders, psnrs)
+    write_json(output_dir / "report.json", reports, {"total_seconds": round(time.perf_counter() - started, 1), **extra})
+    CONSOLE.print(f"Wrote {output_dir / 'report.json'} and {output_dir / 'comparison.png'}")
+
+
+def check_teacher(path: Path) -> TrainerConfig:
+    """Read a teacher config or raise :class:`UserError` with the loader's one-line reason."""
+    try:
+        return read_trainer_config(path.expanduser().resolve())
+    except TeacherLoadError as err:
+        raise UserError(str(err)) from None
+
+
+def device_name() -> str:
+    """"cuda" when a GPU is present, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,119 @@
+"""PVD losses (paper Eq. 6–8) and the block-wise stage schedule (§3.2.3).
+
+All terms are mean-squared errors (the paper's L₂) over the shared sample points or rays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from pvdal_ns.fields import PointOutputs
+
+
+@dataclass
+class PVDLossConfig:
+    """Weights of Eq. 7 (paper §4.1 values) and the density clip of Eq. 8."""
+
+    volume_weight: float = 2e-3
+    """ω₁, volume-aligned loss L_v on ϕ¹ (Eq. 6)."""
+    density_weight: float = 2e-3
+    """ω₂, density loss L_σ on clipped raw densities (Eq. 8)."""
+    colour_weight: float = 2e-3
+    """ω₃, colour loss L_c on per-point colours after the sigmoid."""
+    rgb_weight: float = 1.0
+    """ω₄, rendered-RGB loss L_rgb."""
+    density_clip: Optional[Tuple[float, float]] = (-2.0, 7.0)
+    """[a, b] for raw (log-space) densities, σ ∈ [0.135, 1097]; None compares unclipped raw densities."""
+
+
+def volume_aligned_loss(student: Float[Tensor, "N 16"], teacher: Float[Tensor, "N 16"]) -> Tensor:
+    """L_v (Eq. 6): MSE between student and teacher ϕ¹ volume features."""
+    return torch.mean((student - teacher) ** 2)
+
+
+def clipped_density_loss(
+    student: Float[Tensor, "N 1"], teacher: Float[Tensor, "N 1"], clip: Optional[Tuple[float, float]]
+) -> Tensor:
+    """L_σ (Eq. 8): MSE between raw densities clipped to [a, b].
+
+    Equal to Eq. 8 wherever Eq. 8 has a gradient. Where the student is beyond a bound the teacher is
+    not (say σ_s < a ≤ σ_t), Eq. 8 is flat in σ_s and would leave the student stuck; here the
+    residual σ_s − clip(σ_t) still pulls it back. Both beyond the same bound → no loss, as in Eq. 8.
+
+    Args:
+        student: raw (log-space) densities, gradients flow into these.
+        teacher: raw densities of the teacher at the same points.
+        clip: (a, b) or None for no clipping.
+    """
+    if clip is None:
+        return torch.mean((student - teacher) ** 2)
+    a, b = clip
+    target = teacher.clamp(a, b)
+    both_below = (teacher <= a) & (student <= a)
+    both_above = (teacher >= b) & (student >= b)
+    residual = torch.where(both_below | both_above, torch.zeros_like(student), student - target)
+    return torch.mean(residual**2)
+
+
+def colour_loss(student: Float[Tensor, "N 3"], teacher: Float[Tensor, "N 3"]) -> Tensor:
+    """L_c: MSE between per-point colours after the sigmoid."""
+    return torch.mean((student - teacher) ** 2)
+
+
+def rgb_loss(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Tensor:
+    """L_rgb: MSE between rendered pixel colours."""
+    return torch.mean((student - teacher) ** 2)
+
+
+def point_losses(
+    student: PointOutputs, teacher: PointOutputs, stage: int, config: PVDLossConfig, align_volume: bool
+) -> Dict[str, Tensor]:
+    """Weighted per-point losses for a stage: L_v from stage 1, L_σ and L_c from stage 2.
+
+    Args:
+        student, teacher: outputs at the same points (``rgb`` needed from stage 2).
+        stage: 1, 2 or 3.
+        align_volume: False when either side has no 16-d volume feature (L_v skipped).
+
+    Returns:
+        ``{"volume_loss", "density_loss", "colour_loss"}`` as far as the stage has them; weights applied.
+    """
+    losses: Dict[str, Tensor] = {}
+    if align_volume and config.volume_weight > 0:
+        assert student.phi1 is not None and teacher.phi1 is not None
+        losses["volume_loss"] = config.volume_weight * volume_aligned_loss(student.phi1, teacher.phi1)
+    if stage >= 2:
+        if config.density_weight > 0:
+            losses["density_loss"] = config.density_weight * clipped_density_loss(
+                student.raw_density, teacher.raw_density, config.density_clip
+            )
+        if config.colour_weight > 0:
+            assert student.rgb is not None and teacher.rgb is not None
+            losses["colour_loss"] = config.colour_weight * colour_loss(student.rgb, teacher.rgb)
+    return losses
+
+
+@dataclass
+class StageSchedule:
+    """Block-wise distillation (§3.2.3): stage 1 (ϕ¹ only) for ``stage1_steps``, stage 2 (+ σ and colour
+    at points) for ``stage2_steps``, then stage 3 (+ rendered RGB). ``blockwise=False`` runs stage 3
+    from the first step; ``has_stage1=False`` (no volume feature on one side) starts at stage 2."""
+
+    stage1_steps: int = 3000
+    stage2_steps: int = 5000
+    blockwise: bool = True
+    has_stage1: bool = True
+
+    def stage_at(self, step: int) -> int:
+        """The stage (1, 2 or 3) at a 0-based training step."""
+        if not self.blockwise:
+            return 3
+        s1 = self.stage1_steps if self.has_stage1 else 0
+        if step < s1:
+            return 1
+        return 2 if step < s1 + self.stage2_steps else 3

@@ -1,0 +1,57 @@
+"""Image metrics through torchmetrics: PSNR, SSIM and, only where its weights are on disk, LPIPS.
+
+Stock nerfstudio models build LPIPS eagerly, which downloads AlexNet and crashes offline (DESIGN §2).
+Here LPIPS is built on first use and only when torchvision's AlexNet checkpoint is already in the torch
+hub cache; otherwise it is reported as missing (``None``) and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
+"""File name torchvision gives the AlexNet weights LPIPS (net_type="alex") is built on."""
+
+
+def lpips_weights_path() -> Path:
+    """Where torchvision looks for the AlexNet weights (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_CHECKPOINT
+
+
+@functools.lru_cache(maxsize=1)
+def _lpips_module():
+    if not lpips_weights_path().is_file():
+        return None
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).eval()
+
+
+def image_metrics(
+    pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"], with_lpips: bool = True
+) -> Dict[str, Optional[float]]:
+    """PSNR (dB, data range 1), SSIM and LPIPS-alex (None when its weights are not on disk).
+
+    Args:
+        pred: rendered image in [0, 1].
+        gt: ground-truth image in [0, 1], same shape.
+    """
+    p = pred.clamp(0, 1).permute(2, 0, 1)[None].float().cpu()
+    g = gt.permute(2, 0, 1)[None].float().cpu()
+    out: Dict[str, Optional[float]] = {
+        "psnr": float(peak_signal_noise_ratio(p, g, data_range=1.0)),
+        "ssim": float(structural_similarity_index_measure(p, g, data_range=1.0)),
+        "lpips": None,
+    }
+    lpips = _lpips_module() if with_lpips else None
+    if lpips is not None:
+        with torch.no_grad():
+            out["lpips"] = float(lpips(p, g))
+    return out

@@ -1,0 +1,115 @@
+"""``DistillationPipeline``: teacher + pseudo-label datamanager + student, stage by stage.
+
+With no ``teacher_config`` it is nerfstudio's ``VanillaPipeline`` (the student trains on images: these
+are the teachers and the from-scratch baselines). With one, every training step evaluates the student
+at the teacher's sample points and applies the PVD losses of the current stage (paper §3.2, Eq. 6–8).
+The teacher is loaded only for training (``test_mode="val"``), so ``ns-eval``, ``ns-render`` and
+``ns-viewer`` work on a student checkpoint alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Literal, Optional, Type
+
+import torch
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManagerConfig
+from pvdal_ns.losses import PVDLossConfig, StageSchedule, point_losses, rgb_loss
+from pvdal_ns.model import PVDModel, PVDModelConfig
+from pvdal_ns.teacher import Teacher, load_teacher
+
+
+@dataclass
+class DistillationPipelineConfig(VanillaPipelineConfig):
+    """Distillation settings; ``teacher_config`` switches distillation on."""
+
+    _target: Type = field(default_factory=lambda: DistillationPipeline)
+    datamanager: DistillationDataManagerConfig = field(default_factory=DistillationDataManagerConfig)
+    model: PVDModelConfig = field(default_factory=PVDModelConfig)
+    teacher_config: Optional[Path] = None
+    """config.yml of a trained pvdal-* run to distil from; None trains on the images."""
+    loss: PVDLossConfig = field(default_factory=PVDLossConfig)
+    """Weights of Eq. 7 and the density clip of Eq. 8."""
+    stage1_steps: int = 3000
+    """Steps of stage 1 (ϕ¹ only); skipped when either side has no volume feature (paper §4.1: 3k)."""
+    stage2_steps: int = 5000
+    """Steps of stage 2 (+ σ and colour at points, nothing rendered) (paper §4.1: 5k)."""
+    blockwise: bool = True
+    """False: all losses (stage 3) from the first step (Table 3 "w/o block-wise")."""
+
+
+class DistillationPipeline(VanillaPipeline):
+    """nerfstudio ``VanillaPipeline`` that distils a frozen teacher into the student model."""
+
+    config: DistillationPipelineConfig
+    datamanager: DistillationDataManager
+    _model: PVDModel
+
+    def __init__(
+        self,
+        config: DistillationPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ) -> None:
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.teacher: Optional[Teacher] = None
+        self._stage = 0
+        if config.teacher_config is not None and test_mode == "val":
+            self.attach_teacher(load_teacher(config.teacher_config, device))
+
+    def attach_teacher(self, teacher: Teacher) -> None:
+        """Start distilling from ``teacher``: its occupancy grid becomes the student's (frozen)."""
+        student = self.model
+        if teacher.occupancy_grid.binaries.shape != student.occupancy_grid.binaries.shape:
+            raise ValueError(
+                f"teacher occupancy grid {tuple(teacher.occupancy_grid.binaries.shape[1:])} differs from the "
+                f"student's {tuple(student.occupancy_grid.binaries.shape[1:])}: set --pipeline.model.grid-resolution"
+            )
+        student.occupancy_grid.load_state_dict(teacher.occupancy_grid.state_dict())
+        student.occupancy_frozen = True
+        self.teacher = teacher
+        self.datamanager.attach_teacher(teacher)
+        self.align_volume = student.field.has_volume_feature and teacher.has_volume_feature
+        if not self.align_volume:
+            side = "student" if not student.field.has_volume_feature else "teacher"
+            CONSOLE.log(f"Stage 1 and L_v skipped: the {side} ({type(student.field).__name__ if side == 'student' else teacher.name}) has no ϕ¹ volume feature")
+        elif self.config.loss.volume_weight <= 0:
+            self.align_volume = False
+            CONSOLE.log("Stage 1 skipped: the volume-aligned loss is switched off (loss.volume_weight = 0)")
+        self.stages = StageSchedule(
+            self.config.stage1_steps, self.config.stage2_steps, self.config.blockwise, has_stage1=self.align_volume
+        )
+
+    def get_train_loss_dict(self, step: int):
+        if self.teacher is None:
+            return super().get_train_loss_dict(step)
+        ray_bundle, batch = self.datamanager.next_train(step)
+        teacher = batch["teacher"]
+        stage = self.stages.stage_at(step)
+        if stage != self._stage:
+            CONSOLE.log(f"Step {step}: distillation stage {stage}")
+            self._stage = stage
+        student = self.model.query(teacher.ray_samples, teacher.mask, with_rgb=stage >= 2)
+        loss_dict = point_losses(student, teacher.points, stage, self.config.loss, self.align_volume)
+        metrics_dict: Dict[str, torch.Tensor] = {
+            "stage": torch.tensor(float(stage)),
+            "samples_per_ray": teacher.mask.sum(dim=-1).float().mean(),
+        }
+        outputs: Dict[str, torch.Tensor] = {}
+        if stage >= 2:
+            loss_dict["regularization"] = self.model.config.regularization_weight * self.model.field.regularization_loss()
+        if stage == 3:
+            outputs = self.model.composite(teacher.ray_samples, teacher.mask, student, batch["background"])
+            mse = rgb_loss(outputs["rgb"], teacher.rgb)
+            if self.config.loss.rgb_weight > 0:
+                loss_dict["rgb_loss"] = self.config.loss.rgb_weight * mse
+            metrics_dict["psnr_vs_teacher"] = -10.0 * torch.log10(mse.detach().clamp(min=1e-10))
+        return outputs, loss_dict, metrics_dict

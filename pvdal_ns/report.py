@@ -1,0 +1,139 @@
+"""Reports of a conversion: a rich table, ``report.json`` and ``comparison.png``.
+
+Files are written to a temporary name and renamed, so an interrupted run never leaves a half-written
+report over an earlier one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from pvdal_ns import __version__
+from pvdal_ns.runner import EvalResult
+
+
+@dataclass
+class ModelReport:
+    """One evaluated model (teacher or student) of a report."""
+
+    name: str
+    role: str
+    architecture: str
+    method: str
+    psnr: float
+    ssim: float
+    lpips: Optional[float]
+    train_seconds: float
+    parameters: int
+    steps: int
+    config: str
+    per_view_psnr: List[float] = field(default_factory=list)
+    cached: bool = False
+
+
+def model_report(name: str, role: str, method: str, result: EvalResult, seconds: float, parameters: int, steps: int,
+                 config: Path, cached: bool = False) -> ModelReport:
+    """Collect one model's numbers (``method`` like "pvdal-vm-small" gives the architecture)."""
+    architecture = method.removeprefix("pvdal-").removesuffix("-small")
+    per_view = [round(float(v["psnr"]), 3) for v in result.per_view]  # type: ignore[arg-type]
+    return ModelReport(name, role, architecture, method, result.psnr, result.ssim, result.lpips, round(seconds, 1),
+                       parameters, steps, str(config), per_view, cached)
+
+
+def device_description() -> str:
+    """The device the run used, in words."""
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def versions() -> Dict[str, str]:
+    """Versions of the packages that decide the numbers."""
+    from importlib.metadata import version
+
+    return {
+        "pvdal_ns": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "nerfstudio": version("nerfstudio"),
+        "nerfacc": version("nerfacc"),
+    }
+
+
+def peak_memory_gib() -> float:
+    """Peak resident memory of this process so far (GiB, Linux ``ru_maxrss``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, models: List[ModelReport], extra: Dict) -> None:
+    """Write ``report.json``: models, device, versions, peak memory and ``extra`` (command, timings…)."""
+    payload = {
+        "models": [asdict(m) for m in models],
+        "device": device_description(),
+        "versions": versions(),
+        "peak_memory_gib": round(peak_memory_gib(), 2),
+        "command": " ".join(["ns-distill", *sys.argv[1:]]),
+        **extra,
+    }
+    _write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def print_table(models: List[ModelReport], console: Optional[Console] = None) -> None:
+    """Print the comparison table (Δ PSNR against the teacher)."""
+    teacher = next((m for m in models if m.role == "teacher"), None)
+    table = Table(title="PVD-AL conversion on the test views")
+    for col in ("model", "method", "PSNR", "Δ teacher", "SSIM", "LPIPS", "train s", "params", "steps"):
+        table.add_column(col, justify="left" if col in ("model", "method") else "right")
+    for m in models:
+        delta = "" if teacher is None or m is teacher else f"{m.psnr - teacher.psnr:+.2f}"
+        lpips = "n/a" if m.lpips is None else f"{m.lpips:.3f}"
+        seconds = f"{m.train_seconds:.0f}" + (" (cached)" if m.cached else "")
+        table.add_row(m.name, m.method, f"{m.psnr:.2f}", delta, f"{m.ssim:.3f}", lpips, seconds, f"{m.parameters:,}", str(m.steps))
+    (console or Console()).print(table)
+
+
+def save_comparison(path: Path, gt: torch.Tensor, renders: Dict[str, torch.Tensor], psnrs: Dict[str, float]) -> None:
+    """``comparison.png``: ground truth | each model (top) and its absolute error map (bottom).
+
+    Args:
+        gt: Float[Tensor, "H W 3"] ground truth of one view.
+        renders: model name → Float[Tensor, "H W 3"] render of that view.
+        psnrs: model name → PSNR (dB) of that view.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = 1 + len(renders)
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+    axes[0, 0].imshow(gt.clamp(0, 1).numpy())
+    axes[0, 0].set_title("ground truth", fontsize=9)
+    axes[1, 0].text(0.5, 0.5, "|render − truth|\n(0 … 0.25)", ha="center", va="center", fontsize=9)
+    for i, (name, img) in enumerate(renders.items(), start=1):
+        axes[0, i].imshow(img.clamp(0, 1).numpy())
+        axes[0, i].set_title(f"{name}\n{psnrs[name]:.2f} dB", fontsize=9)
+        axes[1, i].imshow((img - gt).abs().mean(dim=-1).numpy(), cmap="inferno", vmin=0.0, vmax=0.25)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout()
+    _write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)

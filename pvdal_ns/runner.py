@@ -1,0 +1,124 @@
+"""Run nerfstudio training and evaluation in-process, with rich progress bars.
+
+Used by ``ns-distill``: it trains with nerfstudio's own ``Trainer`` (checkpoints, writers, callbacks
+exactly as ``ns-train``) and evaluates on the eval split's full images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import Pipeline
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pvdal_ns.metrics import image_metrics
+
+
+def progress_bar() -> Progress:
+    """A rich progress bar with steps done, elapsed time and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+
+
+def quiet(config: TrainerConfig) -> TrainerConfig:
+    """Settings for a scripted run: tensorboard events instead of the viewer, no per-step console table."""
+    config.vis = "tensorboard"
+    config.logging.local_writer.enable = False
+    config.viewer.quit_on_train_completion = True
+    config.machine.device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return config
+
+
+@dataclass
+class TrainResult:
+    """A finished training run.
+
+    Attributes:
+        config_path: its ``config.yml`` (usable as ``--pipeline.teacher-config`` of another run).
+        seconds: wall-clock training time (s), setup excluded.
+        steps: optimisation steps.
+        pipeline: the trained pipeline, in memory.
+    """
+
+    config_path: Path
+    seconds: float
+    steps: int
+    pipeline: Pipeline
+
+
+def train(config: TrainerConfig, description: str) -> TrainResult:
+    """Train ``config`` with nerfstudio's ``Trainer`` and a progress bar.
+
+    The config is written to ``<output_dir>/<experiment>/<method>/<timestamp>/config.yml`` first,
+    as ``ns-train`` does; checkpoints go beside it.
+    """
+    config.set_timestamp()
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    steps = config.max_num_iterations
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=steps)
+        trainer.callbacks.append(
+            TrainingCallback(
+                [TrainingCallbackLocation.AFTER_TRAIN_ITERATION], lambda step: progress.update(task, completed=step + 1)
+            )
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    trainer.shutdown()
+    return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline)
+
+
+@dataclass
+class EvalResult:
+    """Metrics of a model on the eval split.
+
+    Attributes:
+        psnr, ssim: means over the views; lpips: mean, or None when its weights are not on disk.
+        per_view: one ``{"psnr", "ssim", "lpips"}`` per view, in dataset order.
+        images: rendered Float[Tensor, "H W 3"] per view (CPU), ground truth in ``gt``.
+    """
+
+    psnr: float
+    ssim: float
+    lpips: Optional[float]
+    per_view: List[Dict[str, Optional[float]]] = field(default_factory=list)
+    images: List[torch.Tensor] = field(default_factory=list)
+    gt: List[torch.Tensor] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate(pipeline: Pipeline, description: str = "Evaluating") -> EvalResult:
+    """Render every eval image and compare it with the ground truth (composited on the model's background)."""
+    pipeline.eval()
+    model = pipeline.model
+    loader = pipeline.datamanager.fixed_indices_eval_dataloader
+    per_view, images, gts = [], [], []
+    with progress_bar() as progress:
+        for camera, batch in progress.track(loader, total=len(loader), description=description):
+            pred = model.get_outputs_for_camera(camera)["rgb"].cpu()
+            gt = model.renderer_rgb.blend_background(batch["image"].to(model.device)).cpu()
+            per_view.append(image_metrics(pred, gt))
+            images.append(pred)
+            gts.append(gt)
+    pipeline.train()
+
+    def mean(key: str) -> Optional[float]:
+        values = [v[key] for v in per_view]
+        return None if any(v is None for v in values) else float(sum(values) / len(values))  # type: ignore
+
+    return EvalResult(mean("psnr"), mean("ssim"), mean("lpips"), per_view, images, gts)  # type: ignore

@@ -1,0 +1,132 @@
+"""``ns-distill``: convert trained radiance fields between architectures with PVD-AL.
+
+    ns-distill demo                                  # embedded lego: teacher → hash, vm, mlp, tensors
+    ns-distill run --teacher outputs/…/config.yml --student mlp [--steps N]
+
+Heavy imports (torch, nerfstudio) happen inside the commands, so ``--help`` and errors about bad input
+are fast. Bad input prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Literal, Optional, Tuple, Union
+
+import tyro
+from typing_extensions import Annotated
+
+Architecture = Literal["hash", "vm", "mlp", "tensors"]
+
+
+@dataclass
+class Demo:
+    """On the embedded 100×100 lego scene: train a teacher (cached; a rerun reuses it), distil it into
+    all four architectures, evaluate everything on the 10 test views and write report.json and
+    comparison.png."""
+
+    output_dir: Path = Path("outputs/demo")
+    """Where runs, report.json and comparison.png go."""
+    teacher: Architecture = "vm"
+    """Architecture of the teacher trained from the images."""
+    teacher_steps: int = 1200
+    """Training steps of the teacher."""
+    students: Tuple[Architecture, ...] = ("hash", "vm", "mlp", "tensors")
+    """Architectures to distil into."""
+    student_steps: int = 500
+    """Distillation steps of each student (stages 1 and 2 take 15 % and 25 % of them)."""
+    small: bool = True
+    """Use the CPU-sized presets (pvdal-*-small); --no-small for the paper's sizes."""
+
+    def main(self) -> None:
+        from pvdal_ns import EMBEDDED_SCENE
+        from pvdal_ns.conversion import cached_teacher, convert, finish
+
+        started = time.perf_counter()
+        out = self.output_dir.resolve()
+        teacher = cached_teacher(self.teacher, self.small, EMBEDDED_SCENE, out, self.teacher_steps)
+        students = convert(Path(teacher.report.config), self.students, self.small, EMBEDDED_SCENE, out,
+                           self.student_steps, "students")
+        finish(out, [teacher, *students], started, {"scene": str(EMBEDDED_SCENE)})
+
+
+@dataclass
+class Run:
+    """Convert one trained pvdal-* model (the teacher) into another architecture and report it."""
+
+    teacher: Path
+    """config.yml of the trained teacher run (as written by ns-train)."""
+    student: Architecture
+    """Architecture to convert into."""
+    steps: Optional[int] = None
+    """Distillation steps (default: the preset's)."""
+    data: Optional[Path] = None
+    """Scene folder for the training cameras and the test images (default: the teacher's)."""
+    output_dir: Path = Path("outputs/distill")
+    """Where the run, report.json and comparison.png go."""
+    small: bool = True
+    """Use the CPU-sized preset (pvdal-<student>-small); --no-small for the paper's sizes."""
+
+    def main(self) -> None:
+        from pvdal_ns.conversion import check_teacher, convert, finish, resolve_data
+
+        started = time.perf_counter()
+        teacher_path = self.teacher.expanduser().resolve()
+        teacher_config = check_teacher(teacher_path)
+        data = resolve_data(teacher_config, teacher_path, self.data)
+        out = self.output_dir.resolve()
+        students = convert(teacher_path, [self.student], self.small, data, out, self.steps, f"from-{teacher_config.method_name}")
+        finish(out, students, started, {"teacher_config": str(teacher_path), "scene": str(data)})
+
+
+Commands = Union[
+    Annotated[Demo, tyro.conf.subcommand(name="demo")],
+    Annotated[Run, tyro.conf.subcommand(name="run")],
+]
+
+
+def _quick_checks(command: Union[Demo, Run]) -> None:
+    """Checks that need no heavy import, so bad input fails in a moment."""
+    if isinstance(command, Run):
+        path = command.teacher.expanduser()
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise SystemExit(_error(f"teacher config {path} {what}: pass the config.yml that ns-train wrote "
+                                    "(outputs/<experiment>/<method>/<timestamp>/config.yml)"))
+        if command.steps is not None and command.steps < 1:
+            raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
+
+
+def _error(message: str) -> int:
+    print(f"ns-distill: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse the command line and run; returns the exit code."""
+    command = tyro.cli(Commands, args=argv, description=__doc__)
+    _quick_checks(command)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch/nerfstudio deprecations at import
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from pvdal_ns.conversion import UserError
+    from pvdal_ns.teacher import TeacherLoadError
+
+    try:
+        command.main()
+    except (UserError, TeacherLoadError) as err:
+        return _error(str(err))
+    except KeyboardInterrupt:
+        return _error("interrupted; finished runs and their checkpoints are kept under the output folder")
+    return 0
+
+
+def entrypoint() -> None:
+    """Console-script entry point of ``ns-distill``."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

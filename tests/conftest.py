@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny VM teacher trained once per session on the embedded lego scene."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path | None = None, experiment: str = "test"):
+    """A CPU-small config with fewer rays, for tests."""
+    from pvdal_ns import EMBEDDED_SCENE
+    from pvdal_ns.conversion import student_config
+
+    config = student_config(architecture, True, EMBEDDED_SCENE, output_dir, experiment, steps, teacher)
+    config.pipeline.datamanager.train_num_rays_per_batch = 1024
+    config.pipeline.datamanager.poses_per_epoch = 20
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory):
+    """A pvdal-vm-small teacher trained for 200 steps: (config.yml path, trained pipeline)."""
+    from pvdal_ns.runner import train
+
+    out = tmp_path_factory.mktemp("teacher")
+    config = tiny_config("vm", out, steps=200, experiment="teacher")
+    run = train(config, "tiny teacher")
+    return run.config_path, run.pipeline

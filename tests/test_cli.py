@@ -1,0 +1,85 @@
+"""The user's commands: ns-train of every pvdal-* method, ns-eval on a checkpoint, ns-distill errors
+and reports."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pvdal_ns import EMBEDDED_SCENE
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def _run(*args, cwd=None, timeout=600):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=timeout)
+
+
+def test_methods_are_registered_with_nerfstudio():
+    from nerfstudio.configs.method_configs import all_methods
+
+    for arch in ("hash", "vm", "mlp", "tensors"):
+        assert f"pvdal-{arch}" in all_methods and f"pvdal-{arch}-small" in all_methods
+
+
+@pytest.mark.parametrize("architecture", ["hash", "vm", "mlp", "tensors"])
+def test_ns_train_two_steps(architecture, tmp_path):
+    result = _run(
+        BIN / "ns-train", f"pvdal-{architecture}-small", "--max-num-iterations", "2", "--vis", "tensorboard",
+        "--output-dir", tmp_path, "--machine.device-type", "cpu",
+        "--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.model.grid-warmup-steps", "1",
+        "blender-data", "--data", EMBEDDED_SCENE,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoints = list(tmp_path.glob(f"lego_100/pvdal-{architecture}-small/*/nerfstudio_models/step-*.ckpt"))
+    assert len(checkpoints) == 1
+    if architecture == "vm":  # ns-eval reads the checkpoint with torch's weights_only loader
+        config = next(tmp_path.glob("lego_100/pvdal-vm-small/*/config.yml"))
+        out = tmp_path / "eval.json"
+        result = _run(BIN / "ns-eval", "--load-config", config, "--output-path", out)
+        assert result.returncode == 0, result.stderr[-2000:]
+        metrics = json.loads(out.read_text())["results"]
+        assert {"psnr", "ssim"} <= set(metrics) and metrics["psnr"] > 5
+
+
+def test_bad_teacher_is_one_line_and_exit_code_2(tmp_path):
+    missing = _run(BIN / "ns-distill", "run", "--teacher", tmp_path / "nope" / "config.yml", "--student", "mlp")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
+    bad = tmp_path / "config.yml"
+    bad.write_text("this: [is not a nerfstudio config\n")
+    unreadable = _run(BIN / "ns-distill", "run", "--teacher", bad, "--student", "mlp")
+    assert unreadable.returncode == 2
+    assert "Traceback" not in unreadable.stderr and "not a readable nerfstudio config" in unreadable.stderr
+    assert unreadable.stderr.strip().count("\n") == 0
+
+
+def test_teacher_without_checkpoint_is_reported(tiny_teacher, tmp_path):
+    import shutil
+
+    from pvdal_ns.teacher import TeacherLoadError, load_teacher
+
+    config_path, _ = tiny_teacher
+    copy = tmp_path / "run"
+    shutil.copytree(config_path.parent, copy, ignore=shutil.ignore_patterns("*.ckpt"))
+    with pytest.raises(TeacherLoadError, match="has no checkpoint"):
+        load_teacher(copy / "config.yml")
+
+
+def test_ns_distill_run_writes_report(tiny_teacher, tmp_path):
+    from pvdal_ns.scripts.distill import main
+
+    config_path, _ = tiny_teacher
+    out = tmp_path / "distill"
+    assert main(["run", "--teacher", str(config_path), "--student", "tensors", "--steps", "30", "--output-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (model,) = report["models"]
+    assert model["architecture"] == "tensors" and model["steps"] == 30 and model["parameters"] > 0
+    assert len(model["per_view_psnr"]) == 10 and model["psnr"] > 10
+    assert model["lpips"] is None or 0 <= model["lpips"] <= 1
+    assert {"device", "versions", "peak_memory_gib"} <= set(report)
+    assert (out / "comparison.png").stat().st_size > 10_000

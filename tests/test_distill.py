@@ -1,0 +1,92 @@
+"""Distillation on real input: the teacher stays frozen and out of the student, stages switch, the
+student's PSNR against the teacher rises, and the student is a normal nerfstudio checkpoint."""
+
+import torch
+
+from conftest import tiny_config
+from pvdal_ns.runner import evaluate, train
+from pvdal_ns.teacher import load_teacher
+
+
+def _psnr(a, b):
+    return float(-10 * torch.log10(torch.mean((a - b) ** 2)))
+
+
+def _render_views(pipeline, n=3):
+    pipeline.eval()
+    out = []
+    with torch.no_grad():
+        for i, (camera, _) in enumerate(pipeline.datamanager.fixed_indices_eval_dataloader):
+            if i == n:
+                break
+            out.append(pipeline.model.get_outputs_for_camera(camera)["rgb"])
+    pipeline.train()
+    return out
+
+
+def test_teacher_loads_frozen_from_any_working_directory(tiny_teacher, tmp_path, monkeypatch):
+    config_path, pipeline = tiny_teacher
+    monkeypatch.chdir(tmp_path)
+    teacher = load_teacher(config_path)
+    assert not teacher.model.training
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    trained = pipeline.model.state_dict()
+    for key, value in teacher.model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+
+
+def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tmp_path):
+    teacher_path, teacher_pipeline = tiny_teacher
+    config = tiny_config("vm", tmp_path, steps=120, teacher=teacher_path, experiment="student")
+    config.pipeline.stage1_steps, config.pipeline.stage2_steps = 20, 20
+    config.set_timestamp()
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    pipeline = trainer.pipeline
+    teacher = pipeline.teacher
+    assert teacher is not None
+
+    # stages switch at the configured steps, with the loss terms of each stage
+    keys = {s: set(pipeline.get_train_loss_dict(s)[1]) for s in (0, 25, 45)}
+    assert keys[0] == {"volume_loss"}
+    assert keys[25] == {"volume_loss", "density_loss", "colour_loss", "regularization"}
+    assert keys[45] == {"volume_loss", "density_loss", "colour_loss", "regularization", "rgb_loss"}
+
+    # pseudo-label batches are the teacher's renders, never real pixels
+    _, batch = pipeline.datamanager.next_train(0)
+    assert batch["image"].shape == (1024, 3) and "teacher" in batch
+
+    # the teacher is not part of the student's parameters or checkpoint, and stays in eval mode
+    teacher_params = {id(p) for p in teacher.model.parameters()}
+    assert not teacher_params & {id(p) for ps in pipeline.get_param_groups().values() for p in ps}
+    assert all(not k.startswith("teacher") for k in pipeline.state_dict())
+    pipeline.train()
+    assert not teacher.model.training
+
+    reference = _render_views(teacher_pipeline)
+    before = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    trainer.train()
+    after = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    assert after > before + 5.0, (before, after)
+    assert after > 20.0
+
+    # the student checkpoint evaluates with no teacher present (test mode never loads it)
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    config_path = config.get_base_dir() / "config.yml"
+    _, student, _, _ = eval_setup(config_path, test_mode="test")
+    assert student.teacher is None
+    result = evaluate(student)
+    assert abs(result.psnr - evaluate(pipeline).psnr) < 0.5
+
+
+def test_student_of_tensors_skips_stage_one(tiny_teacher, tmp_path):
+    teacher_path, _ = tiny_teacher
+    config = tiny_config("tensors", tmp_path, steps=10, teacher=teacher_path, experiment="tensors")
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    pipeline = trainer.pipeline
+    assert not pipeline.align_volume
+    assert pipeline.stages.stage_at(0) == 2
+    assert "volume_loss" not in pipeline.get_train_loss_dict(0)[1]

@@ -1,0 +1,62 @@
+"""Eq. 6–8 against hand-computed values, the density clipping and the stage schedule."""
+
+import pytest
+import torch
+
+from pvdal_ns.fields import PointOutputs
+from pvdal_ns.losses import (
+    PVDLossConfig,
+    StageSchedule,
+    clipped_density_loss,
+    colour_loss,
+    point_losses,
+    rgb_loss,
+    volume_aligned_loss,
+)
+
+
+def test_volume_colour_rgb_losses_are_mean_squared_errors():
+    s = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    t = torch.tensor([[0.0, 2.0], [5.0, 4.0]])
+    assert volume_aligned_loss(s, t).item() == pytest.approx((1 + 0 + 4 + 0) / 4)
+    assert colour_loss(s, t).item() == pytest.approx(1.25)
+    assert rgb_loss(s, t).item() == pytest.approx(1.25)
+
+
+def test_density_loss_clips_to_a_b():
+    # teacher 10 → clipped to 7; teacher -5 → clipped to -2.
+    student = torch.tensor([[0.0], [1.0], [8.0], [-3.0]])
+    teacher = torch.tensor([[1.0], [10.0], [12.0], [-5.0]])
+    # rows: inside (0-1)²=1; teacher above (1-7)²=36; both above → 0; both below → 0
+    assert clipped_density_loss(student, teacher, (-2.0, 7.0)).item() == pytest.approx((1 + 36 + 0 + 0) / 4)
+    # unclipped: (1 + 81 + 16 + 4) / 4
+    assert clipped_density_loss(student, teacher, None).item() == pytest.approx(102 / 4)
+
+
+def test_density_loss_keeps_a_gradient_when_only_the_student_is_out_of_range():
+    student = torch.tensor([[-4.0]], requires_grad=True)
+    teacher = torch.tensor([[3.0]])
+    loss = clipped_density_loss(student, teacher, (-2.0, 7.0))
+    loss.backward()
+    assert loss.item() == pytest.approx(49.0)  # (-4 - 3)²
+    assert student.grad.item() == pytest.approx(-14.0)
+
+
+def test_point_losses_follow_the_stage_and_weights():
+    config = PVDLossConfig(volume_weight=0.5, density_weight=2.0, colour_weight=3.0)
+    s = PointOutputs(raw_density=torch.zeros(2, 1), rgb=torch.zeros(2, 3), phi1=torch.zeros(2, 16))
+    t = PointOutputs(raw_density=torch.ones(2, 1), rgb=torch.ones(2, 3), phi1=torch.ones(2, 16))
+    stage1 = point_losses(s, t, 1, config, align_volume=True)
+    assert set(stage1) == {"volume_loss"} and stage1["volume_loss"].item() == pytest.approx(0.5)
+    stage2 = point_losses(s, t, 2, config, align_volume=True)
+    assert stage2["density_loss"].item() == pytest.approx(2.0)
+    assert stage2["colour_loss"].item() == pytest.approx(3.0)
+    assert "volume_loss" not in point_losses(s, t, 2, config, align_volume=False)
+
+
+def test_stage_schedule():
+    stages = StageSchedule(stage1_steps=10, stage2_steps=20)
+    assert [stages.stage_at(s) for s in (0, 9, 10, 29, 30, 1000)] == [1, 1, 2, 2, 3, 3]
+    no_phi1 = StageSchedule(stage1_steps=10, stage2_steps=20, has_stage1=False)
+    assert [no_phi1.stage_at(s) for s in (0, 19, 20)] == [2, 2, 3]
+    assert StageSchedule(10, 20, blockwise=False).stage_at(0) == 3
