@@ -93,7 +93,7 @@ PAPER = {
 SMALL = {
     "hash": (HashFieldConfig(num_levels=12, log2_hashmap_size=15, max_res=512), PAPER["hash"][1]),
     "vm": (VMFieldConfig(resolution=128, hidden_dim=64), PAPER["vm"][1]),
-    "mlp": (MLPFieldConfig(num_layers=6, split_layer=4, width=96, num_frequencies=8), {"networks": 2 * MLP_LR}),
+    "mlp": (MLPFieldConfig(num_layers=6, split_layer=4, width=96, num_frequencies=8), {"networks": 5 * MLP_LR}),
     "tensors": (TensorsFieldConfig(resolution=96), PAPER["tensors"][1]),
 }
 

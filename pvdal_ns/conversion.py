@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from nerfstudio.engine.trainer import TrainerConfig
@@ -100,11 +100,12 @@ def cached_teacher(architecture: str, small: bool, data: Path, output_dir: Path,
 
 
 def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path, output_dir: Path,
-            steps: Optional[int], experiment: str) -> List[Trained]:
-    """Distil the teacher at ``teacher_path`` into each of ``students`` (one run each)."""
+            steps: Dict[str, Optional[int]], experiment: str) -> List[Trained]:
+    """Distil the teacher at ``teacher_path`` into each of ``students`` (one run each; ``steps`` per
+    architecture, None or missing for the preset's)."""
     out = []
     for arch in students:
-        config = student_config(arch, small, data, output_dir, experiment, steps, teacher_path)
+        config = student_config(arch, small, data, output_dir, experiment, steps.get(arch), teacher_path)
         out.append(run_and_evaluate(config, f"student ({arch})", "student"))
     return out
 

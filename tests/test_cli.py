@@ -35,10 +35,10 @@ def test_ns_train_two_steps(architecture, tmp_path):
         "blender-data", "--data", EMBEDDED_SCENE,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    checkpoints = list(tmp_path.glob(f"lego_100/pvdal-{architecture}-small/*/nerfstudio_models/step-*.ckpt"))
+    checkpoints = list(tmp_path.glob(f"*/pvdal-{architecture}-small/*/nerfstudio_models/step-*.ckpt"))
     assert len(checkpoints) == 1
     if architecture == "vm":  # ns-eval reads the checkpoint with torch's weights_only loader
-        config = next(tmp_path.glob("lego_100/pvdal-vm-small/*/config.yml"))
+        config = next(tmp_path.glob("*/pvdal-vm-small/*/config.yml"))
         out = tmp_path / "eval.json"
         result = _run(BIN / "ns-eval", "--load-config", config, "--output-path", out)
         assert result.returncode == 0, result.stderr[-2000:]
