@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.eval_utils import eval_setup
 from rich.console import Console
@@ -130,7 +129,3 @@ def check_teacher(path: Path) -> TrainerConfig:
     except TeacherLoadError as err:
         raise UserError(str(err)) from None
 
-
-def device_name() -> str:
-    """"cuda" when a GPU is present, else "cpu"."""
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -49,7 +49,7 @@ class PVDModelConfig(ModelConfig):
     regularization_weight: float = 1.0
     """ω₅ of Eq. 7: scales the field's own L1 + TV terms."""
     enable_collider: bool = False
-    """Unused: rays are always clipped to the scene box."""
+    """nerfstudio's near/far collider stays off: rays are always clipped to the scene box (AABBBoxCollider)."""
 
 
 class PVDModel(Model):

@@ -79,8 +79,8 @@ class DistillationPipeline(VanillaPipeline):
         self.datamanager.attach_teacher(teacher)
         self.align_volume = student.field.has_volume_feature and teacher.has_volume_feature
         if not self.align_volume:
-            side = "student" if not student.field.has_volume_feature else "teacher"
-            CONSOLE.log(f"Stage 1 and L_v skipped: the {side} ({type(student.field).__name__ if side == 'student' else teacher.name}) has no ϕ¹ volume feature")
+            who = f"student ({type(student.field).__name__})" if not student.field.has_volume_feature else f"teacher ({teacher.name})"
+            CONSOLE.log(f"Stage 1 and L_v skipped: the {who} has no ϕ¹ volume feature")
         elif self.config.loss.volume_weight <= 0:
             self.align_volume = False
             CONSOLE.log("Stage 1 skipped: the volume-aligned loss is switched off (loss.volume_weight = 0)")

@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import resource
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -84,13 +83,12 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def write_json(path: Path, models: List[ModelReport], extra: Dict) -> None:
-    """Write ``report.json``: models, device, versions, peak memory and ``extra`` (command, timings…)."""
+    """Write ``report.json``: models, device, versions, peak memory and ``extra`` (command, scene, timings…)."""
     payload = {
         "models": [asdict(m) for m in models],
         "device": device_description(),
         "versions": versions(),
         "peak_memory_gib": round(peak_memory_gib(), 2),
-        "command": " ".join(["ns-distill", *sys.argv[1:]]),
         **extra,
     }
     _write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Type, Union
+from typing import Callable, Dict, Type, Union
 
 import torch
 import yaml
@@ -93,11 +93,6 @@ class Teacher:
         points = self.model.query(ray_samples, mask)
         out = self.model.composite(ray_samples, mask, points, background)
         return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"])
-
-    @torch.no_grad()
-    def query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
-        """Teacher outputs at arbitrary world points."""
-        return self.model.field.query(positions, directions)
 
 
 def _pvd_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str, torch.device], source: Path) -> Teacher:

@@ -43,7 +43,7 @@ class Demo:
     small: bool = True
     """Use the CPU-sized presets (pvdal-*-small); --no-small for the paper's sizes."""
 
-    def main(self) -> None:
+    def main(self, command: str) -> None:
         from pvdal_ns import EMBEDDED_SCENE
         from pvdal_ns.conversion import cached_teacher, convert, finish
 
@@ -52,7 +52,7 @@ class Demo:
         teacher = cached_teacher(self.teacher, self.small, EMBEDDED_SCENE, out, self.teacher_steps)
         steps = {**DEMO_STUDENT_STEPS, **self.student_steps}
         students = convert(Path(teacher.report.config), self.students, self.small, EMBEDDED_SCENE, out, steps, "students")
-        finish(out, [teacher, *students], started, {"scene": str(EMBEDDED_SCENE)})
+        finish(out, [teacher, *students], started, {"command": command, "scene": str(EMBEDDED_SCENE)})
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Run:
     small: bool = True
     """Use the CPU-sized preset (pvdal-<student>-small); --no-small for the paper's sizes."""
 
-    def main(self) -> None:
+    def main(self, command: str) -> None:
         from pvdal_ns.conversion import check_teacher, convert, finish, resolve_data
 
         started = time.perf_counter()
@@ -82,7 +82,7 @@ class Run:
         out = self.output_dir.resolve()
         students = convert(teacher_path, [self.student], self.small, data, out, {self.student: self.steps},
                            f"from-{teacher_config.method_name}")
-        finish(out, students, started, {"teacher_config": str(teacher_path), "scene": str(data)})
+        finish(out, students, started, {"command": command, "teacher_config": str(teacher_path), "scene": str(data)})
 
 
 Commands = Union[
@@ -110,7 +110,8 @@ def _error(message: str) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse the command line and run; returns the exit code."""
-    command = tyro.cli(Commands, args=argv, description=__doc__)
+    args = sys.argv[1:] if argv is None else argv
+    command = tyro.cli(Commands, args=args, description=__doc__)
     _quick_checks(command)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/nerfstudio deprecations at import
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -118,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pvdal_ns.teacher import TeacherLoadError
 
     try:
-        command.main()
+        command.main(" ".join(["ns-distill", *args]))
     except (UserError, TeacherLoadError) as err:
         return _error(str(err))
     except KeyboardInterrupt:
