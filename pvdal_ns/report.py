@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -94,17 +95,21 @@ def write_json(path: Path, models: List[ModelReport], extra: Dict) -> None:
     _write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
 
 
+def _short_count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
 def print_table(models: List[ModelReport], console: Optional[Console] = None) -> None:
-    """Print the comparison table (Δ PSNR against the teacher)."""
+    """Print the comparison table (Δ PSNR against the teacher); report.json has every digit."""
     teacher = next((m for m in models if m.role == "teacher"), None)
-    table = Table(title="PVD-AL conversion on the test views")
-    for col in ("model", "method", "PSNR", "Δ teacher", "SSIM", "LPIPS", "train s", "params", "steps"):
-        table.add_column(col, justify="left" if col in ("model", "method") else "right")
+    table = Table(title="PVD-AL conversion on the test views (PSNR and Δ in dB, training time in s)", box=box.SIMPLE_HEAD)
+    for col in ("model", "PSNR", "Δ", "SSIM", "LPIPS", "time", "params", "steps"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for m in models:
         delta = "" if teacher is None or m is teacher else f"{m.psnr - teacher.psnr:+.2f}"
         lpips = "n/a" if m.lpips is None else f"{m.lpips:.3f}"
-        seconds = f"{m.train_seconds:.0f}" + (" (cached)" if m.cached else "")
-        table.add_row(m.name, m.method, f"{m.psnr:.2f}", delta, f"{m.ssim:.3f}", lpips, seconds, f"{m.parameters:,}", str(m.steps))
+        seconds = f"{m.train_seconds:.0f}" + (" cached" if m.cached else "")
+        table.add_row(m.name, f"{m.psnr:.2f}", delta, f"{m.ssim:.3f}", lpips, seconds, _short_count(m.parameters), str(m.steps))
     (console or Console()).print(table)
 
 
