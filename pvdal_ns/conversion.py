@@ -102,9 +102,12 @@ def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path
             steps: Dict[str, Optional[int]], experiment: str) -> List[Trained]:
     """Distil the teacher at ``teacher_path`` into each of ``students`` (one run each; ``steps`` per
     architecture, None or missing for the preset's)."""
+    teacher_grid = getattr(read_trainer_config(teacher_path).pipeline.model, "grid_resolution", None)
     out = []
     for arch in students:
         config = student_config(arch, small, data, output_dir, experiment, steps.get(arch), teacher_path)
+        if teacher_grid is not None:  # the student takes over the teacher's occupancy grid
+            config.pipeline.model.grid_resolution = teacher_grid
         out.append(run_and_evaluate(config, f"student ({arch})", "student"))
     return out
 

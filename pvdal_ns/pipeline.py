@@ -21,7 +21,7 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManagerConfig
 from pvdal_ns.losses import PVDLossConfig, StageSchedule, point_losses, rgb_loss
 from pvdal_ns.model import PVDModel, PVDModelConfig
-from pvdal_ns.teacher import Teacher, load_teacher
+from pvdal_ns.teacher import Teacher, TeacherLoadError, load_teacher
 
 
 @dataclass
@@ -69,7 +69,7 @@ class DistillationPipeline(VanillaPipeline):
         """Start distilling from ``teacher``: its occupancy grid becomes the student's (frozen)."""
         student = self.model
         if teacher.occupancy_grid.binaries.shape != student.occupancy_grid.binaries.shape:
-            raise ValueError(
+            raise TeacherLoadError(
                 f"teacher occupancy grid {tuple(teacher.occupancy_grid.binaries.shape[1:])} differs from the "
                 f"student's {tuple(student.occupancy_grid.binaries.shape[1:])}: set --pipeline.model.grid-resolution"
             )
