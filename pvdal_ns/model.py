@@ -86,6 +86,7 @@ class PVDModel(Model):
         return self.field.param_groups()
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        """Occupancy-grid updates from the field's own density (nerfacc EMA), unless frozen for distillation."""
         def update_grid(step: int) -> None:
             if self.occupancy_frozen:
                 return
@@ -137,6 +138,8 @@ class PVDModel(Model):
         }
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """Render R rays: ``rgb`` Float[Tensor, "R 3"], ``accumulation`` and ``depth`` (scene units)
+        Float[Tensor, "R 1"], ``num_samples_per_ray`` (occupied samples evaluated)."""
         ray_samples, mask = self.sample(ray_bundle)
         outputs = self.composite(ray_samples, mask, self.query(ray_samples, mask))
         outputs.pop("weights")
@@ -159,6 +162,7 @@ class PVDModel(Model):
         }
 
     def get_loss_dict(self, outputs: Dict, batch: Dict, metrics_dict: Optional[Dict] = None) -> Dict[str, Tensor]:
+        """Training from images: MSE against ``batch["image"]`` + the field's L_reg (training only)."""
         pred, gt = self._gt(batch, outputs)
         loss = {"rgb_loss": torch.mean((pred - gt) ** 2)}
         if self.training:

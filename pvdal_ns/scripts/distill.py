@@ -44,6 +44,7 @@ class Demo:
     """Use the CPU-sized presets (pvdal-*-small); --no-small for the paper's sizes."""
 
     def main(self, command: str) -> None:
+        """Run the demo; ``command`` is recorded in report.json."""
         from pvdal_ns import EMBEDDED_SCENE
         from pvdal_ns.conversion import cached_teacher, convert, finish
 
@@ -73,6 +74,7 @@ class Run:
     """Use the CPU-sized preset (pvdal-<student>-small); --no-small for the paper's sizes."""
 
     def main(self, command: str) -> None:
+        """Run the conversion; raises UserError / TeacherLoadError for bad input."""
         from pvdal_ns.conversion import check_teacher, convert, finish, resolve_data
 
         started = time.perf_counter()
