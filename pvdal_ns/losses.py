@@ -31,9 +31,14 @@ class PVDLossConfig:
     """[a, b] for raw (log-space) densities, σ ∈ [0.135, 1097]; None compares unclipped raw densities."""
 
 
+def _mean(x: Tensor) -> Tensor:
+    """Mean that is 0 (with a gradient path) when a batch has no occupied sample points."""
+    return x.sum() / max(x.numel(), 1)
+
+
 def volume_aligned_loss(student: Float[Tensor, "N 16"], teacher: Float[Tensor, "N 16"]) -> Tensor:
     """L_v (Eq. 6): MSE between student and teacher ϕ¹ volume features."""
-    return torch.mean((student - teacher) ** 2)
+    return _mean((student - teacher) ** 2)
 
 
 def clipped_density_loss(
@@ -51,18 +56,18 @@ def clipped_density_loss(
         clip: (a, b) or None for no clipping.
     """
     if clip is None:
-        return torch.mean((student - teacher) ** 2)
+        return _mean((student - teacher) ** 2)
     a, b = clip
     target = teacher.clamp(a, b)
     both_below = (teacher <= a) & (student <= a)
     both_above = (teacher >= b) & (student >= b)
     residual = torch.where(both_below | both_above, torch.zeros_like(student), student - target)
-    return torch.mean(residual**2)
+    return _mean(residual**2)
 
 
 def colour_loss(student: Float[Tensor, "N 3"], teacher: Float[Tensor, "N 3"]) -> Tensor:
     """L_c: MSE between per-point colours after the sigmoid."""
-    return torch.mean((student - teacher) ** 2)
+    return _mean((student - teacher) ** 2)
 
 
 def rgb_loss(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Tensor:

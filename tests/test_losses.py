@@ -60,3 +60,10 @@ def test_stage_schedule():
     no_phi1 = StageSchedule(stage1_steps=10, stage2_steps=20, has_stage1=False)
     assert [no_phi1.stage_at(s) for s in (0, 19, 20)] == [2, 2, 3]
     assert StageSchedule(10, 20, blockwise=False).stage_at(0) == 3
+
+
+def test_point_losses_are_zero_when_no_sample_is_occupied():
+    empty = PointOutputs(raw_density=torch.zeros(0, 1), rgb=torch.zeros(0, 3), phi1=torch.zeros(0, 16))
+    losses = point_losses(empty, empty, 3, PVDLossConfig(), align_volume=True)
+    assert set(losses) == {"volume_loss", "density_loss", "colour_loss"}
+    assert all(v.item() == 0.0 for v in losses.values())
