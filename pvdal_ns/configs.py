@@ -97,7 +97,6 @@ SMALL = {
     "tensors": (TensorsFieldConfig(resolution=96), PAPER["tensors"][1]),
 }
 
-ARCHITECTURES = tuple(PAPER)
 STAGE_FRACTIONS = (0.15, 0.25)
 """Stage 1 and stage 2 as fractions of all steps (paper §4.1: 3k and 5k of 20k)."""
 

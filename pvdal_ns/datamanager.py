@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
+from scipy.spatial.transform import Rotation
 from nerfstudio.cameras.camera_utils import viewmatrix
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
@@ -39,15 +40,6 @@ class DistillationDataManagerConfig(VanillaDataManagerConfig):
     """Forward-facing scenes: growth of the training centres' bounding box where new centres are drawn."""
     jitter_degrees: float = 9.0
     """Forward-facing scenes: rotation jitter of a training camera's orientation."""
-
-
-def _rotation_about(axis: Float[Tensor, "N 3"], angle: Float[Tensor, "N"]) -> Float[Tensor, "N 3 3"]:
-    """Rodrigues rotation matrices about unit axes by angles (radians)."""
-    k = torch.zeros(len(axis), 3, 3)
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    k = k - k.transpose(1, 2)
-    s, c = angle.sin()[:, None, None], angle.cos()[:, None, None]
-    return torch.eye(3) + s * k + (1 - c) * (k @ k)
 
 
 class PoseSampler:
@@ -105,7 +97,8 @@ class PoseSampler:
         base = self.c2w[torch.randint(len(self.c2w), (len(u),), generator=generator), :, :3]
         axis = torch.nn.functional.normalize(torch.randn(len(u), 3, generator=generator), dim=-1)
         angle = (torch.rand(len(u), generator=generator) * 2 - 1) * math.radians(self.config.jitter_degrees)
-        return torch.cat([_rotation_about(axis, angle) @ base, pos[:, :, None]], dim=-1)
+        jitter = torch.from_numpy(Rotation.from_rotvec((axis * angle[:, None]).numpy()).as_matrix()).float()
+        return torch.cat([jitter @ base, pos[:, :, None]], dim=-1)
 
 
 class DistillationDataManager(VanillaDataManager):
@@ -149,17 +142,15 @@ class DistillationDataManager(VanillaDataManager):
             camera_type=cam.camera_type.expand(n, 1),
         ).to(self.device)
         self.pseudo_ray_generator = RayGenerator(self.pseudo_cameras)
-        height, width = int(cam.height), int(cam.width)
-        self._epoch_steps = max(1, n * height * width // self.config.train_num_rays_per_batch)
+        self._image_size = (int(cam.height), int(cam.width))
+        self._epoch_steps = max(1, n * self._image_size[0] * self._image_size[1] // self.config.train_num_rays_per_batch)
         self._epoch_step = 0
 
     def _draw_ray_indices(self, num_rays: int) -> Tensor:
         """[num_rays, 3] (pose id, row, column) drawn uniformly from this epoch's poses."""
-        cams = self.pseudo_cameras
-        pose = torch.randint(len(cams), (num_rays,))
-        y = (torch.rand(num_rays) * cams.height[pose, 0].cpu()).long()
-        x = (torch.rand(num_rays) * cams.width[pose, 0].cpu()).long()
-        return torch.stack([pose, y, x], dim=-1)
+        height, width = self._image_size  # every novel pose has the training intrinsics
+        pose = torch.randint(len(self.pseudo_cameras), (num_rays,))
+        return torch.stack([pose, torch.randint(height, (num_rays,)), torch.randint(width, (num_rays,))], dim=-1)
 
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         """Next batch: real pixels without a teacher, otherwise the teacher's pseudo-labels.

@@ -102,9 +102,15 @@ class PVDModel(Model):
         return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_grid)]
 
     # --- sampling and rendering ---------------------------------------------------------------------
-    def sample(self, ray_bundle: RayBundle) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-        """Occupancy-masked uniform samples of the rays (jittered in training mode)."""
-        return sample_occupied(self.collider(ray_bundle), self.sampler, self.occupancy_grid)
+    def sample(
+        self, ray_bundle: RayBundle, sampler: Optional[UniformSampler] = None
+    ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
+        """Occupancy-masked uniform samples of the rays, clipped to the scene box.
+
+        Args:
+            sampler: the sampler to use instead of the model's own (which jitters in training mode only).
+        """
+        return sample_occupied(self.collider(ray_bundle), sampler or self.sampler, self.occupancy_grid)
 
     def query(self, ray_samples: RaySamples, mask: Bool[Tensor, "R S"], with_rgb: bool = True) -> PointOutputs:
         """Field outputs at the occupied samples only (``[M, …]`` with M = mask.sum())."""

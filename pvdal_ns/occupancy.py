@@ -51,12 +51,6 @@ class OccupancyGrid(OccGridEstimator):
 
         return fn
 
-    @torch.no_grad()
-    def fill_from_density(self, density_fn: DensityFn, step_size: float, threshold: float = 0.01) -> None:
-        """Set the grid from one pass over every cell (for a frozen teacher's density)."""
-        self.occs.zero_()
-        self._update(step=0, occ_eval_fn=self.occupancy_fn(density_fn, step_size), occ_thre=threshold, warmup_steps=1)
-
     @property
     def occupied_fraction(self) -> float:
         """Fraction of occupied cells."""

@@ -23,7 +23,7 @@ from torch import Tensor
 from pvdal_ns.checkpoints import load_checkpoint, model_state
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.model import PVDModel, PVDModelConfig
-from pvdal_ns.occupancy import OccupancyGrid, sample_occupied
+from pvdal_ns.occupancy import OccupancyGrid
 
 
 class TeacherLoadError(Exception):
@@ -89,7 +89,7 @@ class Teacher:
             ray_bundle: R rays in world coordinates (nears/fars are set here from the scene box).
             background: per-ray background colour in [0, 1], shared with the student.
         """
-        ray_samples, mask = sample_occupied(self.model.collider(ray_bundle), self.sampler, self.occupancy_grid)
+        ray_samples, mask = self.model.sample(ray_bundle, self.sampler)
         points = self.model.query(ray_samples, mask)
         out = self.model.composite(ray_samples, mask, points, background)
         return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"])

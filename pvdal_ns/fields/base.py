@@ -18,7 +18,7 @@ from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.configs.base_config import InstantiateConfig
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.activations import trunc_exp
-from nerfstudio.field_components.encodings import SHEncoding
+from nerfstudio.field_components.encodings import NeRFEncoding, SHEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
 from nerfstudio.fields.base_field import Field
@@ -74,8 +74,6 @@ class ColourHead(nn.Module):
         if direction_encoding == "sh":
             self.direction_encoding: nn.Module = SHEncoding(levels=4, implementation="torch")
         elif direction_encoding == "pe":
-            from nerfstudio.field_components.encodings import NeRFEncoding
-
             self.direction_encoding = NeRFEncoding(3, 4, 0.0, 3.0, include_input=True)
         else:
             raise ValueError(f"direction_encoding must be 'sh' or 'pe', got {direction_encoding!r}")
@@ -152,7 +150,7 @@ class PVDField(Field):
 
     def density_at(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
         """σ at world positions (1/scene units); used to update occupancy grids."""
-        return trunc_exp(self.phi1(self.normalize(positions))[..., :1])
+        return self.query(positions).density
 
     # --- nerfstudio Field API ----------------------------------------------------------------------
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
