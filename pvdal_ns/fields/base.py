@@ -154,9 +154,11 @@ class PVDField(Field):
 
     # --- nerfstudio Field API ----------------------------------------------------------------------
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+        """nerfstudio ``Field`` API: σ Float[Tensor, "*bs 1"] (1/scene units) and ϕ¹ output as embedding."""
         h = self.phi1(self.normalize(ray_samples.frustums.get_positions()))
         return trunc_exp(h[..., :1]), h
 
     def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> Dict:
+        """nerfstudio ``Field`` API: ``{FieldHeadNames.RGB: Float[Tensor, "*bs 3"]}`` from ϕ² of the embedding."""
         assert density_embedding is not None
         return {FieldHeadNames.RGB: self.phi2(density_embedding, ray_samples.frustums.directions)}
