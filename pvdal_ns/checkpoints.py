@@ -8,6 +8,7 @@ allow-listed — also for nerfstudio's own ``torch.load`` calls in ``ns-eval``/`
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict
 
@@ -42,3 +43,22 @@ def model_state(loaded: Dict[str, Any]) -> Dict[str, torch.Tensor]:
             key = key[len("_model.") :]
             out[key[len("module.") :] if key.startswith("module.") else key] = value
     return out
+
+
+def fill_missing_defaults(config: Any) -> Any:
+    """Give a config read from an older ``config.yml`` the fields added since, with their defaults.
+
+    YAML-loaded dataclasses skip ``__init__``, so a field the file does not name would be missing.
+    Recurses into nested dataclass configs; returns ``config``.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    for f in dataclasses.fields(config):
+        if f.name not in vars(config):
+            if f.default is not dataclasses.MISSING:
+                setattr(config, f.name, f.default)
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                setattr(config, f.name, f.default_factory())  # type: ignore[misc]
+        else:
+            fill_missing_defaults(getattr(config, f.name))
+    return config

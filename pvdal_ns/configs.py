@@ -121,6 +121,8 @@ def method_config(architecture: str, small: bool) -> TrainerConfig:
     if small:
         grid = {"grid_resolution": 64, "grid_warmup_steps": 64, "grid_ema_decay": 0.8}
         config = pvdal_trainer_config(name, field, lrs, steps=3000, rays_per_batch=2048, num_samples=160, grid=grid)
+        assert isinstance(config.pipeline, DistillationPipelineConfig)
+        config.pipeline.al.ray_pool_size = 8 * 2048  # full after ~80 steps of stage 3, as 4096 × 150 in 20k steps
     else:
         config = pvdal_trainer_config(name, field, lrs, steps=20000, rays_per_batch=4096, num_samples=512, grid={})
     return set_steps(config, config.max_num_iterations)

@@ -9,22 +9,25 @@ keeps the real test images, so ``ns-eval`` measures the student against ground t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Type
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
-from scipy.spatial.transform import Rotation
-from nerfstudio.cameras.camera_utils import viewmatrix
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from pvdal_ns.active_learning import ActiveLearning
+from pvdal_ns.poses import PoseSampler
 from pvdal_ns.teacher import Teacher
+
+__all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PoseSampler"]
 
 
 @dataclass
@@ -33,7 +36,9 @@ class DistillationDataManagerConfig(VanillaDataManagerConfig):
 
     _target: Type = field(default_factory=lambda: DistillationDataManager)
     poses_per_epoch: int = 100
-    """Novel camera poses drawn per epoch; an epoch is as many rays as those poses have pixels."""
+    """Novel camera poses drawn per epoch (hard poses are measured and re-injected per epoch)."""
+    steps_per_epoch: Optional[int] = None
+    """Steps before the next epoch's poses; None: one per pose (the authors' loader gives each pose one batch)."""
     elevation_percentiles: Tuple[float, float] = (5.0, 95.0)
     """Object-centric scenes: elevation range of the novel orbit poses, as percentiles of the training cameras'."""
     forward_facing_margin: float = 0.1
@@ -42,67 +47,9 @@ class DistillationDataManagerConfig(VanillaDataManagerConfig):
     """Forward-facing scenes: rotation jitter of a training camera's orientation."""
 
 
-class PoseSampler:
-    """Draws novel camera-to-world poses like the training cameras (DESIGN §1).
-
-    Object-centric captures (cameras looking from all around): orbit poses around the scene-box centre
-    with the training cameras' radius range and elevation percentiles, looking at the centre.
-    Forward-facing captures: centres in the training centres' box grown by a margin, orientations of a
-    random training camera jittered by up to ``jitter_degrees``.
-
-    Args:
-        camera_to_worlds: Float[Tensor, "N 3 4"] training poses (OpenGL convention, as nerfstudio).
-        centre: Float[Tensor, "3"] scene centre (world units).
-        config: the datamanager config holding the ranges.
-    """
-
-    def __init__(self, camera_to_worlds: Tensor, centre: Tensor, config: DistillationDataManagerConfig) -> None:
-        self.c2w = camera_to_worlds.float().cpu()
-        self.centre = centre.float().cpu()
-        self.config = config
-        forward = -self.c2w[:, :, 2]
-        self.object_centric = bool(forward.mean(dim=0).norm() < 0.7)
-        self.up = torch.nn.functional.normalize(self.c2w[:, :, 1].mean(dim=0), dim=0)
-        offsets = self.c2w[:, :, 3] - self.centre
-        radius = offsets.norm(dim=-1)
-        elevation = torch.asin((offsets @ self.up / radius).clamp(-1, 1))
-        lo, hi = config.elevation_percentiles
-        self.radius_range = (float(radius.min()), float(radius.max()))
-        self.elevation_range = (float(torch.quantile(elevation, lo / 100)), float(torch.quantile(elevation, hi / 100)))
-
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n 3 4"]:
-        """n novel camera-to-world matrices."""
-        u = torch.rand(n, 3, generator=generator)
-        if self.object_centric:
-            return self._orbit(u)
-        return self._forward_facing(u, generator)
-
-    def _orbit(self, u: Tensor) -> Tensor:
-        r = self.radius_range[0] + u[:, 0] * (self.radius_range[1] - self.radius_range[0])
-        elev = self.elevation_range[0] + u[:, 1] * (self.elevation_range[1] - self.elevation_range[0])
-        azim = u[:, 2] * 2 * math.pi
-        helper = torch.tensor([1.0, 0.0, 0.0]) if abs(float(self.up[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0])
-        e1 = torch.nn.functional.normalize(torch.linalg.cross(self.up, helper), dim=0)
-        e2 = torch.linalg.cross(self.up, e1)
-        horizontal = azim.cos()[:, None] * e1 + azim.sin()[:, None] * e2
-        direction = elev.cos()[:, None] * horizontal + elev.sin()[:, None] * self.up
-        pos = self.centre + r[:, None] * direction
-        return torch.stack([viewmatrix(p - self.centre, self.up, p) for p in pos])
-
-    def _forward_facing(self, u: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-        centres = self.c2w[:, :, 3]
-        lo, hi = centres.min(dim=0).values, centres.max(dim=0).values
-        grow = (hi - lo) * self.config.forward_facing_margin / 2
-        pos = (lo - grow) + u * (hi - lo + 2 * grow)
-        base = self.c2w[torch.randint(len(self.c2w), (len(u),), generator=generator), :, :3]
-        axis = torch.nn.functional.normalize(torch.randn(len(u), 3, generator=generator), dim=-1)
-        angle = (torch.rand(len(u), generator=generator) * 2 - 1) * math.radians(self.config.jitter_degrees)
-        jitter = torch.from_numpy(Rotation.from_rotvec((axis * angle[:, None]).numpy()).as_matrix()).float()
-        return torch.cat([jitter @ base, pos[:, :, None]], dim=-1)
-
-
 class DistillationDataManager(VanillaDataManager):
-    """nerfstudio's ``VanillaDataManager`` plus pseudo-label batches once a teacher is attached.
+    """nerfstudio's ``VanillaDataManager`` plus pseudo-label batches once a teacher is attached, with
+    the hard-pose (TCP) and hard-ray (TSR) samplers of active learning.
 
     Training images are only read when training from images (no teacher).
     """
@@ -112,11 +59,15 @@ class DistillationDataManager(VanillaDataManager):
     def setup_train(self) -> None:
         # Deferred: VanillaDataManager.setup_train reads every training image, which distillation never uses.
         self.teacher: Optional[Teacher] = None
+        self.active_learning: Optional[ActiveLearning] = None
+        self.image_dir: Optional[Path] = None
         self._image_training_ready = False
 
-    def attach_teacher(self, teacher: Teacher) -> None:
-        """Switch training batches to pseudo-labels rendered by ``teacher``."""
+    def attach_teacher(self, teacher: Teacher, active_learning: Optional[ActiveLearning] = None) -> None:
+        """Switch training batches to pseudo-labels rendered by ``teacher``; ``active_learning`` holds
+        the pools the samplers draw from (None: plain random poses and rays)."""
         self.teacher = teacher
+        self.active_learning = active_learning
         cameras = self.train_dataset.cameras
         self.pose_sampler = PoseSampler(cameras.camera_to_worlds, self.train_dataset.scene_box.get_center(), self.config)
         kind = "object-centric orbit" if self.pose_sampler.object_centric else "forward-facing"
@@ -125,11 +76,31 @@ class DistillationDataManager(VanillaDataManager):
         self.epoch = -1
         self._new_epoch()
 
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:  # active-learning images go beside the run's checkpoints
+            self.image_dir = Path(trainer.base_dir) / "active_learning"
+        return []
+
+    # --- epochs of novel poses ------------------------------------------------------------------------
+    def _al_level(self, level: str) -> bool:
+        al = self.active_learning
+        return al is not None and al.active and getattr(al.config, level)
+
     def _new_epoch(self) -> None:
         self.epoch += 1
-        c2w = self.pose_sampler.sample(self.config.poses_per_epoch)
+        n = self.config.poses_per_epoch
+        pool = self.active_learning.hard_poses if self.active_learning is not None else None
+        n_pool = 0
+        if pool is not None and self._al_level("poses") and len(pool.poses):
+            n_pool = min(n - 1, round(self.active_learning.config.pose_fraction * n))
+        c2w = torch.cat([
+            self.pose_sampler.sample(n - n_pool),
+            pool.draw(n_pool, self.active_learning.config.pose_jitter_degrees, self.pose_sampler.pivot) if pool else torch.zeros(0, 3, 4),
+        ])
+        self.from_pool = torch.arange(n) >= n - n_pool
+        """Bool[Tensor, "n"]: which of this epoch's poses are re-injected hard poses."""
         cam = self._intrinsics
-        n = len(c2w)
         self.pseudo_cameras = Cameras(
             camera_to_worlds=c2w,
             fx=cam.fx.expand(n, 1),
@@ -143,9 +114,24 @@ class DistillationDataManager(VanillaDataManager):
         ).to(self.device)
         self.pseudo_ray_generator = RayGenerator(self.pseudo_cameras)
         self._image_size = (int(cam.height), int(cam.width))
-        self._epoch_steps = max(1, n * self._image_size[0] * self._image_size[1] // self.config.train_num_rays_per_batch)
+        self._epoch_steps = self.config.steps_per_epoch or n
         self._epoch_step = 0
+        if self.active_learning is not None:
+            self.active_learning.start_epoch(n, self._image_size)
 
+    def _end_epoch(self, step: int) -> None:
+        """Hard poses of the finished epoch into the pool; images of the hard poses and rays."""
+        al = self.active_learning
+        if al is None or not al.active:
+            return
+        hardest = al.hard_poses.end_epoch(self.pseudo_cameras.camera_to_worlds.cpu()) if al.config.poses else None
+        every = al.config.images_every_epochs
+        if self.image_dir is not None and every > 0 and self.epoch % every == 0:
+            from pvdal_ns.al_images import write_epoch_images
+
+            write_epoch_images(self, hardest, step)
+
+    # --- batches --------------------------------------------------------------------------------------
     def _draw_ray_indices(self, num_rays: int) -> Tensor:
         """[num_rays, 3] (pose id, row, column) drawn uniformly from this epoch's poses."""
         height, width = self._image_size  # every novel pose has the training intrinsics
@@ -157,7 +143,10 @@ class DistillationDataManager(VanillaDataManager):
 
         With a teacher, ``batch`` holds ``image`` Float[Tensor, "R 3"] (teacher render on
         ``background``), ``background`` Float[Tensor, "R 3"], ``indices`` Int[Tensor, "R 3"]
-        (pose id, row, column) and ``teacher`` (:class:`~pvdal_ns.teacher.TeacherBatch`).
+        (pose id, row, column; pose id −1 for rays from the hard-ray pool), ``rays`` (origins,
+        directions, pixel_area, pixels of each ray, for the pool) and ``teacher``
+        (:class:`~pvdal_ns.teacher.TeacherBatch`). Once the hard-ray pool is full, a fraction of the
+        R rays comes from it (TSR); R stays ``train_num_rays_per_batch``.
         """
         if self.teacher is None:
             if not self._image_training_ready:
@@ -165,15 +154,46 @@ class DistillationDataManager(VanillaDataManager):
                 self._image_training_ready = True
             return super().next_train(step)
         if self._epoch_step >= self._epoch_steps:
+            self._end_epoch(step)
             self._new_epoch()
         self._epoch_step += 1
         self.train_count += 1
-        indices = self._draw_ray_indices(self.config.train_num_rays_per_batch)
-        ray_bundle = self.pseudo_ray_generator(indices.to(self.device))
-        background = torch.rand(len(indices), 3, device=self.device)
+        num_rays = self.config.train_num_rays_per_batch
+        pooled = None
+        if self._al_level("rays"):
+            rays_pool = self.active_learning.hard_rays
+            pooled = rays_pool.draw(rays_pool.per_batch(num_rays))
+        num_pooled = 0 if pooled is None else len(pooled["origins"])
+        indices = self._draw_ray_indices(num_rays - num_pooled)
+        fresh = self.pseudo_ray_generator(indices.to(self.device))
+        rays = {
+            "origins": fresh.origins, "directions": fresh.directions, "pixel_area": fresh.pixel_area,
+            "pixels": indices[:, 1:].to(self.device),
+        }
+        if pooled is not None:
+            rays = {k: torch.cat([v, pooled[k].to(v)]) for k, v in rays.items()}
+            indices = torch.cat([indices, torch.cat([torch.full((num_pooled, 1), -1), pooled["pixels"].cpu()], dim=-1)])
+        ray_bundle = RayBundle(
+            origins=rays["origins"], directions=rays["directions"], pixel_area=rays["pixel_area"],
+            camera_indices=torch.zeros_like(rays["pixel_area"], dtype=torch.long),
+        )
+        background = torch.rand(num_rays, 3, device=self.device)
         teacher_batch = self.teacher.render(ray_bundle, background)
-        batch = {"image": teacher_batch.rgb, "background": background, "indices": indices, "teacher": teacher_batch}
+        batch = {"image": teacher_batch.rgb, "background": background, "indices": indices, "rays": rays,
+                 "teacher": teacher_batch}
         return ray_bundle, batch
+
+    def feedback(self, batch: Dict, errors: Float[Tensor, "R"]) -> None:
+        """Active-learning feedback of one step: per-ray squared RGB errors (student vs teacher) of
+        ``batch`` go to the hard-pose statistics (TCP) and the hard-ray pool (TSR)."""
+        al = self.active_learning
+        if al is None or not al.active:
+            return
+        if al.config.poses:
+            al.hard_poses.record(batch["indices"][:, 0], errors)
+        if al.config.rays:
+            entered = al.hard_rays.update(errors, batch["rays"])
+            al.record_hard_rays(batch["indices"][entered.cpu()])
 
     def get_train_rays_per_batch(self) -> int:
         return self.config.train_num_rays_per_batch

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
@@ -76,14 +76,20 @@ def rgb_loss(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Te
 
 
 def point_losses(
-    student: PointOutputs, teacher: PointOutputs, stage: int, config: PVDLossConfig, align_volume: bool
+    student: PointOutputs,
+    teacher: PointOutputs,
+    stage: int,
+    config: PVDLossConfig,
+    align_volume: bool,
+    hard_points: Optional[Bool[Tensor, "M"]] = None,
 ) -> Dict[str, Tensor]:
     """Weighted per-point losses for a stage: L_v from stage 1, L_σ and L_c from stage 2.
 
     Args:
-        student, teacher: outputs at the same points (``rgb`` needed from stage 2).
+        student, teacher: outputs at the same M points (``rgb`` needed from stage 2).
         stage: 1, 2 or 3.
         align_volume: False when either side has no 16-d volume feature (L_v skipped).
+        hard_points: the points that carry L_σ and L_c (hard points, TSP, Algorithm 1); None: all.
 
     Returns:
         ``{"volume_loss", "density_loss", "colour_loss"}`` as far as the stage has them; weights applied.
@@ -93,6 +99,8 @@ def point_losses(
         assert student.phi1 is not None and teacher.phi1 is not None
         losses["volume_loss"] = config.volume_weight * volume_aligned_loss(student.phi1, teacher.phi1)
     if stage >= 2:
+        if hard_points is not None:
+            student, teacher = _select(student, hard_points), _select(teacher, hard_points)
         if config.density_weight > 0:
             losses["density_loss"] = config.density_weight * clipped_density_loss(
                 student.raw_density, teacher.raw_density, config.density_clip
@@ -101,6 +109,10 @@ def point_losses(
             assert student.rgb is not None and teacher.rgb is not None
             losses["colour_loss"] = config.colour_weight * colour_loss(student.rgb, teacher.rgb)
     return losses
+
+
+def _select(points: PointOutputs, keep: Tensor) -> PointOutputs:
+    return PointOutputs(points.raw_density[keep], None if points.rgb is None else points.rgb[keep])
 
 
 @dataclass
@@ -122,3 +134,10 @@ class StageSchedule:
         if step < s1:
             return 1
         return 2 if step < s1 + self.stage2_steps else 3
+
+    @property
+    def stage3_start(self) -> int:
+        """The first step of stage 3."""
+        if not self.blockwise:
+            return 0
+        return (self.stage1_steps if self.has_stage1 else 0) + self.stage2_steps

@@ -20,7 +20,7 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.model_components.ray_samplers import UniformSampler
 from torch import Tensor
 
-from pvdal_ns.checkpoints import load_checkpoint, model_state
+from pvdal_ns.checkpoints import fill_missing_defaults, load_checkpoint, model_state
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.model import PVDModel, PVDModelConfig
 from pvdal_ns.occupancy import OccupancyGrid
@@ -130,7 +130,7 @@ def read_trainer_config(config_path: Path):
         raise TeacherLoadError(f"teacher config {config_path} is not a readable nerfstudio config: {first}") from None
     if not isinstance(config, TrainerConfig):
         raise TeacherLoadError(f"teacher config {config_path} is not a nerfstudio training config (config.yml)")
-    return config
+    return fill_missing_defaults(config)
 
 
 def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Teacher:

@@ -85,3 +85,31 @@ def test_ns_distill_run_writes_report(tiny_teacher, tmp_path):
     assert {"device", "versions", "peak_memory_gib"} <= set(report)
     assert report["command"].startswith("ns-distill run --teacher")
     assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_ns_distill_ablation_writes_table_and_reuses_finished_rows(tiny_teacher, tmp_path):
+    from pvdal_ns.scripts.distill import main
+
+    config_path, _ = tiny_teacher
+    out = tmp_path / "ablation"
+    args = ["ablation", "--teacher", str(config_path), "--steps", "12", "--rows", "all", "w/o active learning",
+            "--output-dir", str(out)]
+    assert main(args) == 0
+    record = json.loads((out / "ablation.json").read_text())
+    assert [r["row"] for r in record["runs"]] == ["all", "w/o active learning"]
+    for run in record["runs"]:
+        assert len(run["per_view_psnr"]) == 10 and run["psnr_min"] <= run["psnr"] <= run["psnr_max"]
+    table = (out / "ablation.md").read_text()
+    assert "| all |" in table and "| w/o active learning |" in table and "Δ vs all" in table
+    assert (out / "ablation.png").stat().st_size > 10_000
+    runs_before = sorted(p.name for p in out.iterdir())
+    assert main(args) == 0  # a rerun with the same settings trains nothing new
+    assert sorted(p.name for p in out.iterdir()) == runs_before
+    assert json.loads((out / "ablation.json").read_text())["runs"] == record["runs"]
+
+
+def test_ablation_bad_input_is_one_line(tmp_path):
+    result = _run(BIN / "ns-distill", "ablation", "--steps", "0")
+    assert result.returncode == 2 and "--steps must be at least 1" in result.stderr
+    result = _run(BIN / "ns-distill", "ablation", "--teacher", tmp_path / "missing.yml")
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -39,6 +39,7 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     teacher_path, teacher_pipeline = tiny_teacher
     config = tiny_config("vm", tmp_path, steps=120, teacher=teacher_path, experiment="student")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 20, 20
+    config.pipeline.al.images_every_epochs = 2
     config.set_timestamp()
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
@@ -70,6 +71,20 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     after = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
     assert after > before + 5.0, (before, after)
     assert after > 20.0
+
+    # active learning ran in stage 3: pools filled, images written, pools saved and restored on resume
+    al = pipeline.active_learning
+    assert al.hard_rays.warm and len(al.hard_poses.poses) > 0
+    _, batch = pipeline.datamanager.next_train(119)
+    assert int((batch["indices"][:, 0] == -1).sum()) == al.hard_rays.per_batch(1024)  # pool rays in the batch
+    images = sorted(p.name for p in (config.get_base_dir() / "active_learning").iterdir())
+    assert "epoch-0002-poses.png" in images and "epoch-0002-rays.png" in images
+    resumed_config = tiny_config("vm", tmp_path, steps=120, teacher=teacher_path, experiment="student")
+    resumed_config.load_dir = config.get_base_dir() / "nerfstudio_models"
+    resumed = resumed_config.setup(local_rank=0, world_size=1)
+    resumed.setup()
+    assert torch.equal(resumed.pipeline.active_learning.hard_poses.poses, al.hard_poses.poses)
+    assert torch.equal(resumed.pipeline.active_learning.hard_rays.rays["origins"].cpu(), al.hard_rays.rays["origins"].cpu())
 
     # the student checkpoint evaluates with no teacher present (test mode never loads it)
     from nerfstudio.utils.eval_utils import eval_setup

@@ -2,6 +2,7 @@
 
     ns-distill demo                                  # embedded lego: teacher → hash, vm, mlp, tensors
     ns-distill run --teacher outputs/…/config.yml --student mlp [--steps N]
+    ns-distill ablation                              # paper Table 3 on the embedded scene (VM → MLP)
 
 Heavy imports (torch, nerfstudio) happen inside the commands, so ``--help`` and errors about bad input
 are fast. Bad input prints one line and exits with code 2.
@@ -87,20 +88,70 @@ class Run:
         finish(out, students, started, {"command": command, "teacher_config": str(teacher_path), "scene": str(data)})
 
 
-Commands = Union[
-    Annotated[Demo, tyro.conf.subcommand(name="demo")],
-    Annotated[Run, tyro.conf.subcommand(name="run")],
+AblationRow = Literal[
+    "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
+    "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning",
 ]
 
 
-def _quick_checks(command: Union[Demo, Run]) -> None:
+@dataclass
+class Ablation:
+    """Paper Table 3 on the embedded scene: distil the demo teacher into one student with every PVD-AL
+    component on, then with each switched off (same teacher, steps and seeds). Writes ablation.md,
+    ablation.json and ablation.png (per-view PSNR distributions, Fig. 6) under the output folder; a
+    rerun with the same settings only runs the rows not yet measured."""
+
+    output_dir: Path = Path("outputs/ablation")
+    """Where the runs, ablation.md, ablation.json and ablation.png go."""
+    teacher: Optional[Path] = None
+    """config.yml of the teacher; default: the demo's teacher (trained and cached under --teacher-dir)."""
+    teacher_dir: Path = Path("outputs/demo")
+    """Where the demo's cached teacher is looked for (and trained if missing)."""
+    student: Architecture = "mlp"
+    """Architecture of the student."""
+    steps: int = DEMO_STUDENT_STEPS["mlp"]
+    """Distillation steps of every run."""
+    rows: Tuple[AblationRow, ...] = (
+        "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
+        "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning",
+    )
+    """The runs of the table."""
+    seeds: Tuple[int, ...] = (0,)
+    """Every row runs once per seed; the table gives means over seeds."""
+
+    def main(self, command: str) -> None:
+        """Run the missing rows and write the table."""
+        from pvdal_ns import EMBEDDED_SCENE
+        from pvdal_ns.ablation import AblationSettings, run_ablation
+        from pvdal_ns.conversion import cached_teacher, check_teacher
+
+        if self.teacher is None:
+            teacher_path = Path(cached_teacher("vm", True, EMBEDDED_SCENE, self.teacher_dir.resolve(), 1000).report.config)
+        else:
+            teacher_path = self.teacher.expanduser().resolve()
+            check_teacher(teacher_path)
+        settings = AblationSettings(str(teacher_path), self.student, self.steps, True, str(EMBEDDED_SCENE))
+        run_ablation(settings, self.rows, self.seeds, self.output_dir.resolve())
+
+
+Commands = Union[
+    Annotated[Demo, tyro.conf.subcommand(name="demo")],
+    Annotated[Run, tyro.conf.subcommand(name="run")],
+    Annotated[Ablation, tyro.conf.subcommand(name="ablation")],
+]
+
+
+def _quick_checks(command: Union[Demo, Run, Ablation]) -> None:
     """Checks that need no heavy import, so bad input fails in a moment."""
-    if isinstance(command, Run):
+    if isinstance(command, Ablation) and command.steps < 1:
+        raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
+    if isinstance(command, (Run, Ablation)) and command.teacher is not None:
         path = command.teacher.expanduser()
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
             raise SystemExit(_error(f"teacher config {path} {what}: pass the config.yml that ns-train wrote "
                                     "(outputs/<experiment>/<method>/<timestamp>/config.yml)"))
+    if isinstance(command, Run):
         if command.steps is not None and command.steps < 1:
             raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
 

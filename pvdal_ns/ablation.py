@@ -1,0 +1,173 @@
+"""``ns-distill ablation``: paper Table 3 on one teacher → student pair, every run with the same teacher,
+steps and seed; and Fig. 6's per-view PSNR distributions (active learning should raise the minimum).
+
+Each finished run is appended to ``ablation.json`` at once (atomically), so an interrupted ablation
+keeps its rows and a rerun with the same settings only runs the missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+from nerfstudio.engine.trainer import TrainerConfig
+
+from pvdal_ns.conversion import CONSOLE, student_config
+from pvdal_ns.report import _write_atomic, device_description, versions
+from pvdal_ns.runner import evaluate, train
+
+
+def _off(*names: str) -> Callable[[TrainerConfig], None]:
+    def apply(config: TrainerConfig) -> None:
+        pipeline = config.pipeline
+        for name in names:
+            owner, attr = name.split(".")
+            target = {"loss": pipeline.loss, "al": pipeline.al, "pipeline": pipeline}[owner]  # type: ignore[attr-defined]
+            setattr(target, attr, None if attr == "density_clip" else 0.0 if attr.endswith("weight") else False)
+
+    return apply
+
+
+ROWS: Dict[str, Callable[[TrainerConfig], None]] = {
+    "all": _off(),
+    "w/o L_v": _off("loss.volume_weight"),
+    "w/o L_sigma": _off("loss.density_weight"),
+    "w/o L_c": _off("loss.colour_weight"),
+    "w/o L_rgb": _off("loss.rgb_weight"),
+    "w/o density clipping": _off("loss.density_clip"),
+    "w/o block-wise": _off("pipeline.blockwise"),
+    "w/o hard poses": _off("al.poses"),
+    "w/o hard rays": _off("al.rays"),
+    "w/o hard points": _off("al.points"),
+    "w/o active learning": _off("al.poses", "al.rays", "al.points"),
+}
+"""Table 3's rows: each switches one component off (the paper's "w/o …")."""
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (as ``ns-train`` does with ``machine.seed``)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class AblationSettings:
+    """What makes two ablation runs comparable (a rerun reuses rows only when these match)."""
+
+    teacher_config: str
+    student: str
+    steps: int
+    small: bool
+    scene: str
+
+
+def _run_row(settings: AblationSettings, row: str, seed: int, output_dir: Path) -> dict:
+    config = student_config(settings.student, settings.small, Path(settings.scene), output_dir,
+                            f"{row.replace('/', '').replace(' ', '-')}-seed{seed}", settings.steps,
+                            Path(settings.teacher_config))
+    grid = getattr(_teacher_model_config(settings.teacher_config), "grid_resolution", None)
+    if grid is not None:
+        config.pipeline.model.grid_resolution = grid
+    config.machine.seed = seed
+    ROWS[row](config)
+    set_seed(seed)
+    run = train(config, f"{row} (seed {seed})")
+    result = evaluate(run.pipeline, f"{row}: evaluating")
+    psnr = [float(v["psnr"]) for v in result.per_view]  # type: ignore[arg-type]
+    ssim = [float(v["ssim"]) for v in result.per_view]  # type: ignore[arg-type]
+    return {
+        "row": row, "seed": seed, "psnr": statistics.mean(psnr), "psnr_min": min(psnr), "psnr_max": max(psnr),
+        "ssim": statistics.mean(ssim), "ssim_min": min(ssim), "ssim_max": max(ssim),
+        "per_view_psnr": [round(p, 3) for p in psnr], "train_seconds": round(run.seconds, 1),
+        "seconds_per_step": round(run.seconds / run.steps, 4), "config": str(run.config_path),
+    }
+
+
+def _teacher_model_config(path: str):
+    from pvdal_ns.teacher import read_trainer_config
+
+    return read_trainer_config(Path(path)).pipeline.model
+
+
+def run_ablation(settings: AblationSettings, rows: Sequence[str], seeds: Sequence[int], output_dir: Path) -> List[dict]:
+    """Run every (row, seed) not yet in ``output_dir/ablation.json`` and rewrite the table and plot."""
+    record = output_dir / "ablation.json"
+    done: List[dict] = []
+    if record.is_file():
+        previous = json.loads(record.read_text())
+        if previous.get("settings") == settings.__dict__:
+            done = previous["runs"]
+            CONSOLE.log(f"Reusing {len(done)} finished runs from {record}")
+    for seed in seeds:
+        for row in rows:
+            if any(r["row"] == row and r["seed"] == seed for r in done):
+                continue
+            started = time.perf_counter()
+            done.append(_run_row(settings, row, seed, output_dir))
+            CONSOLE.log(f"{row} (seed {seed}): {done[-1]['psnr']:.2f} dB in {time.perf_counter() - started:.0f} s")
+            payload = {"settings": settings.__dict__, "device": device_description(), "versions": versions(), "runs": done}
+            _write_atomic(record, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+    chosen = [r for r in done if r["seed"] in seeds]
+    summary = summarise(chosen, rows)
+    _write_atomic(output_dir / "ablation.md", lambda p: p.write_text(markdown_table(summary, settings, seeds)))
+    plot_per_view(chosen, rows, output_dir / "ablation.png")
+    CONSOLE.print(markdown_table(summary, settings, seeds))
+    return summary
+
+
+def summarise(runs: List[dict], rows: Sequence[str]) -> List[dict]:
+    """Per row, over its seeds: means of mean/min/max per-view PSNR and SSIM, and of time per step."""
+    out = []
+    for row in rows:
+        mine = [r for r in runs if r["row"] == row]
+        if not mine:
+            continue
+        keys = ("psnr", "psnr_min", "psnr_max", "ssim", "ssim_min", "ssim_max", "seconds_per_step")
+        out.append({"row": row, "seeds": len(mine), **{k: statistics.mean(r[k] for r in mine) for k in keys}})
+    return out
+
+
+def markdown_table(summary: List[dict], settings: AblationSettings, seeds: Sequence[int]) -> str:
+    """Table 3 as markdown: Δ against "all", per-view PSNR mean/min/max, SSIM, time per step."""
+    base = next((s for s in summary if s["row"] == "all"), None)
+    lines = [
+        f"Ablation: {Path(settings.teacher_config).parent.parent.name} teacher → {settings.student} student, "
+        f"{settings.steps} steps, seeds {list(seeds)} (mean over seeds), {device_description()}",
+        "",
+        "| run | PSNR mean | Δ vs all | PSNR min | PSNR max | SSIM mean | SSIM min | s/step | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        delta = "" if base is None or s is base else f"{s['psnr'] - base['psnr']:+.2f}"
+        lines.append(f"| {s['row']} | {s['psnr']:.2f} | {delta} | {s['psnr_min']:.2f} | {s['psnr_max']:.2f} | "
+                     f"{s['ssim']:.4f} | {s['ssim_min']:.4f} | {s['seconds_per_step']:.3f} | {s['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_per_view(runs: List[dict], rows: Sequence[str], path: Path) -> None:
+    """Fig. 6: the distribution of per-view PSNR of each row (box and points, all seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [row for row in rows if any(r["row"] == row for r in runs)]
+    data = [[p for r in runs if r["row"] == row for p in r["per_view_psnr"]] for row in present]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(present), 4.2))
+    ax.boxplot(data, whis=(0, 100))
+    for i, values in enumerate(data, start=1):
+        ax.scatter(np.full(len(values), i) + np.random.uniform(-0.12, 0.12, len(values)), values, s=8, alpha=0.6)
+    ax.set_xticks(range(1, len(present) + 1), present, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("per-view PSNR (dB)")
+    ax.set_title("PVD-AL ablation: per-view PSNR on the test views (whiskers: min–max)", fontsize=9)
+    fig.tight_layout()
+    _write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)

@@ -1,0 +1,83 @@
+"""Novel camera poses like the training cameras (DESIGN §1), and random rotations to jitter them."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.camera_utils import viewmatrix
+from scipy.spatial.transform import Rotation
+from torch import Tensor
+
+
+def random_rotations(n: int, max_degrees: float, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n 3 3"]:
+    """``n`` rotations about uniformly random axes by angles uniform in ±``max_degrees``."""
+    axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    return torch.from_numpy(Rotation.from_rotvec((axis * angle[:, None]).numpy()).as_matrix()).float()
+
+
+class PoseSampler:
+    """Draws novel camera-to-world poses like the training cameras (DESIGN §1).
+
+    Object-centric captures (cameras looking from all around): orbit poses around the scene-box centre
+    with the training cameras' radius range and elevation percentiles, looking at the centre.
+    Forward-facing captures: centres in the training centres' box grown by a margin, orientations of a
+    random training camera jittered by up to ``jitter_degrees``.
+
+    Args:
+        camera_to_worlds: Float[Tensor, "N 3 4"] training poses (OpenGL convention, as nerfstudio).
+        centre: Float[Tensor, "3"] scene centre (world units).
+        config: the settings ``elevation_percentiles``, ``forward_facing_margin`` and ``jitter_degrees``
+            (a ``DistillationDataManagerConfig``).
+    """
+
+    def __init__(self, camera_to_worlds: Tensor, centre: Tensor, config) -> None:
+        self.c2w = camera_to_worlds.float().cpu()
+        self.centre = centre.float().cpu()
+        self.config = config
+        forward = -self.c2w[:, :, 2]
+        self.object_centric = bool(forward.mean(dim=0).norm() < 0.7)
+        self.up = torch.nn.functional.normalize(self.c2w[:, :, 1].mean(dim=0), dim=0)
+        offsets = self.c2w[:, :, 3] - self.centre
+        radius = offsets.norm(dim=-1)
+        elevation = torch.asin((offsets @ self.up / radius).clamp(-1, 1))
+        lo, hi = config.elevation_percentiles
+        self.radius_range = (float(radius.min()), float(radius.max()))
+        self.elevation_range = (float(torch.quantile(elevation, lo / 100)), float(torch.quantile(elevation, hi / 100)))
+
+    @property
+    def pivot(self) -> Optional[Tensor]:
+        """Point that re-injected hard poses are rotated about: the scene centre for orbits, None
+        (each camera's own centre) for forward-facing captures."""
+        return self.centre if self.object_centric else None
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n 3 4"]:
+        """n novel camera-to-world matrices."""
+        u = torch.rand(n, 3, generator=generator)
+        if self.object_centric:
+            return self._orbit(u)
+        return self._forward_facing(u, generator)
+
+    def _orbit(self, u: Tensor) -> Tensor:
+        r = self.radius_range[0] + u[:, 0] * (self.radius_range[1] - self.radius_range[0])
+        elev = self.elevation_range[0] + u[:, 1] * (self.elevation_range[1] - self.elevation_range[0])
+        azim = u[:, 2] * 2 * math.pi
+        helper = torch.tensor([1.0, 0.0, 0.0]) if abs(float(self.up[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0])
+        e1 = torch.nn.functional.normalize(torch.linalg.cross(self.up, helper), dim=0)
+        e2 = torch.linalg.cross(self.up, e1)
+        horizontal = azim.cos()[:, None] * e1 + azim.sin()[:, None] * e2
+        direction = elev.cos()[:, None] * horizontal + elev.sin()[:, None] * self.up
+        pos = self.centre + r[:, None] * direction
+        return torch.stack([viewmatrix(p - self.centre, self.up, p) for p in pos])
+
+    def _forward_facing(self, u: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        centres = self.c2w[:, :, 3]
+        lo, hi = centres.min(dim=0).values, centres.max(dim=0).values
+        grow = (hi - lo) * self.config.forward_facing_margin / 2
+        pos = (lo - grow) + u * (hi - lo + 2 * grow)
+        base = self.c2w[torch.randint(len(self.c2w), (len(u),), generator=generator), :, :3]
+        jitter = random_rotations(len(u), self.config.jitter_degrees, generator)
+        return torch.cat([jitter @ base, pos[:, :, None]], dim=-1)

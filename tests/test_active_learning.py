@@ -1,0 +1,137 @@
+"""Active learning on hand-made errors: what each level selects, how the pools fill and are replaced,
+and that the pools survive a checkpoint round-trip."""
+
+import math
+
+import torch
+
+from pvdal_ns.active_learning import (
+    ActiveLearning,
+    ActiveLearningConfig,
+    HardPosePool,
+    HardRayPool,
+    hard_point_mask,
+    top_fraction_per_ray,
+)
+from pvdal_ns.checkpoints import load_checkpoint
+from pvdal_ns.fields import PointOutputs
+from pvdal_ns.losses import PVDLossConfig, point_losses
+
+
+def test_top_fraction_counts_only_occupied_samples():
+    weights = torch.tensor([[0.1, 0.5, 0.2, 0.0, 0.9], [0.3, 0.3, 0.1, 0.2, 0.0]])
+    mask = torch.tensor([[True, True, True, False, True], [True, True, True, True, False]])
+    keep = top_fraction_per_ray(weights, mask, 0.3)  # ceil(0.3 · 4) = 2 per ray
+    assert keep.tolist() == [[False, True, False, False, True], [True, True, False, False, False]]
+
+
+def test_hard_points_are_the_union_of_teacher_and_student_on_opaque_rays():
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[2, 3] = False
+    teacher = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.0, 0.0, 0.9, 0.1], [0.2, 0.5, 0.1, 0.0]])[..., None]
+    student = torch.tensor([[0.1, 0.1, 0.1, 0.7], [0.0, 0.0, 0.8, 0.2], [0.6, 0.1, 0.1, 0.0]])[..., None]
+    opacity = torch.tensor([[1.0], [0.9], [0.4]])  # the third ray is too transparent
+    keep = hard_point_mask(teacher, student, mask, opacity, fraction=0.25, min_opacity=0.5)
+    assert keep.shape == (11,)
+    assert keep.tolist() == [True, False, False, True, False, False, True, False, False, False, False]
+
+
+def test_hard_points_restrict_density_and_colour_losses_only():
+    student = PointOutputs(torch.tensor([[1.0], [3.0]]), torch.zeros(2, 3), torch.zeros(2, 16))
+    teacher = PointOutputs(torch.tensor([[0.0], [0.0]]), torch.ones(2, 3), torch.ones(2, 16))
+    cfg = PVDLossConfig(volume_weight=1.0, density_weight=1.0, colour_weight=1.0, density_clip=None)
+    losses = point_losses(student, teacher, 3, cfg, True, hard_points=torch.tensor([True, False]))
+    assert math.isclose(float(losses["density_loss"]), 1.0)  # only the first point: (1 − 0)²
+    assert math.isclose(float(losses["colour_loss"]), 1.0)
+    assert math.isclose(float(losses["volume_loss"]), 1.0)  # L_v keeps both points
+
+
+def _rays(values):
+    n = len(values)
+    v = torch.tensor(values, dtype=torch.float32)
+    return {"origins": v[:, None].expand(n, 3).clone(), "directions": torch.ones(n, 3), "pixel_area": torch.ones(n, 1),
+            "pixels": torch.stack([v.long(), v.long()], dim=-1)}
+
+
+def test_ray_pool_fills_with_hardest_then_replaces_drawn_slots_in_place():
+    pool = HardRayPool(capacity=4, fraction=0.2)  # 2 of every 10 rays
+    errors = torch.arange(10, dtype=torch.float32)
+    assert pool.draw(2) is None  # still filling
+    pool.update(errors, _rays(list(range(10))))
+    assert sorted(pool.rays["origins"][:, 0].tolist()) == [8.0, 9.0]
+    assert not pool.warm
+    pool.update(errors, _rays(list(range(10, 20))))
+    assert pool.warm and len(pool) == 4
+    drawn = pool.draw(2, generator=torch.Generator().manual_seed(0))
+    assert drawn is not None and len(drawn["origins"]) == 2
+    before = pool.rays["origins"][:, 0].clone()
+    slots = pool._drawn.clone()
+    hard = torch.zeros(10)
+    hard[[3, 6]] = torch.tensor([5.0, 7.0])
+    entered = pool.update(hard, _rays(list(range(100, 110))))
+    assert sorted(entered.tolist()) == [3, 6]
+    after = pool.rays["origins"][:, 0]
+    assert sorted(after[slots].tolist()) == [103.0, 106.0]
+    untouched = torch.ones(4, dtype=torch.bool)
+    untouched[slots] = False
+    assert torch.equal(after[untouched], before[untouched])
+    assert len(pool) == 4
+
+
+def _poses(n):
+    c2w = torch.eye(4)[:3].repeat(n, 1, 1)
+    c2w[:, 2, 3] = torch.arange(n, dtype=torch.float32) + 1.0  # camera i at z = i + 1
+    return c2w
+
+
+def test_pose_pool_keeps_worst_poses_by_explicit_id_and_replaces_oldest():
+    pool = HardPosePool(capacity=3, fraction=0.2)
+    pool.reset_epoch(10)
+    ids = torch.tensor([0, 1, 2, 3, 7, 7, 9, -1])
+    errors = torch.tensor([0.1, 0.2, 0.1, 0.3, 0.9, 0.7, 0.5, 99.0])  # −1: a pool ray, ignored
+    pool.record(ids, errors)
+    assert math.isclose(float(pool.pose_errors()[7]), 0.8, rel_tol=1e-6)
+    assert torch.isnan(pool.pose_errors()[5])  # pose 5 drew no rays
+    entered = pool.end_epoch(_poses(10))  # 6 measured poses → ceil(0.2 · 6) = 2
+    assert entered.tolist() == [7, 9]
+    assert pool.poses[:, 2, 3].tolist() == [8.0, 10.0]
+    pool.reset_epoch(10)
+    pool.record(torch.tensor([4, 5]), torch.tensor([1.0, 2.0]))
+    pool.end_epoch(_poses(10) + 100)
+    assert len(pool.poses) == 3 and pool.poses[:, 2, 3].tolist() == [8.0, 10.0, 106.0]
+    pool.reset_epoch(10)
+    pool.record(torch.tensor([1]), torch.tensor([1.0]))
+    pool.end_epoch(_poses(10) + 200)
+    assert pool.poses[:, 2, 3].tolist() == [202.0, 10.0, 106.0]  # the oldest slot was replaced
+
+
+def test_pose_pool_jitter_rotates_about_the_pivot_within_the_limit():
+    pool = HardPosePool(capacity=4, fraction=0.5)
+    pool._put(_poses(1)[0], 1.0)
+    exact = pool.draw(5, jitter_degrees=0.0, pivot=torch.zeros(3))
+    assert torch.allclose(exact, _poses(1).expand(5, 3, 4), atol=1e-6)
+    drawn = pool.draw(200, jitter_degrees=9.0, pivot=torch.zeros(3), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(drawn[:, :, 3].norm(dim=-1), torch.ones(200), atol=1e-5)  # same distance to the pivot
+    angle = torch.rad2deg(torch.acos(drawn[:, 2, 3].clamp(-1, 1)))
+    assert float(angle.max()) <= 9.0 + 1e-3 and float(angle.max()) > 4.0
+    looks_at_pivot = -drawn[:, :, 2]  # cameras still look at the pivot (they did before)
+    assert torch.allclose(looks_at_pivot, -drawn[:, :, 3] / drawn[:, :, 3].norm(dim=-1, keepdim=True), atol=1e-5)
+
+
+def test_pools_round_trip_through_a_checkpoint(tmp_path):
+    al = ActiveLearning(ActiveLearningConfig(pose_pool_size=5, ray_pool_size=4, ray_fraction=0.2))
+    al.hard_rays.update(torch.arange(10.0), _rays(list(range(10))))
+    al.hard_rays.update(torch.arange(10.0), _rays(list(range(10, 20))))
+    al.hard_poses.reset_epoch(3)
+    al.hard_poses.record(torch.tensor([0, 1, 2]), torch.tensor([0.5, 0.1, 0.2]))
+    al.hard_poses.end_epoch(_poses(3))
+    path = tmp_path / "step-000000001.ckpt"
+    torch.save({"step": 1, "pipeline": {f"active_learning.{k}": v for k, v in al.state_dict().items()}}, path)
+    state = load_checkpoint(path)["pipeline"]  # weights_only=True, as nerfstudio and our loader read it
+    restored = ActiveLearning(ActiveLearningConfig(pose_pool_size=5, ray_pool_size=4, ray_fraction=0.2))
+    restored.load_state_dict({k[len("active_learning."):]: v for k, v in state.items()})
+    assert torch.equal(restored.hard_poses.poses, al.hard_poses.poses)
+    assert torch.equal(restored.hard_poses.errors, al.hard_poses.errors)
+    for key, value in al.hard_rays.rays.items():
+        assert torch.equal(restored.hard_rays.rays[key], value), key
+    assert restored.hard_rays.warm
