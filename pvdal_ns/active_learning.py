@@ -64,16 +64,25 @@ class ActiveLearningConfig:
         return self.poses or self.rays or self.points
 
 
-def top_fraction_per_ray(
-    weights: Float[Tensor, "R S"], mask: Bool[Tensor, "R S"], fraction: float
-) -> Bool[Tensor, "R S"]:
-    """The ``ceil(fraction · n)`` largest weights of each ray's n occupied samples (ties by position)."""
-    ranked = torch.where(mask, weights, torch.full_like(weights, -1.0))
-    order = torch.argsort(ranked, dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    keep = torch.ceil(fraction * mask.sum(dim=-1, keepdim=True).float()).long()
-    return (ranks < keep) & mask
+def top_fraction_per_ray(weights: Float[Tensor, "M"], ray_ids: Int[Tensor, "M"], fraction: float) -> Bool[Tensor, "M"]:
+    """The ``ceil(fraction · n)`` largest of each ray's n weights, on packed samples.
+
+    Args:
+        weights: weights in [0, 1] of M samples, grouped by ray (as ``weights[mask]`` gives them).
+        ray_ids: the ray of each sample, non-decreasing.
+    """
+    if len(weights) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=weights.device)
+    counts = torch.bincount(ray_ids)
+    starts = torch.cumsum(counts, 0) - counts
+    keep = torch.ceil(fraction * counts.float()).long()
+    key = ray_ids.double() * 2 + (1 - weights.double().clamp(0, 1))  # by ray, then by weight descending
+    order = torch.argsort(key)
+    ray_sorted = ray_ids[order]
+    rank = torch.arange(len(order), device=order.device) - starts[ray_sorted]
+    selected = torch.empty_like(ray_ids, dtype=torch.bool)
+    selected[order] = rank < keep[ray_sorted]
+    return selected
 
 
 def hard_point_mask(
@@ -93,10 +102,11 @@ def hard_point_mask(
     Returns:
         Bool[Tensor, "M"] in the order of ``positions[mask]``.
     """
-    teacher = top_fraction_per_ray(teacher_weights[..., 0].detach(), mask, fraction)
-    student = top_fraction_per_ray(student_weights[..., 0].detach(), mask, fraction)
-    opaque = teacher_accumulation.detach() >= min_opacity
-    return ((teacher | student) & opaque)[mask]
+    ray_ids = torch.nonzero(mask)[:, 0]
+    teacher = top_fraction_per_ray(teacher_weights.detach()[mask][:, 0], ray_ids, fraction)
+    student = top_fraction_per_ray(student_weights.detach()[mask][:, 0], ray_ids, fraction)
+    opaque = (teacher_accumulation.detach()[:, 0] >= min_opacity)[ray_ids]
+    return (teacher | student) & opaque
 
 
 def _extra_state(module: nn.Module, names) -> Dict[str, Any]:

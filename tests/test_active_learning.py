@@ -21,8 +21,8 @@ from pvdal_ns.losses import PVDLossConfig, point_losses
 def test_top_fraction_counts_only_occupied_samples():
     weights = torch.tensor([[0.1, 0.5, 0.2, 0.0, 0.9], [0.3, 0.3, 0.1, 0.2, 0.0]])
     mask = torch.tensor([[True, True, True, False, True], [True, True, True, True, False]])
-    keep = top_fraction_per_ray(weights, mask, 0.3)  # ceil(0.3 · 4) = 2 per ray
-    assert keep.tolist() == [[False, True, False, False, True], [True, True, False, False, False]]
+    keep = top_fraction_per_ray(weights[mask], torch.nonzero(mask)[:, 0], 0.3)  # ceil(0.3 · 4) = 2 per ray
+    assert keep.tolist() == [False, True, False, True, True, True, False, False]
 
 
 def test_hard_points_are_the_union_of_teacher_and_student_on_opaque_rays():
