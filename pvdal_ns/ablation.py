@@ -8,7 +8,6 @@ keeps its rows and a rerun with the same settings only runs the missing ones.
 from __future__ import annotations
 
 import json
-import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
-import torch
 from nerfstudio.engine.trainer import TrainerConfig
 
-from pvdal_ns.conversion import CONSOLE, student_config
+from pvdal_ns.conversion import CONSOLE, distillation_config
 from pvdal_ns.report import _write_atomic, device_description, versions
 from pvdal_ns.runner import evaluate, train
 
@@ -51,13 +49,6 @@ ROWS: Dict[str, Callable[[TrainerConfig], None]] = {
 """Table 3's rows: each switches one component off (the paper's "w/o …")."""
 
 
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (as ``ns-train`` does with ``machine.seed``)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 @dataclass
 class AblationSettings:
     """What makes two ablation runs comparable (a rerun reuses rows only when these match)."""
@@ -70,15 +61,11 @@ class AblationSettings:
 
 
 def _run_row(settings: AblationSettings, row: str, seed: int, output_dir: Path) -> dict:
-    config = student_config(settings.student, settings.small, Path(settings.scene), output_dir,
-                            f"{row.replace('/', '').replace(' ', '-')}-seed{seed}", settings.steps,
-                            Path(settings.teacher_config))
-    grid = getattr(_teacher_model_config(settings.teacher_config), "grid_resolution", None)
-    if grid is not None:
-        config.pipeline.model.grid_resolution = grid
+    experiment = f"{row.replace('/', '').replace(' ', '-')}-seed{seed}"
+    config = distillation_config(Path(settings.teacher_config), settings.student, settings.small, Path(settings.scene),
+                                 output_dir, experiment, settings.steps)
     config.machine.seed = seed
     ROWS[row](config)
-    set_seed(seed)
     run = train(config, f"{row} (seed {seed})")
     result = evaluate(run.pipeline, f"{row}: evaluating")
     psnr = [float(v["psnr"]) for v in result.per_view]  # type: ignore[arg-type]
@@ -91,14 +78,15 @@ def _run_row(settings: AblationSettings, row: str, seed: int, output_dir: Path) 
     }
 
 
-def _teacher_model_config(path: str):
-    from pvdal_ns.teacher import read_trainer_config
-
-    return read_trainer_config(Path(path)).pipeline.model
-
-
 def run_ablation(settings: AblationSettings, rows: Sequence[str], seeds: Sequence[int], output_dir: Path) -> List[dict]:
-    """Run every (row, seed) not yet in ``output_dir/ablation.json`` and rewrite the table and plot."""
+    """Run every (row, seed) not yet in ``output_dir/ablation.json`` and rewrite the table and plot.
+
+    Returns:
+        :func:`summarise` of the rows over ``seeds``.
+
+    Raises:
+        TeacherLoadError: the teacher cannot be loaded.
+    """
     record = output_dir / "ablation.json"
     done: List[dict] = []
     if record.is_file():

@@ -65,11 +65,16 @@ class ActiveLearningConfig:
 
 
 def top_fraction_per_ray(weights: Float[Tensor, "M"], ray_ids: Int[Tensor, "M"], fraction: float) -> Bool[Tensor, "M"]:
-    """The ``ceil(fraction · n)`` largest of each ray's n weights, on packed samples.
+    """The ``ceil(fraction · n)`` largest of each ray's n weights, on packed samples (the per-ray
+    selection f_sp of Eq. 11; Algorithm 1's ``sortedPW[:Nsp]``).
 
     Args:
         weights: weights in [0, 1] of M samples, grouped by ray (as ``weights[mask]`` gives them).
         ray_ids: the ray of each sample, non-decreasing.
+        fraction: in [0, 1]; a ray with n ≥ 1 samples keeps at least one.
+
+    Returns:
+        Bool[Tensor, "M"], True for the kept samples.
     """
     if len(weights) == 0:
         return torch.zeros(0, dtype=torch.bool, device=weights.device)
@@ -107,10 +112,6 @@ def hard_point_mask(
     student = top_fraction_per_ray(student_weights.detach()[mask][:, 0], ray_ids, fraction)
     opaque = (teacher_accumulation.detach()[:, 0] >= min_opacity)[ray_ids]
     return (teacher | student) & opaque
-
-
-def _extra_state(module: nn.Module, names) -> Dict[str, Any]:
-    return {name: getattr(module, name) for name in names}
 
 
 class HardPosePool(nn.Module):
@@ -187,7 +188,7 @@ class HardPosePool(nn.Module):
         return torch.cat([rotation @ picked[:, :, :3], new_centres[:, :, None]], dim=-1)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        return _extra_state(self, ("poses", "errors", "next_slot"))
+        return {"poses": self.poses, "errors": self.errors, "next_slot": self.next_slot}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.poses, self.errors, self.next_slot = state["poses"].cpu(), state["errors"].cpu(), int(state["next_slot"])
@@ -268,10 +269,6 @@ class HardRayPool(nn.Module):
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.rays = dict(state["rays"])
         self._drawn = None
-
-    def to_device(self, device) -> None:
-        """Move the stored rays (they are not registered buffers)."""
-        self.rays = {k: v.to(device) for k, v in self.rays.items()}
 
 
 class ActiveLearning(nn.Module):

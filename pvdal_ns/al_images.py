@@ -40,7 +40,16 @@ def frustum_lines(c2w: Float[Tensor, "N 3 4"], fx: float, fy: float, width: floa
 
 def hard_poses_figure(dm: "DistillationDataManager", hardest: Tensor, errors: Tensor):
     """Frustums of the epoch's poses: grey fresh, blue re-injected from the pool, red the hardest that
-    entered the pool (darker = larger error)."""
+    entered the pool (darker = larger error). Fig. 7a.
+
+    Args:
+        dm: the datamanager whose epoch just ended (its poses, intrinsics, ``from_pool`` and scene centre).
+        hardest: Int[Tensor, "K"] epoch pose ids that entered the pool.
+        errors: Float[Tensor, "N"] mean squared RGB error of each epoch pose (NaN: not measured).
+
+    Returns:
+        a matplotlib figure.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +84,14 @@ def hard_poses_figure(dm: "DistillationDataManager", hardest: Tensor, errors: Te
 
 
 def hard_rays_figure(teacher_image: Tensor, pose_heat: Tensor, heat: Tensor, pose_id: int, epoch: int):
-    """Teacher render of one pose with its hard rays, and the epoch's hard rays of all poses per pixel."""
+    """Teacher render of one pose with its hard rays, and the epoch's hard rays of all poses per pixel
+    (Fig. 7b).
+
+    Args:
+        teacher_image: Float[Tensor, "H W 3"] in [0, 1].
+        pose_heat: Float[Tensor, "H W"] hard rays of that pose per pixel.
+        heat: Float[Tensor, "H W"] hard rays of all poses of the epoch per pixel.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +126,13 @@ def _save(fig, name: str, dm: "DistillationDataManager", step: int) -> None:
 
 @torch.no_grad()
 def write_epoch_images(dm: "DistillationDataManager", hardest: Optional[Tensor], step: int) -> None:
-    """The images of the epoch that just ended (called by the datamanager before it draws new poses)."""
+    """The images of the epoch that just ended (called by the datamanager before it draws new poses):
+    ``<run>/active_learning/epoch-NNNN-{poses,rays}.png``, written atomically, and the same images to
+    nerfstudio's writer (tensorboard) at ``step``.
+
+    Args:
+        hardest: epoch pose ids that entered the hard-pose pool, hardest first; None with poses off.
+    """
     al = dm.active_learning
     assert al is not None and dm.teacher is not None
     errors = al.hard_poses.pose_errors()

@@ -98,18 +98,31 @@ def cached_teacher(architecture: str, small: bool, data: Path, output_dir: Path,
     return trained
 
 
+def distillation_config(teacher_path: Path, architecture: str, small: bool, data: Path, output_dir: Path,
+                        experiment: str, steps: Optional[int], teacher_grid: Optional[int] = None) -> TrainerConfig:
+    """The ``TrainerConfig`` of a student of the teacher at ``teacher_path``; it takes over the teacher's
+    occupancy grid, so it gets the teacher's ``grid_resolution`` (read from its config unless given).
+
+    Raises:
+        TeacherLoadError: the teacher's config.yml is missing or unreadable.
+    """
+    if teacher_grid is None:
+        teacher_grid = getattr(read_trainer_config(teacher_path).pipeline.model, "grid_resolution", None)
+    config = student_config(architecture, small, data, output_dir, experiment, steps, teacher_path)
+    if teacher_grid is not None:
+        config.pipeline.model.grid_resolution = teacher_grid
+    return config
+
+
 def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path, output_dir: Path,
             steps: Dict[str, Optional[int]], experiment: str) -> List[Trained]:
     """Distil the teacher at ``teacher_path`` into each of ``students`` (one run each; ``steps`` per
     architecture, None or missing for the preset's)."""
-    teacher_grid = getattr(read_trainer_config(teacher_path).pipeline.model, "grid_resolution", None)
-    out = []
-    for arch in students:
-        config = student_config(arch, small, data, output_dir, experiment, steps.get(arch), teacher_path)
-        if teacher_grid is not None:  # the student takes over the teacher's occupancy grid
-            config.pipeline.model.grid_resolution = teacher_grid
-        out.append(run_and_evaluate(config, f"student ({arch})", "student"))
-    return out
+    return [
+        run_and_evaluate(distillation_config(teacher_path, arch, small, data, output_dir, experiment, steps.get(arch)),
+                         f"student ({arch})", "student")
+        for arch in students
+    ]
 
 
 def finish(output_dir: Path, models: List[Trained], started: float, extra: dict) -> None:

@@ -90,14 +90,13 @@ class DistillationDataManager(VanillaDataManager):
     def _new_epoch(self) -> None:
         self.epoch += 1
         n = self.config.poses_per_epoch
-        pool = self.active_learning.hard_poses if self.active_learning is not None else None
+        al = self.active_learning
         n_pool = 0
-        if pool is not None and self._al_level("poses") and len(pool.poses):
-            n_pool = min(n - 1, round(self.active_learning.config.pose_fraction * n))
-        c2w = torch.cat([
-            self.pose_sampler.sample(n - n_pool),
-            pool.draw(n_pool, self.active_learning.config.pose_jitter_degrees, self.pose_sampler.pivot) if pool else torch.zeros(0, 3, 4),
-        ])
+        if self._al_level("poses") and len(al.hard_poses.poses):
+            n_pool = min(n - 1, round(al.config.pose_fraction * n))
+        c2w = self.pose_sampler.sample(n - n_pool)
+        if n_pool:
+            c2w = torch.cat([c2w, al.hard_poses.draw(n_pool, al.config.pose_jitter_degrees, self.pose_sampler.pivot)])
         self.from_pool = torch.arange(n) >= n - n_pool
         """Bool[Tensor, "n"]: which of this epoch's poses are re-injected hard poses."""
         cam = self._intrinsics
@@ -143,8 +142,7 @@ class DistillationDataManager(VanillaDataManager):
 
         With a teacher, ``batch`` holds ``image`` Float[Tensor, "R 3"] (teacher render on
         ``background``), ``background`` Float[Tensor, "R 3"], ``indices`` Int[Tensor, "R 3"]
-        (pose id, row, column; pose id −1 for rays from the hard-ray pool), ``rays`` (origins,
-        directions, pixel_area, pixels of each ray, for the pool) and ``teacher``
+        (pose id, row, column; pose id −1 for rays from the hard-ray pool) and ``teacher``
         (:class:`~pvdal_ns.teacher.TeacherBatch`). Once the hard-ray pool is full, a fraction of the
         R rays comes from it (TSR); R stays ``train_num_rays_per_batch``.
         """
@@ -165,34 +163,32 @@ class DistillationDataManager(VanillaDataManager):
             pooled = rays_pool.draw(rays_pool.per_batch(num_rays))
         num_pooled = 0 if pooled is None else len(pooled["origins"])
         indices = self._draw_ray_indices(num_rays - num_pooled)
-        fresh = self.pseudo_ray_generator(indices.to(self.device))
-        rays = {
-            "origins": fresh.origins, "directions": fresh.directions, "pixel_area": fresh.pixel_area,
-            "pixels": indices[:, 1:].to(self.device),
-        }
+        ray_bundle = self.pseudo_ray_generator(indices.to(self.device))
         if pooled is not None:
-            rays = {k: torch.cat([v, pooled[k].to(v)]) for k, v in rays.items()}
-            indices = torch.cat([indices, torch.cat([torch.full((num_pooled, 1), -1), pooled["pixels"].cpu()], dim=-1)])
-        ray_bundle = RayBundle(
-            origins=rays["origins"], directions=rays["directions"], pixel_area=rays["pixel_area"],
-            camera_indices=torch.zeros_like(rays["pixel_area"], dtype=torch.long),
-        )
+            ray_bundle = RayBundle(
+                origins=torch.cat([ray_bundle.origins, pooled["origins"].to(ray_bundle.origins)]),
+                directions=torch.cat([ray_bundle.directions, pooled["directions"].to(ray_bundle.directions)]),
+                pixel_area=torch.cat([ray_bundle.pixel_area, pooled["pixel_area"].to(ray_bundle.pixel_area)]),
+                camera_indices=torch.nn.functional.pad(ray_bundle.camera_indices, (0, 0, 0, num_pooled)),
+            )
+            indices = torch.cat([indices, torch.nn.functional.pad(pooled["pixels"].cpu(), (1, 0), value=-1)])
         background = torch.rand(num_rays, 3, device=self.device)
         teacher_batch = self.teacher.render(ray_bundle, background)
-        batch = {"image": teacher_batch.rgb, "background": background, "indices": indices, "rays": rays,
-                 "teacher": teacher_batch}
+        batch = {"image": teacher_batch.rgb, "background": background, "indices": indices, "teacher": teacher_batch}
         return ray_bundle, batch
 
-    def feedback(self, batch: Dict, errors: Float[Tensor, "R"]) -> None:
-        """Active-learning feedback of one step: per-ray squared RGB errors (student vs teacher) of
-        ``batch`` go to the hard-pose statistics (TCP) and the hard-ray pool (TSR)."""
+    def feedback(self, ray_bundle: RayBundle, batch: Dict, errors: Float[Tensor, "R"]) -> None:
+        """Active-learning feedback of one step: per-ray squared RGB errors (student vs teacher) of the
+        batch from :meth:`next_train` go to the hard-pose statistics (TCP) and the hard-ray pool (TSR)."""
         al = self.active_learning
         if al is None or not al.active:
             return
         if al.config.poses:
             al.hard_poses.record(batch["indices"][:, 0], errors)
         if al.config.rays:
-            entered = al.hard_rays.update(errors, batch["rays"])
+            rays = {"origins": ray_bundle.origins, "directions": ray_bundle.directions,
+                    "pixel_area": ray_bundle.pixel_area, "pixels": batch["indices"][:, 1:].to(errors.device)}
+            entered = al.hard_rays.update(errors, rays)
             al.record_hard_rays(batch["indices"][entered.cpu()])
 
     def get_train_rays_per_batch(self) -> int:

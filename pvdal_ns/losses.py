@@ -70,9 +70,15 @@ def colour_loss(student: Float[Tensor, "N 3"], teacher: Float[Tensor, "N 3"]) ->
     return _mean((student - teacher) ** 2)
 
 
+def ray_rgb_errors(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Float[Tensor, "R"]:
+    """Per-ray squared error of rendered colours, averaged over RGB; their mean is L_rgb, and they rank
+    the hard rays and poses of active learning (Eq. 9–10)."""
+    return ((student - teacher) ** 2).mean(dim=-1)
+
+
 def rgb_loss(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Tensor:
     """L_rgb: MSE between rendered pixel colours."""
-    return torch.mean((student - teacher) ** 2)
+    return ray_rgb_errors(student, teacher).mean()
 
 
 def point_losses(

@@ -22,7 +22,7 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from pvdal_ns.active_learning import ActiveLearning, ActiveLearningConfig, hard_point_mask
 from pvdal_ns.checkpoints import fill_missing_defaults
 from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManagerConfig
-from pvdal_ns.losses import PVDLossConfig, StageSchedule, point_losses, rgb_loss
+from pvdal_ns.losses import PVDLossConfig, StageSchedule, point_losses, ray_rgb_errors
 from pvdal_ns.model import PVDModel, PVDModelConfig
 from pvdal_ns.teacher import Teacher, TeacherLoadError, load_teacher
 
@@ -142,14 +142,14 @@ class DistillationPipeline(VanillaPipeline):
         if stage >= 2:
             loss_dict["regularization"] = self.model.config.regularization_weight * self.model.field.regularization_loss()
         if stage == 3:
-            squared = (outputs["rgb"] - teacher.rgb) ** 2
-            mse = squared.mean()
+            errors = ray_rgb_errors(outputs["rgb"], teacher.rgb)
+            mse = errors.mean()  # L_rgb
             if self.config.loss.rgb_weight > 0:
                 loss_dict["rgb_loss"] = self.config.loss.rgb_weight * mse
             metrics_dict["psnr_vs_teacher"] = -10.0 * torch.log10(mse.detach().clamp(min=1e-10))
             if al.active:
                 started = time.perf_counter()
-                self.datamanager.feedback(batch, squared.detach().mean(dim=-1))
+                self.datamanager.feedback(ray_bundle, batch, errors.detach())
                 al_seconds += time.perf_counter() - started
                 metrics_dict["al_ray_pool_fill"] = torch.tensor(len(al.hard_rays) / max(al.hard_rays.capacity, 1))
                 metrics_dict["al_pose_pool_size"] = torch.tensor(float(len(al.hard_poses.poses)))

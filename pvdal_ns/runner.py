@@ -6,11 +6,13 @@ exactly as ``ns-train``) and evaluates on the eval split's full images.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import TrainerConfig
@@ -58,12 +60,21 @@ class TrainResult:
     pipeline: Pipeline
 
 
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch, as ``ns-train`` does with ``machine.seed``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def train(config: TrainerConfig, description: str) -> TrainResult:
     """Train ``config`` with nerfstudio's ``Trainer`` and a progress bar.
 
     The config is written to ``<output_dir>/<experiment>/<method>/<timestamp>/config.yml`` first,
-    as ``ns-train`` does; checkpoints go beside it.
+    as ``ns-train`` does; checkpoints go beside it. Randomness is seeded with ``config.machine.seed``
+    before the model is built, as ``ns-train`` does.
     """
+    set_seed(config.machine.seed)
     config.set_timestamp()
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)

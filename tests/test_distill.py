@@ -4,7 +4,7 @@ student's PSNR against the teacher rises, and the student is a normal nerfstudio
 import torch
 
 from conftest import tiny_config
-from pvdal_ns.runner import evaluate, train
+from pvdal_ns.runner import evaluate
 from pvdal_ns.teacher import load_teacher
 
 
