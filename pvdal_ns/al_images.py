@@ -144,5 +144,5 @@ def write_epoch_images(dm: "DistillationDataManager", hardest: Optional[Tensor],
         else:  # the pose with most hard rays
             height, width = al.image_size
             pose_id = int(torch.bincount(torch.cat(al.hard_ray_ids) // (height * width)).argmax())
-        render = dm.teacher.model.get_outputs_for_camera(dm.pseudo_cameras[pose_id : pose_id + 1])["rgb"].cpu()
+        render = dm.teacher.render_camera(dm.pseudo_cameras[pose_id : pose_id + 1])
         _save(hard_rays_figure(render, al.pose_heat(pose_id), al.heat, pose_id, dm.epoch), "rays", dm, step)

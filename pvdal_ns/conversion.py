@@ -13,8 +13,9 @@ from nerfstudio.utils.eval_utils import eval_setup
 from rich.console import Console
 
 from pvdal_ns.configs import method_config, set_steps
+from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.report import ModelReport, model_report, print_table, save_comparison, write_json
-from pvdal_ns.runner import EvalResult, evaluate, quiet, train
+from pvdal_ns.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
 from pvdal_ns.teacher import TeacherLoadError, read_trainer_config
 
 CONSOLE = Console()
@@ -57,6 +58,52 @@ def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path
                     "the training cameras and the test images)")
 
 
+STOCK_METHODS = ("nerfacto", "instant-ngp", "tensorf", "vanilla-nerf", "splatfacto")
+"""Stock nerfstudio methods ``ns-distill`` can train as teachers and load as teachers."""
+
+
+def stock_config(method: str, data: Path, output_dir: Path, experiment: str, steps: int,
+                 rays_per_batch: int = 4096) -> TrainerConfig:
+    """nerfstudio's own ``TrainerConfig`` of a stock method (as ``ns-train <method>`` builds it), set up
+    for a blender scene on this machine: blender dataparser, the single-process ``VanillaDataManager``,
+    the torch implementation where tiny-cuda-nn is missing, no eval during training.
+
+    Build and train it inside :func:`~pvdal_ns.metrics.offline_lpips` (``runner.train`` does) so the
+    model does not try to download LPIPS weights.
+    """
+    import copy
+
+    from nerfstudio.configs.method_configs import method_configs
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+    from nerfstudio.utils.external import TCNN_EXISTS
+
+    if method not in STOCK_METHODS:
+        raise UserError(f"unknown stock method {method!r}; choose one of {', '.join(STOCK_METHODS)}")
+    config = quiet(copy.deepcopy(method_configs[method]))
+    if method != "splatfacto":
+        config.pipeline.datamanager = VanillaDataManagerConfig(
+            dataparser=BlenderDataParserConfig(), train_num_rays_per_batch=rays_per_batch,
+            eval_num_rays_per_batch=rays_per_batch)
+    else:
+        config.pipeline.datamanager.dataparser = BlenderDataParserConfig()
+    config.pipeline.datamanager.data = data
+    model = config.pipeline.model
+    if hasattr(model, "implementation") and not TCNN_EXISTS:
+        model.implementation = "torch"
+    model.eval_num_rays_per_chunk = 1 << 13
+    config.output_dir, config.experiment_name = output_dir, experiment
+    config.max_num_iterations = steps
+    config.steps_per_save = steps
+    config.steps_per_eval_image = config.steps_per_eval_batch = config.steps_per_eval_all_images = 10**9
+    config.mixed_precision = False
+    for group in config.optimizers.values():
+        scheduler = group.get("scheduler")
+        if scheduler is not None and hasattr(scheduler, "max_steps"):
+            scheduler.max_steps = steps
+    return config
+
+
 @dataclass
 class Trained:
     """A trained model and its evaluation."""
@@ -65,9 +112,9 @@ class Trained:
     result: EvalResult
 
 
-def run_and_evaluate(config: TrainerConfig, name: str, role: str) -> Trained:
-    """Train ``config`` in-process, then evaluate it on the eval split."""
-    run = train(config, f"{name}: training")
+def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Optional[TrainResult] = None) -> Trained:
+    """Train ``config`` in-process (unless ``run`` already did), then evaluate it on the eval split."""
+    run = run or train(config, f"{name}: training")
     result = evaluate(run.pipeline, f"{name}: evaluating")
     report = model_report(name, role, config.method_name, result, run.seconds, count_parameters(run.pipeline), run.steps, run.config_path)
     return Trained(report, result)
@@ -100,29 +147,36 @@ def cached_teacher(architecture: str, small: bool, data: Path, output_dir: Path,
 
 def distillation_config(teacher_path: Path, architecture: str, small: bool, data: Path, output_dir: Path,
                         experiment: str, steps: Optional[int], teacher_grid: Optional[int] = None) -> TrainerConfig:
-    """The ``TrainerConfig`` of a student of the teacher at ``teacher_path``; it takes over the teacher's
-    occupancy grid, so it gets the teacher's ``grid_resolution`` (read from its config unless given).
+    """The ``TrainerConfig`` of a student of the teacher at ``teacher_path``. It reads the scene with the
+    teacher's dataparser settings (same world frame and scale); a pvdal-* teacher's occupancy grid is
+    taken over, so the student gets its ``grid_resolution`` (read from its config unless given).
 
     Raises:
         TeacherLoadError: the teacher's config.yml is missing or unreadable.
     """
+    import copy
+
+    teacher = read_trainer_config(teacher_path)
     if teacher_grid is None:
-        teacher_grid = getattr(read_trainer_config(teacher_path).pipeline.model, "grid_resolution", None)
+        teacher_grid = getattr(teacher.pipeline.model, "grid_resolution", None) if isinstance(teacher.pipeline.model, PVDModelConfig) else None
     config = student_config(architecture, small, data, output_dir, experiment, steps, teacher_path)
+    config.pipeline.datamanager.dataparser = copy.deepcopy(teacher.pipeline.datamanager.dataparser)
     if teacher_grid is not None:
         config.pipeline.model.grid_resolution = teacher_grid
     return config
 
 
 def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path, output_dir: Path,
-            steps: Dict[str, Optional[int]], experiment: str) -> List[Trained]:
-    """Distil the teacher at ``teacher_path`` into each of ``students`` (one run each; ``steps`` per
-    architecture, None or missing for the preset's)."""
-    return [
-        run_and_evaluate(distillation_config(teacher_path, arch, small, data, output_dir, experiment, steps.get(arch)),
-                         f"student ({arch})", "student")
-        for arch in students
-    ]
+            steps: Dict[str, Optional[int]], experiment: str, together: bool = False) -> List[Trained]:
+    """Distil the teacher at ``teacher_path`` into each of ``students`` (``steps`` per architecture, None or
+    missing for the preset's): one run after another, or with ``together`` all in one lockstep run that
+    renders the teacher once per batch (:func:`~pvdal_ns.runner.train_together`)."""
+    configs = [distillation_config(teacher_path, arch, small, data, output_dir, experiment, steps.get(arch))
+               for arch in students]
+    runs: List[Optional[TrainResult]] = [None] * len(configs)
+    if together and len(configs) > 1:
+        runs = list(train_together(configs, f"students ({', '.join(students)}): training"))
+    return [run_and_evaluate(config, f"student ({arch})", "student", run) for config, arch, run in zip(configs, students, runs)]
 
 
 def finish(output_dir: Path, models: List[Trained], started: float, extra: dict) -> None:

@@ -62,6 +62,18 @@ class DistillationDataManager(VanillaDataManager):
         self.active_learning: Optional[ActiveLearning] = None
         self.image_dir: Optional[Path] = None
         self._image_training_ready = False
+        self.batch_source: Optional[DistillationDataManager] = None
+        """Set on the followers of a shared run: they train on this datamanager's batches."""
+        self._shared: Optional[Tuple[int, RayBundle, Dict]] = None
+
+    def share_batches_from(self, leader: "DistillationDataManager") -> None:
+        """Train on ``leader``'s pseudo-label batches (same poses, rays, samples and teacher outputs) instead of
+        rendering the teacher again: several students from one teacher pass per batch. Active learning is
+        then driven by the leader's student: its errors choose the hard poses and rays every student sees;
+        this datamanager's own feedback is ignored (hard points stay per student, in the pipeline)."""
+        if leader.teacher is None:
+            raise ValueError("the leader has no teacher attached")
+        self.batch_source = leader
 
     def attach_teacher(self, teacher: Teacher, active_learning: Optional[ActiveLearning] = None) -> None:
         """Switch training batches to pseudo-labels rendered by ``teacher``; ``active_learning`` holds
@@ -151,6 +163,12 @@ class DistillationDataManager(VanillaDataManager):
                 super().setup_train()
                 self._image_training_ready = True
             return super().next_train(step)
+        source = self.batch_source or self
+        if source._shared is None or source._shared[0] != step:  # the first of the students at this step
+            source._shared = (step, *source._pseudo_label_batch(step))
+        return source._shared[1], source._shared[2]
+
+    def _pseudo_label_batch(self, step: int) -> Tuple[RayBundle, Dict]:
         if self._epoch_step >= self._epoch_steps:
             self._end_epoch(step)
             self._new_epoch()
@@ -181,7 +199,7 @@ class DistillationDataManager(VanillaDataManager):
         """Active-learning feedback of one step: per-ray squared RGB errors (student vs teacher) of the
         batch from :meth:`next_train` go to the hard-pose statistics (TCP) and the hard-ray pool (TSR)."""
         al = self.active_learning
-        if al is None or not al.active:
+        if al is None or not al.active or self.batch_source is not None:
             return
         if al.config.poses:
             al.hard_poses.record(batch["indices"][:, 0], errors)

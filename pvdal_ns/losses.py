@@ -21,6 +21,8 @@ class PVDLossConfig:
 
     volume_weight: float = 2e-3
     """ω₁, volume-aligned loss L_v on ϕ¹ (Eq. 6)."""
+    volume_weight_decay: float = 1.0
+    """ω₁ is multiplied by this every step (authors' code: 0.995); 1 keeps it constant (paper)."""
     density_weight: float = 2e-3
     """ω₂, density loss L_σ on clipped raw densities (Eq. 8)."""
     colour_weight: float = 2e-3

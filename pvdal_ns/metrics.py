@@ -7,9 +7,10 @@ hub cache; otherwise it is reported as missing (``None``) and nothing is downloa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 import torch
 from jaxtyping import Float
@@ -55,3 +56,31 @@ def image_metrics(
         with torch.no_grad():
             out["lpips"] = float(lpips(p, g))
     return out
+
+
+class UnavailableLPIPS(torch.nn.Module):
+    """Stands in for torchmetrics' LPIPS when the AlexNet weights are not on disk: no download, NaN."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__()
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        return torch.tensor(float("nan"))
+
+
+@contextlib.contextmanager
+def offline_lpips() -> Iterator[None]:
+    """While active, stock nerfstudio models build :class:`UnavailableLPIPS` instead of torchmetrics'
+    LPIPS when its weights are missing, so ``populate_modules`` does not try to download AlexNet and
+    crash offline (DESIGN §2). With the weights on disk it changes nothing."""
+    import torchmetrics.image.lpip as lpip
+
+    if lpips_weights_path().is_file():
+        yield
+        return
+    real = lpip.LearnedPerceptualImagePatchSimilarity
+    lpip.LearnedPerceptualImagePatchSimilarity = UnavailableLPIPS  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        lpip.LearnedPerceptualImagePatchSimilarity = real  # type: ignore[misc]

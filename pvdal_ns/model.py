@@ -74,8 +74,6 @@ class PVDModel(Model):
         self.collider = AABBBoxCollider(self.scene_box, near_plane=0.0)
         self.sampler = UniformSampler(num_samples=self.config.num_samples)
         self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
-        self.renderer_accumulation = AccumulationRenderer()
-        self.renderer_depth = DepthRenderer(method="expected")
 
     @property
     def step_size(self) -> float:
@@ -124,24 +122,8 @@ class PVDModel(Model):
         points: PointOutputs,
         background: Optional[Union[str, Float[Tensor, "R 3"]]] = None,
     ) -> Dict[str, Tensor]:
-        """Volume rendering (Eq. 1) of point outputs given at the masked samples.
-
-        Returns:
-            rgb Float[Tensor, "R 3"], accumulation and depth Float[Tensor, "R 1"],
-            weights Float[Tensor, "R S 1"] (Eq. 12 terms).
-        """
-        density = torch.zeros((*mask.shape, 1), device=mask.device, dtype=points.raw_density.dtype)
-        density[mask] = points.density
-        weights = ray_samples.get_weights(density)
-        rgb_samples = torch.zeros((*mask.shape, 3), device=mask.device, dtype=density.dtype)
-        assert points.rgb is not None
-        rgb_samples[mask] = points.rgb.to(density.dtype)
-        return {
-            "rgb": self.renderer_rgb(rgb_samples, weights, background_color=background),
-            "accumulation": self.renderer_accumulation(weights),
-            "depth": self.renderer_depth(weights, ray_samples),
-            "weights": weights,
-        }
+        """:func:`composite` with this model's RGB renderer (its background when ``background`` is None)."""
+        return composite(ray_samples, mask, points, self.renderer_rgb, background)
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """Render R rays: ``rgb`` Float[Tensor, "R 3"], ``accumulation`` and ``depth`` (scene units)
@@ -183,3 +165,40 @@ class PVDModel(Model):
         metrics = {k: v for k, v in image_metrics(pred, gt).items() if v is not None}
         acc = outputs["accumulation"].expand_as(pred)
         return metrics, {"img": torch.cat([gt, pred], dim=1), "accumulation": acc}
+
+
+_ACCUMULATION, _DEPTH = AccumulationRenderer(), DepthRenderer(method="expected")
+
+
+def composite(
+    ray_samples: RaySamples,
+    mask: Bool[Tensor, "R S"],
+    points: PointOutputs,
+    renderer_rgb: RGBRenderer,
+    background: Optional[Union[str, Float[Tensor, "R 3"]]] = None,
+) -> Dict[str, Tensor]:
+    """Volume rendering (Eq. 1) of point outputs given at the masked samples, with nerfstudio's renderers.
+
+    Shared by students and every teacher, so both render the same samples the same way.
+
+    Args:
+        ray_samples: RaySamples [R, S]; mask: which of them ``points`` holds (M = mask.sum()).
+        points: density and colour at the M samples (``rgb`` required).
+        renderer_rgb: nerfstudio ``RGBRenderer``; ``background`` overrides its background colour.
+
+    Returns:
+        rgb Float[Tensor, "R 3"], accumulation and depth Float[Tensor, "R 1"] (depth in scene units),
+        weights Float[Tensor, "R S 1"] (Eq. 12 terms).
+    """
+    density = torch.zeros((*mask.shape, 1), device=mask.device, dtype=points.raw_density.dtype)
+    density[mask] = points.density
+    weights = ray_samples.get_weights(density)
+    rgb_samples = torch.zeros((*mask.shape, 3), device=mask.device, dtype=density.dtype)
+    assert points.rgb is not None
+    rgb_samples[mask] = points.rgb.to(density.dtype)
+    return {
+        "rgb": renderer_rgb(rgb_samples, weights, background_color=background),
+        "accumulation": _ACCUMULATION(weights),
+        "depth": _DEPTH(weights, ray_samples),
+        "weights": weights,
+    }

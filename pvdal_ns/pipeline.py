@@ -9,10 +9,11 @@ The teacher is loaded only for training (``test_mode="val"``), so ``ns-eval``, `
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Literal, Optional, Type
+from typing import Dict, Iterator, Literal, Optional, Type
 
 import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -24,7 +25,32 @@ from pvdal_ns.checkpoints import fill_missing_defaults
 from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManagerConfig
 from pvdal_ns.losses import PVDLossConfig, StageSchedule, point_losses, ray_rgb_errors
 from pvdal_ns.model import PVDModel, PVDModelConfig
-from pvdal_ns.teacher import Teacher, TeacherLoadError, load_teacher
+from pvdal_ns.teacher import Sampling, Teacher, TeacherLoadError, load_teacher
+
+
+_SHARED_TEACHERS: Optional[Dict[tuple, Teacher]] = None
+
+
+@contextlib.contextmanager
+def sharing_teachers() -> Iterator[None]:
+    """While active, pipelines that distil from the same teacher run (same config.yml, device and sampling)
+    share one loaded :class:`Teacher` instead of loading it once each (several students, one teacher)."""
+    global _SHARED_TEACHERS
+    _SHARED_TEACHERS = {}
+    try:
+        yield
+    finally:
+        _SHARED_TEACHERS = None
+
+
+def _teacher_for(config_path: Path, device: str, sampling: Sampling) -> Teacher:
+    if _SHARED_TEACHERS is None:
+        return load_teacher(config_path, device, sampling)
+    key = (str(Path(config_path).resolve()), str(device), tuple(sampling.scene_box.aabb.flatten().tolist()),
+           sampling.grid_resolution, sampling.num_samples, sampling.grid_threshold)
+    if key not in _SHARED_TEACHERS:
+        _SHARED_TEACHERS[key] = load_teacher(config_path, device, sampling)
+    return _SHARED_TEACHERS[key]
 
 
 @dataclass
@@ -71,7 +97,7 @@ class DistillationPipeline(VanillaPipeline):
         self.teacher: Optional[Teacher] = None
         self._stage = 0
         if config.teacher_config is not None and test_mode == "val":
-            self.attach_teacher(load_teacher(config.teacher_config, device))
+            self.attach_teacher(_teacher_for(config.teacher_config, device, Sampling.of(self.model)))
 
     def attach_teacher(self, teacher: Teacher) -> None:
         """Start distilling from ``teacher``: its occupancy grid becomes the student's (frozen)."""
@@ -139,6 +165,8 @@ class DistillationPipeline(VanillaPipeline):
                 metrics_dict["al_hard_point_fraction"] = hard_points.float().mean()
                 al_seconds += time.perf_counter() - started
         loss_dict = point_losses(student, teacher.points, stage, self.config.loss, self.align_volume, hard_points)
+        if "volume_loss" in loss_dict and self.config.loss.volume_weight_decay != 1.0:
+            loss_dict["volume_loss"] = loss_dict["volume_loss"] * self.config.loss.volume_weight_decay**step
         if stage >= 2:
             loss_dict["regularization"] = self.model.config.regularization_weight * self.model.field.regularization_loss()
         if stage == 3:

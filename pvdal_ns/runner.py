@@ -19,7 +19,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from pvdal_ns.metrics import image_metrics
+from pvdal_ns.metrics import image_metrics, offline_lpips
 
 
 def progress_bar() -> Progress:
@@ -78,7 +78,8 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
     config.set_timestamp()
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    with offline_lpips():  # stock models build LPIPS in populate_modules
+        trainer.setup()
     steps = config.max_num_iterations
     with progress_bar() as progress:
         task = progress.add_task(description, total=steps)
@@ -92,6 +93,81 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
         seconds = time.perf_counter() - start
     trainer.shutdown()
     return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline)
+
+
+def train_together(configs: List[TrainerConfig], description: str) -> List[TrainResult]:
+    """Train several students of one teacher in lockstep, one teacher pass per batch.
+
+    Each config gets its own nerfstudio ``Trainer`` (config.yml, checkpoints, tensorboard events and
+    callbacks as ``ns-train`` writes them). They load the teacher once (:func:`sharing_teachers`), and at
+    every step the followers train on the first student's pseudo-label batch
+    (:meth:`DistillationDataManager.share_batches_from`). A student with fewer steps stops early.
+
+    Returns:
+        One TrainResult per config; ``seconds`` is the wall time of that student's own iterations
+        (the shared teacher renders are counted in the student that renders them, the first).
+    """
+    from nerfstudio.utils import writer
+
+    from pvdal_ns.pipeline import sharing_teachers
+
+    trainers, writers = [], []
+    with sharing_teachers(), offline_lpips():
+        for config in configs:
+            set_seed(config.machine.seed)
+            config.set_timestamp()
+            config.save_config()
+            writer.EVENT_WRITERS.clear()
+            trainer = config.setup(local_rank=0, world_size=1)
+            trainer.setup()
+            trainers.append(trainer)
+            writers.append(list(writer.EVENT_WRITERS))
+    lead = max(range(len(configs)), key=lambda i: configs[i].max_num_iterations)  # renders every step
+    for i, trainer in enumerate(trainers):
+        if i != lead:
+            trainer.pipeline.datamanager.share_batches_from(trainers[lead].pipeline.datamanager)
+    seconds = [0.0] * len(trainers)
+    total = max(c.max_num_iterations for c in configs)
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=total)
+        for step in range(total):
+            for i, trainer in enumerate(trainers):
+                if step >= trainer.config.max_num_iterations:
+                    continue
+                writer.EVENT_WRITERS[:] = writers[i]
+                started = time.perf_counter()
+                _iteration(trainer, step)
+                seconds[i] += time.perf_counter() - started
+                writer.write_out_storage()
+            progress.update(task, completed=step + 1)
+    results = []
+    for i, (trainer, config) in enumerate(zip(trainers, configs)):
+        writer.EVENT_WRITERS[:] = writers[i]
+        trainer._after_train()
+        trainer.shutdown()
+        results.append(TrainResult(config.get_base_dir() / "config.yml", seconds[i], config.max_num_iterations, trainer.pipeline))
+    writer.EVENT_WRITERS.clear()
+    return results
+
+
+def _iteration(trainer, step: int) -> None:
+    """One step of nerfstudio's ``Trainer.train`` loop: callbacks, optimisation, logging, checkpoint."""
+    from nerfstudio.utils import writer
+    from nerfstudio.utils.misc import step_check
+
+    trainer.step = step
+    trainer.pipeline.train()
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    loss, loss_dict, metrics_dict = trainer.train_iteration(step)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    if step_check(step, trainer.config.logging.steps_per_log, run_at_zero=True):
+        writer.put_scalar(name="Train Loss", scalar=loss, step=step)
+        writer.put_dict(name="Train Loss Dict", scalar_dict=loss_dict, step=step)
+        writer.put_dict(name="Train Metrics Dict", scalar_dict=metrics_dict, step=step)
+    if step_check(step, trainer.config.steps_per_save):
+        trainer.save_checkpoint(step)
 
 
 @dataclass

@@ -1,29 +1,32 @@
 """Load a trained checkpoint as a frozen teacher, and query it at shared sample points.
 
 The loader reads ``config.yml`` and the newest checkpoint beside it, builds the model from the
-checkpoint alone (no images, no dataset, independent of the working directory), and hands it to an
-adapter for its model family. Only pvdal-* teachers have an adapter so far; the dispatch table is where
-stock nerfstudio families plug in.
+checkpoint alone (no images, no dataset, independent of the working directory), and hands it to the
+adapter of its model family in :data:`TEACHER_ADAPTERS`: pvdal-* models here, stock nerfstudio
+families in :mod:`pvdal_ns.stock_teachers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Type, Union
+from typing import Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
 import yaml
 from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.model_components.ray_samplers import UniformSampler
+from nerfstudio.model_components.renderers import RGBRenderer
+from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from torch import Tensor
 
 from pvdal_ns.checkpoints import fill_missing_defaults, load_checkpoint, model_state
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.model import PVDModel, PVDModelConfig
-from pvdal_ns.occupancy import OccupancyGrid
+from pvdal_ns.model import PVDModel, PVDModelConfig, composite
+from pvdal_ns.occupancy import OccupancyGrid, sample_occupied
 
 
 class TeacherLoadError(Exception):
@@ -51,51 +54,108 @@ class TeacherBatch:
     accumulation: Tensor
 
 
+@dataclass
+class Sampling:
+    """Where a teacher without an occupancy grid of its own samples: the student's scene box, grid
+    resolution, samples per ray and occupancy threshold (``PVDModelConfig`` fields of the same names)."""
+
+    scene_box: SceneBox
+    grid_resolution: int = 128
+    num_samples: int = 192
+    grid_threshold: float = 0.01
+
+    @classmethod
+    def of(cls, model: PVDModel) -> "Sampling":
+        """The sampling settings of a student model."""
+        c = model.config
+        return cls(model.scene_box, c.grid_resolution, c.num_samples, c.grid_threshold)
+
+    @property
+    def step_size(self) -> float:
+        """Distance between uniform samples (scene units): the box diagonal over ``num_samples``."""
+        aabb = self.scene_box.aabb
+        return float((aabb[1] - aabb[0]).norm() / self.num_samples)
+
+
 class Teacher:
-    """A frozen pvdal-* model used as teacher. Not an ``nn.Module`` on purpose: it stays out of the
-    student's checkpoints, parameter groups and ``train()``/``eval()`` switches.
+    """A frozen model used as teacher. Not an ``nn.Module`` on purpose: it stays out of the student's
+    checkpoints, parameter groups and ``train()``/``eval()`` switches.
+
+    Rays are clipped to ``scene_box``, sampled uniformly (jittered) and masked by ``occupancy_grid``;
+    subclasses say what the model is at those points (:meth:`query`).
 
     Args:
-        model: the trained model (set to eval mode, gradients off).
+        model: the trained nerfstudio model (set to eval mode, gradients off).
         source: the config path it came from (for messages and reports).
+        occupancy_grid: the grid whose occupied cells decide the shared sample points.
+        scene_box: the box rays are clipped to.
+        num_samples: uniform samples per ray before masking.
     """
 
-    def __init__(self, model: PVDModel, source: Path) -> None:
+    has_volume_feature: bool = False
+    """True when :meth:`query` returns the 16-d ϕ¹ volume feature (Eq. 6)."""
+
+    def __init__(self, model: torch.nn.Module, source: Path, occupancy_grid: OccupancyGrid, scene_box: SceneBox,
+                 num_samples: int) -> None:
         self.model = model.eval().requires_grad_(False)
         self.source = source
+        self.occupancy_grid = occupancy_grid
+        self.collider = AABBBoxCollider(scene_box, near_plane=0.0)
         # Jittered sample positions along each ray, independent of the frozen model's eval mode.
-        self.sampler = UniformSampler(num_samples=model.config.num_samples, train_stratified=True).train()
-
-    @property
-    def has_volume_feature(self) -> bool:
-        """True when the teacher exposes the 16-d ϕ¹ volume feature."""
-        return self.model.field.has_volume_feature
-
-    @property
-    def occupancy_grid(self) -> OccupancyGrid:
-        """The grid whose occupied cells decide the shared sample points."""
-        return self.model.occupancy_grid
+        self.sampler = UniformSampler(num_samples=num_samples, train_stratified=True).train()
+        self.renderer_rgb = RGBRenderer(background_color="white")
 
     @property
     def name(self) -> str:
-        """Short name of the teacher's architecture (e.g. "VMField")."""
-        return type(self.model.field).__name__
+        """Short name of the teacher's model family (e.g. "VMField", "nerfacto")."""
+        return type(self.model).__name__
+
+    def query(self, ray_samples: RaySamples, mask: Float[Tensor, "R S"]) -> PointOutputs:
+        """Density, colour and (where it exists) ϕ¹ at the M = mask.sum() masked samples."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"]) -> TeacherBatch:
-        """Sample the rays through the teacher's occupancy grid, evaluate and render them.
+        """Sample the rays through the occupancy grid, evaluate and render them.
 
         Args:
             ray_bundle: R rays in world coordinates (nears/fars are set here from the scene box).
             background: per-ray background colour in [0, 1], shared with the student.
         """
-        ray_samples, mask = self.model.sample(ray_bundle, self.sampler)
-        points = self.model.query(ray_samples, mask)
-        out = self.model.composite(ray_samples, mask, points, background)
+        ray_samples, mask = sample_occupied(self.collider(ray_bundle), self.sampler, self.occupancy_grid)
+        points = self.query(ray_samples, mask)
+        out = composite(ray_samples, mask, points, self.renderer_rgb, background)
         return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"])
 
+    @torch.no_grad()
+    def render_camera(self, camera: Cameras, chunk: int = 1 << 14) -> Float[Tensor, "H W 3"]:
+        """The teacher's image of one camera on a white background (CPU), as :meth:`render` sees it."""
+        rays = camera.generate_rays(camera_indices=0).flatten()
+        white = torch.ones(chunk, 3, device=rays.origins.device)
+        rgb = torch.cat([self.render(rays[i : i + chunk], white[: len(rays[i : i + chunk])]).rgb
+                         for i in range(0, len(rays), chunk)])
+        return rgb.view(int(camera.height), int(camera.width), 3).cpu()
 
-def _pvd_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str, torch.device], source: Path) -> Teacher:
+
+class PVDTeacher(Teacher):
+    """A pvdal-* model as teacher: its own occupancy grid, scene box and samples per ray."""
+
+    model: PVDModel
+
+    def __init__(self, model: PVDModel, source: Path) -> None:
+        super().__init__(model, source, model.occupancy_grid, model.scene_box, model.config.num_samples)
+        self.has_volume_feature = model.field.has_volume_feature
+
+    @property
+    def name(self) -> str:
+        return type(self.model.field).__name__
+
+    def query(self, ray_samples: RaySamples, mask: Tensor) -> PointOutputs:
+        return self.model.query(ray_samples, mask)
+
+
+def _pvd_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str, torch.device], source: Path,
+                 sampling: Optional[Sampling]) -> Teacher:
     aabb = state.get("field.aabb")
     if aabb is None:
         raise TeacherLoadError(f"checkpoint of {source} has no field.aabb: it was not written by a pvdal-* model")
@@ -106,11 +166,15 @@ def _pvd_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str,
         first = str(err).strip().splitlines()[0]
         raise TeacherLoadError(f"checkpoint of {source} does not match its config.yml ({first})") from None
     model.update_to_step(step)
-    return Teacher(model.to(device), source)
+    return PVDTeacher(model.to(device), source)
 
 
-TEACHER_ADAPTERS: Dict[Type, Callable[..., Teacher]] = {PVDModelConfig: _pvd_teacher}
-"""Model-config class → adapter building a :class:`Teacher` from a config and its model state."""
+Adapter = Callable[..., Teacher]
+"""(config, model state, step, device, source path, Sampling or None) → Teacher."""
+
+TEACHER_ADAPTERS: Dict[Type, Tuple[str, Adapter]] = {PVDModelConfig: ("pvdal-*", _pvd_teacher)}
+"""Model-config class (subclasses included) → (family name, adapter building a :class:`Teacher`);
+:mod:`pvdal_ns.stock_teachers` adds the stock nerfstudio families."""
 
 
 def read_trainer_config(config_path: Path):
@@ -133,24 +197,31 @@ def read_trainer_config(config_path: Path):
     return fill_missing_defaults(config)
 
 
-def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Teacher:
+def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                 sampling: Optional[Sampling] = None) -> Teacher:
     """Load the newest checkpoint of a training run as a frozen :class:`Teacher`.
 
     Args:
         config_path: the run's ``config.yml``; its checkpoints are found beside it, whatever the
             working directory.
         device: where the teacher runs.
+        sampling: the student's scene box and occupancy-grid settings; stock teachers (which have no
+            compatible occupancy grid) build theirs with them. Required for stock teachers.
 
     Raises:
         TeacherLoadError: missing or unreadable config, no checkpoint, an unsupported model family,
             or a checkpoint that does not match the config.
     """
+    import pvdal_ns.stock_teachers  # noqa: F401  (registers the stock families; imports their models)
+
     config_path = Path(config_path).expanduser().resolve()
     config = read_trainer_config(config_path)
-    adapter = next((a for t, a in TEACHER_ADAPTERS.items() if isinstance(config.pipeline.model, t)), None)
+    adapter = next((a for t, (_, a) in TEACHER_ADAPTERS.items() if isinstance(config.pipeline.model, t)), None)
     if adapter is None:
+        supported = ", ".join(name for name, _ in TEACHER_ADAPTERS.values())
         raise TeacherLoadError(
-            f"teacher {config_path} is a '{config.method_name}' model; supported teachers: pvdal-* methods"
+            f"teacher {config_path} is a '{config.method_name}' model ({type(config.pipeline.model).__name__}); "
+            f"supported teacher families: {supported}"
         )
     ckpt_dir = config_path.parent / config.relative_model_dir
     ckpts = sorted(ckpt_dir.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[-1]))
@@ -161,5 +232,4 @@ def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device]
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TeacherLoadError(f"teacher checkpoint {ckpts[-1]} cannot be read: {first}") from None
-    return adapter(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path)
-
+    return adapter(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path, sampling)

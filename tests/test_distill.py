@@ -105,3 +105,22 @@ def test_student_of_tensors_skips_stage_one(tiny_teacher, tmp_path):
     assert not pipeline.align_volume
     assert pipeline.stages.stage_at(0) == 2
     assert "volume_loss" not in pipeline.get_train_loss_dict(0)[1]
+
+
+def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path):
+    from pvdal_ns.runner import train_together
+
+    teacher_path, _ = tiny_teacher
+    configs = [tiny_config(arch, tmp_path, steps=steps, teacher=teacher_path, experiment="together")
+               for arch, steps in (("hash", 12), ("tensors", 8))]
+    runs = train_together(configs, "two students")
+    leader, follower = (r.pipeline for r in runs)
+    assert leader.teacher is follower.teacher  # loaded once
+    assert follower.datamanager.batch_source is leader.datamanager
+    ray_bundle, batch = follower.datamanager.next_train(100)
+    assert leader.datamanager.next_train(100)[1] is batch  # one teacher render for both students
+    for run, steps in zip(runs, (12, 8)):
+        assert run.steps == steps and run.config_path.is_file()
+        ckpts = list((run.config_path.parent / "nerfstudio_models").glob("step-*.ckpt"))
+        assert [int(c.stem.split("-")[1]) for c in ckpts] == [steps - 1]
+        assert len(list(run.config_path.parent.glob("events.out.tfevents.*"))) == 1  # each its own log

@@ -1,7 +1,7 @@
 """``ns-distill``: convert trained radiance fields between architectures with PVD-AL.
 
     ns-distill demo                                  # embedded lego: teacher → hash, vm, mlp, tensors
-    ns-distill run --teacher outputs/…/config.yml --student mlp [--steps N]
+    ns-distill run --teacher outputs/…/config.yml --student mlp [vm …] [--steps N]
     ns-distill ablation                              # paper Table 3 on the embedded scene (VM → MLP)
 
 Heavy imports (torch, nerfstudio) happen inside the commands, so ``--help`` and errors about bad input
@@ -59,12 +59,15 @@ class Demo:
 
 @dataclass
 class Run:
-    """Convert one trained pvdal-* model (the teacher) into another architecture and report it."""
+    """Convert a trained model (the teacher: any pvdal-* method, nerfacto, instant-ngp, tensorf or
+    vanilla-nerf) into one or more architectures and report them."""
 
     teacher: Path
     """config.yml of the trained teacher run (as written by ns-train)."""
-    student: Architecture
-    """Architecture to convert into."""
+    student: Tuple[Architecture, ...]
+    """Architectures to convert into; several train together, from one teacher pass per batch."""
+    separately: bool = False
+    """With several students: convert them one after another instead of together."""
     steps: Optional[int] = None
     """Distillation steps (default: the preset's)."""
     data: Optional[Path] = None
@@ -83,8 +86,8 @@ class Run:
         teacher_config = check_teacher(teacher_path)
         data = resolve_data(teacher_config, teacher_path, self.data)
         out = self.output_dir.resolve()
-        students = convert(teacher_path, [self.student], self.small, data, out, {self.student: self.steps},
-                           f"from-{teacher_config.method_name}")
+        students = convert(teacher_path, list(self.student), self.small, data, out, {a: self.steps for a in self.student},
+                           f"from-{teacher_config.method_name}", together=not self.separately)
         finish(out, students, started, {"command": command, "teacher_config": str(teacher_path), "scene": str(data)})
 
 
@@ -154,6 +157,8 @@ def _quick_checks(command: Union[Demo, Run, Ablation]) -> None:
     if isinstance(command, Run):
         if command.steps is not None and command.steps < 1:
             raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
+        if len(set(command.student)) != len(command.student):
+            raise SystemExit(_error(f"--student names an architecture twice: {' '.join(command.student)}"))
 
 
 def _error(message: str) -> int:

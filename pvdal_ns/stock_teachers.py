@@ -1,0 +1,211 @@
+"""Stock nerfstudio models as teachers: nerfacto, instant-ngp, tensorf and vanilla-nerf (issue #5).
+
+Each family is a nerfstudio ``Field`` queried at arbitrary points through its own ``get_density`` /
+``get_outputs`` (so appearance embeddings, scene contraction and activations are the model's own).
+What a family exposes decides which PVD losses it can feed:
+
+============  ==========================  =====================================================
+family        field queried               ϕ¹ volume feature (L_v, stage 1)
+============  ==========================  =====================================================
+nerfacto      ``model.field``             yes: raw density + the 15 ``mlp_base`` features
+instant-ngp   ``model.field``             yes: as nerfacto (same ``NerfactoField``)
+tensorf       ``model.field``             no (density is a sum of VM components)
+vanilla-nerf  ``model.field_fine``        no (256-d base features)
+============  ==========================  =====================================================
+
+None of them has an occupancy grid the student can share, so the teacher builds one from its own
+density on the student's grid (:class:`~pvdal_ns.teacher.Sampling`). The raw density compared by L_σ
+is log σ (Eq. 8 compares log-space densities of teachers with other activations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.rays import Frustums, RaySamples
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.fields.base_field import Field
+from nerfstudio.models.base_model import Model
+from nerfstudio.models.instant_ngp import InstantNGPModelConfig
+from nerfstudio.models.nerfacto import NerfactoModelConfig
+from nerfstudio.models.tensorf import TensoRFModelConfig
+from nerfstudio.models.vanilla_nerf import VanillaModelConfig
+from nerfstudio.utils.external import TCNN_EXISTS
+from torch import Tensor
+
+from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
+from pvdal_ns.metrics import offline_lpips
+from pvdal_ns.occupancy import OccupancyGrid
+from pvdal_ns.teacher import TEACHER_ADAPTERS, Sampling, Teacher, TeacherLoadError
+
+LOG_DENSITY_RANGE = (-20.0, 20.0)
+"""log σ of stock teachers is clamped here (σ = 0 outside nerfacto's contracted box, ReLU zeros of
+tensorf); far beyond the density clip [−2, 7] of Eq. 8."""
+
+IGNORED_KEYS = ("lpips.",)
+"""State-dict prefixes that are not part of the radiance field (metric networks)."""
+
+
+def point_samples(positions: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"]) -> RaySamples:
+    """Zero-length nerfstudio ``RaySamples`` [N, 1] at exactly ``positions`` (camera index 0), so a
+    stock field's ``get_density``/``get_outputs`` can be evaluated at arbitrary points."""
+    zeros = positions.new_zeros(len(positions), 1, 1)
+    frustums = Frustums(origins=positions[:, None], directions=directions[:, None], starts=zeros, ends=zeros,
+                        pixel_area=torch.ones_like(zeros))
+    return RaySamples(frustums=frustums, camera_indices=zeros.long())
+
+
+class FieldTeacher(Teacher):
+    """A stock nerfstudio model whose field is queried at the shared sample points.
+
+    Args:
+        model: the trained model.
+        field: the model's ``Field`` to query (e.g. vanilla-nerf's fine field).
+        family: family name for messages ("nerfacto", …).
+        source: the config path.
+        sampling: the student's scene box and grid settings; the occupancy grid is built from the
+            teacher's density on that grid (nerfacc's warm-up update, every cell, ``grid_passes`` times).
+        chunk: points per field evaluation (bounds memory).
+    """
+
+    grid_passes = 3
+
+    def __init__(self, model: Model, field: Field, family: str, source: Path, sampling: Sampling,
+                 chunk: int = 1 << 16) -> None:
+        self.field, self.family, self.chunk = field, family, chunk
+        grid = OccupancyGrid(sampling.scene_box.aabb, sampling.grid_resolution).to(sampling.scene_box.aabb.device)
+        super().__init__(model, source, grid, sampling.scene_box, sampling.num_samples)
+        probe = self._evaluate(sampling.scene_box.get_center()[None].float(), None)
+        self.has_volume_feature = probe.phi1 is not None
+        self._fill_grid(sampling)
+
+    @property
+    def name(self) -> str:
+        return self.family
+
+    def _fill_grid(self, sampling: Sampling) -> None:
+        device = next(iter(self.model.parameters()), torch.empty(0)).device
+        self.occupancy_grid.to(device)
+        occ_fn = self.occupancy_grid.occupancy_fn(lambda x: self.query_points(x).density, sampling.step_size, self.chunk)
+        with torch.no_grad():
+            for _ in range(self.grid_passes):  # max over jittered points in every cell
+                self.occupancy_grid._update(step=0, occ_eval_fn=occ_fn, occ_thre=sampling.grid_threshold,
+                                            ema_decay=1.0, warmup_steps=1)
+
+    def _evaluate(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
+        samples = point_samples(positions, directions if directions is not None else torch.zeros_like(positions))
+        density = self.field.get_density(samples)
+        density, embedding = density if isinstance(density, tuple) else (density, None)
+        raw = density.reshape(-1, 1).clamp_min(1e-30).log().clamp(*LOG_DENSITY_RANGE)
+        rgb = None
+        if directions is not None:
+            outputs = self.field.get_outputs(samples, density_embedding=embedding)
+            rgb = (outputs[FieldHeadNames.RGB] if isinstance(outputs, dict) else outputs).reshape(-1, 3)
+        phi1 = None
+        if embedding is not None and embedding.shape[-1] == VOLUME_FEATURE_DIM - 1:
+            phi1 = torch.cat([raw, embedding.reshape(-1, VOLUME_FEATURE_DIM - 1).to(raw)], dim=-1)
+        return PointOutputs(raw_density=raw, rgb=rgb, phi1=phi1)
+
+    @torch.no_grad()
+    def query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]] = None
+                     ) -> PointOutputs:
+        """The teacher at world positions: log σ, colour (when ``directions`` is given) and ϕ¹ (nerfacto
+        family only), in chunks of ``chunk`` points."""
+        parts = [self._evaluate(positions[i : i + self.chunk], None if directions is None else directions[i : i + self.chunk])
+                 for i in range(0, len(positions), self.chunk)]
+        if not parts:
+            return self._evaluate(positions, directions)
+
+        def cat(name: str) -> Optional[Tensor]:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values)
+
+        return PointOutputs(raw_density=cat("raw_density"), rgb=cat("rgb"), phi1=cat("phi1"))  # type: ignore[arg-type]
+
+    def query(self, ray_samples: RaySamples, mask: Tensor) -> PointOutputs:
+        frustums = ray_samples.frustums
+        return self.query_points(frustums.get_positions()[mask], frustums.directions[mask])
+
+
+@dataclass(frozen=True)
+class StockFamily:
+    """How to make a teacher of one stock model family.
+
+    Attributes:
+        name: the ``ns-train`` method name.
+        field: attribute of the model that holds the field to query.
+    """
+
+    name: str
+    field: str
+
+
+def _check_layout(config, state: Dict[str, Tensor], source: Path) -> None:
+    """Match the model's implementation to the checkpoint's layout (tcnn vs torch), or say why not."""
+    tcnn_layout = any(k.endswith(".params") for k in state)  # tcnn modules hold one flat "params" tensor
+    if tcnn_layout and not TCNN_EXISTS:
+        raise TeacherLoadError(
+            f"teacher {source} was trained with tiny-cuda-nn (tcnn layout), which is not installed here; its fused "
+            "hash-grid and MLP weights have no torch equivalent to convert to. Use it on a machine with tinycudann "
+            "(CUDA), or train the teacher with --pipeline.model.implementation torch"
+        )
+    if hasattr(config.pipeline.model, "implementation"):
+        config.pipeline.model.implementation = "tcnn" if tcnn_layout else "torch"
+
+
+def build_stock_model(config, state: Dict[str, Tensor], source: Path, sampling: Optional[Sampling]) -> Model:
+    """A stock nerfstudio model built from its config and filled from ``state``, without its dataset.
+
+    The scene box comes from the field's stored aabb (nerfacto, instant-ngp, tensorf) or from the
+    student's (vanilla-nerf); the number of training images (appearance embeddings, camera optimiser)
+    from the state's shapes. LPIPS is not downloaded (:func:`~pvdal_ns.metrics.offline_lpips`).
+
+    Raises:
+        TeacherLoadError: tcnn checkpoint without tinycudann, no scene box, or a state that does not match.
+    """
+    _check_layout(config, state, source)
+    aabb = state.get("field.aabb")
+    if aabb is None and sampling is None:
+        raise TeacherLoadError(f"teacher {source} stores no scene box; load it with the student's (Sampling)")
+    scene_box = SceneBox(aabb=aabb.float()) if aabb is not None else sampling.scene_box  # type: ignore[union-attr]
+    per_image = [state[k] for k in ("camera_optimizer.pose_adjustment", "field.embedding_appearance.embedding.weight") if k in state]
+    num_train_data = per_image[0].shape[0] if per_image else 1
+    with offline_lpips():
+        model = config.pipeline.model.setup(scene_box=scene_box, num_train_data=num_train_data, metadata={})
+    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_KEYS)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(IGNORED_KEYS)]
+    if missing or result.unexpected_keys:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
+        raise TeacherLoadError(f"checkpoint of {source} does not match its config.yml ({what})")
+    return model
+
+
+def _stock_teacher(family: StockFamily, config, state: Dict[str, Tensor], step: int,
+                   device: Union[str, torch.device], source: Path, sampling: Optional[Sampling]) -> Teacher:
+    if sampling is None:
+        raise TeacherLoadError(f"a {family.name} teacher needs the student's sampling settings (Sampling)")
+    model = build_stock_model(config, state, source, sampling)
+    model.update_to_step(step)
+    model = model.to(device)
+    sampling = Sampling(SceneBox(aabb=sampling.scene_box.aabb.to(device)), sampling.grid_resolution,
+                        sampling.num_samples, sampling.grid_threshold)
+    return FieldTeacher(model, getattr(model, family.field), family.name, source, sampling)
+
+
+STOCK_FAMILIES = {
+    NerfactoModelConfig: StockFamily("nerfacto", "field"),
+    InstantNGPModelConfig: StockFamily("instant-ngp", "field"),
+    TensoRFModelConfig: StockFamily("tensorf", "field"),
+    VanillaModelConfig: StockFamily("vanilla-nerf", "field_fine"),
+}
+for _config_class, _family in STOCK_FAMILIES.items():
+    TEACHER_ADAPTERS[_config_class] = (_family.name, partial(_stock_teacher, _family))
+
+__all__ = ["FieldTeacher", "STOCK_FAMILIES", "build_stock_model", "point_samples", "LOG_DENSITY_RANGE"]

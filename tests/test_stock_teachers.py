@@ -1,0 +1,145 @@
+"""Stock nerfstudio models as teachers (issue #5): tiny teachers trained by nerfstudio's own trainer on
+the CPU load through the same option as pvdal-* teachers, and each adapter says what the model itself
+says: the same density and colour at any point, the same rendering of the same rays."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.scene_colliders import AABBBoxCollider
+
+from conftest import tiny_config
+from pvdal_ns import EMBEDDED_SCENE
+from pvdal_ns.teacher import Sampling, TeacherLoadError, load_teacher
+
+SAMPLING = Sampling(SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), grid_resolution=32, num_samples=256)
+TRAINED = {"tensorf": 3, "nerfacto": 2, "vanilla-nerf": 2}  # steps of ns-train's own trainer
+
+
+def _untrained_checkpoint(method: str, out: Path) -> Path:
+    """config.yml + checkpoint of a model nerfstudio cannot train on a CPU (instant-ngp needs CUDA sampling)."""
+    from pvdal_ns.conversion import stock_config
+    from pvdal_ns.metrics import offline_lpips
+
+    config = stock_config(method, EMBEDDED_SCENE, out, method, steps=1)
+    config.set_timestamp()
+    config.save_config()
+    with offline_lpips():
+        model = config.pipeline.model.setup(scene_box=SAMPLING.scene_box, num_train_data=90, metadata={})
+    config.get_checkpoint_dir().mkdir(parents=True)
+    state = {"_model." + k: v for k, v in model.state_dict().items()}
+    torch.save({"step": 0, "pipeline": state}, config.get_checkpoint_dir() / "step-000000000.ckpt")
+    return config.get_base_dir() / "config.yml"
+
+
+@pytest.fixture(scope="module")
+def stock_teachers(tmp_path_factory):
+    """config.yml of each stock family: trained for a few steps by ns-train's trainer, or untrained."""
+    from pvdal_ns.conversion import stock_config
+    from pvdal_ns.runner import train
+
+    out = tmp_path_factory.mktemp("stock")
+    paths = {m: train(stock_config(m, EMBEDDED_SCENE, out, m, steps, rays_per_batch=256), m).config_path
+             for m, steps in TRAINED.items()}
+    paths["instant-ngp"] = _untrained_checkpoint("instant-ngp", out)
+    return paths
+
+
+@pytest.mark.parametrize("family,volume_feature", [("nerfacto", True), ("instant-ngp", True), ("tensorf", False),
+                                                   ("vanilla-nerf", False)])
+def test_adapter_points_are_the_fields_own(stock_teachers, family, volume_feature):
+    from pvdal_ns.stock_teachers import point_samples
+
+    teacher = load_teacher(stock_teachers[family], "cpu", SAMPLING)
+    assert teacher.name == family and teacher.has_volume_feature == volume_feature
+    assert not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters())
+    torch.manual_seed(0)
+    x = torch.rand(500, 3) * 2.4 - 1.2
+    d = torch.nn.functional.normalize(torch.randn(500, 3), dim=-1)
+    points = teacher.query_points(x, d)
+    with torch.no_grad():
+        own = teacher.field.forward(point_samples(x, d))
+    density = own[FieldHeadNames.DENSITY].reshape(-1, 1)
+    alive = density > 1e-6
+    torch.testing.assert_close(points.density[alive], density[alive], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(points.rgb, own[FieldHeadNames.RGB].reshape(-1, 3))
+    if volume_feature:  # ϕ¹ = [log σ, the 15 mlp_base features]: σ = exp(ϕ¹₀)
+        assert points.phi1.shape == (500, 16)
+        torch.testing.assert_close(points.phi1[:, :1], points.raw_density)
+    else:
+        assert points.phi1 is None
+
+
+@pytest.mark.parametrize("family", list(TRAINED))
+def test_adapter_renders_the_rays_as_the_model_does(stock_teachers, family):
+    """The model's own renderer (collider set to the same box, white background) and the teacher's
+    occupancy-masked rendering of the same rays agree far better than either agrees with the background."""
+    teacher = load_teacher(stock_teachers[family], "cpu", SAMPLING)
+    teacher.occupancy_grid.binaries[:] = True  # compare the field mapping, not the grid's pruning
+    model = teacher.model
+    model.collider = AABBBoxCollider(SAMPLING.scene_box, near_plane=0.0)
+    model.renderer_rgb.background_color = "white"
+    torch.manual_seed(0)
+    n = 400
+    origins = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1) * 4.0
+    directions = torch.nn.functional.normalize(torch.rand(n, 3) - 0.5 - origins / 4.0, dim=-1)
+    rays = RayBundle(origins=origins, directions=directions, pixel_area=torch.full((n, 1), 1e-4),
+                     camera_indices=torch.zeros(n, 1, dtype=torch.long))
+    with torch.no_grad():
+        own = model(rays)
+    own_rgb = own.get("rgb_fine", own.get("rgb"))
+    mine = teacher.render(rays, torch.ones(n, 3)).rgb
+    assert (own_rgb - 1).abs().mean() > 5e-3  # the rays see something
+    assert (own_rgb - mine).abs().mean() < 0.25 * (own_rgb - 1).abs().mean()
+
+
+def test_stock_teacher_distils_with_the_losses_it_can_feed(stock_teachers, tmp_path, capsys):
+    config = tiny_config("vm", tmp_path, steps=40, teacher=stock_teachers["tensorf"], experiment="from-tensorf")
+    config.pipeline.stage1_steps, config.pipeline.stage2_steps = 10, 10
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    pipeline = trainer.pipeline
+    assert pipeline.teacher.name == "tensorf"
+    assert "Stage 1 and L_v skipped: the teacher (tensorf) has no ϕ¹ volume feature" in capsys.readouterr().out
+    assert set(pipeline.get_train_loss_dict(0)[1]) == {"density_loss", "colour_loss", "regularization"}
+    assert "rgb_loss" in pipeline.get_train_loss_dict(15)[1]
+
+    config = tiny_config("hash", tmp_path, steps=40, teacher=stock_teachers["nerfacto"], experiment="from-nerfacto")
+    config.pipeline.stage1_steps, config.pipeline.stage2_steps = 10, 10
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    losses = trainer.pipeline.get_train_loss_dict(0)[1]
+    assert set(losses) == {"volume_loss"} and torch.isfinite(losses["volume_loss"])
+
+
+def test_checkpoint_layouts_and_moved_data(stock_teachers, tmp_path):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(stock_teachers["nerfacto"].parent, run)
+    (ckpt,) = (run / "nerfstudio_models").glob("*.ckpt")
+    loaded = torch.load(ckpt, weights_only=False)
+    # a checkpoint written where LPIPS could be built carries its weights: they are not the field's
+    loaded["pipeline"]["_model.lpips.net.lin0.model.1.weight"] = torch.zeros(1, 64, 1, 1)
+    torch.save(loaded, ckpt)
+    # the scene moved away: a teacher never reads its images
+    config = yaml.load((run / "config.yml").read_text(), Loader=yaml.Loader)
+    config.pipeline.datamanager.data = Path("no/longer/here")
+    (run / "config.yml").write_text(yaml.dump(config))
+    assert load_teacher(run / "config.yml", "cpu", SAMPLING).name == "nerfacto"
+
+    # a GPU-trained nerfacto (tiny-cuda-nn layout) on a machine without tinycudann: one clear line
+    state = loaded["pipeline"]
+    torch_layout = [k for k in state if k.startswith("_model.field.mlp_base.model.")]
+    state["_model.field.mlp_base.model.params"] = torch.cat([state.pop(k).flatten() for k in torch_layout])
+    torch.save(loaded, ckpt)
+    from nerfstudio.utils.external import TCNN_EXISTS
+
+    if not TCNN_EXISTS:
+        with pytest.raises(TeacherLoadError, match="tiny-cuda-nn"):
+            load_teacher(run / "config.yml", "cpu", SAMPLING)
