@@ -8,7 +8,7 @@ is. Registered through the ``nerfstudio.method_configs`` entry-point group.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
@@ -99,17 +99,22 @@ SMALL = {
 
 STAGE_FRACTIONS = (0.15, 0.25)
 """Stage 1 and stage 2 as fractions of all steps (paper §4.1: 3k and 5k of 20k)."""
+MLP_SMALL_STAGE_FRACTIONS = (0.10, 0.10)
+"""pvdal-mlp-small: shorter stages 1 and 2 gave +0.4 dB in 1200-step runs (docs/benchmarks.md)."""
 
 
-def set_steps(config: TrainerConfig, steps: int) -> TrainerConfig:
-    """Set the number of steps, and with it the learning-rate schedules and the stage lengths."""
+def set_steps(config: TrainerConfig, steps: int, stage_fractions: Optional[Tuple[float, float]] = None) -> TrainerConfig:
+    """Set the number of steps, and with it the learning-rate schedules and the stage lengths (scaled
+    with the steps: the fractions the config has now, unless ``stage_fractions`` is given)."""
+    pipeline = config.pipeline
+    assert isinstance(pipeline, DistillationPipelineConfig)
+    if stage_fractions is None:
+        stage_fractions = (pipeline.stage1_steps / config.max_num_iterations, pipeline.stage2_steps / config.max_num_iterations)
     config.max_num_iterations = steps
     for group in config.optimizers.values():
         if group["scheduler"] is not None:
             group["scheduler"].max_steps = steps
-    pipeline = config.pipeline
-    assert isinstance(pipeline, DistillationPipelineConfig)
-    pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in STAGE_FRACTIONS)
+    pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in stage_fractions)
     return config
 
 
@@ -125,7 +130,8 @@ def method_config(architecture: str, small: bool) -> TrainerConfig:
         config.pipeline.al.ray_pool_size = 8 * 2048  # full after ~80 steps of stage 3, as 4096 × 150 in 20k steps
     else:
         config = pvdal_trainer_config(name, field, lrs, steps=20000, rays_per_batch=4096, num_samples=512, grid={})
-    return set_steps(config, config.max_num_iterations)
+    fractions = MLP_SMALL_STAGE_FRACTIONS if small and architecture == "mlp" else STAGE_FRACTIONS
+    return set_steps(config, config.max_num_iterations, fractions)
 
 
 def _spec(architecture: str, small: bool) -> MethodSpecification:

@@ -21,8 +21,6 @@ class PVDLossConfig:
 
     volume_weight: float = 2e-3
     """ω₁, volume-aligned loss L_v on ϕ¹ (Eq. 6)."""
-    volume_weight_decay: float = 1.0
-    """ω₁ is multiplied by this every step (authors' code: 0.995); 1 keeps it constant (paper)."""
     density_weight: float = 2e-3
     """ω₂, density loss L_σ on clipped raw densities (Eq. 8)."""
     colour_weight: float = 2e-3
@@ -31,6 +29,8 @@ class PVDLossConfig:
     """ω₄, rendered-RGB loss L_rgb."""
     density_clip: Optional[Tuple[float, float]] = (-2.0, 7.0)
     """[a, b] for raw (log-space) densities, σ ∈ [0.135, 1097]; None compares unclipped raw densities."""
+    volume_weight_decay: float = 1.0
+    """ω₁ is multiplied by this every step (authors' code: 0.995); 1 keeps it constant (paper)."""
 
 
 def _mean(x: Tensor) -> Tensor:
@@ -90,6 +90,7 @@ def point_losses(
     config: PVDLossConfig,
     align_volume: bool,
     hard_points: Optional[Bool[Tensor, "M"]] = None,
+    step: int = 0,
 ) -> Dict[str, Tensor]:
     """Weighted per-point losses for a stage: L_v from stage 1, L_σ and L_c from stage 2.
 
@@ -98,6 +99,7 @@ def point_losses(
         stage: 1, 2 or 3.
         align_volume: False when either side has no 16-d volume feature (L_v skipped).
         hard_points: the points that carry L_σ and L_c (hard points, TSP, Algorithm 1); None: all.
+        step: the training step; ω₁ is ``volume_weight · volume_weight_decay ** step``.
 
     Returns:
         ``{"volume_loss", "density_loss", "colour_loss"}`` as far as the stage has them; weights applied.
@@ -105,7 +107,8 @@ def point_losses(
     losses: Dict[str, Tensor] = {}
     if align_volume and config.volume_weight > 0:
         assert student.phi1 is not None and teacher.phi1 is not None
-        losses["volume_loss"] = config.volume_weight * volume_aligned_loss(student.phi1, teacher.phi1)
+        weight = config.volume_weight * config.volume_weight_decay**step
+        losses["volume_loss"] = weight * volume_aligned_loss(student.phi1, teacher.phi1)
     if stage >= 2:
         if hard_points is not None:
             student, teacher = _select(student, hard_points), _select(teacher, hard_points)

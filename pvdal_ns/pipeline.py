@@ -164,9 +164,7 @@ class DistillationPipeline(VanillaPipeline):
                 )
                 metrics_dict["al_hard_point_fraction"] = hard_points.float().mean()
                 al_seconds += time.perf_counter() - started
-        loss_dict = point_losses(student, teacher.points, stage, self.config.loss, self.align_volume, hard_points)
-        if "volume_loss" in loss_dict and self.config.loss.volume_weight_decay != 1.0:
-            loss_dict["volume_loss"] = loss_dict["volume_loss"] * self.config.loss.volume_weight_decay**step
+        loss_dict = point_losses(student, teacher.points, stage, self.config.loss, self.align_volume, hard_points, step)
         if stage >= 2:
             loss_dict["regularization"] = self.model.config.regularization_weight * self.model.field.regularization_loss()
         if stage == 3:

@@ -52,6 +52,10 @@ def test_point_losses_follow_the_stage_and_weights():
     assert stage2["density_loss"].item() == pytest.approx(2.0)
     assert stage2["colour_loss"].item() == pytest.approx(3.0)
     assert "volume_loss" not in point_losses(s, t, 2, config, align_volume=False)
+    # the authors' decay of ω₁: 0.5 · 0.9^10 at step 10; the other weights stay
+    decayed = point_losses(s, t, 2, PVDLossConfig(volume_weight=0.5, density_weight=2.0, colour_weight=3.0, volume_weight_decay=0.9), True, step=10)
+    assert decayed["volume_loss"].item() == pytest.approx(0.5 * 0.9**10)
+    assert decayed["density_loss"].item() == pytest.approx(2.0)
 
 
 def test_stage_schedule():

@@ -143,3 +143,15 @@ def test_checkpoint_layouts_and_moved_data(stock_teachers, tmp_path):
     if not TCNN_EXISTS:
         with pytest.raises(TeacherLoadError, match="tiny-cuda-nn"):
             load_teacher(run / "config.yml", "cpu", SAMPLING)
+
+
+def test_chain_nerfacto_to_tensors_to_mlp(stock_teachers, tmp_path):
+    """A student is a normal checkpoint: it can teach the next conversion, with no teacher of its own loaded."""
+    from pvdal_ns.runner import train
+
+    first = train(tiny_config("tensors", tmp_path, steps=6, teacher=stock_teachers["nerfacto"], experiment="tensors"), "nerfacto → tensors")
+    assert first.pipeline.teacher.name == "nerfacto"
+    assert not any(k.startswith("teacher") for k in first.pipeline.state_dict())
+    second = train(tiny_config("mlp", tmp_path, steps=4, teacher=first.config_path, experiment="mlp"), "tensors → mlp")
+    assert second.pipeline.teacher.name == "TensorsField" and not second.pipeline.teacher.has_volume_feature
+    assert second.config_path.is_file()
