@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
 import yaml
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
@@ -110,7 +110,7 @@ class Teacher:
         """Short name of the teacher's model family (e.g. "VMField", "nerfacto")."""
         return type(self.model).__name__
 
-    def query(self, ray_samples: RaySamples, mask: Float[Tensor, "R S"]) -> PointOutputs:
+    def query(self, ray_samples: RaySamples, mask: Bool[Tensor, "R S"]) -> PointOutputs:
         """Density, colour and (where it exists) ϕ¹ at the M = mask.sum() masked samples."""
         raise NotImplementedError
 

@@ -21,7 +21,7 @@ import tyro
 from typing_extensions import Annotated
 
 Architecture = Literal["hash", "vm", "mlp", "tensors"]
-DEMO_STUDENT_STEPS = {"hash": 500, "vm": 500, "mlp": 1200, "tensors": 400}
+DEMO_STUDENT_STEPS = {"hash": 500, "vm": 500, "mlp": 3600, "tensors": 400}
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Ablation:
     """Where the demo's cached teacher is looked for (and trained if missing)."""
     student: Architecture = "mlp"
     """Architecture of the student."""
-    steps: int = DEMO_STUDENT_STEPS["mlp"]
+    steps: int = 1200
     """Distillation steps of every run."""
     rows: Tuple[AblationRow, ...] = (
         "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
