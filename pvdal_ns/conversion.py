@@ -58,8 +58,8 @@ def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path
                     "the training cameras and the test images)")
 
 
-STOCK_METHODS = ("nerfacto", "instant-ngp", "tensorf", "vanilla-nerf", "splatfacto")
-"""Stock nerfstudio methods ``ns-distill`` can train as teachers and load as teachers."""
+STOCK_METHODS = ("nerfacto", "instant-ngp", "tensorf", "vanilla-nerf")
+"""Stock nerfstudio methods that load as teachers (:mod:`pvdal_ns.stock_teachers`)."""
 
 
 def stock_config(method: str, data: Path, output_dir: Path, experiment: str, steps: int,
@@ -70,6 +70,9 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
 
     Build and train it inside :func:`~pvdal_ns.metrics.offline_lpips` (``runner.train`` does) so the
     model does not try to download LPIPS weights.
+
+    Raises:
+        UserError: ``method`` is not one of :data:`STOCK_METHODS`.
     """
     import copy
 
@@ -81,13 +84,9 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
     if method not in STOCK_METHODS:
         raise UserError(f"unknown stock method {method!r}; choose one of {', '.join(STOCK_METHODS)}")
     config = quiet(copy.deepcopy(method_configs[method]))
-    if method != "splatfacto":
-        config.pipeline.datamanager = VanillaDataManagerConfig(
-            dataparser=BlenderDataParserConfig(), train_num_rays_per_batch=rays_per_batch,
-            eval_num_rays_per_batch=rays_per_batch)
-    else:
-        config.pipeline.datamanager.dataparser = BlenderDataParserConfig()
-    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager = VanillaDataManagerConfig(
+        data=data, dataparser=BlenderDataParserConfig(), train_num_rays_per_batch=rays_per_batch,
+        eval_num_rays_per_batch=rays_per_batch)
     model = config.pipeline.model
     if hasattr(model, "implementation") and not TCNN_EXISTS:
         model.implementation = "torch"
@@ -158,7 +157,8 @@ def distillation_config(teacher_path: Path, architecture: str, small: bool, data
 
     teacher = read_trainer_config(teacher_path)
     if teacher_grid is None:
-        teacher_grid = getattr(teacher.pipeline.model, "grid_resolution", None) if isinstance(teacher.pipeline.model, PVDModelConfig) else None
+        model = teacher.pipeline.model
+        teacher_grid = model.grid_resolution if isinstance(model, PVDModelConfig) else None
     config = student_config(architecture, small, data, output_dir, experiment, steps, teacher_path)
     config.pipeline.datamanager.dataparser = copy.deepcopy(teacher.pipeline.datamanager.dataparser)
     if teacher_grid is not None:

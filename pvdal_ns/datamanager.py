@@ -70,7 +70,10 @@ class DistillationDataManager(VanillaDataManager):
         """Train on ``leader``'s pseudo-label batches (same poses, rays, samples and teacher outputs) instead of
         rendering the teacher again: several students from one teacher pass per batch. Active learning is
         then driven by the leader's student: its errors choose the hard poses and rays every student sees;
-        this datamanager's own feedback is ignored (hard points stay per student, in the pipeline)."""
+        this datamanager's own feedback is ignored (hard points stay per student, in the pipeline).
+
+        Raises:
+            ValueError: ``leader`` has no teacher attached (it cannot make pseudo-label batches)."""
         if leader.teacher is None:
             raise ValueError("the leader has no teacher attached")
         self.batch_source = leader

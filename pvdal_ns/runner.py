@@ -67,6 +67,17 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _setup_trainer(config: TrainerConfig):
+    """Seed, write config.yml and set up nerfstudio's ``Trainer`` (LPIPS of stock models not downloaded)."""
+    set_seed(config.machine.seed)
+    config.set_timestamp()
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    with offline_lpips():  # stock models build LPIPS in populate_modules
+        trainer.setup()
+    return trainer
+
+
 def train(config: TrainerConfig, description: str) -> TrainResult:
     """Train ``config`` with nerfstudio's ``Trainer`` and a progress bar.
 
@@ -74,12 +85,7 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
     as ``ns-train`` does; checkpoints go beside it. Randomness is seeded with ``config.machine.seed``
     before the model is built, as ``ns-train`` does.
     """
-    set_seed(config.machine.seed)
-    config.set_timestamp()
-    config.save_config()
-    trainer = config.setup(local_rank=0, world_size=1)
-    with offline_lpips():  # stock models build LPIPS in populate_modules
-        trainer.setup()
+    trainer = _setup_trainer(config)
     steps = config.max_num_iterations
     with progress_bar() as progress:
         task = progress.add_task(description, total=steps)
@@ -99,28 +105,24 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
     """Train several students of one teacher in lockstep, one teacher pass per batch.
 
     Each config gets its own nerfstudio ``Trainer`` (config.yml, checkpoints, tensorboard events and
-    callbacks as ``ns-train`` writes them). They load the teacher once (:func:`sharing_teachers`), and at
-    every step the followers train on the first student's pseudo-label batch
-    (:meth:`DistillationDataManager.share_batches_from`). A student with fewer steps stops early.
+    callbacks as ``ns-train`` writes them). They load the teacher once (:func:`sharing_teachers`), and
+    at every step all students train on one pseudo-label batch, made by the datamanager of the student
+    with the most steps (the leader: its errors drive active learning, see
+    :meth:`DistillationDataManager.share_batches_from`). A student with fewer steps stops early.
 
     Returns:
-        One TrainResult per config; ``seconds`` is the wall time of that student's own iterations
-        (the shared teacher renders are counted in the student that renders them, the first).
+        One TrainResult per config; ``seconds`` is the wall time of that student's own iterations (the
+        shared teacher render of a step is counted in the first student to train at that step).
     """
     from nerfstudio.utils import writer
 
     from pvdal_ns.pipeline import sharing_teachers
 
     trainers, writers = [], []
-    with sharing_teachers(), offline_lpips():
+    with sharing_teachers():
         for config in configs:
-            set_seed(config.machine.seed)
-            config.set_timestamp()
-            config.save_config()
-            writer.EVENT_WRITERS.clear()
-            trainer = config.setup(local_rank=0, world_size=1)
-            trainer.setup()
-            trainers.append(trainer)
+            writer.EVENT_WRITERS.clear()  # each Trainer adds its own writers to nerfstudio's global list
+            trainers.append(_setup_trainer(config))
             writers.append(list(writer.EVENT_WRITERS))
     lead = max(range(len(configs)), key=lambda i: configs[i].max_num_iterations)  # renders every step
     for i, trainer in enumerate(trainers):

@@ -79,9 +79,10 @@ class FieldTeacher(Teacher):
     def __init__(self, model: Model, field: Field, family: str, source: Path, sampling: Sampling,
                  chunk: int = 1 << 16) -> None:
         self.field, self.family, self.chunk = field, family, chunk
-        grid = OccupancyGrid(sampling.scene_box.aabb, sampling.grid_resolution).to(sampling.scene_box.aabb.device)
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        grid = OccupancyGrid(sampling.scene_box.aabb, sampling.grid_resolution).to(device)
         super().__init__(model, source, grid, sampling.scene_box, sampling.num_samples)
-        probe = self._evaluate(sampling.scene_box.get_center()[None].float(), None)
+        probe = self._evaluate(sampling.scene_box.get_center()[None].float().to(device), None)
         self.has_volume_feature = probe.phi1 is not None
         self._fill_grid(sampling)
 
@@ -90,8 +91,6 @@ class FieldTeacher(Teacher):
         return self.family
 
     def _fill_grid(self, sampling: Sampling) -> None:
-        device = next(iter(self.model.parameters()), torch.empty(0)).device
-        self.occupancy_grid.to(device)
         occ_fn = self.occupancy_grid.occupancy_fn(lambda x: self.query_points(x).density, sampling.step_size, self.chunk)
         with torch.no_grad():
             for _ in range(self.grid_passes):  # max over jittered points in every cell
@@ -118,9 +117,7 @@ class FieldTeacher(Teacher):
         """The teacher at world positions: log σ, colour (when ``directions`` is given) and ϕ¹ (nerfacto
         family only), in chunks of ``chunk`` points."""
         parts = [self._evaluate(positions[i : i + self.chunk], None if directions is None else directions[i : i + self.chunk])
-                 for i in range(0, len(positions), self.chunk)]
-        if not parts:
-            return self._evaluate(positions, directions)
+                 for i in range(0, max(len(positions), 1), self.chunk)]  # one (empty) part when no point
 
         def cat(name: str) -> Optional[Tensor]:
             values = [getattr(p, name) for p in parts]
@@ -194,8 +191,6 @@ def _stock_teacher(family: StockFamily, config, state: Dict[str, Tensor], step: 
     model = build_stock_model(config, state, source, sampling)
     model.update_to_step(step)
     model = model.to(device)
-    sampling = Sampling(SceneBox(aabb=sampling.scene_box.aabb.to(device)), sampling.grid_resolution,
-                        sampling.num_samples, sampling.grid_threshold)
     return FieldTeacher(model, getattr(model, family.field), family.name, source, sampling)
 
 
