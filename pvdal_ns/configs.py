@@ -101,6 +101,10 @@ STAGE_FRACTIONS = (0.15, 0.25)
 """Stage 1 and stage 2 as fractions of all steps (paper §4.1: 3k and 5k of 20k)."""
 MLP_SMALL_STAGE_FRACTIONS = (0.10, 0.10)
 """pvdal-mlp-small: shorter stages 1 and 2 gave +0.4 dB in 1200-step runs (docs/benchmarks.md)."""
+MLP_SMALL_RAYS = 512
+"""pvdal-mlp-small: rays per step. For the same rays seen, more steps of fewer rays train the small MLP
+better (2048 × 1200: 28.85 dB, 1024 × 2400: 29.24, 512 × 4800: 29.53; docs/benchmarks.md), and a
+512-ray step costs a third of a 2048-ray one on 2 CPU cores."""
 
 
 def set_steps(config: TrainerConfig, steps: int, stage_fractions: Optional[Tuple[float, float]] = None) -> TrainerConfig:
@@ -125,7 +129,8 @@ def method_config(architecture: str, small: bool) -> TrainerConfig:
     name = f"pvdal-{architecture}" + ("-small" if small else "")
     if small:
         grid = {"grid_resolution": 64, "grid_warmup_steps": 64, "grid_ema_decay": 0.8}
-        config = pvdal_trainer_config(name, field, lrs, steps=3000, rays_per_batch=2048, num_samples=160, grid=grid)
+        rays, steps = (MLP_SMALL_RAYS, 9600) if architecture == "mlp" else (2048, 3000)
+        config = pvdal_trainer_config(name, field, lrs, steps=steps, rays_per_batch=rays, num_samples=160, grid=grid)
         assert isinstance(config.pipeline, DistillationPipelineConfig)
         config.pipeline.al.ray_pool_size = 8 * 2048  # full after ~80 steps of stage 3, as 4096 × 150 in 20k steps
     else:

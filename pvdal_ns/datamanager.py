@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
@@ -26,6 +26,9 @@ from torch import Tensor
 from pvdal_ns.active_learning import ActiveLearning
 from pvdal_ns.poses import PoseSampler
 from pvdal_ns.teacher import Teacher
+
+if TYPE_CHECKING:
+    from pvdal_ns.teacher_cache import TeacherCache
 
 __all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PoseSampler"]
 
@@ -47,6 +50,15 @@ class DistillationDataManagerConfig(VanillaDataManagerConfig):
     """Forward-facing scenes: rotation jitter of a training camera's orientation."""
 
 
+def _float32_intrinsics(dataset):
+    """nerfstudio's blender dataparser gives float64 fx/fy (a numpy float into ``torch.tensor``), which
+    breaks ``ns-render spiral`` (``torch.cross`` of float32 and float64); cast them to float32."""
+    cameras = dataset.cameras
+    for name in ("fx", "fy", "cx", "cy"):
+        setattr(cameras, name, getattr(cameras, name).float())
+    return dataset
+
+
 class DistillationDataManager(VanillaDataManager):
     """nerfstudio's ``VanillaDataManager`` plus pseudo-label batches once a teacher is attached, with
     the hard-pose (TCP) and hard-ray (TSR) samplers of active learning.
@@ -55,6 +67,12 @@ class DistillationDataManager(VanillaDataManager):
     """
 
     config: DistillationDataManagerConfig
+
+    def create_train_dataset(self):
+        return _float32_intrinsics(super().create_train_dataset())
+
+    def create_eval_dataset(self):
+        return _float32_intrinsics(super().create_eval_dataset())
 
     def setup_train(self) -> None:
         # Deferred: VanillaDataManager.setup_train reads every training image, which distillation never uses.
@@ -65,6 +83,8 @@ class DistillationDataManager(VanillaDataManager):
         self.batch_source: Optional[DistillationDataManager] = None
         """Set on the followers of a shared run: they train on this datamanager's batches."""
         self._shared: Optional[Tuple[int, RayBundle, Dict]] = None
+        self.cache: Optional[TeacherCache] = None
+        """Serial mode: batches come from this teacher cache instead of the live teacher."""
 
     def share_batches_from(self, leader: "DistillationDataManager") -> None:
         """Train on ``leader``'s pseudo-label batches (same poses, rays, samples and teacher outputs) instead of
@@ -90,6 +110,24 @@ class DistillationDataManager(VanillaDataManager):
         self._intrinsics = cameras[0:1]
         self.epoch = -1
         self._new_epoch()
+
+    def attach_cache(self, cache: "TeacherCache") -> None:
+        """Serve training batches from ``cache`` (serial mode), with no teacher in memory: batch ``step``
+        is cached batch ``step mod len(cache)`` on a fresh random background. Hard poses and hard rays
+        are off (they need new teacher renders); the live teacher, if any, is released."""
+        self.cache = cache
+        self.teacher = None
+        self.active_learning = None
+        self._shared = None
+        self.pseudo_ray_generator = None
+        CONSOLE.log(f"Pseudo-labels: {len(cache)} cached batches of {cache.rays_per_batch} rays from {cache.path}")
+
+    def pseudo_label_batches(self, count: int) -> Iterator[Tuple[RayBundle, Dict]]:
+        """``count`` pseudo-label batches as training draws them, rendered by the live teacher (what a
+        teacher cache stores). Active learning is not consulted."""
+        assert self.teacher is not None, "attach a teacher first"
+        for step in range(count):
+            yield self._pseudo_label_batch(step)
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         trainer = training_callback_attributes.trainer
@@ -161,15 +199,23 @@ class DistillationDataManager(VanillaDataManager):
         (:class:`~pvdal_ns.teacher.TeacherBatch`). Once the hard-ray pool is full, a fraction of the
         R rays comes from it (TSR); R stays ``train_num_rays_per_batch``.
         """
-        if self.teacher is None:
+        if self.teacher is None and self.cache is None and self.batch_source is None:
             if not self._image_training_ready:
                 super().setup_train()
                 self._image_training_ready = True
             return super().next_train(step)
         source = self.batch_source or self
         if source._shared is None or source._shared[0] != step:  # the first of the students at this step
-            source._shared = (step, *source._pseudo_label_batch(step))
+            source._shared = (step, *(source._cached_batch(step) if source.cache else source._pseudo_label_batch(step)))
         return source._shared[1], source._shared[2]
+
+    def _cached_batch(self, step: int) -> Tuple[RayBundle, Dict]:
+        assert self.cache is not None
+        self.train_count += 1
+        background = torch.rand(self.cache.rays_per_batch, 3, device=self.device)
+        ray_bundle, teacher_batch = self.cache.batch(step % len(self.cache), background, torch.device(self.device))
+        indices = torch.full((len(background), 3), -1, dtype=torch.long)  # not tied to this run's poses
+        return ray_bundle, {"image": teacher_batch.rgb, "background": background, "indices": indices, "teacher": teacher_batch}
 
     def _pseudo_label_batch(self, step: int) -> Tuple[RayBundle, Dict]:
         if self._epoch_step >= self._epoch_steps:

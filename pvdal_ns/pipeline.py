@@ -10,12 +10,15 @@ The teacher is loaded only for training (``test_mode="val"``), so ``ns-eval``, `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, Literal, Optional, Type
+from typing import Dict, Iterator, List, Literal, Optional, Type, Union
 
 import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.cuda.amp.grad_scaler import GradScaler
@@ -25,7 +28,8 @@ from pvdal_ns.checkpoints import fill_missing_defaults
 from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManagerConfig
 from pvdal_ns.losses import PVDLossConfig, StageSchedule, point_losses, ray_rgb_errors
 from pvdal_ns.model import PVDModel, PVDModelConfig
-from pvdal_ns.teacher import Sampling, Teacher, TeacherLoadError, load_teacher
+from pvdal_ns.teacher import Sampling, Teacher, TeacherLoadError, load_teacher, newest_checkpoint, read_trainer_config
+from pvdal_ns.teacher_cache import TeacherCache, write_cache
 
 
 _SHARED_TEACHERS: Optional[Dict[tuple, Teacher]] = None
@@ -61,7 +65,13 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
     datamanager: DistillationDataManagerConfig = field(default_factory=DistillationDataManagerConfig)
     model: PVDModelConfig = field(default_factory=PVDModelConfig)
     teacher_config: Optional[Path] = None
-    """config.yml of a trained pvdal-* run to distil from; None trains on the images."""
+    """config.yml of a trained run to distil from (pvdal-*, nerfacto, instant-ngp, tensorf, vanilla-nerf);
+    None (and no teacher_cache) trains on the images."""
+    teacher_cache: Optional[Path] = None
+    """Serial mode: a teacher-cache folder. Missing: the teacher renders the run's batches into it before
+    the first step and is then released. Present: the student distils from it with no teacher loaded."""
+    teacher_cache_gib: float = 4.0
+    """Bound on the size of a cache this run writes (GiB); a run with more steps cycles through its batches."""
     loss: PVDLossConfig = field(default_factory=PVDLossConfig)
     """Weights of Eq. 7 and the density clip of Eq. 8."""
     stage1_steps: int = 3000
@@ -94,13 +104,52 @@ class DistillationPipeline(VanillaPipeline):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.active_learning = ActiveLearning(config.al)
         """The pools of hard poses and rays; saved in the checkpoint, restored on resume."""
-        self.teacher: Optional[Teacher] = None
+        self.teacher: Optional[Union[Teacher, TeacherCache]] = None
+        """The live teacher, or the teacher cache standing in for it (serial mode)."""
         self._stage = 0
-        if config.teacher_config is not None and test_mode == "val":
+        self._run_steps: Optional[int] = None
+        self._cache_to_write: Optional[Path] = None
+        if test_mode == "val" and config.teacher_cache is not None:
+            cache = Path(config.teacher_cache)
+            if cache.exists():
+                self.attach_teacher(TeacherCache(cache, self.cache_key()))
+            elif config.teacher_config is None:
+                raise TeacherLoadError(f"teacher cache {cache} does not exist and no --pipeline.teacher-config is "
+                                       "given to write it")
+            else:
+                self._cache_to_write = cache
+        if test_mode == "val" and config.teacher_config is not None and self.teacher is None:
             self.attach_teacher(_teacher_for(config.teacher_config, device, Sampling.of(self.model)))
 
-    def attach_teacher(self, teacher: Teacher) -> None:
-        """Start distilling from ``teacher``: its occupancy grid becomes the student's (frozen)."""
+    def cache_key(self) -> Dict:
+        """What a teacher cache of this run depends on (stored as ``written_for`` in its meta.json, compared
+        on reuse): teacher config and checkpoint, sampling, rays per batch, pose settings, training cameras."""
+        teacher = checkpoint = None
+        if self.config.teacher_config is not None:
+            path = Path(self.config.teacher_config).expanduser().resolve()
+            ckpt = newest_checkpoint(path, read_trainer_config(path))
+            teacher, checkpoint = str(path), f"{ckpt.name} ({ckpt.stat().st_size} bytes)"
+        dm, model = self.datamanager.config, self.model.config
+        cams = self.datamanager.train_dataset.cameras
+        camera_values = [cams.camera_to_worlds, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height]
+        digest = hashlib.sha1(torch.cat([v.flatten().double() for v in camera_values]).cpu().numpy().tobytes())
+        return {
+            "teacher": teacher, "checkpoint": checkpoint,
+            "scene_box": self.model.scene_box.aabb.flatten().tolist(), "grid_resolution": model.grid_resolution,
+            "num_samples": model.num_samples, "grid_threshold": model.grid_threshold,
+            "rays_per_batch": dm.train_num_rays_per_batch, "poses_per_epoch": dm.poses_per_epoch,
+            "steps_per_epoch": dm.steps_per_epoch, "elevation_percentiles": list(dm.elevation_percentiles),
+            "forward_facing_margin": dm.forward_facing_margin, "jitter_degrees": dm.jitter_degrees,
+            "cameras": digest.hexdigest(),
+        }
+
+    def attach_teacher(self, teacher: Union[Teacher, TeacherCache]) -> None:
+        """Start distilling from ``teacher`` (live, or its cache): its occupancy grid becomes the student's
+        (frozen). With a cache (or one to be written), hard poses and hard rays are off: they need new
+        teacher renders.
+
+        Raises:
+            TeacherLoadError: the teacher's occupancy grid has another resolution than the student's."""
         student = self.model
         if teacher.occupancy_grid.binaries.shape != student.occupancy_grid.binaries.shape:
             raise TeacherLoadError(
@@ -110,7 +159,18 @@ class DistillationPipeline(VanillaPipeline):
         student.occupancy_grid.load_state_dict(teacher.occupancy_grid.state_dict())
         student.occupancy_frozen = True
         self.teacher = teacher
-        self.datamanager.attach_teacher(teacher, self.active_learning if self.config.al.any else None)
+        al = self.config.al
+        cached = isinstance(teacher, TeacherCache) or self._cache_to_write is not None
+        if cached:
+            if al.poses or al.rays:
+                CONSOLE.log("Teacher cache: hard poses and hard rays are off (they need new teacher renders)")
+            al = dataclasses.replace(al, poses=False, rays=False)
+        self.al_config = al
+        """The active-learning levels in use (``config.al`` less what the teacher cache cannot serve)."""
+        if isinstance(teacher, TeacherCache):
+            self.datamanager.attach_cache(teacher)
+        else:
+            self.datamanager.attach_teacher(teacher, self.active_learning if al.any and not cached else None)
         self.align_volume = student.field.has_volume_feature and teacher.has_volume_feature
         if not self.align_volume:
             who = f"student ({type(student.field).__name__})" if not student.field.has_volume_feature else f"teacher ({teacher.name})"
@@ -121,11 +181,38 @@ class DistillationPipeline(VanillaPipeline):
         self.stages = StageSchedule(
             self.config.stage1_steps, self.config.stage2_steps, self.config.blockwise, has_stage1=self.align_volume
         )
-        al = self.config.al
         self.al_start = self.stages.stage3_start if al.start_step is None else al.start_step
         if al.any:
             levels = ", ".join(n for n, on in (("hard poses", al.poses), ("hard rays", al.rays), ("hard points", al.points)) if on)
             CONSOLE.log(f"Active learning ({levels}) from step {self.al_start}")
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:  # a teacher cache holds one batch per step of the run
+            self._run_steps = trainer.config.max_num_iterations
+        return super().get_training_callbacks(training_callback_attributes)
+
+    def write_teacher_cache(self, num_batches: int) -> TeacherCache:
+        """Serial mode: render ``num_batches`` pseudo-label batches with the live teacher into
+        ``config.teacher_cache`` (bounded by ``teacher_cache_gib``), then release the teacher and
+        distil from the cache.
+
+        Raises:
+            TeacherLoadError: the cache path exists already, or the bound is below one batch."""
+        from pvdal_ns.runner import progress_bar
+
+        teacher = self.teacher
+        assert isinstance(teacher, Teacher) and self._cache_to_write is not None
+        with progress_bar() as progress:
+            task = progress.add_task("teacher cache: rendering", total=num_batches)
+            cache = write_cache(self._cache_to_write, teacher, self.datamanager.pseudo_label_batches(num_batches),
+                                self.cache_key(), int(self.config.teacher_cache_gib * 2**30),
+                                lambda: progress.advance(task))
+        CONSOLE.log(f"Teacher cache: {len(cache)} batches, {cache.nbytes / 2**30:.2f} GiB in {cache.path}")
+        self._cache_to_write = None
+        self.teacher = cache
+        self.datamanager.attach_cache(cache)
+        return cache
 
     def get_train_loss_dict(self, step: int):
         """One training step's outputs, weighted losses and metrics.
@@ -138,9 +225,14 @@ class DistillationPipeline(VanillaPipeline):
         """
         if self.teacher is None:
             return super().get_train_loss_dict(step)
+        if self._cache_to_write is not None:
+            if self.datamanager.batch_source is None:
+                self.write_teacher_cache(self._run_steps or step + 1)
+            else:  # a follower trains on the leader's batches: the leader writes and reads the cache
+                self._cache_to_write = None
         stage = self.stages.stage_at(step)
         al = self.active_learning
-        al.active = self.config.al.any and stage == 3 and step >= self.al_start  # it needs the student's render
+        al.active = self.al_config.any and stage == 3 and step >= self.al_start  # it needs the student's render
         ray_bundle, batch = self.datamanager.next_train(step)
         teacher = batch["teacher"]
         if stage != self._stage:
@@ -156,11 +248,11 @@ class DistillationPipeline(VanillaPipeline):
         al_seconds = 0.0
         if stage == 3:
             outputs = self.model.composite(teacher.ray_samples, teacher.mask, student, batch["background"])
-            if al.active and self.config.al.points:
+            if al.active and self.al_config.points:
                 started = time.perf_counter()
                 hard_points = hard_point_mask(
                     teacher.weights, outputs["weights"], teacher.mask, teacher.accumulation,
-                    self.config.al.point_fraction, self.config.al.point_min_opacity,
+                    self.al_config.point_fraction, self.al_config.point_min_opacity,
                 )
                 metrics_dict["al_hard_point_fraction"] = hard_points.float().mean()
                 al_seconds += time.perf_counter() - started

@@ -106,9 +106,11 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
 
     Each config gets its own nerfstudio ``Trainer`` (config.yml, checkpoints, tensorboard events and
     callbacks as ``ns-train`` writes them). They load the teacher once (:func:`sharing_teachers`), and
-    at every step all students train on one pseudo-label batch, made by the datamanager of the student
-    with the most steps (the leader: its errors drive active learning, see
-    :meth:`DistillationDataManager.share_batches_from`). A student with fewer steps stops early.
+    at every step all students with the same batch settings (rays per batch, samples per ray, grid) train
+    on one pseudo-label batch, made by the datamanager of the one with the most steps (the leader: its
+    errors drive active learning, see :meth:`DistillationDataManager.share_batches_from`); students with
+    other batch settings get their own batches from the same teacher. A student with fewer steps stops
+    early.
 
     Returns:
         One TrainResult per config; ``seconds`` is the wall time of that student's own iterations (the
@@ -124,10 +126,14 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
             writer.EVENT_WRITERS.clear()  # each Trainer adds its own writers to nerfstudio's global list
             trainers.append(_setup_trainer(config))
             writers.append(list(writer.EVENT_WRITERS))
-    lead = max(range(len(configs)), key=lambda i: configs[i].max_num_iterations)  # renders every step
-    for i, trainer in enumerate(trainers):
-        if i != lead:
-            trainer.pipeline.datamanager.share_batches_from(trainers[lead].pipeline.datamanager)
+    groups: Dict[tuple, List[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(_batch_settings(config), []).append(i)
+    for members in groups.values():
+        lead = max(members, key=lambda i: configs[i].max_num_iterations)  # renders every step
+        for i in members:
+            if i != lead:
+                trainers[i].pipeline.datamanager.share_batches_from(trainers[lead].pipeline.datamanager)
     seconds = [0.0] * len(trainers)
     total = max(c.max_num_iterations for c in configs)
     with progress_bar() as progress:
@@ -150,6 +156,13 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
         results.append(TrainResult(config.get_base_dir() / "config.yml", seconds[i], config.max_num_iterations, trainer.pipeline))
     writer.EVENT_WRITERS.clear()
     return results
+
+
+def _batch_settings(config: TrainerConfig) -> tuple:
+    """What must agree for two students to train on the same pseudo-label batches."""
+    datamanager, model = config.pipeline.datamanager, config.pipeline.model
+    return (datamanager.train_num_rays_per_batch, datamanager.poses_per_epoch, datamanager.steps_per_epoch,
+            model.num_samples, model.grid_resolution)
 
 
 def _iteration(trainer, step: int) -> None:

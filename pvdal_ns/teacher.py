@@ -197,6 +197,18 @@ def read_trainer_config(config_path: Path):
     return fill_missing_defaults(config)
 
 
+def newest_checkpoint(config_path: Path, config) -> Path:
+    """The newest ``step-*.ckpt`` of the run whose ``config.yml`` is ``config_path`` (the one a teacher loads).
+
+    Raises:
+        TeacherLoadError: the run has no checkpoint."""
+    ckpt_dir = config_path.parent / config.relative_model_dir
+    ckpts = sorted(ckpt_dir.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[-1]))
+    if not ckpts:
+        raise TeacherLoadError(f"teacher {config_path} has no checkpoint (no step-*.ckpt in {ckpt_dir})")
+    return ckpts[-1]
+
+
 def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device] = "cpu",
                  sampling: Optional[Sampling] = None) -> Teacher:
     """Load the newest checkpoint of a training run as a frozen :class:`Teacher`.
@@ -223,13 +235,10 @@ def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device]
             f"teacher {config_path} is a '{config.method_name}' model ({type(config.pipeline.model).__name__}); "
             f"supported teacher families: {supported}"
         )
-    ckpt_dir = config_path.parent / config.relative_model_dir
-    ckpts = sorted(ckpt_dir.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[-1]))
-    if not ckpts:
-        raise TeacherLoadError(f"teacher {config_path} has no checkpoint (no step-*.ckpt in {ckpt_dir})")
+    checkpoint = newest_checkpoint(config_path, config)
     try:
-        loaded = load_checkpoint(ckpts[-1])
+        loaded = load_checkpoint(checkpoint)
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TeacherLoadError(f"teacher checkpoint {ckpts[-1]} cannot be read: {first}") from None
+        raise TeacherLoadError(f"teacher checkpoint {checkpoint} cannot be read: {first}") from None
     return adapter(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path, sampling)

@@ -87,6 +87,26 @@ def test_ns_distill_run_writes_report(tiny_teacher, tmp_path):
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
+def test_ns_distill_run_with_teacher_cache_writes_then_reuses_it(tiny_teacher, tmp_path):
+    from pvdal_ns.scripts.distill import main
+
+    config_path, _ = tiny_teacher
+    cache = tmp_path / "cache"
+    args = ["run", "--teacher", str(config_path), "--student", "tensors", "--steps", "20", "--teacher-cache", str(cache)]
+    assert main([*args, "--output-dir", str(tmp_path / "first")]) == 0
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["batches"] == 20 and meta["written_for"]["teacher"] == str(config_path.resolve())
+    assert main([*args, "--output-dir", str(tmp_path / "second")]) == 0  # reused, not rewritten
+    assert json.loads((cache / "meta.json").read_text()) == meta
+    for run in ("first", "second"):
+        report = json.loads((tmp_path / run / "report.json").read_text())
+        assert report["teacher_cache"]["bytes"] > 0 and report["models"][0]["psnr"] > 10
+    not_a_cache = tmp_path / "first"
+    result = _run(BIN / "ns-distill", *args[:-1], not_a_cache)
+    assert result.returncode == 2 and "is not a finished pvdal teacher cache" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_ns_distill_ablation_writes_table_and_reuses_finished_rows(tiny_teacher, tmp_path):
     from pvdal_ns.scripts.distill import main
 

@@ -1,6 +1,8 @@
 """Distillation on real input: the teacher stays frozen and out of the student, stages switch, the
 student's PSNR against the teacher rises, and the student is a normal nerfstudio checkpoint."""
 
+import os
+
 import torch
 
 from conftest import tiny_config
@@ -112,11 +114,15 @@ def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path):
 
     teacher_path, _ = tiny_teacher
     configs = [tiny_config(arch, tmp_path, steps=steps, teacher=teacher_path, experiment="together")
-               for arch, steps in (("hash", 12), ("tensors", 8))]
-    runs = train_together(configs, "two students")
+               for arch, steps in (("hash", 12), ("tensors", 8), ("mlp", 4))]
+    configs[2].pipeline.datamanager.train_num_rays_per_batch = 256
+    runs = train_together(configs, "three students")
+    runs, other = runs[:2], runs[2].pipeline
     leader, follower = (r.pipeline for r in runs)
-    assert leader.teacher is follower.teacher  # loaded once
+    assert leader.teacher is follower.teacher is other.teacher  # loaded once
     assert follower.datamanager.batch_source is leader.datamanager
+    assert other.datamanager.batch_source is None  # other rays per batch: its own batches, same teacher
+    assert len(other.datamanager.next_train(100)[0]) == 256
     ray_bundle, batch = follower.datamanager.next_train(100)
     assert leader.datamanager.next_train(100)[1] is batch  # one teacher render for both students
     for run, steps in zip(runs, (12, 8)):
@@ -124,3 +130,33 @@ def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path):
         ckpts = list((run.config_path.parent / "nerfstudio_models").glob("step-*.ckpt"))
         assert [int(c.stem.split("-")[1]) for c in ckpts] == [steps - 1]
         assert len(list(run.config_path.parent.glob("events.out.tfevents.*"))) == 1  # each its own log
+
+
+def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, monkeypatch):
+    """``ns-render interpolate`` (video) and ``ns-render spiral`` (images) on a student's config.yml, with
+    teacher loading made impossible; ffmpeg is the binary of the imageio-ffmpeg wheel."""
+    import imageio_ffmpeg
+    import pvdal_ns.pipeline
+    from nerfstudio.scripts.render import RenderInterpolated, SpiralRender
+
+    from pvdal_ns.runner import train
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    run = train(tiny_config("hash", tmp_path, steps=3, teacher=tiny_teacher[0], experiment="render"), "student")
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded")
+
+    monkeypatch.setattr(pvdal_ns.pipeline, "load_teacher", no_teacher)
+    video = tmp_path / "interpolate.mp4"
+    RenderInterpolated(load_config=run.config_path, output_path=video, interpolation_steps=1, frame_rate=4).main()
+    reader = imageio_ffmpeg.read_frames(str(video))
+    assert tuple(next(reader)["size"]) == (100, 100)
+    assert imageio_ffmpeg.count_frames_and_secs(str(video))[0] >= 9  # 10 eval views, one frame between each pair
+    spiral = tmp_path / "spiral"
+    SpiralRender(load_config=run.config_path, output_path=spiral, seconds=1.0, frame_rate=3, output_format="images",
+                 image_format="png").main()
+    assert len(list(spiral.glob("*.png"))) == 3

@@ -21,7 +21,9 @@ import tyro
 from typing_extensions import Annotated
 
 Architecture = Literal["hash", "vm", "mlp", "tensors"]
-DEMO_STUDENT_STEPS = {"hash": 500, "vm": 500, "mlp": 3600, "tensors": 400}
+DEMO_STUDENT_STEPS = {"hash": 500, "vm": 500, "mlp": 9600, "tensors": 400}
+ABLATION_STEPS = {"mlp": 4800}
+"""Default ablation steps where a preset's rays per step differ from 2048 (same rays seen as 1200 × 2048)."""
 
 
 @dataclass
@@ -39,8 +41,9 @@ class Demo:
     students: Tuple[Architecture, ...] = ("hash", "vm", "mlp", "tensors")
     """Architectures to distil into."""
     student_steps: Dict[str, int] = field(default_factory=lambda: dict(DEMO_STUDENT_STEPS))
-    """Distillation steps per student architecture (stages 1 and 2 take 15 % and 25 % of them); the
-    defaults fit the whole demo in about 20 minutes on 2 CPU cores."""
+    """Distillation steps per student architecture (stages 1 and 2 take 15 % and 25 % of them, 10 % and
+    10 % for the MLP, whose steps have 512 rays instead of 2048); the defaults fit the whole demo in
+    about 20 minutes on 2 CPU cores."""
     small: bool = True
     """Use the CPU-sized presets (pvdal-*-small); --no-small for the paper's sizes."""
 
@@ -76,6 +79,11 @@ class Run:
     """Where the run, report.json and comparison.png go."""
     small: bool = True
     """Use the CPU-sized preset (pvdal-<student>-small); --no-small for the paper's sizes."""
+    teacher_cache: Optional[Path] = None
+    """Serial mode: a folder for the teacher's rendered batches. Missing: the teacher renders them first and
+    is then released; present (a cache of the same teacher and settings): reused, no teacher loaded."""
+    teacher_cache_gib: float = 4.0
+    """Bound on the size of a teacher cache written by this run (GiB); longer runs cycle through it."""
 
     def main(self, command: str) -> None:
         """Run the conversion; raises UserError / TeacherLoadError for bad input."""
@@ -86,9 +94,14 @@ class Run:
         teacher_config = check_teacher(teacher_path)
         data = resolve_data(teacher_config, teacher_path, self.data)
         out = self.output_dir.resolve()
+        cache = None if self.teacher_cache is None else self.teacher_cache.expanduser().resolve()
         students = convert(teacher_path, list(self.student), self.small, data, out, {a: self.steps for a in self.student},
-                           f"from-{teacher_config.method_name}", together=not self.separately)
-        finish(out, students, started, {"command": command, "teacher_config": str(teacher_path), "scene": str(data)})
+                           f"from-{teacher_config.method_name}", together=not self.separately,
+                           teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib)
+        extra = {"command": command, "teacher_config": str(teacher_path), "scene": str(data)}
+        if cache is not None:
+            extra["teacher_cache"] = {"path": str(cache), "bytes": sum(f.stat().st_size for f in cache.iterdir())}
+        finish(out, students, started, extra)
 
 
 AblationRow = Literal[
@@ -112,8 +125,8 @@ class Ablation:
     """Where the demo's cached teacher is looked for (and trained if missing)."""
     student: Architecture = "mlp"
     """Architecture of the student."""
-    steps: int = 1200
-    """Distillation steps of every run."""
+    steps: Optional[int] = None
+    """Distillation steps of every run; default: 1200 at 2048 rays a step (4800 for the MLP's 512 rays)."""
     rows: Tuple[AblationRow, ...] = (
         "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
         "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning",
@@ -133,7 +146,8 @@ class Ablation:
         else:
             teacher_path = self.teacher.expanduser().resolve()
             check_teacher(teacher_path)
-        settings = AblationSettings(str(teacher_path), self.student, self.steps, True, str(EMBEDDED_SCENE))
+        steps = self.steps or ABLATION_STEPS.get(self.student, 1200)
+        settings = AblationSettings(str(teacher_path), self.student, steps, True, str(EMBEDDED_SCENE))
         run_ablation(settings, self.rows, self.seeds, self.output_dir.resolve())
 
 
@@ -146,7 +160,7 @@ Commands = Union[
 
 def _quick_checks(command: Union[Demo, Run, Ablation]) -> None:
     """Checks that need no heavy import, so bad input fails in a moment."""
-    if isinstance(command, Ablation) and command.steps < 1:
+    if isinstance(command, Ablation) and command.steps is not None and command.steps < 1:
         raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
     if isinstance(command, (Run, Ablation)) and command.teacher is not None:
         path = command.teacher.expanduser()
@@ -159,6 +173,12 @@ def _quick_checks(command: Union[Demo, Run, Ablation]) -> None:
             raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
         if len(set(command.student)) != len(command.student):
             raise SystemExit(_error(f"--student names an architecture twice: {' '.join(command.student)}"))
+        if command.teacher_cache_gib <= 0:
+            raise SystemExit(_error(f"--teacher-cache-gib must be positive, got {command.teacher_cache_gib}"))
+        cache = command.teacher_cache
+        if cache is not None and cache.expanduser().exists() and not (cache.expanduser() / "meta.json").is_file():
+            raise SystemExit(_error(f"--teacher-cache {cache} exists but is not a finished pvdal teacher cache: "
+                                    "delete it or choose another path"))
 
 
 def _error(message: str) -> int:

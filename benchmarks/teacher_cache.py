@@ -1,0 +1,103 @@
+"""Benchmark (issue #5): distilling with the live teacher vs from a teacher cache (serial mode).
+
+    .venv/bin/python benchmarks/teacher_cache.py [--teacher-record outputs/bench-stock2/teacher.json]
+        [--output-dir outputs/bench-cache] [--students hash vm mlp tensors]
+
+For each student (demo step counts) three runs, each in its own process so its peak memory is its own:
+
+- ``live``:  the teacher in memory, rendering every batch (``ns-distill run``'s default);
+- ``write``: ``--teacher-cache`` to a new folder: the teacher renders the run's batches into it, is
+  released, and the student distils from the cache (teacher and student in memory while writing);
+- ``reuse``: the same cache again: the teacher is never loaded.
+
+Prints and writes (``results.json``) per run: PSNR on the 10 test views, training time, peak resident
+memory after training (``ru_maxrss``; before the evaluation) and the cache size; and the targets:
+cached students within 0.3 dB of the live ones, cached peak memory ≤ 60 % of the live one.
+``--teacher-record`` is the ``teacher.json`` that ``benchmarks/stock_teacher.py`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STUDENTS = ("hash", "vm", "mlp", "tensors")
+MODES = ("live", "write", "reuse")
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def child(teacher: Path, student: str, mode: str, out: Path) -> None:
+    """One run in this process; prints a RESULT line."""
+    from pvdal_ns import EMBEDDED_SCENE
+    from pvdal_ns.conversion import distillation_config
+    from pvdal_ns.runner import evaluate, train
+    from pvdal_ns.scripts.distill import DEMO_STUDENT_STEPS
+
+    imported = peak_gib()
+    config = distillation_config(teacher, student, True, EMBEDDED_SCENE, out, f"{student}-{mode}", DEMO_STUDENT_STEPS[student])
+    cache = out / f"cache-{student}"
+    if mode != "live":
+        config.pipeline.teacher_cache = cache
+    started = time.perf_counter()
+    run = train(config, f"{student} ({mode})")
+    wall = time.perf_counter() - started
+    trained = peak_gib()
+    result = evaluate(run.pipeline, f"{student} ({mode}): evaluating")
+    line = {"student": student, "mode": mode, "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4),
+            "train_seconds": round(wall, 1), "peak_gib_after_import": round(imported, 3),
+            "peak_gib_training": round(trained, 3),
+            "cache_bytes": sum(f.stat().st_size for f in cache.iterdir()) if mode != "live" else None}
+    print("RESULT " + json.dumps(line), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher-record", type=Path, default=Path("outputs/bench-stock2/teacher.json"))
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-cache"))
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
+    parser.add_argument("--child", nargs=2, metavar=("STUDENT", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = args.output_dir.resolve()
+    record = json.loads(args.teacher_record.read_text())
+    teacher = Path(record["config"])
+    if args.child:
+        child(teacher, args.child[0], args.child[1], out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for student in args.students:
+        shutil.rmtree(out / f"cache-{student}", ignore_errors=True)
+        for mode in MODES:
+            proc = subprocess.run([sys.executable, "-u", __file__, "--teacher-record", str(args.teacher_record),
+                                   "--output-dir", str(out), "--child", student, mode],
+                                  stdout=subprocess.PIPE, text=True, check=True)
+            line = next(json.loads(l[7:]) for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+            print(line, flush=True)
+            results[f"{student}/{mode}"] = line
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nteacher {teacher} ({record.get('psnr')} dB)")
+    print(f"{'student':8} {'mode':6} {'PSNR':>7} {'Δ live':>7} {'train s':>8} {'peak GiB':>9} {'/ live':>7} {'cache GiB':>9}")
+    for student in args.students:
+        live = results.get(f"{student}/live")
+        for mode in MODES:
+            r = results.get(f"{student}/{mode}")
+            if r is None or live is None:
+                continue
+            cache = "" if r["cache_bytes"] is None else f"{r['cache_bytes'] / 2**30:9.2f}"
+            print(f"{student:8} {mode:6} {r['psnr']:7.2f} {r['psnr'] - live['psnr']:+7.2f} {r['train_seconds']:8.1f} "
+                  f"{r['peak_gib_training']:9.2f} {r['peak_gib_training'] / live['peak_gib_training']:7.0%} {cache}")
+    print("targets: cached PSNR within 0.3 dB of live; cached peak memory ≤ 60 % of live")
+
+
+if __name__ == "__main__":
+    main()

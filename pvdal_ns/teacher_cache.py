@@ -1,0 +1,212 @@
+"""Teacher cache: the serial mode of PVD-AL (paper §5, "Limitations": when teacher and student do not fit
+in memory together, let the teacher generate the data first, then distil the student).
+
+A run's pseudo-label batches are rendered once by the live teacher and written to a folder; the student
+then distils from the memory-mapped files with no teacher in memory. Only the teacher's field outputs at
+the occupied sample points are stored (the render is recomposited on each step's random background
+with the same :func:`~pvdal_ns.model.composite` the live teacher uses):
+
+- ``rays.f32``     [B·R, 7] float32: origin, direction, pixel area of every ray;
+- ``masks.u8``     [B, ⌈R·S/8⌉] bits: which of the S uniform samples of a ray are occupied;
+- ``spans.f32``    [N, 2] float32: start and end (scene units) of the N occupied samples;
+- ``outputs.f16``  [N, 4 + F] float16: raw density, colour and (F = 16 where it exists) ϕ¹;
+- ``index.i64``    [B + 1] int64: first sample of each batch; ``occupancy.pt`` the teacher's grid;
+- ``meta.json``    what the cache was written for (teacher, sampling, rays, poses), checked on reuse.
+
+A cache is written into ``<path>.partial-<pid>`` and renamed when complete, so an interrupted write
+leaves nothing that looks usable. Its size is bounded (``max_bytes``); a run with more steps than
+cached batches cycles through them.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.model_components.renderers import RGBRenderer
+from torch import Tensor
+
+from pvdal_ns.fields import PointOutputs
+from pvdal_ns.model import composite
+from pvdal_ns.occupancy import OccupancyGrid
+from pvdal_ns.teacher import Teacher, TeacherBatch, TeacherLoadError
+
+CACHE_VERSION = 1
+_FILES = {"rays": ("rays.f32", np.float32, 7), "spans": ("spans.f32", np.float32, 2)}
+
+
+class _Mapped:
+    """Rows of one binary file, memory-mapped read-only. Pages of a read are released from this process
+    right after they are copied (they stay in the OS page cache), so resident memory holds one batch,
+    not the whole cache."""
+
+    def __init__(self, path: Path, dtype, width: int) -> None:
+        self.dtype, self.width = np.dtype(dtype), width
+        self.row_bytes = self.dtype.itemsize * width
+        self._file = open(path, "rb")
+        size = os.fstat(self._file.fileno()).st_size
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if stop <= start or self._map is None:
+            return np.zeros((0, self.width), self.dtype)
+        offset, length = start * self.row_bytes, (stop - start) * self.row_bytes
+        view = np.frombuffer(self._map, self.dtype, count=length // self.dtype.itemsize, offset=offset)
+        rows = view.reshape(-1, self.width).copy()
+        del view
+        page = offset - offset % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, page, offset + length - page)
+        return rows
+
+
+class TeacherCache:
+    """A finished cache, opened for reading. Stands in for the teacher during distillation: it has the
+    teacher's occupancy grid, ``name``, ``source`` and ``has_volume_feature``, and :meth:`batch` gives
+    what :meth:`Teacher.render` would have given for the cached rays.
+
+    Raises:
+        TeacherLoadError: ``path`` is not a complete cache of this version, or (with ``expected``) was
+            written for another teacher, scene or sampling.
+    """
+
+    def __init__(self, path: Path, expected: Optional[Dict] = None) -> None:
+        meta_path = Path(path) / "meta.json"
+        if not meta_path.is_file():
+            raise TeacherLoadError(f"teacher cache {path} exists but is not a finished pvdal teacher cache "
+                                   "(no meta.json): delete it or choose another --teacher-cache path")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") != CACHE_VERSION:
+            raise TeacherLoadError(f"teacher cache {path} has format version {meta.get('version')}, this pvdal-ns "
+                                   f"reads version {CACHE_VERSION}: delete it to write a new one")
+        if expected is not None:
+            keys = [k for k, v in expected.items() if v is not None and meta["written_for"].get(k) != v]
+            if keys:
+                raise TeacherLoadError(f"teacher cache {path} was written for another run (differs in "
+                                       f"{', '.join(keys)}): delete it or choose another --teacher-cache path")
+        self.path, self.meta = Path(path), meta
+        self.source = Path(meta["written_for"]["teacher"])
+        self.name = f"cache of {meta['teacher_name']}"
+        self.has_volume_feature = bool(meta["has_volume_feature"])
+        self.num_samples, self.rays_per_batch = int(meta["num_samples"]), int(meta["rays_per_batch"])
+        grid_state = torch.load(self.path / "occupancy.pt", map_location="cpu", weights_only=True)
+        aabb = torch.tensor(meta["written_for"]["scene_box"], dtype=torch.float32).view(2, 3)
+        self.occupancy_grid = OccupancyGrid(aabb, int(meta["written_for"]["grid_resolution"]))
+        self.occupancy_grid.load_state_dict(grid_state)
+        self.index = np.fromfile(self.path / "index.i64", dtype=np.int64)
+        self._rays = _Mapped(self.path / _FILES["rays"][0], np.float32, 7)
+        self._spans = _Mapped(self.path / _FILES["spans"][0], np.float32, 2)
+        self._outputs = _Mapped(self.path / "outputs.f16", np.float16, int(meta["output_width"]))
+        self._masks = _Mapped(self.path / "masks.u8", np.uint8, int(meta["mask_bytes"]))
+        self.renderer_rgb = RGBRenderer(background_color="white")
+
+    def __len__(self) -> int:
+        """Number of cached batches."""
+        return len(self.index) - 1
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the cache on disk (bytes)."""
+        return sum(f.stat().st_size for f in self.path.iterdir())
+
+    def batch(self, i: int, background: Float[Tensor, "R 3"], device: torch.device) -> Tuple[RayBundle, TeacherBatch]:
+        """Cached batch ``i`` (0 ≤ i < len), rendered on ``background`` (the R rays' background colours).
+
+        Returns:
+            The R rays (nears/fars unset) and the teacher's view of them, as :meth:`Teacher.render`
+            returns it; field outputs are float16-rounded.
+        """
+        r = self.rays_per_batch
+        rays = torch.from_numpy(self._rays.rows(i * r, (i + 1) * r)).to(device)
+        bits = np.unpackbits(self._masks.rows(i, i + 1)[0])[: r * self.num_samples]
+        mask = torch.from_numpy(bits.astype(bool)).view(r, self.num_samples).to(device)
+        start, stop = int(self.index[i]), int(self.index[i + 1])
+        spans = torch.from_numpy(self._spans.rows(start, stop)).to(device)
+        out = torch.from_numpy(self._outputs.rows(start, stop)).to(device=device, dtype=torch.float32)
+        bundle = RayBundle(origins=rays[:, :3], directions=rays[:, 3:6], pixel_area=rays[:, 6:7],
+                           camera_indices=torch.zeros(r, 1, dtype=torch.long, device=device))
+        starts = torch.zeros(r, self.num_samples, 1, device=device)
+        ends = torch.zeros_like(starts)
+        starts[mask], ends[mask] = spans[:, :1], spans[:, 1:]
+        ray_samples = bundle.get_ray_samples(bin_starts=starts, bin_ends=ends)
+        points = PointOutputs(raw_density=out[:, :1], rgb=out[:, 1:4], phi1=out[:, 4:] if self.has_volume_feature else None)
+        rendered = composite(ray_samples, mask, points, self.renderer_rgb, background)
+        return bundle, TeacherBatch(ray_samples, mask, points, rendered["weights"], rendered["rgb"], rendered["accumulation"])
+
+
+def batch_nbytes(num_rays: int, num_samples: int, num_points: int, output_width: int) -> int:
+    """Bytes one cached batch takes: rays, occupancy bits, spans and float16 outputs."""
+    return num_rays * 28 + -(-num_rays * num_samples // 8) + num_points * (8 + 2 * output_width)
+
+
+def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle, Dict]], written_for: Dict,
+                max_bytes: int, progress: Optional[Iterator] = None) -> TeacherCache:
+    """Write the teacher's pseudo-label ``batches`` (from :meth:`DistillationDataManager.pseudo_label_batches`)
+    to a new cache at ``path`` and open it. Stops before the batch that would pass ``max_bytes``.
+
+    Args:
+        path: the cache folder; must not exist yet.
+        teacher: the live teacher (its occupancy grid and name are stored).
+        batches: (RayBundle [R], batch dict with ``teacher`` :class:`TeacherBatch`) pairs.
+        written_for: what the cache is for (teacher, sampling, rays per batch, poses; see ``meta.json``).
+        max_bytes: bound on the cache size (bytes).
+        progress: called with no argument after each batch (a progress-bar advance), or None.
+
+    Raises:
+        TeacherLoadError: ``path`` already exists, or ``max_bytes`` is smaller than one batch.
+    """
+    path = Path(path)
+    if path.exists():
+        raise TeacherLoadError(f"teacher cache {path} already exists: delete it or choose another path")
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    files = {key: open(partial / name, "wb") for key, name in
+             (("rays", "rays.f32"), ("masks", "masks.u8"), ("spans", "spans.f32"), ("outputs", "outputs.f16"))}
+    index, total, num_samples, output_width = [0], 0, 0, 4 + (16 if teacher.has_volume_feature else 0)
+    try:
+        for ray_bundle, batch in batches:
+            tb: TeacherBatch = batch["teacher"]
+            num_rays, num_samples = tb.mask.shape
+            size = batch_nbytes(num_rays, num_samples, len(tb.points.raw_density), output_width)
+            if total + size > max_bytes:
+                if len(index) == 1:
+                    raise TeacherLoadError(f"the teacher cache bound ({max_bytes / 2**30:.2f} GiB) is smaller than one "
+                                           f"batch ({size / 2**20:.1f} MiB): raise --teacher-cache-gib")
+                break
+            rays = torch.cat([ray_bundle.origins, ray_bundle.directions, ray_bundle.pixel_area], dim=-1)
+            files["rays"].write(rays.float().cpu().numpy().tobytes())
+            files["masks"].write(np.packbits(tb.mask.cpu().numpy().ravel()).tobytes())
+            frustums = tb.ray_samples.frustums
+            spans = torch.cat([frustums.starts.expand(*tb.mask.shape, 1)[tb.mask], frustums.ends.expand(*tb.mask.shape, 1)[tb.mask]], -1)
+            files["spans"].write(spans.float().cpu().numpy().tobytes())
+            p = tb.points
+            fields = [p.raw_density, p.rgb] + ([p.phi1] if teacher.has_volume_feature else [])
+            files["outputs"].write(torch.cat(fields, -1).to(torch.float16).cpu().numpy().tobytes())
+            index.append(index[-1] + len(p.raw_density))
+            total += size
+            if progress is not None:
+                progress()
+        for f in files.values():
+            f.close()
+        np.asarray(index, dtype=np.int64).tofile(partial / "index.i64")
+        torch.save(teacher.occupancy_grid.state_dict(), partial / "occupancy.pt")
+        meta = {"version": CACHE_VERSION, "written_for": written_for, "teacher_name": teacher.name,
+                "has_volume_feature": teacher.has_volume_feature, "num_samples": num_samples,
+                "rays_per_batch": written_for["rays_per_batch"], "output_width": output_width,
+                "mask_bytes": -(-written_for["rays_per_batch"] * num_samples // 8), "batches": len(index) - 1}
+        (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        partial.rename(path)
+    except BaseException:
+        for f in files.values():
+            f.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return TeacherCache(path)

@@ -1,0 +1,87 @@
+"""Teacher cache (serial mode): what is read back is what the live teacher rendered, the size bound and
+interrupted writes leave nothing half-written, a student distils from the cache with no teacher loaded,
+and a cache of another run is refused."""
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from pvdal_ns.teacher import TeacherLoadError
+from pvdal_ns.teacher_cache import TeacherCache, batch_nbytes, write_cache
+
+
+def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="cache", with_teacher=True, rays=None):
+    config = tiny_config("hash", tmp_path, steps=steps, teacher=teacher_path if with_teacher else None, experiment=experiment)
+    config.pipeline.teacher_cache = tmp_path / cache_name
+    config.pipeline.stage1_steps, config.pipeline.stage2_steps = steps // 5, steps // 5
+    if rays:
+        config.pipeline.datamanager.train_num_rays_per_batch = rays
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_teacher, tmp_path):
+    pipeline = _trainer(tiny_teacher[0], tmp_path, steps=10).pipeline
+    teacher = pipeline.teacher  # live until the first step writes the cache
+    batches = list(pipeline.datamanager.pseudo_label_batches(3))
+    cache = write_cache(tmp_path / "c", teacher, batches, pipeline.cache_key(), max_bytes=1 << 30)
+    assert len(cache) == 3 and cache.has_volume_feature and torch.equal(cache.occupancy_grid.binaries, teacher.occupancy_grid.binaries)
+    for i, (live_rays, batch) in enumerate(batches):
+        live = batch["teacher"]
+        rays, cached = cache.batch(i, batch["background"], torch.device("cpu"))
+        assert torch.equal(rays.origins, live_rays.origins) and torch.equal(rays.directions, live_rays.directions)
+        assert torch.equal(cached.mask, live.mask)
+        positions = cached.ray_samples.frustums.get_positions()[cached.mask]
+        assert torch.allclose(positions, live.ray_samples.frustums.get_positions()[live.mask], atol=1e-5)
+        # float16 field outputs: raw density within 0.1 % of its range, colour and ϕ¹ to ~1e-3
+        assert torch.allclose(cached.points.raw_density, live.points.raw_density, atol=1e-2, rtol=1e-3)
+        assert torch.allclose(cached.points.rgb, live.points.rgb, atol=1e-3)
+        assert torch.allclose(cached.points.phi1, live.points.phi1, atol=1e-2, rtol=1e-3)
+        assert (cached.rgb - live.rgb).abs().max() < 5e-3  # recomposited on the same background
+        assert (cached.weights - live.weights).abs().max() < 5e-3
+
+    # the bound keeps whole batches; below one batch it refuses and leaves nothing behind
+    sizes = [batch_nbytes(1024, b["teacher"].mask.shape[1], len(b["teacher"].points.raw_density), 20) for _, b in batches]
+    assert len(write_cache(tmp_path / "two", teacher, batches, pipeline.cache_key(), sizes[0] + sizes[1] + 1)) == 2
+    with pytest.raises(TeacherLoadError, match="smaller than one batch"):
+        write_cache(tmp_path / "none", teacher, batches, pipeline.cache_key(), sizes[0] - 1)
+
+    def interrupted():
+        yield batches[0]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_cache(tmp_path / "cut", teacher, interrupted(), pipeline.cache_key(), 1 << 30)
+    assert not list(tmp_path.glob("none*")) and not list(tmp_path.glob("cut*"))
+    with pytest.raises(TeacherLoadError, match="already exists"):
+        write_cache(tmp_path / "c", teacher, batches, pipeline.cache_key(), 1 << 30)
+
+
+def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_path):
+    from test_distill import _psnr, _render_views
+
+    teacher_path, teacher_pipeline = tiny_teacher
+    trainer = _trainer(teacher_path, tmp_path, steps=80)
+    pipeline = trainer.pipeline
+    reference = _render_views(teacher_pipeline)
+    before = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    trainer.train()
+    after = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    assert after > before + 5.0, (before, after)
+    # the cache holds one batch per step, and the live teacher was released after writing it
+    assert isinstance(pipeline.teacher, TeacherCache) and len(pipeline.teacher) == 80
+    assert pipeline.datamanager.teacher is None and pipeline.al_config.points and not pipeline.al_config.rays
+
+    # a later run reuses it with no teacher config at all; it cycles through the 80 batches
+    reuse = _trainer(teacher_path, tmp_path, steps=100, experiment="reuse", with_teacher=False).pipeline
+    assert isinstance(reuse.teacher, TeacherCache) and reuse.teacher.source == teacher_path.resolve()
+    first = reuse.datamanager.next_train(0)[0].origins
+    assert torch.equal(reuse.datamanager.next_train(80)[0].origins, first)
+    assert set(reuse.get_train_loss_dict(99)[1]) >= {"rgb_loss", "density_loss"}
+
+    # a cache of another run (here: other rays per batch) is refused with the reason
+    with pytest.raises(TeacherLoadError, match="rays_per_batch"):
+        _trainer(teacher_path, tmp_path, steps=10, experiment="other", rays=512)
+    with pytest.raises(TeacherLoadError, match="does not exist and no --pipeline.teacher-config"):
+        _trainer(teacher_path, tmp_path, steps=10, experiment="none", cache_name="missing", with_teacher=False)
