@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,18 +30,16 @@ STUDENTS = ("hash", "vm", "mlp", "tensors")
 MODES = ("live", "write", "reuse")
 
 
-def peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def child(teacher: Path, student: str, mode: str, out: Path) -> None:
     """One run in this process; prints a RESULT line."""
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.conversion import distillation_config
+    from pvdal_ns.report import peak_memory_gib
     from pvdal_ns.runner import evaluate, train
+    from pvdal_ns.teacher_cache import cache_nbytes
     from pvdal_ns.scripts.distill import DEMO_STUDENT_STEPS
 
-    imported = peak_gib()
+    imported = peak_memory_gib()
     config = distillation_config(teacher, student, True, EMBEDDED_SCENE, out, f"{student}-{mode}", DEMO_STUDENT_STEPS[student])
     cache = out / f"cache-{student}"
     if mode != "live":
@@ -50,12 +47,12 @@ def child(teacher: Path, student: str, mode: str, out: Path) -> None:
     started = time.perf_counter()
     run = train(config, f"{student} ({mode})")
     wall = time.perf_counter() - started
-    trained = peak_gib()
+    trained = peak_memory_gib()
     result = evaluate(run.pipeline, f"{student} ({mode}): evaluating")
     line = {"student": student, "mode": mode, "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4),
             "train_seconds": round(wall, 1), "peak_gib_after_import": round(imported, 3),
             "peak_gib_training": round(trained, 3),
-            "cache_bytes": sum(f.stat().st_size for f in cache.iterdir()) if mode != "live" else None}
+            "cache_bytes": cache_nbytes(cache) if mode != "live" else None}
     print("RESULT " + json.dumps(line), flush=True)
 
 

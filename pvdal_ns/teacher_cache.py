@@ -25,7 +25,7 @@ import mmap
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ class TeacherCache:
     @property
     def nbytes(self) -> int:
         """Size of the cache on disk (bytes)."""
-        return sum(f.stat().st_size for f in self.path.iterdir())
+        return cache_nbytes(self.path)
 
     def batch(self, i: int, background: Float[Tensor, "R 3"], device: torch.device) -> Tuple[RayBundle, TeacherBatch]:
         """Cached batch ``i`` (0 ≤ i < len), rendered on ``background`` (the R rays' background colours).
@@ -141,13 +141,18 @@ class TeacherCache:
         return bundle, TeacherBatch(ray_samples, mask, points, rendered["weights"], rendered["rgb"], rendered["accumulation"])
 
 
+def cache_nbytes(path: Path) -> int:
+    """Size on disk (bytes) of the cache folder at ``path``."""
+    return sum(f.stat().st_size for f in Path(path).iterdir())
+
+
 def batch_nbytes(num_rays: int, num_samples: int, num_points: int, output_width: int) -> int:
     """Bytes one cached batch takes: rays, occupancy bits, spans and float16 outputs."""
     return num_rays * 28 + -(-num_rays * num_samples // 8) + num_points * (8 + 2 * output_width)
 
 
 def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle, Dict]], written_for: Dict,
-                max_bytes: int, progress: Optional[Iterator] = None) -> TeacherCache:
+                max_bytes: int, progress: Optional[Callable[[], None]] = None) -> TeacherCache:
     """Write the teacher's pseudo-label ``batches`` (from :meth:`DistillationDataManager.pseudo_label_batches`)
     to a new cache at ``path`` and open it. Stops before the batch that would pass ``max_bytes``.
 
@@ -170,7 +175,8 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
     partial.mkdir(parents=True)
     files = {key: open(partial / name, "wb") for key, name in
              (("rays", "rays.f32"), ("masks", "masks.u8"), ("spans", "spans.f32"), ("outputs", "outputs.f16"))}
-    index, total, num_samples, output_width = [0], 0, 0, 4 + (16 if teacher.has_volume_feature else 0)
+    index, total, num_rays, num_samples = [0], 0, 0, 0
+    output_width = 4 + (16 if teacher.has_volume_feature else 0)
     try:
         for ray_bundle, batch in batches:
             tb: TeacherBatch = batch["teacher"]
@@ -185,7 +191,7 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
             files["rays"].write(rays.float().cpu().numpy().tobytes())
             files["masks"].write(np.packbits(tb.mask.cpu().numpy().ravel()).tobytes())
             frustums = tb.ray_samples.frustums
-            spans = torch.cat([frustums.starts.expand(*tb.mask.shape, 1)[tb.mask], frustums.ends.expand(*tb.mask.shape, 1)[tb.mask]], -1)
+            spans = torch.cat([frustums.starts[tb.mask], frustums.ends[tb.mask]], -1)
             files["spans"].write(spans.float().cpu().numpy().tobytes())
             p = tb.points
             fields = [p.raw_density, p.rgb] + ([p.phi1] if teacher.has_volume_feature else [])
@@ -200,8 +206,8 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
         torch.save(teacher.occupancy_grid.state_dict(), partial / "occupancy.pt")
         meta = {"version": CACHE_VERSION, "written_for": written_for, "teacher_name": teacher.name,
                 "has_volume_feature": teacher.has_volume_feature, "num_samples": num_samples,
-                "rays_per_batch": written_for["rays_per_batch"], "output_width": output_width,
-                "mask_bytes": -(-written_for["rays_per_batch"] * num_samples // 8), "batches": len(index) - 1}
+                "rays_per_batch": num_rays, "output_width": output_width,
+                "mask_bytes": -(-num_rays * num_samples // 8), "batches": len(index) - 1}
         (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         partial.rename(path)
     except BaseException:

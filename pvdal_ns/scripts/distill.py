@@ -100,7 +100,9 @@ class Run:
                            teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib)
         extra = {"command": command, "teacher_config": str(teacher_path), "scene": str(data)}
         if cache is not None:
-            extra["teacher_cache"] = {"path": str(cache), "bytes": sum(f.stat().st_size for f in cache.iterdir())}
+            from pvdal_ns.teacher_cache import cache_nbytes
+
+            extra["teacher_cache"] = {"path": str(cache), "bytes": cache_nbytes(cache)}
         finish(out, students, started, extra)
 
 
