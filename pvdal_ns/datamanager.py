@@ -124,7 +124,9 @@ class DistillationDataManager(VanillaDataManager):
 
     def pseudo_label_batches(self, count: int) -> Iterator[Tuple[RayBundle, Dict]]:
         """``count`` pseudo-label batches as training draws them, rendered by the live teacher (what a
-        teacher cache stores). Active learning is not consulted."""
+        teacher cache stores). Active learning is not consulted. Each batch is what :meth:`next_train`
+        returns: RayBundle [R] and the batch dict (``teacher``: :class:`~pvdal_ns.teacher.TeacherBatch`).
+        Requires an attached live teacher (:meth:`attach_teacher`)."""
         assert self.teacher is not None, "attach a teacher first"
         for step in range(count):
             yield self._pseudo_label_batch(step)

@@ -72,6 +72,11 @@ class TeacherCache:
     teacher's occupancy grid, ``name``, ``source`` and ``has_volume_feature``, and :meth:`batch` gives
     what :meth:`Teacher.render` would have given for the cached rays.
 
+    Args:
+        path: the cache folder (as written by :func:`write_cache`).
+        expected: the reading run's ``DistillationPipeline.cache_key()``; entries that are None (e.g. no
+            teacher config given) are not compared. None: no check.
+
     Raises:
         TeacherLoadError: ``path`` is not a complete cache of this version, or (with ``expected``) was
             written for another teacher, scene or sampling.
