@@ -1,11 +1,13 @@
 """Benchmark (issue #5): distilling with the live teacher vs from a teacher cache (serial mode).
 
     .venv/bin/python benchmarks/teacher_cache.py [--teacher-record outputs/bench-stock2/teacher.json]
-        [--output-dir outputs/bench-cache] [--students hash vm mlp tensors]
+        [--output-dir outputs/bench-cache] [--students hash vm mlp tensors] [--modes live write reuse live-same-al]
 
-For each student (demo step counts) three runs, each in its own process so its peak memory is its own:
+For each student (demo step counts) these runs, each in its own process so its peak memory is its own:
 
 - ``live``:  the teacher in memory, rendering every batch (``ns-distill run``'s default);
+- ``live-same-al``: live, with the active learning a cache allows (hard poses and hard rays off): the
+  like-for-like quality comparison;
 - ``write``: ``--teacher-cache`` to a new folder: the teacher renders the run's batches into it, is
   released, and the student distils from the cache (teacher and student in memory while writing);
 - ``reuse``: the same cache again: the teacher is never loaded.
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 STUDENTS = ("hash", "vm", "mlp", "tensors")
-MODES = ("live", "write", "reuse")
+MODES = ("live", "write", "reuse", "live-same-al")
 
 
 def child(teacher: Path, student: str, mode: str, out: Path) -> None:
@@ -42,8 +44,10 @@ def child(teacher: Path, student: str, mode: str, out: Path) -> None:
     imported = peak_memory_gib()
     config = distillation_config(teacher, student, True, EMBEDDED_SCENE, out, f"{student}-{mode}", DEMO_STUDENT_STEPS[student])
     cache = out / f"cache-{student}"
-    if mode != "live":
+    if mode in ("write", "reuse"):
         config.pipeline.teacher_cache = cache
+    if mode == "live-same-al":
+        config.pipeline.al.poses = config.pipeline.al.rays = False
     started = time.perf_counter()
     run = train(config, f"{student} ({mode})")
     wall = time.perf_counter() - started
@@ -52,7 +56,7 @@ def child(teacher: Path, student: str, mode: str, out: Path) -> None:
     line = {"student": student, "mode": mode, "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4),
             "train_seconds": round(wall, 1), "peak_gib_after_import": round(imported, 3),
             "peak_gib_training": round(trained, 3),
-            "cache_bytes": cache_nbytes(cache) if mode != "live" else None}
+            "cache_bytes": cache_nbytes(cache) if mode in ("write", "reuse") else None}
     print("RESULT " + json.dumps(line), flush=True)
 
 
@@ -61,6 +65,7 @@ def main() -> None:
     parser.add_argument("--teacher-record", type=Path, default=Path("outputs/bench-stock2/teacher.json"))
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-cache"))
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--child", nargs=2, metavar=("STUDENT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = args.output_dir.resolve()
@@ -73,8 +78,9 @@ def main() -> None:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for student in args.students:
-        shutil.rmtree(out / f"cache-{student}", ignore_errors=True)
-        for mode in MODES:
+        if "write" in args.modes:
+            shutil.rmtree(out / f"cache-{student}", ignore_errors=True)
+        for mode in args.modes:
             proc = subprocess.run([sys.executable, "-u", __file__, "--teacher-record", str(args.teacher_record),
                                    "--output-dir", str(out), "--child", student, mode],
                                   stdout=subprocess.PIPE, text=True, check=True)
@@ -83,7 +89,7 @@ def main() -> None:
             results[f"{student}/{mode}"] = line
             results_path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nteacher {teacher} ({record.get('psnr')} dB)")
-    print(f"{'student':8} {'mode':6} {'PSNR':>7} {'Δ live':>7} {'train s':>8} {'peak GiB':>9} {'/ live':>7} {'cache GiB':>9}")
+    print(f"{'student':8} {'mode':12} {'PSNR':>7} {'Δ live':>7} {'train s':>8} {'peak GiB':>9} {'/ live':>7} {'cache GiB':>9}")
     for student in args.students:
         live = results.get(f"{student}/live")
         for mode in MODES:
@@ -91,7 +97,7 @@ def main() -> None:
             if r is None or live is None:
                 continue
             cache = "" if r["cache_bytes"] is None else f"{r['cache_bytes'] / 2**30:9.2f}"
-            print(f"{student:8} {mode:6} {r['psnr']:7.2f} {r['psnr'] - live['psnr']:+7.2f} {r['train_seconds']:8.1f} "
+            print(f"{student:8} {mode:12} {r['psnr']:7.2f} {r['psnr'] - live['psnr']:+7.2f} {r['train_seconds']:8.1f} "
                   f"{r['peak_gib_training']:9.2f} {r['peak_gib_training'] / live['peak_gib_training']:7.0%} {cache}")
     print("targets: cached PSNR within 0.3 dB of live; cached peak memory ≤ 60 % of live")
 

@@ -45,8 +45,10 @@ ROWS: Dict[str, Callable[[TrainerConfig], None]] = {
     "w/o hard rays": _off("al.rays"),
     "w/o hard points": _off("al.points"),
     "w/o active learning": _off("al.poses", "al.rays", "al.points"),
+    "renders only": lambda config: setattr(config.pipeline, "teacher_renders_only", True),
 }
-"""Table 3's rows: each switches one component off (the paper's "w/o …")."""
+"""Table 3's rows: each switches one component off (the paper's "w/o …"); "renders only" (not in the
+default rows) is plain distillation from the teacher's images, without any PVD point loss."""
 
 
 @dataclass

@@ -168,16 +168,18 @@ def distillation_config(teacher_path: Path, architecture: str, small: bool, data
 
 def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path, output_dir: Path,
             steps: Dict[str, Optional[int]], experiment: str, together: bool = False,
-            teacher_cache: Optional[Path] = None, teacher_cache_gib: float = 4.0) -> List[Trained]:
+            teacher_cache: Optional[Path] = None, teacher_cache_gib: float = 4.0,
+            renders_only: bool = False) -> List[Trained]:
     """Distil the teacher at ``teacher_path`` into each of ``students`` (``steps`` per architecture, None or
     missing for the preset's): one run after another, or with ``together`` all in one lockstep run that
     renders the teacher once per batch (:func:`~pvdal_ns.runner.train_together`). With ``teacher_cache``
     (serial mode) the first run writes the teacher's batches there (at most ``teacher_cache_gib`` GiB)
-    and every run distils from them."""
+    and every run distils from them. ``renders_only``: distil from the teacher's images alone (L_rgb)."""
     configs = [distillation_config(teacher_path, arch, small, data, output_dir, experiment, steps.get(arch))
                for arch in students]
     for config in configs:
         config.pipeline.teacher_cache, config.pipeline.teacher_cache_gib = teacher_cache, teacher_cache_gib
+        config.pipeline.teacher_renders_only = renders_only
     runs: List[Optional[TrainResult]] = [None] * len(configs)
     if together and len(configs) > 1:
         runs = list(train_together(configs, f"students ({', '.join(students)}): training"))

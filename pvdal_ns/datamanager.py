@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pvdal_ns.active_learning import ActiveLearning
 from pvdal_ns.poses import PoseSampler
-from pvdal_ns.teacher import Teacher
+from pvdal_ns.teacher import Teacher, TeacherImages
 
 if TYPE_CHECKING:
     from pvdal_ns.teacher_cache import TeacherCache
@@ -80,6 +80,9 @@ class DistillationDataManager(VanillaDataManager):
         self.active_learning: Optional[ActiveLearning] = None
         self.image_dir: Optional[Path] = None
         self._image_training_ready = False
+        self.renders_only = False
+        self.teacher_images: Optional[TeacherImages] = None
+        """Renders-only distillation: the teacher's images of this epoch's poses."""
         self.batch_source: Optional[DistillationDataManager] = None
         """Set on the followers of a shared run: they train on this datamanager's batches."""
         self._shared: Optional[Tuple[int, RayBundle, Dict]] = None
@@ -98,11 +101,15 @@ class DistillationDataManager(VanillaDataManager):
             raise ValueError("the leader has no teacher attached")
         self.batch_source = leader
 
-    def attach_teacher(self, teacher: Teacher, active_learning: Optional[ActiveLearning] = None) -> None:
+    def attach_teacher(self, teacher: Teacher, active_learning: Optional[ActiveLearning] = None,
+                       renders_only: bool = False) -> None:
         """Switch training batches to pseudo-labels rendered by ``teacher``; ``active_learning`` holds
-        the pools the samplers draw from (None: plain random poses and rays)."""
+        the pools the samplers draw from (None: plain random poses and rays). ``renders_only``: the
+        teacher renders each epoch's poses as whole images (:meth:`Teacher.render_images`) and batches
+        take their pixels; it is never asked for rays it has not imaged (no hard-ray pool then)."""
         self.teacher = teacher
         self.active_learning = active_learning
+        self.renders_only = renders_only
         cameras = self.train_dataset.cameras
         self.pose_sampler = PoseSampler(cameras.camera_to_worlds, self.train_dataset.scene_box.get_center(), self.config)
         kind = "object-centric orbit" if self.pose_sampler.object_centric else "forward-facing"
@@ -170,6 +177,7 @@ class DistillationDataManager(VanillaDataManager):
         self._image_size = (int(cam.height), int(cam.width))
         self._epoch_steps = self.config.steps_per_epoch or n
         self._epoch_step = 0
+        self.teacher_images = self.teacher.render_images(self.pseudo_cameras) if self.renders_only else None
         if self.active_learning is not None:
             self.active_learning.start_epoch(n, self._image_size)
 
@@ -242,7 +250,10 @@ class DistillationDataManager(VanillaDataManager):
             )
             indices = torch.cat([indices, torch.nn.functional.pad(pooled["pixels"].cpu(), (1, 0), value=-1)])
         background = torch.rand(num_rays, 3, device=self.device)
-        teacher_batch = self.teacher.render(ray_bundle, background)
+        if self.teacher_images is not None:
+            teacher_batch = self.teacher.render_pixels(self.teacher_images, indices, ray_bundle, background)
+        else:
+            teacher_batch = self.teacher.render(ray_bundle, background)
         batch = {"image": teacher_batch.rgb, "background": background, "indices": indices, "teacher": teacher_batch}
         return ray_bundle, batch
 

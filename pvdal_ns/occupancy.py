@@ -51,6 +51,20 @@ class OccupancyGrid(OccGridEstimator):
 
         return fn
 
+    @torch.no_grad()
+    def mark(self, positions: Float[Tensor, "N 3"], dilation: int = 1) -> None:
+        """Occupy exactly the cells holding ``positions`` (those inside the box), grown by ``dilation``
+        cells in every direction: a grid for a model known by its primitives, not by a density field."""
+        lo, hi = self.aabbs[0, :3], self.aabbs[0, 3:]
+        u = (positions.to(lo) - lo) / (hi - lo)
+        idx = (u[((u >= 0) & (u < 1)).all(dim=-1)] * self.resolution).long()
+        cells = torch.zeros_like(self.binaries[0], dtype=torch.float32)
+        cells[idx[:, 0], idx[:, 1], idx[:, 2]] = 1.0
+        if dilation > 0:
+            cells = torch.nn.functional.max_pool3d(cells[None, None], 2 * dilation + 1, stride=1, padding=dilation)[0, 0]
+        self.binaries[0] = cells > 0
+        self.occs[:] = cells.flatten()  # nerfacc's running occupancy; only ``binaries`` decides sampling
+
     @property
     def occupied_fraction(self) -> float:
         """Fraction of occupied cells."""

@@ -65,13 +65,17 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
     datamanager: DistillationDataManagerConfig = field(default_factory=DistillationDataManagerConfig)
     model: PVDModelConfig = field(default_factory=PVDModelConfig)
     teacher_config: Optional[Path] = None
-    """config.yml of a trained run to distil from (pvdal-*, nerfacto, instant-ngp, tensorf, vanilla-nerf);
+    """config.yml of a trained run to distil from (pvdal-*, nerfacto, instant-ngp, tensorf, vanilla-nerf, splatfacto);
     None (and no teacher_cache) trains on the images."""
     teacher_cache: Optional[Path] = None
     """Serial mode: a teacher-cache folder. Missing: the teacher renders the run's batches into it before
     the first step and is then released. Present: the student distils from it with no teacher loaded."""
     teacher_cache_gib: float = 4.0
     """Bound on the size of a cache this run writes (GiB); a run with more steps cycles through its batches."""
+    teacher_renders_only: bool = False
+    """Distil from the teacher's rendered images only (L_rgb on random backgrounds): no ϕ¹, σ or colour at
+    points, no stages 1–2, no hard rays or hard points. Always so for teachers without a field (splatfacto);
+    for the others, the plain pseudo-label baseline that the point losses are measured against."""
     loss: PVDLossConfig = field(default_factory=PVDLossConfig)
     """Weights of Eq. 7 and the density clip of Eq. 8."""
     stage1_steps: int = 3000
@@ -161,26 +165,35 @@ class DistillationPipeline(VanillaPipeline):
         self.teacher = teacher
         al = self.config.al
         cached = isinstance(teacher, TeacherCache) or self._cache_to_write is not None
+        self.renders_only = self.config.teacher_renders_only or getattr(teacher, "renders_only", False)
+        """Distilling from the teacher's images alone (L_rgb only)."""
+        if self.renders_only and cached:
+            raise TeacherLoadError("a teacher cache holds the teacher at sample points, which distillation from renders "
+                                   "only does not use: leave out --pipeline.teacher-cache (or renders-only)")
         if cached:
             if al.poses or al.rays:
                 CONSOLE.log("Teacher cache: hard poses and hard rays are off (they need new teacher renders)")
             al = dataclasses.replace(al, poses=False, rays=False)
+        if self.renders_only:
+            CONSOLE.log(f"Distilling from the renders of {teacher.name} only: L_rgb alone, from stage 3; L_v, L_σ, L_c, "
+                        "hard rays and hard points are off (they need the teacher at points or at any ray)")
+            al = dataclasses.replace(al, rays=False, points=False)
         self.al_config = al
-        """The active-learning levels in use (``config.al`` less what the teacher cache cannot serve)."""
+        """The active-learning levels in use (``config.al`` less what a teacher cache or renders cannot serve)."""
         if isinstance(teacher, TeacherCache):
             self.datamanager.attach_cache(teacher)
         else:
-            self.datamanager.attach_teacher(teacher, self.active_learning if al.any and not cached else None)
-        self.align_volume = student.field.has_volume_feature and teacher.has_volume_feature
-        if not self.align_volume:
+            self.datamanager.attach_teacher(teacher, self.active_learning if al.any and not cached else None,
+                                            renders_only=self.renders_only)
+        self.align_volume = student.field.has_volume_feature and teacher.has_volume_feature and not self.renders_only
+        if not self.align_volume and not self.renders_only:
             who = f"student ({type(student.field).__name__})" if not student.field.has_volume_feature else f"teacher ({teacher.name})"
             CONSOLE.log(f"Stage 1 and L_v skipped: the {who} has no ϕ¹ volume feature")
         elif self.config.loss.volume_weight <= 0:
             self.align_volume = False
             CONSOLE.log("Stage 1 skipped: the volume-aligned loss is switched off (loss.volume_weight = 0)")
-        self.stages = StageSchedule(
-            self.config.stage1_steps, self.config.stage2_steps, self.config.blockwise, has_stage1=self.align_volume
-        )
+        self.stages = StageSchedule(self.config.stage1_steps, self.config.stage2_steps,
+                                    self.config.blockwise and not self.renders_only, has_stage1=self.align_volume)
         self.al_start = self.stages.stage3_start if al.start_step is None else al.start_step
         if al.any:
             levels = ", ".join(n for n, on in (("hard poses", al.poses), ("hard rays", al.rays), ("hard points", al.points)) if on)
@@ -256,7 +269,8 @@ class DistillationPipeline(VanillaPipeline):
                 )
                 metrics_dict["al_hard_point_fraction"] = hard_points.float().mean()
                 al_seconds += time.perf_counter() - started
-        loss_dict = point_losses(student, teacher.points, stage, self.config.loss, self.align_volume, hard_points, step)
+        loss_dict = {} if teacher.points is None else point_losses(
+            student, teacher.points, stage, self.config.loss, self.align_volume, hard_points, step)
         if stage >= 2:
             loss_dict["regularization"] = self.model.config.regularization_weight * self.model.field.regularization_loss()
         if stage == 3:

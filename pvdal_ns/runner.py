@@ -162,7 +162,7 @@ def _batch_settings(config: TrainerConfig) -> tuple:
     """What must agree for two students to train on the same pseudo-label batches."""
     datamanager, model = config.pipeline.datamanager, config.pipeline.model
     return (datamanager.train_num_rays_per_batch, datamanager.poses_per_epoch, datamanager.steps_per_epoch,
-            model.num_samples, model.grid_resolution)
+            model.num_samples, model.grid_resolution, config.pipeline.teacher_renders_only)
 
 
 def _iteration(trainer, step: int) -> None:

@@ -1,4 +1,4 @@
-"""Stock nerfstudio models as teachers: nerfacto, instant-ngp, tensorf and vanilla-nerf (issue #5).
+"""Stock nerfstudio models as teachers: nerfacto, instant-ngp, tensorf, vanilla-nerf, splatfacto (issue #5).
 
 Each family is a nerfstudio ``Field`` queried at arbitrary points through its own ``get_density`` /
 ``get_outputs`` (so appearance embeddings, scene contraction and activations are the model's own).
@@ -16,17 +16,22 @@ vanilla-nerf  ``model.field_fine``        no (256-d base features)
 None of them has an occupancy grid the student can share, so the teacher builds one from its own
 density on the student's grid (:class:`~pvdal_ns.teacher.Sampling`). The raw density compared by L_σ
 is log σ (Eq. 8 compares log-space densities of teachers with other activations).
+
+splatfacto (3D Gaussians) has no density field: it is distilled from its renders only
+(:class:`SplatfactoTeacher`), on CUDA, where gsplat rasterises.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from itertools import product
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
 from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
@@ -34,6 +39,7 @@ from nerfstudio.fields.base_field import Field
 from nerfstudio.models.base_model import Model
 from nerfstudio.models.instant_ngp import InstantNGPModelConfig
 from nerfstudio.models.nerfacto import NerfactoModelConfig
+from nerfstudio.models.splatfacto import SplatfactoModelConfig
 from nerfstudio.models.tensorf import TensoRFModelConfig
 from nerfstudio.models.vanilla_nerf import VanillaModelConfig
 from nerfstudio.utils.external import TCNN_EXISTS
@@ -42,7 +48,7 @@ from torch import Tensor
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.metrics import offline_lpips
 from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.teacher import TEACHER_ADAPTERS, Sampling, Teacher, TeacherLoadError
+from pvdal_ns.teacher import TEACHER_ADAPTERS, Sampling, Teacher, TeacherImages, TeacherLoadError
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
 """log σ of stock teachers is clamped here (σ = 0 outside nerfacto's contracted box, ReLU zeros of
@@ -130,6 +136,66 @@ class FieldTeacher(Teacher):
         return self.query_points(frustums.get_positions()[mask], frustums.directions[mask])
 
 
+class SplatfactoTeacher(Teacher):
+    """A splatfacto model (3D Gaussian splatting) as teacher: it has no density, colour or ϕ¹ at points,
+    so the student learns from its renders only (RGB on random backgrounds, which carries its opacity).
+
+    The occupancy grid of the shared sample points marks the cells of every Gaussian with opacity ≥
+    ``min_opacity``: its centre and the corners of its ±2σ box (largest scale), grown by one cell.
+
+    Args:
+        model: the trained ``SplatfactoModel`` (on CUDA to render: gsplat's rasteriser).
+        source: the config path.
+        sampling: the student's scene box, grid resolution and samples per ray.
+    """
+
+    renders_only = True
+    min_opacity = 0.005
+
+    def __init__(self, model: Model, source: Path, sampling: Sampling) -> None:
+        grid = OccupancyGrid(sampling.scene_box.aabb, sampling.grid_resolution).to(model.device)
+        with torch.no_grad():
+            keep = torch.sigmoid(model.opacities).flatten() >= self.min_opacity
+            means = model.means[keep]
+            radius = 2.0 * torch.exp(model.scales[keep]).amax(dim=-1, keepdim=True)
+            corners = torch.tensor(list(product((-1.0, 1.0), repeat=3)), device=means.device)
+            grid.mark(torch.cat([means, (means[:, None] + radius[:, None] * corners).reshape(-1, 3)]))
+        super().__init__(model, source, grid, sampling.scene_box, sampling.num_samples)
+
+    @property
+    def name(self) -> str:
+        return "splatfacto"
+
+    def query(self, ray_samples: RaySamples, mask: Tensor) -> PointOutputs:
+        raise NotImplementedError("splatfacto has no field to query at points: distil it from its renders")
+
+    @torch.no_grad()
+    def render_images(self, cameras: Cameras, chunk: int = 0) -> TeacherImages:
+        """splatfacto's own renders of ``cameras`` (``SplatfactoModel.get_outputs``, one camera at a time),
+        its background taken out again: premultiplied colour and opacity."""
+        rgbs, accumulations = [], []
+        for i in range(len(cameras)):
+            out = self.model.get_outputs(cameras[i : i + 1].to(self.model.device))
+            accumulation = out["accumulation"]
+            rgbs.append(out["rgb"] - (1.0 - accumulation) * out["background"])
+            accumulations.append(accumulation)
+        return TeacherImages(torch.stack(rgbs), torch.stack(accumulations))
+
+
+def _splatfacto_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str, torch.device], source: Path,
+                        sampling: Optional[Sampling]) -> Teacher:
+    if sampling is None:
+        raise TeacherLoadError("a splatfacto teacher needs the student's sampling settings (Sampling)")
+    if torch.device(device).type != "cuda":
+        raise TeacherLoadError(
+            f"teacher {source} is a splatfacto model: it renders with gsplat, which needs CUDA, and this run is on "
+            f"{device}; distil it on a machine with an NVIDIA GPU"
+        )
+    model = build_stock_model(config, state, source, sampling)
+    model.update_to_step(step)
+    return SplatfactoTeacher(model.to(device), source, sampling)
+
+
 @dataclass(frozen=True)
 class StockFamily:
     """How to make a teacher of one stock model family.
@@ -176,7 +242,13 @@ def build_stock_model(config, state: Dict[str, Tensor], source: Path, sampling: 
     with offline_lpips():
         model = config.pipeline.model.setup(scene_box=scene_box, num_train_data=num_train_data, metadata={})
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_KEYS)}
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except (RuntimeError, KeyError) as err:  # shapes (any family); splatfacto's override indexes its Gaussians
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TeacherLoadError(f"checkpoint of {source} does not match its config.yml ({first})") from None
+    if result is None:  # splatfacto's load_state_dict returns nothing; it resizes its Gaussians to the state
+        return model
     missing = [k for k in result.missing_keys if not k.startswith(IGNORED_KEYS)]
     if missing or result.unexpected_keys:
         what = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
@@ -202,5 +274,7 @@ STOCK_FAMILIES = {
 }
 for _config_class, _family in STOCK_FAMILIES.items():
     TEACHER_ADAPTERS[_config_class] = (_family.name, partial(_stock_teacher, _family))
+TEACHER_ADAPTERS[SplatfactoModelConfig] = ("splatfacto", _splatfacto_teacher)
 
-__all__ = ["FieldTeacher", "STOCK_FAMILIES", "build_stock_model", "point_samples", "LOG_DENSITY_RANGE"]
+__all__ = ["FieldTeacher", "SplatfactoTeacher", "STOCK_FAMILIES", "build_stock_model", "point_samples",
+           "LOG_DENSITY_RANGE"]

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
 import yaml
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
@@ -40,18 +40,39 @@ class TeacherBatch:
     Attributes:
         ray_samples: RaySamples [R, S] (uniform, jittered) along the rays.
         mask: Bool[Tensor, "R S"], samples in the teacher's occupied cells; only these are evaluated.
-        points: PointOutputs at the M = mask.sum() occupied samples.
-        weights: Float[Tensor, "R S 1"], volume-rendering weights (Eq. 12 terms).
+        points: PointOutputs at the M = mask.sum() occupied samples; None when distilling from renders
+            only (:attr:`Teacher.renders_only`).
+        weights: Float[Tensor, "R S 1"], volume-rendering weights (Eq. 12 terms); None from renders only.
         rgb: Float[Tensor, "R 3"], rendered colour composited on the batch's background.
         accumulation: Float[Tensor, "R 1"], opacity of each ray.
     """
 
     ray_samples: RaySamples
     mask: Tensor
-    points: PointOutputs
-    weights: Tensor
+    points: Optional[PointOutputs]
+    weights: Optional[Tensor]
     rgb: Tensor
     accumulation: Tensor
+
+
+@dataclass
+class TeacherImages:
+    """The teacher's renders of whole cameras, for distillation from renders only.
+
+    Attributes:
+        rgb: Float[Tensor, "N H W 3"], colour premultiplied by opacity (i.e. on a black background).
+        accumulation: Float[Tensor, "N H W 1"], opacity of each pixel's ray.
+    """
+
+    rgb: Tensor
+    accumulation: Tensor
+
+    def composite(self, pixels: Int[Tensor, "R 3"], background: Float[Tensor, "R 3"]) -> Tuple[Tensor, Tensor]:
+        """RGB Float[Tensor, "R 3"] of the (camera, row, column) ``pixels`` on ``background``, and their
+        accumulation Float[Tensor, "R 1"]."""
+        p = pixels.to(self.rgb.device)
+        rgb, accumulation = self.rgb[p[:, 0], p[:, 1], p[:, 2]], self.accumulation[p[:, 0], p[:, 1], p[:, 2]]
+        return rgb + (1.0 - accumulation) * background.to(rgb), accumulation
 
 
 @dataclass
@@ -94,6 +115,9 @@ class Teacher:
 
     has_volume_feature: bool = False
     """True when :meth:`query` returns the 16-d ϕ¹ volume feature (Eq. 6)."""
+    renders_only: bool = False
+    """True when the model has no field to query at points (splatfacto): it is distilled from its images
+    (:meth:`render_images`) alone, and only L_rgb applies."""
 
     def __init__(self, model: torch.nn.Module, source: Path, occupancy_grid: OccupancyGrid, scene_box: SceneBox,
                  num_samples: int) -> None:
@@ -128,13 +152,33 @@ class Teacher:
         return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"])
 
     @torch.no_grad()
-    def render_camera(self, camera: Cameras, chunk: int = 1 << 14) -> Float[Tensor, "H W 3"]:
-        """The teacher's image of one camera on a white background (CPU), as :meth:`render` sees it."""
-        rays = camera.generate_rays(camera_indices=0).flatten()
-        white = torch.ones(chunk, 3, device=rays.origins.device)
-        rgb = torch.cat([self.render(rays[i : i + chunk], white[: len(rays[i : i + chunk])]).rgb
-                         for i in range(0, len(rays), chunk)])
-        return rgb.view(int(camera.height), int(camera.width), 3).cpu()
+    def render_images(self, cameras: Cameras, chunk: int = 1 << 14) -> TeacherImages:
+        """Whole images of ``cameras`` (N of them, one size): here :meth:`render` of their pixel-centre rays,
+        ``chunk`` rays at a time; renders-only teachers render them their own way."""
+        rgbs, accumulations = [], []
+        for i in range(len(cameras)):
+            rays = cameras[i : i + 1].generate_rays(camera_indices=0).flatten()
+            black = torch.zeros(min(chunk, len(rays)), 3, device=rays.origins.device)
+            parts = [self.render(rays[j : j + chunk], black[: len(rays[j : j + chunk])]) for j in range(0, len(rays), chunk)]
+            rgbs.append(torch.cat([p.rgb for p in parts]))
+            accumulations.append(torch.cat([p.accumulation for p in parts]))
+        height, width = int(cameras.height[0]), int(cameras.width[0])
+        return TeacherImages(torch.stack(rgbs).view(-1, height, width, 3), torch.stack(accumulations).view(-1, height, width, 1))
+
+    @torch.no_grad()
+    def render_pixels(self, images: TeacherImages, pixels: Int[Tensor, "R 3"], ray_bundle: RayBundle,
+                      background: Float[Tensor, "R 3"]) -> TeacherBatch:
+        """Distillation from renders only: a batch whose colours come from ``images`` (the rays of
+        ``ray_bundle`` are those of ``pixels``: camera, row, column) and whose sample points are the
+        occupancy-masked samples the student is evaluated at; no point outputs, no weights."""
+        ray_samples, mask = sample_occupied(self.collider(ray_bundle), self.sampler, self.occupancy_grid)
+        rgb, accumulation = images.composite(pixels, background)
+        return TeacherBatch(ray_samples, mask, None, None, rgb, accumulation)
+
+    def render_camera(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
+        """The teacher's image of one camera on a white background (CPU)."""
+        images = self.render_images(camera)
+        return (images.rgb + 1.0 - images.accumulation)[0].cpu()
 
 
 class PVDTeacher(Teacher):

@@ -3,11 +3,12 @@ student's PSNR against the teacher rises, and the student is a normal nerfstudio
 
 import os
 
+import pytest
 import torch
 
 from conftest import tiny_config
 from pvdal_ns.runner import evaluate
-from pvdal_ns.teacher import load_teacher
+from pvdal_ns.teacher import TeacherLoadError, load_teacher
 
 
 def _psnr(a, b):
@@ -160,3 +161,42 @@ def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, m
     SpiralRender(load_config=run.config_path, output_path=spiral, seconds=1.0, frame_rate=3, output_format="images",
                  image_format="png").main()
     assert len(list(spiral.glob("*.png"))) == 3
+
+
+def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, capsys):
+    """--pipeline.teacher-renders-only (what splatfacto teachers always get): batches are pixels of the
+    teacher's images of the epoch's poses, only L_rgb applies from the first step, and PSNR rises."""
+    teacher_path, teacher_pipeline = tiny_teacher
+    config = tiny_config("vm", tmp_path, steps=100, teacher=teacher_path, experiment="renders-only")
+    config.pipeline.teacher_renders_only = True
+    config.pipeline.datamanager.poses_per_epoch = 8
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    pipeline = trainer.pipeline
+    assert "Distilling from the renders of VMField only" in capsys.readouterr().out
+    assert pipeline.stages.stage_at(0) == 3 and not pipeline.align_volume
+    assert not pipeline.al_config.rays and not pipeline.al_config.points and pipeline.al_config.poses
+
+    dm = pipeline.datamanager
+    assert dm.teacher_images.rgb.shape == (8, 100, 100, 3) and dm.teacher_images.accumulation.shape == (8, 100, 100, 1)
+    ray_bundle, batch = dm.next_train(0)
+    pixels = batch["indices"]
+    expected, _ = dm.teacher_images.composite(pixels, batch["background"])
+    torch.testing.assert_close(batch["image"], expected)
+    assert batch["teacher"].points is None
+    live = pipeline.teacher.render(ray_bundle, batch["background"]).rgb  # the same rays, rendered per ray
+    assert float((live - batch["image"]).abs().mean()) < 0.01
+
+    assert set(pipeline.get_train_loss_dict(1)[1]) == {"rgb_loss", "regularization"}
+    reference = _render_views(teacher_pipeline)
+    before = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    trainer.train()
+    after = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    assert after > before + 3.0, (before, after)
+
+    # a teacher cache stores the teacher at points, which renders-only distillation has no use for
+    config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="renders-only-cache")
+    config.pipeline.teacher_renders_only, config.pipeline.teacher_cache = True, tmp_path / "cache"
+    with pytest.raises(TeacherLoadError, match="renders only does not use"):
+        config.setup(local_rank=0, world_size=1).setup()
+    assert not (tmp_path / "cache").exists()

@@ -155,3 +155,64 @@ def test_chain_nerfacto_to_tensors_to_mlp(stock_teachers, tmp_path):
     second = train(tiny_config("mlp", tmp_path, steps=4, teacher=first.config_path, experiment="mlp"), "tensors → mlp")
     assert second.pipeline.teacher.name == "TensorsField" and not second.pipeline.teacher.has_volume_feature
     assert second.config_path.is_file()
+
+
+def _splatfacto_checkpoint(out: Path, num_gaussians: int = 500) -> Path:
+    """config.yml + checkpoint of an untrained splatfacto model (gsplat cannot train it on a CPU)."""
+    import copy
+
+    from nerfstudio.configs.method_configs import method_configs
+    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+
+    config = copy.deepcopy(method_configs["splatfacto"])
+    config.pipeline.datamanager.data = EMBEDDED_SCENE
+    config.pipeline.datamanager.dataparser = BlenderDataParserConfig()
+    config.pipeline.model.num_random = num_gaussians
+    config.output_dir, config.experiment_name = out, "splatfacto"
+    config.set_timestamp()
+    config.save_config()
+    from pvdal_ns.metrics import offline_lpips
+
+    with offline_lpips():
+        model = config.pipeline.model.setup(scene_box=SAMPLING.scene_box, num_train_data=90, metadata={})
+    config.get_checkpoint_dir().mkdir(parents=True)
+    state = {"_model." + k: v for k, v in model.state_dict().items()}
+    torch.save({"step": 0, "pipeline": state}, config.get_checkpoint_dir() / "step-000000000.ckpt")
+    return config.get_base_dir() / "config.yml"
+
+
+def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_path, capsys):
+    """splatfacto loads through the same option, renders only; on a CPU it is refused in one line. Its
+    shared sample points lie in the cells of its visible Gaussians."""
+    from pvdal_ns.checkpoints import load_checkpoint, model_state
+    from pvdal_ns.stock_teachers import SplatfactoTeacher, build_stock_model
+    from pvdal_ns.teacher import newest_checkpoint, read_trainer_config
+
+    path = _splatfacto_checkpoint(tmp_path)
+    with pytest.raises(TeacherLoadError, match="splatfacto model: it renders with gsplat, which needs CUDA"):
+        load_teacher(path, "cpu", SAMPLING)
+    if not torch.cuda.is_available():
+        from pvdal_ns.scripts.distill import main
+
+        capsys.readouterr()
+        assert main(["run", "--teacher", str(path), "--student", "hash", "--output-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ns-distill: error: teacher") and "needs CUDA" in err and err.count("\n") == 0
+
+    config = read_trainer_config(path)
+    model = build_stock_model(config, model_state(load_checkpoint(newest_checkpoint(path, config))), path, SAMPLING)
+    assert model.num_points == 500  # resized to the checkpoint's Gaussians
+    torch.manual_seed(0)
+    visible = torch.rand(400, 3) * 0.4 + 0.2  # a cluster in [0.2, 0.6]³
+    hidden = torch.rand(100, 3) * 0.4 - 1.0  # transparent Gaussians in [-1, -0.6]³
+    with torch.no_grad():
+        model.gauss_params["means"][:] = torch.cat([visible, hidden])
+        model.gauss_params["scales"][:] = torch.log(torch.tensor(0.01))
+        model.gauss_params["opacities"][:] = torch.cat([torch.full((400, 1), 2.0), torch.full((100, 1), -8.0)])
+    teacher = SplatfactoTeacher(model, path, SAMPLING)
+    assert teacher.renders_only and teacher.name == "splatfacto"
+    grid = teacher.occupancy_grid
+    assert grid.occupied(visible).all() and not grid.occupied(hidden).any()
+    assert not grid.occupied(torch.tensor([[0.0, 0.0, 0.0], [1.2, -1.2, 1.2]])).any()
+    cell = 3.0 / 32
+    assert grid.occupied_fraction <= ((0.4 + 4 * cell) / 3.0) ** 3  # the cluster's box grown by one cell

@@ -62,8 +62,8 @@ class Demo:
 
 @dataclass
 class Run:
-    """Convert a trained model (the teacher: any pvdal-* method, nerfacto, instant-ngp, tensorf or
-    vanilla-nerf) into one or more architectures and report them."""
+    """Convert a trained model (the teacher: any pvdal-* method, nerfacto, instant-ngp, tensorf,
+    vanilla-nerf, or splatfacto on a GPU) into one or more architectures and report them."""
 
     teacher: Path
     """config.yml of the trained teacher run (as written by ns-train)."""
@@ -84,6 +84,8 @@ class Run:
     is then released; present (a cache of the same teacher and settings): reused, no teacher loaded."""
     teacher_cache_gib: float = 4.0
     """Bound on the size of a teacher cache written by this run (GiB); longer runs cycle through it."""
+    renders_only: bool = False
+    """Distil from the teacher's rendered images only (no point losses); always so for splatfacto."""
 
     def main(self, command: str) -> None:
         """Run the conversion; raises UserError / TeacherLoadError for bad input."""
@@ -97,7 +99,7 @@ class Run:
         cache = None if self.teacher_cache is None else self.teacher_cache.expanduser().resolve()
         students = convert(teacher_path, list(self.student), self.small, data, out, {a: self.steps for a in self.student},
                            f"from-{teacher_config.method_name}", together=not self.separately,
-                           teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib)
+                           teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib, renders_only=self.renders_only)
         extra = {"command": command, "teacher_config": str(teacher_path), "scene": str(data)}
         if cache is not None:
             from pvdal_ns.teacher_cache import cache_nbytes
@@ -108,7 +110,7 @@ class Run:
 
 AblationRow = Literal[
     "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
-    "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning",
+    "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning", "renders only",
 ]
 
 
