@@ -192,7 +192,7 @@ def _splatfacto_teacher(config, state: Dict[str, Tensor], step: int, device: Uni
             f"{device}; distil it on a machine with an NVIDIA GPU"
         )
     model = build_stock_model(config, state, source, sampling)
-    model.update_to_step(step)
+    model.step = step  # its SH degree grows with the step; its load_state_dict sets 30000
     return SplatfactoTeacher(model.to(device), source, sampling)
 
 
