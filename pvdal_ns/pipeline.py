@@ -178,8 +178,7 @@ class DistillationPipeline(VanillaPipeline):
             CONSOLE.log(f"Distilling from the renders of {teacher.name} only: L_rgb alone, from stage 3; L_v, L_σ, L_c, "
                         "hard rays and hard points are off (they need the teacher at points or at any ray)")
             al = dataclasses.replace(al, rays=False, points=False)
-        self.al_config = al
-        """The active-learning levels in use (``config.al`` less what a teacher cache or renders cannot serve)."""
+        self.active_learning.config = al  # what the datamanager's samplers and feedback consult too
         if isinstance(teacher, TeacherCache):
             self.datamanager.attach_cache(teacher)
         else:
@@ -198,6 +197,12 @@ class DistillationPipeline(VanillaPipeline):
         if al.any:
             levels = ", ".join(n for n, on in (("hard poses", al.poses), ("hard rays", al.rays), ("hard points", al.points)) if on)
             CONSOLE.log(f"Active learning ({levels}) from step {self.al_start}")
+
+    @property
+    def al_config(self) -> ActiveLearningConfig:
+        """The active-learning levels in use: ``config.al`` less what a teacher cache or renders-only
+        distillation cannot serve (set when the teacher is attached)."""
+        return self.active_learning.config
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         trainer = training_callback_attributes.trainer

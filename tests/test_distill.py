@@ -193,6 +193,9 @@ def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, c
     trainer.train()
     after = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
     assert after > before + 3.0, (before, after)
+    # the teacher never imaged a hard-ray pool's rays: none entered a batch (tiny_config has hard rays on)
+    assert len(pipeline.active_learning.hard_rays) == 0
+    assert (dm.next_train(100)[1]["indices"][:, 0] >= 0).all()
 
     # a teacher cache stores the teacher at points, which renders-only distillation has no use for
     config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="renders-only-cache")
