@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pvdal_ns.active_learning import ActiveLearning
 from pvdal_ns.poses import PoseSampler
-from pvdal_ns.teacher import Teacher, TeacherImages
+from pvdal_ns.teacher import Teacher, TeacherBatch, TeacherImages
 
 if TYPE_CHECKING:
     from pvdal_ns.teacher_cache import TeacherCache
@@ -57,6 +57,11 @@ def _float32_intrinsics(dataset):
     for name in ("fx", "fy", "cx", "cy"):
         setattr(cameras, name, getattr(cameras, name).float())
     return dataset
+
+
+def _pseudo_label_dict(teacher_batch: TeacherBatch, background: Tensor, indices: Tensor) -> Dict:
+    """The batch dict of a pseudo-label batch (see :meth:`DistillationDataManager.next_train`)."""
+    return {"image": teacher_batch.rgb, "background": background, "indices": indices, "teacher": teacher_batch}
 
 
 class DistillationDataManager(VanillaDataManager):
@@ -225,7 +230,7 @@ class DistillationDataManager(VanillaDataManager):
         background = torch.rand(self.cache.rays_per_batch, 3, device=self.device)
         ray_bundle, teacher_batch = self.cache.batch(step % len(self.cache), background, torch.device(self.device))
         indices = torch.full((len(background), 3), -1, dtype=torch.long)  # not tied to this run's poses
-        return ray_bundle, {"image": teacher_batch.rgb, "background": background, "indices": indices, "teacher": teacher_batch}
+        return ray_bundle, _pseudo_label_dict(teacher_batch, background, indices)
 
     def _pseudo_label_batch(self, step: int) -> Tuple[RayBundle, Dict]:
         if self._epoch_step >= self._epoch_steps:
@@ -254,8 +259,7 @@ class DistillationDataManager(VanillaDataManager):
             teacher_batch = self.teacher.render_pixels(self.teacher_images, indices, ray_bundle, background)
         else:
             teacher_batch = self.teacher.render(ray_bundle, background)
-        batch = {"image": teacher_batch.rgb, "background": background, "indices": indices, "teacher": teacher_batch}
-        return ray_bundle, batch
+        return ray_bundle, _pseudo_label_dict(teacher_batch, background, indices)
 
     def feedback(self, ray_bundle: RayBundle, batch: Dict, errors: Float[Tensor, "R"]) -> None:
         """Active-learning feedback of one step: per-ray squared RGB errors (student vs teacher) of the

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, Tuple
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from nerfacc import OccGridEstimator
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.model_components.ray_samplers import UniformSampler
@@ -35,12 +35,16 @@ class OccupancyGrid(OccGridEstimator):
         super().__init__(roi_aabb=aabb.flatten().float(), resolution=resolution, levels=1)
         self._non_persistent_buffers_set.update({"grid_coords", "grid_indices"})
 
+    def _cells(self, positions: Float[Tensor, "*bs 3"]) -> Tuple[Bool[Tensor, "*bs"], Int[Tensor, "*bs 3"]]:
+        """Whether each world position lies inside the box, and its cell index (clamped into the grid)."""
+        lo, hi = self.aabbs[0, :3], self.aabbs[0, 3:]
+        u = (positions.to(lo) - lo) / (hi - lo)
+        inside = ((u >= 0) & (u < 1)).all(dim=-1)
+        return inside, (u.clamp(0.0, 1.0 - 1e-6) * self.resolution).long()
+
     def occupied(self, positions: Float[Tensor, "*bs 3"]) -> Bool[Tensor, "*bs"]:
         """True where a world position lies inside the box and in an occupied cell."""
-        lo, hi = self.aabbs[0, :3], self.aabbs[0, 3:]
-        u = (positions - lo) / (hi - lo)
-        inside = ((u >= 0) & (u < 1)).all(dim=-1)
-        idx = (u.clamp(0.0, 1.0 - 1e-6) * self.resolution).long()
+        inside, idx = self._cells(positions)
         return inside & self.binaries[0, idx[..., 0], idx[..., 1], idx[..., 2]]
 
     def occupancy_fn(self, density_fn: DensityFn, step_size: float, chunk: int = 1 << 18) -> DensityFn:
@@ -53,11 +57,11 @@ class OccupancyGrid(OccGridEstimator):
 
     @torch.no_grad()
     def mark(self, positions: Float[Tensor, "N 3"], dilation: int = 1) -> None:
-        """Occupy exactly the cells holding ``positions`` (those inside the box), grown by ``dilation``
-        cells in every direction: a grid for a model known by its primitives, not by a density field."""
-        lo, hi = self.aabbs[0, :3], self.aabbs[0, 3:]
-        u = (positions.to(lo) - lo) / (hi - lo)
-        idx = (u[((u >= 0) & (u < 1)).all(dim=-1)] * self.resolution).long()
+        """Occupy exactly the cells holding ``positions`` (Float[Tensor, "N 3"], world units; those outside
+        the box are ignored), grown by ``dilation`` cells in every direction: a grid for a model known by
+        its primitives (splatfacto's Gaussians), not by a density field. Replaces the grid's contents."""
+        inside, idx = self._cells(positions)
+        idx = idx[inside]
         cells = torch.zeros_like(self.binaries[0], dtype=torch.float32)
         cells[idx[:, 0], idx[:, 1], idx[:, 2]] = 1.0
         if dilation > 0:

@@ -40,7 +40,8 @@ from pvdal_ns.occupancy import OccupancyGrid
 from pvdal_ns.teacher import Teacher, TeacherBatch, TeacherLoadError
 
 CACHE_VERSION = 1
-_FILES = {"rays": ("rays.f32", np.float32, 7), "spans": ("spans.f32", np.float32, 2)}
+_FILES = {"rays": "rays.f32", "masks": "masks.u8", "spans": "spans.f32", "outputs": "outputs.f16"}
+"""The per-sample and per-ray files of a cache, by what they hold (layout in the module docstring)."""
 
 
 class _Mapped:
@@ -106,10 +107,10 @@ class TeacherCache:
         self.occupancy_grid = OccupancyGrid(aabb, int(meta["written_for"]["grid_resolution"]))
         self.occupancy_grid.load_state_dict(grid_state)
         self.index = np.fromfile(self.path / "index.i64", dtype=np.int64)
-        self._rays = _Mapped(self.path / _FILES["rays"][0], np.float32, 7)
-        self._spans = _Mapped(self.path / _FILES["spans"][0], np.float32, 2)
-        self._outputs = _Mapped(self.path / "outputs.f16", np.float16, int(meta["output_width"]))
-        self._masks = _Mapped(self.path / "masks.u8", np.uint8, int(meta["mask_bytes"]))
+        self._rays = _Mapped(self.path / _FILES["rays"], np.float32, 7)
+        self._spans = _Mapped(self.path / _FILES["spans"], np.float32, 2)
+        self._outputs = _Mapped(self.path / _FILES["outputs"], np.float16, int(meta["output_width"]))
+        self._masks = _Mapped(self.path / _FILES["masks"], np.uint8, int(meta["mask_bytes"]))
         self.renderer_rgb = RGBRenderer(background_color="white")
 
     def __len__(self) -> int:
@@ -178,8 +179,7 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    files = {key: open(partial / name, "wb") for key, name in
-             (("rays", "rays.f32"), ("masks", "masks.u8"), ("spans", "spans.f32"), ("outputs", "outputs.f16"))}
+    files = {key: open(partial / name, "wb") for key, name in _FILES.items()}
     index, total, num_rays, num_samples = [0], 0, 0, 0
     output_width = 4 + (16 if teacher.has_volume_feature else 0)
     try:

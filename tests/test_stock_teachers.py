@@ -19,12 +19,11 @@ SAMPLING = Sampling(SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), grid_r
 TRAINED = {"tensorf": 3, "nerfacto": 2, "vanilla-nerf": 2}  # steps of ns-train's own trainer
 
 
-def _untrained_checkpoint(method: str, out: Path) -> Path:
-    """config.yml + checkpoint of a model nerfstudio cannot train on a CPU (instant-ngp needs CUDA sampling)."""
-    from pvdal_ns.conversion import stock_config
+def _untrained_checkpoint(config) -> Path:
+    """Write ``config``'s config.yml and a checkpoint of its untrained model (for models nerfstudio
+    cannot train on a CPU); returns the config.yml path."""
     from pvdal_ns.metrics import offline_lpips
 
-    config = stock_config(method, EMBEDDED_SCENE, out, method, steps=1)
     config.set_timestamp()
     config.save_config()
     with offline_lpips():
@@ -44,7 +43,7 @@ def stock_teachers(tmp_path_factory):
     out = tmp_path_factory.mktemp("stock")
     paths = {m: train(stock_config(m, EMBEDDED_SCENE, out, m, steps, rays_per_batch=256), m).config_path
              for m, steps in TRAINED.items()}
-    paths["instant-ngp"] = _untrained_checkpoint("instant-ngp", out)
+    paths["instant-ngp"] = _untrained_checkpoint(stock_config("instant-ngp", EMBEDDED_SCENE, out, "instant-ngp", steps=1))  # CUDA sampling
     return paths
 
 
@@ -169,16 +168,7 @@ def _splatfacto_checkpoint(out: Path, num_gaussians: int = 500) -> Path:
     config.pipeline.datamanager.dataparser = BlenderDataParserConfig()
     config.pipeline.model.num_random = num_gaussians
     config.output_dir, config.experiment_name = out, "splatfacto"
-    config.set_timestamp()
-    config.save_config()
-    from pvdal_ns.metrics import offline_lpips
-
-    with offline_lpips():
-        model = config.pipeline.model.setup(scene_box=SAMPLING.scene_box, num_train_data=90, metadata={})
-    config.get_checkpoint_dir().mkdir(parents=True)
-    state = {"_model." + k: v for k, v in model.state_dict().items()}
-    torch.save({"step": 0, "pipeline": state}, config.get_checkpoint_dir() / "step-000000000.ckpt")
-    return config.get_base_dir() / "config.yml"
+    return _untrained_checkpoint(config)
 
 
 def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_path, capsys):
