@@ -13,8 +13,8 @@ with the same :func:`~pvdal_ns.model.composite` the live teacher uses):
 - ``index.i64``    [B + 1] int64: first sample of each batch; ``occupancy.pt`` the teacher's grid;
 - ``meta.json``    what the cache was written for (teacher, sampling, rays, poses), checked on reuse.
 
-A cache is written into ``<path>.partial-<pid>`` and renamed when complete, so an interrupted write
-leaves nothing that looks usable. Its size is bounded (``max_bytes``); a run with more steps than
+A cache is written into ``<path>.partial-<host>-<pid>`` and renamed when complete, so an interrupted write
+leaves nothing that looks usable; what a killed writer left is removed by the next write to that path. Its size is bounded (``max_bytes``); a run with more steps than
 cached batches cycles through them.
 """
 
@@ -24,6 +24,7 @@ import json
 import mmap
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -157,6 +158,26 @@ def batch_nbytes(num_rays: int, num_samples: int, num_points: int, output_width:
     return num_rays * 28 + -(-num_rays * num_samples // 8) + num_points * (8 + 2 * output_width)
 
 
+def _partial_path(path: Path, pid: int) -> Path:
+    """Where process ``pid`` of this host writes the cache ``path`` before renaming it."""
+    return path.with_name(f"{path.name}.partial-{socket.gethostname()}-{pid}")
+
+
+def _remove_abandoned_partials(path: Path) -> None:
+    """Delete the unfinished writes of ``path`` whose writer (a process of this host) no longer runs: a
+    killed run cannot clean up after itself. Writes of live processes or of other hosts are left alone."""
+    for partial in path.parent.glob(f"{path.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or partial != _partial_path(path, int(pid)):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle, Dict]], written_for: Dict,
                 max_bytes: int, progress: Optional[Callable[[], None]] = None) -> TeacherCache:
     """Write the teacher's pseudo-label ``batches`` (from :meth:`DistillationDataManager.pseudo_label_batches`)
@@ -176,7 +197,8 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
     path = Path(path)
     if path.exists():
         raise TeacherLoadError(f"teacher cache {path} already exists: delete it or choose another path")
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    _remove_abandoned_partials(path)
+    partial = _partial_path(path, os.getpid())
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     files = {key: open(partial / name, "wb") for key, name in _FILES.items()}

@@ -2,12 +2,15 @@
 interrupted writes leave nothing half-written, a student distils from the cache with no teacher loaded,
 and a cache of another run is refused."""
 
+import os
+import subprocess
+
 import pytest
 import torch
 
 from conftest import tiny_config
 from pvdal_ns.teacher import TeacherLoadError
-from pvdal_ns.teacher_cache import TeacherCache, batch_nbytes, write_cache
+from pvdal_ns.teacher_cache import TeacherCache, _partial_path, batch_nbytes, write_cache
 
 
 def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="cache", with_teacher=True, rays=None):
@@ -54,6 +57,14 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
     with pytest.raises(KeyboardInterrupt):
         write_cache(tmp_path / "cut", teacher, interrupted(), pipeline.cache_key(), 1 << 30)
     assert not list(tmp_path.glob("none*")) and not list(tmp_path.glob("cut*"))
+
+    # what a killed writer left is removed by the next write; a running writer's folder is kept
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    abandoned, running = _partial_path(tmp_path / "w", ended.pid), _partial_path(tmp_path / "w", os.getppid())
+    abandoned.mkdir(), running.mkdir()
+    write_cache(tmp_path / "w", teacher, batches[:1], pipeline.cache_key(), 1 << 30)
+    assert not abandoned.exists() and running.exists()
     with pytest.raises(TeacherLoadError, match="already exists"):
         write_cache(tmp_path / "c", teacher, batches, pipeline.cache_key(), 1 << 30)
 
