@@ -46,9 +46,10 @@ _FILES = {"rays": "rays.f32", "masks": "masks.u8", "spans": "spans.f32", "output
 
 
 class _Mapped:
-    """Rows of one binary file, memory-mapped read-only. Pages of a read are released from this process
-    right after they are copied (they stay in the OS page cache), so resident memory holds one batch,
-    not the whole cache."""
+    """Rows of one binary file, memory-mapped read-only. After each read the whole mapping is released
+    from this process (the pages stay in the OS page cache), so resident memory holds one batch, not the
+    whole cache. The whole mapping, not the read's range: the kernel maps neighbouring pages on a fault
+    (fault-around), and releasing only the range read left those resident, ~70 % of all pages read."""
 
     def __init__(self, path: Path, dtype, width: int) -> None:
         self.dtype, self.width = np.dtype(dtype), width
@@ -64,8 +65,7 @@ class _Mapped:
         view = np.frombuffer(self._map, self.dtype, count=length // self.dtype.itemsize, offset=offset)
         rows = view.reshape(-1, self.width).copy()
         del view
-        page = offset - offset % mmap.PAGESIZE
-        self._map.madvise(mmap.MADV_DONTNEED, page, offset + length - page)
+        self._map.madvise(mmap.MADV_DONTNEED)  # a few µs: only mapped pages are visited
         return rows
 
 
