@@ -13,13 +13,14 @@ with the same :func:`~pvdal_ns.model.composite` the live teacher uses):
 - ``index.i64``    [B + 1] int64: first sample of each batch; ``occupancy.pt`` the teacher's grid;
 - ``meta.json``    what the cache was written for (teacher, sampling, rays, poses), checked on reuse.
 
-A cache is written into ``<path>.partial-<host>-<pid>`` and renamed when complete, so an interrupted write
-leaves nothing that looks usable; what a killed writer left is removed by the next write to that path. Its size is bounded (``max_bytes``); a run with more steps than
-cached batches cycles through them.
+A cache is written into ``<path>.partial-<host>-<pid>`` and renamed when complete, so an interrupted
+write leaves nothing that looks usable; what a killed writer left is removed by the next write to that
+path. Its size is bounded (``max_bytes``); a run with more steps than cached batches cycles through them.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import mmap
 import os
@@ -158,17 +159,18 @@ def batch_nbytes(num_rays: int, num_samples: int, num_points: int, output_width:
     return num_rays * 28 + -(-num_rays * num_samples // 8) + num_points * (8 + 2 * output_width)
 
 
-def _partial_path(path: Path, pid: int) -> Path:
-    """Where process ``pid`` of this host writes the cache ``path`` before renaming it."""
+def _partial_path(path: Path, pid: int | str = "") -> Path:
+    """Where process ``pid`` of this host writes the cache ``path`` before renaming it ("": the prefix)."""
     return path.with_name(f"{path.name}.partial-{socket.gethostname()}-{pid}")
 
 
 def _remove_abandoned_partials(path: Path) -> None:
     """Delete the unfinished writes of ``path`` whose writer (a process of this host) no longer runs: a
     killed run cannot clean up after itself. Writes of live processes or of other hosts are left alone."""
-    for partial in path.parent.glob(f"{path.name}.partial-*"):
-        pid = partial.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or partial != _partial_path(path, int(pid)):
+    prefix = _partial_path(path).name
+    for partial in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = partial.name[len(prefix):]
+        if not pid.isdigit():
             continue
         try:
             os.kill(int(pid), 0)
