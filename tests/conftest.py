@@ -22,6 +22,16 @@ def tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path |
     return config
 
 
+@pytest.fixture(autouse=True)
+def _fresh_event_writers():
+    """Each nerfstudio Trainer adds its writers to a global list: drop a test's writers when it ends, or
+    the next test's Trainer writes into the previous test's (by then removed) folder."""
+    yield
+    from nerfstudio.utils import writer
+
+    writer.EVENT_WRITERS.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
     """A pvdal-vm-small teacher trained for 200 steps: (config.yml path, trained pipeline)."""
