@@ -13,7 +13,8 @@ For each student (demo step counts) these runs, each in its own process so its p
 - ``reuse``: the same cache again: the teacher is never loaded.
 
 Prints and writes (``results.json``) per run: PSNR on the 10 test views, training time, peak resident
-memory after training (``ru_maxrss``; before the evaluation) and the cache size; and the targets:
+memory after training (``ru_maxrss``; before the evaluation), on a GPU also ``torch.cuda.max_memory_allocated``
+(models and activations, the figure the memory target is meant for), and the cache size; and the targets:
 cached students within 0.3 dB of the live ones, cached peak memory ≤ 60 % of the live one.
 ``--teacher-record`` is the ``teacher.json`` that ``benchmarks/stock_teacher.py`` writes.
 """
@@ -34,6 +35,8 @@ MODES = ("live", "write", "reuse", "live-same-al")
 
 def child(teacher: Path, student: str, mode: str, out: Path) -> None:
     """One run in this process; prints a RESULT line."""
+    import torch
+
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.conversion import distillation_config
     from pvdal_ns.report import peak_memory_gib
@@ -56,6 +59,7 @@ def child(teacher: Path, student: str, mode: str, out: Path) -> None:
     line = {"student": student, "mode": mode, "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4),
             "train_seconds": round(wall, 1), "peak_gib_after_import": round(imported, 3),
             "peak_gib_training": round(trained, 3),
+            "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
             "cache_bytes": cache_nbytes(cache) if mode in ("write", "reuse") else None}
     print("RESULT " + json.dumps(line), flush=True)
 
@@ -89,16 +93,17 @@ def main() -> None:
             results[f"{student}/{mode}"] = line
             results_path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nteacher {teacher} ({record.get('psnr')} dB)")
-    print(f"{'student':8} {'mode':12} {'PSNR':>7} {'Δ live':>7} {'train s':>8} {'peak GiB':>9} {'/ live':>7} {'cache GiB':>9}")
+    print(f"{'student':8} {'mode':12} {'PSNR':>7} {'Δ live':>7} {'train s':>8} {'peak GiB':>9} {'/ live':>7} {'cache GiB':>9} {'GPU GiB':>8}")
     for student in args.students:
         live = results.get(f"{student}/live")
         for mode in MODES:
             r = results.get(f"{student}/{mode}")
             if r is None or live is None:
                 continue
-            cache = "" if r["cache_bytes"] is None else f"{r['cache_bytes'] / 2**30:9.2f}"
+            cache = f"{'':9}" if r["cache_bytes"] is None else f"{r['cache_bytes'] / 2**30:9.2f}"
+            gpu = "" if r.get("gpu_peak_gib") is None else f"{r['gpu_peak_gib']:8.3f}"
             print(f"{student:8} {mode:12} {r['psnr']:7.2f} {r['psnr'] - live['psnr']:+7.2f} {r['train_seconds']:8.1f} "
-                  f"{r['peak_gib_training']:9.2f} {r['peak_gib_training'] / live['peak_gib_training']:7.0%} {cache}")
+                  f"{r['peak_gib_training']:9.2f} {r['peak_gib_training'] / live['peak_gib_training']:7.0%} {cache} {gpu}")
     print("targets: cached PSNR within 0.3 dB of live; cached peak memory ≤ 60 % of live")
 
 
