@@ -21,7 +21,7 @@ import tyro
 from typing_extensions import Annotated
 
 Architecture = Literal["hash", "vm", "mlp", "tensors"]
-DEMO_STUDENT_STEPS = {"hash": 500, "vm": 500, "mlp": 9600, "tensors": 400}
+DEMO_STUDENT_STEPS = {"hash": 700, "vm": 500, "mlp": 9600, "tensors": 400}
 ABLATION_STEPS = {"mlp": 4800}
 """Default ablation steps where a preset's rays per step differ from 2048 (same rays seen as 1200 × 2048)."""
 
