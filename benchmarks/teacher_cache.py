@@ -105,8 +105,10 @@ def main() -> None:
           f"{'cache GiB':>9} {'GPU GiB':>8}")
     for student in args.students:
         live = results.get(f"{student}/live")
+        if live is None:
+            continue
         for key, r in sorted(results.items(), key=lambda kv: (MODES.index(kv[1]["mode"]), kv[0])):
-            if r["student"] != student or live is None:
+            if r["student"] != student:
                 continue
             mode = key.split("/", 1)[1]
             cache = f"{'':9}" if r["cache_bytes"] is None else f"{r['cache_bytes'] / 2**30:9.2f}"
