@@ -20,7 +20,7 @@ from pathlib import Path
 from pvdal_ns import EMBEDDED_SCENE
 from pvdal_ns.conversion import distillation_config, stock_config
 from pvdal_ns.runner import evaluate, train, train_together
-from pvdal_ns.scripts.distill import DEMO_STUDENT_STEPS
+from pvdal_ns.presets import demo_steps
 
 STUDENTS = ("hash", "vm", "mlp", "tensors")
 
@@ -52,7 +52,7 @@ def main() -> None:
     teacher_psnr = json.loads((out / "teacher.json").read_text())["psnr"]
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for mode in args.modes:
-        configs = [distillation_config(teacher_path, arch, True, EMBEDDED_SCENE, out, mode, DEMO_STUDENT_STEPS[arch])
+        configs = [distillation_config(teacher_path, arch, True, EMBEDDED_SCENE, out, mode, demo_steps()[arch])
                    for arch in STUDENTS]
         started = time.perf_counter()
         runs = train_together(configs, "together") if mode == "together" else [train(c, f"{c.method_name}") for c in configs]

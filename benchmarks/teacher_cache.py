@@ -44,12 +44,12 @@ def child(teacher: Path, student: str, mode: str, out: Path, seed: Optional[int]
     from pvdal_ns.conversion import distillation_config
     from pvdal_ns.report import peak_memory_gib
     from pvdal_ns.runner import evaluate, train
-    from pvdal_ns.teacher_cache import cache_nbytes
-    from pvdal_ns.scripts.distill import DEMO_STUDENT_STEPS
+    from pvdal_ns.presets import demo_steps
+    from pvdal_ns.teachers import cache_nbytes
 
     imported = peak_memory_gib()
     config = distillation_config(teacher, student, True, EMBEDDED_SCENE, out, f"{student}-{mode}",
-                                 DEMO_STUDENT_STEPS[student])
+                                 demo_steps()[student])
     cache = out / f"cache-{student}"
     if mode in ("write", "reuse"):
         config.pipeline.teacher_cache = cache

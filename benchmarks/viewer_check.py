@@ -1,5 +1,5 @@
 """Check what a user sees in the browser viewer: serve a checkpoint with ``ns-viewer`` and open it in a
-real headless Chromium (DESIGN §2), wait for the first render and save a screenshot.
+real headless Chromium (docs/design.md, "nerfstudio 1.1.5"), wait for the first render and save a screenshot.
 
     .venv/bin/python benchmarks/viewer_check.py --load-config outputs/…/config.yml [--out docs/viewer.png]
 

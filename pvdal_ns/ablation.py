@@ -17,8 +17,11 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 from nerfstudio.engine.trainer import TrainerConfig
 
-from pvdal_ns.conversion import CONSOLE, distillation_config
-from pvdal_ns.report import _write_atomic, device_description, versions
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from pvdal_ns.conversion import distillation_config
+from pvdal_ns.files import write_atomic
+from pvdal_ns.report import device_description, versions
 from pvdal_ns.runner import evaluate, train
 
 
@@ -104,10 +107,10 @@ def run_ablation(settings: AblationSettings, rows: Sequence[str], seeds: Sequenc
             done.append(_run_row(settings, row, seed, output_dir))
             CONSOLE.log(f"{row} (seed {seed}): {done[-1]['psnr']:.2f} dB in {time.perf_counter() - started:.0f} s")
             payload = {"settings": settings.__dict__, "device": device_description(), "versions": versions(), "runs": done}
-            _write_atomic(record, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+            write_atomic(record, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
     chosen = [r for r in done if r["seed"] in seeds]
     summary = summarise(chosen, rows)
-    _write_atomic(output_dir / "ablation.md", lambda p: p.write_text(markdown_table(summary, settings, seeds)))
+    write_atomic(output_dir / "ablation.md", lambda p: p.write_text(markdown_table(summary, settings, seeds)))
     plot_per_view(chosen, rows, output_dir / "ablation.png")
     CONSOLE.print(markdown_table(summary, settings, seeds))
     return summary
@@ -159,5 +162,5 @@ def plot_per_view(runs: List[dict], rows: Sequence[str], path: Path) -> None:
     ax.set_ylabel("per-view PSNR (dB)")
     ax.set_title("PVD-AL ablation: per-view PSNR on the test views (whiskers: min–max)", fontsize=9)
     fig.tight_layout()
-    _write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)

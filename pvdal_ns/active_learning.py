@@ -6,24 +6,31 @@
 * **Hard rays (TSR)**: :class:`HardRayPool` — the hardest fraction of every batch by RGB error enters a
   bounded pool; once the pool is full, that fraction of every batch is drawn from it and the drawn slots
   are overwritten in place by the batch's new hardest rays.
-* **Hard points (TSP)**: :func:`hard_point_mask` — the σ and colour losses use only the top fraction of
-  each ray's sample weights (teacher ∪ student), leaving out rays of low opacity.
+* **Hard points (TSP)**: :class:`~pvdal_ns.losses.HardPoints` — the σ and colour losses use only the top
+  fraction of each ray's sample weights (teacher ∪ student), leaving out rays of low opacity; the model
+  applies it (it holds the weights), :attr:`ActiveLearning.hard_points` says when.
 
-Each level switches on and off on its own, and nothing here depends on the architectures: any
-distillation with per-ray errors, camera poses and sample weights can use them.
+:class:`ActiveLearning` is the one owner of all three: which levels are on (from the config and the
+teacher's capabilities, once), from which step, the pools, and the per-epoch statistics the figures are
+drawn from. The datamanager asks it for an epoch's poses and a batch's pool rays and hands it the errors.
+Nothing here depends on the architectures.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
+from pvdal_ns.losses import HardPoints
 from pvdal_ns.poses import random_rotations
+from pvdal_ns.teachers import Capability
 
 
 @dataclass
@@ -62,56 +69,6 @@ class ActiveLearningConfig:
     def any(self) -> bool:
         """True when at least one level is on."""
         return self.poses or self.rays or self.points
-
-
-def top_fraction_per_ray(weights: Float[Tensor, "M"], ray_ids: Int[Tensor, "M"], fraction: float) -> Bool[Tensor, "M"]:
-    """The ``ceil(fraction · n)`` largest of each ray's n weights, on packed samples (the per-ray
-    selection f_sp of Eq. 11; Algorithm 1's ``sortedPW[:Nsp]``).
-
-    Args:
-        weights: weights in [0, 1] of M samples, grouped by ray (as ``weights[mask]`` gives them).
-        ray_ids: the ray of each sample, non-decreasing.
-        fraction: in [0, 1]; a ray with n ≥ 1 samples keeps at least one.
-
-    Returns:
-        Bool[Tensor, "M"], True for the kept samples.
-    """
-    if len(weights) == 0:
-        return torch.zeros(0, dtype=torch.bool, device=weights.device)
-    counts = torch.bincount(ray_ids)
-    starts = torch.cumsum(counts, 0) - counts
-    keep = torch.ceil(fraction * counts.float()).long()
-    key = ray_ids.double() * 2 + (1 - weights.double().clamp(0, 1))  # by ray, then by weight descending
-    order = torch.argsort(key)
-    ray_sorted = ray_ids[order]
-    rank = torch.arange(len(order), device=order.device) - starts[ray_sorted]
-    selected = torch.empty_like(ray_ids, dtype=torch.bool)
-    selected[order] = rank < keep[ray_sorted]
-    return selected
-
-
-def hard_point_mask(
-    teacher_weights: Float[Tensor, "R S 1"],
-    student_weights: Float[Tensor, "R S 1"],
-    mask: Bool[Tensor, "R S"],
-    teacher_accumulation: Float[Tensor, "R 1"],
-    fraction: float = 0.3,
-    min_opacity: float = 0.5,
-) -> Bool[Tensor, "M"]:
-    """TSP (Eq. 11): which of the M = mask.sum() occupied samples carry the σ and colour losses.
-
-    A sample is kept when it is among the top ``fraction`` of its ray's occupied samples by the teacher's
-    weight or by the student's (the union of Algorithm 1's ``cat(tea_out[PW], stu_out[PW])``), and its
-    ray's teacher opacity is at least ``min_opacity``.
-
-    Returns:
-        Bool[Tensor, "M"] in the order of ``positions[mask]``.
-    """
-    ray_ids = torch.nonzero(mask)[:, 0]
-    teacher = top_fraction_per_ray(teacher_weights.detach()[mask][:, 0], ray_ids, fraction)
-    student = top_fraction_per_ray(student_weights.detach()[mask][:, 0], ray_ids, fraction)
-    opaque = (teacher_accumulation.detach()[:, 0] >= min_opacity)[ray_ids]
-    return (teacher | student) & opaque
 
 
 class HardPosePool(nn.Module):
@@ -271,28 +228,128 @@ class HardRayPool(nn.Module):
         self._drawn = None
 
 
-class ActiveLearning(nn.Module):
-    """The three levels together, as the pipeline and datamanager use them.
+LEVEL_NEEDS = {
+    "poses": (Capability.RAYS | Capability.IMAGES, "new renders of novel poses"),
+    "rays": (Capability.RAYS, "a teacher that renders any ray"),
+    "points": (Capability.POINTS, "the teacher at the sample points"),
+}
+"""Level → (capabilities of which the teacher needs one, what that is in words)."""
+LEVEL_NAMES = {"poses": "hard poses", "rays": "hard rays", "points": "hard points"}
 
-    ``active`` is set by the pipeline each step (from ``start_step``). Besides the pools it keeps this
-    epoch's hard-ray pixels for the heat maps (Fig. 7b): ``heat`` Float[Tensor, "H W"] counts every ray
-    that entered the pool by pixel, ``hard_ray_ids`` the flat (pose, row, column) ids of the fresh ones.
+
+class ActiveLearning(nn.Module):
+    """The three levels of one distillation, and the one place that decides about them.
+
+    The levels on are those of ``config`` that the teacher can feed (:data:`LEVEL_NEEDS`; each one switched
+    off is logged once); they act from :attr:`start` on, and :meth:`set_step` (the pipeline's
+    ``BEFORE_TRAIN_ITERATION`` callback) switches them on there. The pools are saved in the pipeline's
+    checkpoint and restored on resume. Besides them it keeps this epoch's statistics for the figures
+    (Fig. 7): ``from_pool`` Bool[Tensor, "N"] (which poses were re-injected), the pose errors of
+    :attr:`hard_poses`, ``heat`` Float[Tensor, "H W"] (every ray that entered the ray pool, by pixel) and
+    ``hard_ray_ids`` (the flat (pose, row, column) ids of the fresh ones).
+
+    Args:
+        config: the levels asked for and their sizes.
+        capabilities: what the run's teacher gives; None (no teacher): the levels as asked.
+        stage3_start: the first step of stage 3; the levels need the student's render, so they never act
+            before it.
     """
 
-    def __init__(self, config: ActiveLearningConfig) -> None:
+    def __init__(self, config: ActiveLearningConfig, capabilities: Optional[Capability] = None,
+                 stage3_start: int = 0) -> None:
         super().__init__()
+        if capabilities is not None:
+            for level, (needs, what) in LEVEL_NEEDS.items():
+                if getattr(config, level) and not capabilities & needs:
+                    CONSOLE.log(f"Active learning: {LEVEL_NAMES[level]} off (they need {what})")
+                    config = dataclasses.replace(config, **{level: False})
         self.config = config
+        """The levels in use: the asked-for ones less those the teacher cannot feed."""
+        self.start = stage3_start if config.start_step is None else max(config.start_step, stage3_start)
+        """First step with active learning."""
         self.hard_poses = HardPosePool(config.pose_pool_size, config.pose_fraction)
         self.hard_rays = HardRayPool(config.ray_pool_size, config.ray_fraction)
         self.active = False
+        self.from_pool = torch.zeros(0, dtype=torch.bool)
         self.start_epoch(0, (1, 1))
+        if capabilities is not None and config.any:
+            levels = ", ".join(LEVEL_NAMES[level] for level in LEVEL_NAMES if getattr(config, level))
+            CONSOLE.log(f"Active learning ({levels}) from step {self.start}")
 
+    def set_step(self, step: int) -> None:
+        """Switch the levels on from :attr:`start` (called before every training step)."""
+        self.active = self.config.any and step >= self.start
+
+    def _on(self, level: str) -> bool:
+        return self.active and getattr(self.config, level)
+
+    @property
+    def hard_points(self) -> Optional[HardPoints]:
+        """The hard-point rule (TSP) the model applies at this step; None while the level is off."""
+        if not self._on("points"):
+            return None
+        return HardPoints(self.config.point_fraction, self.config.point_min_opacity)
+
+    # --- what the datamanager asks ----------------------------------------------------------------------
+    def epoch_poses(self, num_poses: int, image_size: Tuple[int, int], fresh: Callable[[int], Tensor],
+                    pivot: Optional[Tensor]) -> Float[Tensor, "N 3 4"]:
+        """The poses of a new epoch: ``fresh(k)`` novel poses, then, with hard poses on and a pool to draw
+        from, ``pose_fraction`` of ``num_poses`` from the pool, jittered about ``pivot`` (TCP). Starts the
+        epoch's statistics for ``image_size`` (H, W) images.
+
+        Returns:
+            Float[Tensor, "N 3 4"] camera-to-world matrices (world units), N = ``num_poses``.
+        """
+        n_pool = 0
+        if self._on("poses") and len(self.hard_poses.poses):
+            n_pool = min(num_poses - 1, round(self.config.pose_fraction * num_poses))
+        c2w = fresh(num_poses - n_pool)
+        if n_pool:
+            c2w = torch.cat([c2w, self.hard_poses.draw(n_pool, self.config.pose_jitter_degrees, pivot)])
+        self.from_pool = torch.arange(num_poses) >= num_poses - n_pool
+        self.start_epoch(num_poses, image_size)
+        return c2w
+
+    def pool_rays(self, num_rays: int) -> Optional[Dict[str, Tensor]]:
+        """Rays of the hard-ray pool for a batch of ``num_rays`` (TSR), with the keys of :data:`RAY_FIELDS`;
+        None while the level is off or the pool is still filling."""
+        if not self._on("rays"):
+            return None
+        return self.hard_rays.draw(self.hard_rays.per_batch(num_rays))
+
+    def feedback(self, pixels: Int[Tensor, "R 3"], rays: Dict[str, Tensor], errors: Float[Tensor, "R"]) -> None:
+        """One step's per-ray squared RGB errors (student vs teacher) of the batch's rays: to the pose
+        statistics (TCP) and the ray pool (TSR).
+
+        Args:
+            pixels: (pose id, row, column) of each ray; pose id −1 for rays from the pool.
+            rays: origins, directions, pixel_area of the rays (first dimension R).
+        """
+        if not self.active:
+            return
+        if self.config.poses:
+            self.hard_poses.record(pixels[:, 0], errors)
+        if self.config.rays:
+            entered = self.hard_rays.update(errors, {**rays, "pixels": pixels[:, 1:].to(errors.device)})
+            self.record_hard_rays(pixels[entered.cpu()])
+
+    def end_epoch(self, camera_to_worlds: Float[Tensor, "N 3 4"]) -> Optional[Int[Tensor, "K"]]:
+        """The epoch's hardest poses into the pool (hard poses on); returns their epoch ids, hardest first,
+        or None with hard poses off."""
+        return self.hard_poses.end_epoch(camera_to_worlds.cpu()) if self._on("poses") else None
+
+    def metrics(self) -> Dict[str, Tensor]:
+        """How full the pools are: ``al_ray_pool_fill`` (fraction) and ``al_pose_pool_size`` (poses)."""
+        return {"al_ray_pool_fill": torch.tensor(len(self.hard_rays) / max(self.hard_rays.capacity, 1)),
+                "al_pose_pool_size": torch.tensor(float(len(self.hard_poses.poses)))}
+
+    # --- the epoch's statistics, for the figures --------------------------------------------------------
     def start_epoch(self, num_poses: int, image_size) -> None:
         """Reset the per-epoch statistics for ``num_poses`` poses of ``image_size`` (H, W) pixels."""
         self.hard_poses.reset_epoch(num_poses)
         self.image_size = tuple(image_size)
         self.heat = torch.zeros(self.image_size)
-        self.hard_ray_ids: list = []
+        self.hard_ray_ids: List[Tensor] = []
 
     def record_hard_rays(self, indices: Int[Tensor, "K 3"]) -> None:
         """Note the (pose id, row, column) of rays that entered the pool; pose id −1 = a pool ray."""

@@ -1,5 +1,6 @@
 """nerfstudio method specifications: ``pvdal-{hash,vm,mlp,tensors}`` (paper §4.1 sizes) and
-``pvdal-{…}-small`` (presets that train in minutes on a CPU).
+``pvdal-{…}-small`` (presets that train in minutes on a CPU), built from the one preset table
+(:data:`pvdal_ns.presets.PRESETS`).
 
 Each trains on images when no teacher is given and distils from ``--pipeline.teacher-config`` when one
 is. Registered through the ``nerfstudio.method_configs`` entry-point group.
@@ -7,7 +8,6 @@ is. Registered through the ``nerfstudio.method_configs`` entry-point group.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Dict, Optional, Tuple
 
 from nerfstudio.configs.base_config import ViewerConfig
@@ -23,11 +23,16 @@ from pvdal_ns.datamanager import DistillationDataManagerConfig
 from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
 from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.pipeline import DistillationPipelineConfig
+from pvdal_ns.presets import LR_FINAL, PRESETS
 
 allow_numpy_scalars()  # lets ns-eval / ns-render / ns-viewer read checkpoints with weights_only=True
 
-LR_FINAL = 7e-5
-"""Cosine decay target of every learning rate (authors' code)."""
+FIELD_CONFIGS = {"hash": HashFieldConfig, "vm": VMFieldConfig, "mlp": MLPFieldConfig, "tensors": TensorsFieldConfig}
+
+
+def field_config(architecture: str, small: bool) -> PVDFieldConfig:
+    """A fresh field config of ``pvdal-<architecture>[-small]``."""
+    return FIELD_CONFIGS[architecture](**PRESETS[architecture, small].field)
 
 
 def pvdal_trainer_config(
@@ -82,32 +87,6 @@ def pvdal_trainer_config(
     )
 
 
-GRID_LR, NETWORK_LR, MLP_LR = 2e-2, 1e-2, 1e-3
-
-PAPER = {
-    "hash": (HashFieldConfig(), {"grids": GRID_LR, "networks": NETWORK_LR}),
-    "vm": (VMFieldConfig(), {"grids": GRID_LR, "networks": NETWORK_LR / 10}),
-    "mlp": (MLPFieldConfig(), {"networks": MLP_LR}),
-    "tensors": (TensorsFieldConfig(), {"grids": GRID_LR * 5}),
-}
-SMALL = {
-    "hash": (HashFieldConfig(num_levels=12, log2_hashmap_size=15, max_res=512), PAPER["hash"][1]),
-    "vm": (VMFieldConfig(resolution=128, hidden_dim=64), PAPER["vm"][1]),
-    "mlp": (MLPFieldConfig(num_layers=6, split_layer=4, width=128, num_frequencies=8), {"networks": 5 * MLP_LR}),
-    "tensors": (TensorsFieldConfig(resolution=96), PAPER["tensors"][1]),
-}
-
-STAGE_FRACTIONS = (0.15, 0.25)
-"""Stage 1 and stage 2 as fractions of all steps (paper §4.1: 3k and 5k of 20k)."""
-MLP_SMALL_STAGE_FRACTIONS = (0.10, 0.10)
-"""pvdal-mlp-small: shorter stages 1 and 2 gave +0.4 dB in 1200-step runs (docs/benchmarks.md)."""
-MLP_SMALL_RAYS = 512
-"""pvdal-mlp-small: rays per step. For the same rays seen, more steps of fewer rays train the small MLP
-better (2048 × 1200: 28.85 dB, 1024 × 2400: 29.24, 512 × 4800: 29.53; docs/benchmarks.md), and a
-512-ray step costs a third of a 2048-ray one on 2 CPU cores. Width 128 (not 96): 29.62 against 29.00 dB
-at 512 × 9600 against the demo's teacher."""
-
-
 def set_steps(config: TrainerConfig, steps: int, stage_fractions: Optional[Tuple[float, float]] = None) -> TrainerConfig:
     """Set the number of steps, and with it the learning-rate schedules and the stage lengths (scaled
     with the steps: the fractions the config has now, unless ``stage_fractions`` is given)."""
@@ -125,19 +104,14 @@ def set_steps(config: TrainerConfig, steps: int, stage_fractions: Optional[Tuple
 
 def method_config(architecture: str, small: bool) -> TrainerConfig:
     """A fresh copy of the registered ``TrainerConfig`` of ``pvdal-<architecture>[-small]``."""
-    field, lrs = (SMALL if small else PAPER)[architecture]
-    field = dataclasses.replace(field)
+    preset = PRESETS[architecture, small]
     name = f"pvdal-{architecture}" + ("-small" if small else "")
-    if small:
-        grid = {"grid_resolution": 64, "grid_warmup_steps": 64, "grid_ema_decay": 0.8}
-        rays, steps = (MLP_SMALL_RAYS, 9600) if architecture == "mlp" else (2048, 3000)
-        config = pvdal_trainer_config(name, field, lrs, steps=steps, rays_per_batch=rays, num_samples=160, grid=grid)
-        assert isinstance(config.pipeline, DistillationPipelineConfig)
-        config.pipeline.al.ray_pool_size = 8 * 2048  # full after ~80 steps of stage 3, as 4096 × 150 in 20k steps
-    else:
-        config = pvdal_trainer_config(name, field, lrs, steps=20000, rays_per_batch=4096, num_samples=512, grid={})
-    fractions = MLP_SMALL_STAGE_FRACTIONS if small and architecture == "mlp" else STAGE_FRACTIONS
-    return set_steps(config, config.max_num_iterations, fractions)
+    config = pvdal_trainer_config(name, field_config(architecture, small), preset.learning_rates, preset.steps,
+                                  preset.rays_per_batch, preset.num_samples, preset.grid)
+    assert isinstance(config.pipeline, DistillationPipelineConfig)
+    if preset.ray_pool_size is not None:
+        config.pipeline.al.ray_pool_size = preset.ray_pool_size
+    return set_steps(config, preset.steps, preset.stage_fractions)
 
 
 def _spec(architecture: str, small: bool) -> MethodSpecification:

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.eval_utils import eval_setup
-from rich.console import Console
+from nerfstudio.utils.external import TCNN_EXISTS
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.configs import method_config, set_steps
+from pvdal_ns.files import write_atomic
 from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.report import ModelReport, model_report, print_table, save_comparison, write_json
 from pvdal_ns.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
-from pvdal_ns.teacher import TeacherLoadError, read_trainer_config
-
-CONSOLE = Console()
+from pvdal_ns.teachers import TeacherLoadError, read_trainer_config
 
 
 class UserError(Exception):
@@ -59,7 +62,7 @@ def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path
 
 
 STOCK_METHODS = ("nerfacto", "instant-ngp", "tensorf", "vanilla-nerf")
-"""Stock nerfstudio methods that load as teachers (:mod:`pvdal_ns.stock_teachers`)."""
+"""Stock nerfstudio methods that train here and load as teachers (:mod:`pvdal_ns.teachers.stock`)."""
 
 
 def stock_config(method: str, data: Path, output_dir: Path, experiment: str, steps: int,
@@ -74,12 +77,7 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
     Raises:
         UserError: ``method`` is not one of :data:`STOCK_METHODS`.
     """
-    import copy
-
-    from nerfstudio.configs.method_configs import method_configs
-    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
-    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
-    from nerfstudio.utils.external import TCNN_EXISTS
+    from nerfstudio.configs.method_configs import method_configs  # on use: it loads every registered method
 
     if method not in STOCK_METHODS:
         raise UserError(f"unknown stock method {method!r}; choose one of {', '.join(STOCK_METHODS)}")
@@ -140,7 +138,7 @@ def cached_teacher(architecture: str, small: bool, data: Path, output_dir: Path,
     trained = run_and_evaluate(student_config(architecture, small, data, output_dir, key, steps, None),
                                f"teacher ({architecture})", "teacher")
     info = {"config": trained.report.config, "method": trained.report.method, "seconds": trained.report.train_seconds, "data": str(data)}
-    record.write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(record, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return trained
 
 
@@ -153,8 +151,6 @@ def distillation_config(teacher_path: Path, architecture: str, small: bool, data
     Raises:
         TeacherLoadError: the teacher's config.yml is missing or unreadable.
     """
-    import copy
-
     teacher = read_trainer_config(teacher_path)
     if teacher_grid is None:
         model = teacher.pipeline.model
@@ -189,7 +185,7 @@ def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path
 def finish(output_dir: Path, models: List[Trained], started: float, extra: dict) -> None:
     """Print the table and write ``report.json`` and ``comparison.png`` under ``output_dir``."""
     reports = [m.report for m in models]
-    print_table(reports, CONSOLE)
+    print_table(reports)
     view = 0
     gt = models[0].result.gt[view]
     renders = {m.report.name: m.result.images[view] for m in models}

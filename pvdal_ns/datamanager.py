@@ -1,17 +1,19 @@
 """``DistillationDataManager``: pseudo-label batches rendered by the teacher from novel camera poses.
 
-Without a teacher it is nerfstudio's ``VanillaDataManager`` (training on images). With one attached,
-training batches never contain real pixels (paper §4.1 "pseudo-labeling", data-free): each epoch draws
-fresh poses from the training cameras' distribution (DESIGN §1), rays use the training intrinsics, and
-``batch["image"]`` is the teacher's render of those rays on a random per-ray background. The eval split
-keeps the real test images, so ``ns-eval`` measures the student against ground truth.
+Without a teacher it is nerfstudio's ``VanillaDataManager`` (training on images). Distilling, training
+batches never contain real pixels (paper §4.1 "pseudo-labeling", data-free): they come from the
+:class:`PseudoLabels` the pipeline hands it at setup. Each epoch draws fresh poses from the training
+cameras' distribution (docs/design.md, "Method"), rays use the training intrinsics, and ``batch["image"]``
+is the teacher's render of those rays on a random per-ray background. The eval split keeps the real test
+images, so ``ns-eval`` measures the student against ground truth.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
@@ -20,17 +22,16 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.model_components.ray_generators import RayGenerator
-from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from torch import Tensor
 
 from pvdal_ns.active_learning import ActiveLearning
+from pvdal_ns.al_images import write_epoch_images
+from pvdal_ns.losses import ray_rgb_errors
 from pvdal_ns.poses import PoseSampler
-from pvdal_ns.teacher import Teacher, TeacherBatch, TeacherImages
+from pvdal_ns.teachers import Capability, Teacher, TeacherBatch, TeacherCache, TeacherImages, write_cache
 
-if TYPE_CHECKING:
-    from pvdal_ns.teacher_cache import TeacherCache
-
-__all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PoseSampler"]
+__all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PoseSampler", "PseudoLabels"]
 
 
 @dataclass
@@ -59,115 +60,100 @@ def _float32_intrinsics(dataset):
     return dataset
 
 
-def _pseudo_label_dict(teacher_batch: TeacherBatch, background: Tensor, indices: Tensor) -> Dict:
-    """The batch dict of a pseudo-label batch (see :meth:`DistillationDataManager.next_train`)."""
-    return {"image": teacher_batch.rgb, "background": background, "indices": indices, "teacher": teacher_batch}
+class PseudoLabels:
+    """The pseudo-label batches of one distillation: each epoch's novel poses, each step's rays and the
+    teacher's targets for them, with the hard poses (TCP) and hard rays (TSR) of active learning. Students
+    whose batches agree share one (several students, one teacher pass per batch: the first batch asked
+    for at a step is made, the others get the same).
 
+    Where the targets come from follows the teacher: recorded batches (a teacher cache, ``RECORDED``), the
+    teacher's renders of each epoch's poses (``from_images``: renders only), or its render of each batch's
+    rays. Serial mode: :meth:`record` renders the run's batches into a cache once and serves them from it.
 
-class DistillationDataManager(VanillaDataManager):
-    """nerfstudio's ``VanillaDataManager`` plus pseudo-label batches once a teacher is attached, with
-    the hard-pose (TCP) and hard-ray (TSR) samplers of active learning.
-
-    Training images are only read when training from images (no teacher).
+    Args:
+        teacher: the teacher.
+        active_learning: its levels, pools and statistics (the ones of the student that made this source).
+        cameras: the training cameras; novel poses are drawn like them, with the first one's intrinsics.
+        centre: Float[Tensor, "3"] the scene centre (world units).
+        config: the datamanager's pseudo-label settings (rays per batch, poses and steps per epoch, pose
+            sampling).
+        device: where batches are made.
+        from_images: distil from the teacher's images only (renders-only distillation).
     """
 
-    config: DistillationDataManagerConfig
-
-    def create_train_dataset(self):
-        return _float32_intrinsics(super().create_train_dataset())
-
-    def create_eval_dataset(self):
-        return _float32_intrinsics(super().create_eval_dataset())
-
-    def setup_train(self) -> None:
-        # Deferred: VanillaDataManager.setup_train reads every training image, which distillation never uses.
-        self.teacher: Optional[Teacher] = None
-        self.active_learning: Optional[ActiveLearning] = None
+    def __init__(self, teacher: Teacher, active_learning: ActiveLearning, cameras: Cameras, centre: Tensor,
+                 config: DistillationDataManagerConfig, device: torch.device, from_images: bool = False) -> None:
+        self.teacher, self.active_learning, self.config, self.device = teacher, active_learning, config, device
+        self.from_images = from_images
         self.image_dir: Optional[Path] = None
-        self._image_training_ready = False
-        self.renders_only = False
-        self.teacher_images: Optional[TeacherImages] = None
-        """Renders-only distillation: the teacher's images of this epoch's poses."""
-        self.batch_source: Optional[DistillationDataManager] = None
-        """Set on the followers of a shared run: they train on this datamanager's batches."""
-        self._shared: Optional[Tuple[int, RayBundle, Dict]] = None
-        self.cache: Optional[TeacherCache] = None
-        """Serial mode: batches come from this teacher cache instead of the live teacher."""
-
-    def share_batches_from(self, leader: "DistillationDataManager") -> None:
-        """Train on ``leader``'s pseudo-label batches (same poses, rays, samples and teacher outputs) instead of
-        rendering the teacher again: several students from one teacher pass per batch. Active learning is
-        then driven by the leader's student: its errors choose the hard poses and rays every student sees;
-        this datamanager's own feedback is ignored (hard points stay per student, in the pipeline).
-
-        Raises:
-            ValueError: ``leader`` has no teacher attached (it cannot make pseudo-label batches)."""
-        if leader.teacher is None:
-            raise ValueError("the leader has no teacher attached")
-        self.batch_source = leader
-
-    def attach_teacher(self, teacher: Teacher, active_learning: Optional[ActiveLearning] = None,
-                       renders_only: bool = False) -> None:
-        """Switch training batches to pseudo-labels rendered by ``teacher``; ``active_learning`` holds
-        the pools the samplers draw from (None: plain random poses and rays). ``renders_only``: the
-        teacher renders each epoch's poses as whole images (:meth:`Teacher.render_images`) and batches
-        take their pixels; it is never asked for rays it has not imaged (no hard-ray pool then)."""
-        self.teacher = teacher
-        self.active_learning = active_learning
-        self.renders_only = renders_only
-        cameras = self.train_dataset.cameras
-        self.pose_sampler = PoseSampler(cameras.camera_to_worlds, self.train_dataset.scene_box.get_center(), self.config)
+        """Where the active-learning figures go (``<run>/active_learning``), set by the first datamanager."""
+        self._made: Optional[Tuple[int, RayBundle, Dict]] = None
+        if Capability.RECORDED in teacher.capabilities:
+            self._log_recorded()
+            return
+        self.pose_sampler = PoseSampler(cameras.camera_to_worlds, centre, config)
         kind = "object-centric orbit" if self.pose_sampler.object_centric else "forward-facing"
-        CONSOLE.log(f"Pseudo-labels: {self.config.poses_per_epoch} novel {kind} poses per epoch from {teacher.source}")
+        CONSOLE.log(f"Pseudo-labels: {config.poses_per_epoch} novel {kind} poses per epoch from {teacher.source}")
         self._intrinsics = cameras[0:1]
         self.epoch = -1
         self._new_epoch()
 
-    def attach_cache(self, cache: "TeacherCache") -> None:
-        """Serve training batches from ``cache`` (serial mode), with no teacher in memory: batch ``step``
-        is cached batch ``step mod len(cache)`` on a fresh random background. Hard poses and hard rays
-        are off (they need new teacher renders); the live teacher, if any, is released."""
-        self.cache = cache
-        self.teacher = None
-        self.active_learning = None
-        self._shared = None
-        self.pseudo_ray_generator = None
+    def _log_recorded(self) -> None:
+        cache = self.teacher
+        assert isinstance(cache, TeacherCache)
         CONSOLE.log(f"Pseudo-labels: {len(cache)} cached batches of {cache.rays_per_batch} rays from {cache.path}")
 
-    def pseudo_label_batches(self, count: int) -> Iterator[Tuple[RayBundle, Dict]]:
-        """``count`` pseudo-label batches as training draws them, rendered by the live teacher (what a
-        teacher cache stores). Active learning is not consulted. Each batch is what :meth:`next_train`
-        returns: RayBundle [R] and the batch dict (``teacher``: :class:`~pvdal_ns.teacher.TeacherBatch`).
-        Requires an attached live teacher (:meth:`attach_teacher`)."""
-        assert self.teacher is not None, "attach a teacher first"
+    def batch(self, step: int) -> Tuple[RayBundle, Dict]:
+        """The batch of ``step``: RayBundle [R] and ``image`` Float[Tensor, "R 3"] (the teacher's render on
+        ``background`` Float[Tensor, "R 3"]), ``indices`` Int[Tensor, "R 3"] (pose id, row, column; pose id
+        −1 for rays of the hard-ray pool or of a cache) and ``teacher`` (:class:`TeacherBatch`). Once the
+        hard-ray pool is full, a fraction of the R rays comes from it; R stays ``train_num_rays_per_batch``."""
+        if self._made is None or self._made[0] != step:
+            recorded = Capability.RECORDED in self.teacher.capabilities
+            self._made = (step, *(self._recorded_batch(step) if recorded else self._rendered_batch(step)))
+        return self._made[1], self._made[2]
+
+    def render_batches(self, count: int) -> Iterator[Tuple[RayBundle, Dict]]:
+        """``count`` batches as training draws them, rendered by the live teacher (what a teacher cache
+        stores); active learning is not consulted."""
         for step in range(count):
-            yield self._pseudo_label_batch(step)
+            yield self._rendered_batch(step)
 
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        trainer = training_callback_attributes.trainer
-        if trainer is not None:  # active-learning images go beside the run's checkpoints
-            self.image_dir = Path(trainer.base_dir) / "active_learning"
-        return []
+    def record(self, path: Path, count: int, written_for: Dict, max_bytes: int) -> TeacherCache:
+        """Serial mode: render ``count`` batches into a new teacher cache at ``path`` (at most ``max_bytes``),
+        release the live teacher and serve the batches from the cache from now on.
 
-    # --- epochs of novel poses ------------------------------------------------------------------------
-    def _al_level(self, level: str) -> bool:
+        Raises:
+            TeacherLoadError: ``path`` exists already, or ``max_bytes`` is below one batch."""
+        with get_progress("teacher cache: rendering") as progress:
+            task = progress.add_task("", total=count)
+            cache = write_cache(path, self.teacher, self.render_batches(count), written_for, max_bytes,
+                                lambda: progress.advance(task))
+        CONSOLE.log(f"Teacher cache: {len(cache)} batches, {cache.nbytes / 2**30:.2f} GiB in {cache.path}")
+        self.teacher, self._made = cache, None
+        self.pseudo_ray_generator = None
+        self._log_recorded()
+        return cache
+
+    def feedback(self, ray_bundle: RayBundle, batch: Dict, rgb: Float[Tensor, "R 3"]) -> Dict[str, Tensor]:
+        """Hand one step's per-ray errors of the student's render ``rgb`` against the teacher's to active
+        learning (TCP statistics, TSR pool); returns its metrics (pool fill, ``al_overhead_ms``)."""
         al = self.active_learning
-        return al is not None and al.active and getattr(al.config, level)
+        if not al.active:
+            return {}
+        started = time.perf_counter()
+        errors = ray_rgb_errors(rgb.detach(), batch["image"])
+        rays = {"origins": ray_bundle.origins, "directions": ray_bundle.directions, "pixel_area": ray_bundle.pixel_area}
+        al.feedback(batch["indices"], rays, errors)
+        return {**al.metrics(), "al_overhead_ms": torch.tensor(1000.0 * (time.perf_counter() - started))}
 
+    # --- epochs of novel poses --------------------------------------------------------------------------
     def _new_epoch(self) -> None:
         self.epoch += 1
-        n = self.config.poses_per_epoch
-        al = self.active_learning
-        n_pool = 0
-        if self._al_level("poses") and len(al.hard_poses.poses):
-            n_pool = min(n - 1, round(al.config.pose_fraction * n))
-        c2w = self.pose_sampler.sample(n - n_pool)
-        if n_pool:
-            c2w = torch.cat([c2w, al.hard_poses.draw(n_pool, al.config.pose_jitter_degrees, self.pose_sampler.pivot)])
-        self.from_pool = torch.arange(n) >= n - n_pool
-        """Bool[Tensor, "n"]: which of this epoch's poses are re-injected hard poses."""
-        cam = self._intrinsics
-        self.pseudo_cameras = Cameras(
+        n, cam = self.config.poses_per_epoch, self._intrinsics
+        self._image_size = (int(cam.height), int(cam.width))
+        c2w = self.active_learning.epoch_poses(n, self._image_size, self.pose_sampler.sample, self.pose_sampler.pivot)
+        self.cameras = Cameras(
             camera_to_worlds=c2w,
             fx=cam.fx.expand(n, 1),
             fy=cam.fy.expand(n, 1),
@@ -178,71 +164,46 @@ class DistillationDataManager(VanillaDataManager):
             distortion_params=None if cam.distortion_params is None else cam.distortion_params.expand(n, -1),
             camera_type=cam.camera_type.expand(n, 1),
         ).to(self.device)
-        self.pseudo_ray_generator = RayGenerator(self.pseudo_cameras)
-        self._image_size = (int(cam.height), int(cam.width))
+        """The epoch's N cameras (the training intrinsics)."""
+        self.pseudo_ray_generator = RayGenerator(self.cameras)
         self._epoch_steps = self.config.steps_per_epoch or n
         self._epoch_step = 0
-        self.teacher_images = self.teacher.render_images(self.pseudo_cameras) if self.renders_only else None
-        if self.active_learning is not None:
-            self.active_learning.start_epoch(n, self._image_size)
+        self.images: Optional[TeacherImages] = self.teacher.render_images(self.cameras) if self.from_images else None
+        """Renders only: the teacher's images of this epoch's poses."""
 
     def _end_epoch(self, step: int) -> None:
         """Hard poses of the finished epoch into the pool; images of the hard poses and rays."""
         al = self.active_learning
-        if al is None or not al.active:
+        if not al.active:
             return
-        hardest = al.hard_poses.end_epoch(self.pseudo_cameras.camera_to_worlds.cpu()) if al.config.poses else None
+        hardest = al.end_epoch(self.cameras.camera_to_worlds)
         every = al.config.images_every_epochs
         if self.image_dir is not None and every > 0 and self.epoch % every == 0:
-            from pvdal_ns.al_images import write_epoch_images
+            write_epoch_images(self.image_dir, self.epoch, step, al, self.cameras, self.pose_sampler.centre, hardest,
+                               lambda i: self.teacher.render_camera(self.cameras[i : i + 1]))
 
-            write_epoch_images(self, hardest, step)
-
-    # --- batches --------------------------------------------------------------------------------------
+    # --- batches ----------------------------------------------------------------------------------------
     def _draw_ray_indices(self, num_rays: int) -> Tensor:
         """[num_rays, 3] (pose id, row, column) drawn uniformly from this epoch's poses."""
         height, width = self._image_size  # every novel pose has the training intrinsics
-        pose = torch.randint(len(self.pseudo_cameras), (num_rays,))
+        pose = torch.randint(len(self.cameras), (num_rays,))
         return torch.stack([pose, torch.randint(height, (num_rays,)), torch.randint(width, (num_rays,))], dim=-1)
 
-    def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
-        """Next batch: real pixels without a teacher, otherwise the teacher's pseudo-labels.
-
-        With a teacher, ``batch`` holds ``image`` Float[Tensor, "R 3"] (teacher render on
-        ``background``), ``background`` Float[Tensor, "R 3"], ``indices`` Int[Tensor, "R 3"]
-        (pose id, row, column; pose id −1 for rays from the hard-ray pool) and ``teacher``
-        (:class:`~pvdal_ns.teacher.TeacherBatch`). Once the hard-ray pool is full, a fraction of the
-        R rays comes from it (TSR); R stays ``train_num_rays_per_batch``.
-        """
-        if self.teacher is None and self.cache is None and self.batch_source is None:
-            if not self._image_training_ready:
-                super().setup_train()
-                self._image_training_ready = True
-            return super().next_train(step)
-        source = self.batch_source or self
-        if source._shared is None or source._shared[0] != step:  # the first of the students at this step
-            source._shared = (step, *(source._cached_batch(step) if source.cache else source._pseudo_label_batch(step)))
-        return source._shared[1], source._shared[2]
-
-    def _cached_batch(self, step: int) -> Tuple[RayBundle, Dict]:
-        assert self.cache is not None
-        self.train_count += 1
-        background = torch.rand(self.cache.rays_per_batch, 3, device=self.device)
-        ray_bundle, teacher_batch = self.cache.batch(step % len(self.cache), background, torch.device(self.device))
+    def _recorded_batch(self, step: int) -> Tuple[RayBundle, Dict]:
+        cache = self.teacher
+        assert isinstance(cache, TeacherCache)
+        background = torch.rand(cache.rays_per_batch, 3, device=self.device)
+        ray_bundle, teacher_batch = cache.recorded_batch(step % len(cache), background, torch.device(self.device))
         indices = torch.full((len(background), 3), -1, dtype=torch.long)  # not tied to this run's poses
-        return ray_bundle, _pseudo_label_dict(teacher_batch, background, indices)
+        return ray_bundle, _batch_dict(teacher_batch, indices)
 
-    def _pseudo_label_batch(self, step: int) -> Tuple[RayBundle, Dict]:
+    def _rendered_batch(self, step: int) -> Tuple[RayBundle, Dict]:
         if self._epoch_step >= self._epoch_steps:
             self._end_epoch(step)
             self._new_epoch()
         self._epoch_step += 1
-        self.train_count += 1
         num_rays = self.config.train_num_rays_per_batch
-        pooled = None
-        if self._al_level("rays"):
-            rays_pool = self.active_learning.hard_rays
-            pooled = rays_pool.draw(rays_pool.per_batch(num_rays))
+        pooled = self.active_learning.pool_rays(num_rays)
         num_pooled = 0 if pooled is None else len(pooled["origins"])
         indices = self._draw_ray_indices(num_rays - num_pooled)
         ray_bundle = self.pseudo_ray_generator(indices.to(self.device))
@@ -255,25 +216,77 @@ class DistillationDataManager(VanillaDataManager):
             )
             indices = torch.cat([indices, torch.nn.functional.pad(pooled["pixels"].cpu(), (1, 0), value=-1)])
         background = torch.rand(num_rays, 3, device=self.device)
-        if self.teacher_images is not None:
-            teacher_batch = self.teacher.render_pixels(self.teacher_images, indices, ray_bundle, background)
+        if self.images is not None:
+            teacher_batch = self.teacher.image_batch(self.images, indices, ray_bundle, background)
         else:
             teacher_batch = self.teacher.render(ray_bundle, background)
-        return ray_bundle, _pseudo_label_dict(teacher_batch, background, indices)
+        return ray_bundle, _batch_dict(teacher_batch, indices)
 
-    def feedback(self, ray_bundle: RayBundle, batch: Dict, errors: Float[Tensor, "R"]) -> None:
-        """Active-learning feedback of one step: per-ray squared RGB errors (student vs teacher) of the
-        batch from :meth:`next_train` go to the hard-pose statistics (TCP) and the hard-ray pool (TSR)."""
-        al = self.active_learning
-        if al is None or not al.active or self.batch_source is not None:
-            return
-        if al.config.poses:
-            al.hard_poses.record(batch["indices"][:, 0], errors)
-        if al.config.rays:
-            rays = {"origins": ray_bundle.origins, "directions": ray_bundle.directions,
-                    "pixel_area": ray_bundle.pixel_area, "pixels": batch["indices"][:, 1:].to(errors.device)}
-            entered = al.hard_rays.update(errors, rays)
-            al.record_hard_rays(batch["indices"][entered.cpu()])
+
+def _batch_dict(teacher_batch: TeacherBatch, indices: Tensor) -> Dict:
+    """The batch dict of a pseudo-label batch (see :meth:`PseudoLabels.batch`)."""
+    return {"image": teacher_batch.rgb, "background": teacher_batch.background, "indices": indices,
+            "teacher": teacher_batch}
+
+
+class DistillationDataManager(VanillaDataManager):
+    """nerfstudio's ``VanillaDataManager``, or, once the pipeline has handed it :class:`PseudoLabels` at
+    setup (:meth:`use_pseudo_labels`), their batches. Training images are only read when training from
+    images (no teacher).
+    """
+
+    config: DistillationDataManagerConfig
+
+    def create_train_dataset(self):
+        return _float32_intrinsics(super().create_train_dataset())
+
+    def create_eval_dataset(self):
+        return _float32_intrinsics(super().create_eval_dataset())
+
+    def setup_train(self) -> None:
+        # Deferred: VanillaDataManager.setup_train reads every training image, which distillation never uses.
+        self.pseudo_labels: Optional[PseudoLabels] = None
+        """The batch source when distilling."""
+        self.leads = False
+        """True when this datamanager's student made its pseudo-labels: its errors drive active learning."""
+        self._image_training_ready = False
+
+    def use_pseudo_labels(self, pseudo_labels: PseudoLabels, leads: bool = True) -> None:
+        """Train on ``pseudo_labels`` instead of the images: called once, by the pipeline at setup, right
+        after the scene is parsed (the teacher samples in its scene box) and before any batch.
+
+        Args:
+            leads: this datamanager's student made them; a student sharing another's (``leads`` False)
+                trains on the same batches and its errors are not fed back (hard points stay its own).
+
+        Raises:
+            RuntimeError: pseudo-labels were set already."""
+        if self.pseudo_labels is not None:
+            raise RuntimeError("the pseudo-labels of a datamanager are set once, at setup")
+        self.pseudo_labels, self.leads = pseudo_labels, leads
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        if trainer is not None and self.pseudo_labels is not None and self.leads:  # figures beside the checkpoints
+            self.pseudo_labels.image_dir = Path(trainer.base_dir) / "active_learning"
+        return []
+
+    def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
+        """Next batch: real pixels without a teacher, otherwise :meth:`PseudoLabels.batch`."""
+        if self.pseudo_labels is None:
+            if not self._image_training_ready:
+                super().setup_train()
+                self._image_training_ready = True
+            return super().next_train(step)
+        self.train_count += 1
+        return self.pseudo_labels.batch(step)
+
+    def feedback(self, ray_bundle: RayBundle, batch: Dict, model_outputs: Dict) -> Dict[str, Tensor]:
+        """Active learning's share of a step: once the student renders (stage 3), its per-ray errors go to the
+        pseudo-labels it leads (:meth:`PseudoLabels.feedback`). Returns metrics to log (may be empty)."""
+        if self.pseudo_labels is None or not self.leads or "rgb" not in model_outputs:
+            return {}
+        return self.pseudo_labels.feedback(ray_bundle, batch, model_outputs["rgb"])
 
     def get_train_rays_per_batch(self) -> int:
         return self.config.train_num_rays_per_batch

@@ -1,6 +1,8 @@
-"""PVD losses (paper Eq. 6–8) and the block-wise stage schedule (§3.2.3).
+"""PVD losses (paper Eq. 6–8), the hard points that carry them (TSP, Eq. 11) and the block-wise stage
+schedule (§3.2.3).
 
-All terms are mean-squared errors (the paper's L₂) over the shared sample points or rays.
+All terms are mean-squared errors (the paper's L₂) over the shared sample points or rays. The model applies
+them (:meth:`pvdal_ns.model.PVDModel.get_loss_dict`); active learning decides when hard points apply.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
@@ -124,6 +126,72 @@ def point_losses(
 
 def _select(points: PointOutputs, keep: Tensor) -> PointOutputs:
     return PointOutputs(points.raw_density[keep], None if points.rgb is None else points.rgb[keep])
+
+
+def top_fraction_per_ray(weights: Float[Tensor, "M"], ray_ids: Int[Tensor, "M"], fraction: float) -> Bool[Tensor, "M"]:
+    """The ``ceil(fraction · n)`` largest of each ray's n weights, on packed samples (the per-ray
+    selection f_sp of Eq. 11; Algorithm 1's ``sortedPW[:Nsp]``).
+
+    Args:
+        weights: weights in [0, 1] of M samples, grouped by ray (as ``weights[mask]`` gives them).
+        ray_ids: the ray of each sample, non-decreasing.
+        fraction: in [0, 1]; a ray with n ≥ 1 samples keeps at least one.
+
+    Returns:
+        Bool[Tensor, "M"], True for the kept samples.
+    """
+    if len(weights) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=weights.device)
+    counts = torch.bincount(ray_ids)
+    starts = torch.cumsum(counts, 0) - counts
+    keep = torch.ceil(fraction * counts.float()).long()
+    key = ray_ids.double() * 2 + (1 - weights.double().clamp(0, 1))  # by ray, then by weight descending
+    order = torch.argsort(key)
+    ray_sorted = ray_ids[order]
+    rank = torch.arange(len(order), device=order.device) - starts[ray_sorted]
+    selected = torch.empty_like(ray_ids, dtype=torch.bool)
+    selected[order] = rank < keep[ray_sorted]
+    return selected
+
+
+def hard_point_mask(
+    teacher_weights: Float[Tensor, "R S 1"],
+    student_weights: Float[Tensor, "R S 1"],
+    mask: Bool[Tensor, "R S"],
+    teacher_accumulation: Float[Tensor, "R 1"],
+    fraction: float = 0.3,
+    min_opacity: float = 0.5,
+) -> Bool[Tensor, "M"]:
+    """TSP (Eq. 11): which of the M = mask.sum() occupied samples carry the σ and colour losses.
+
+    A sample is kept when it is among the top ``fraction`` of its ray's occupied samples by the teacher's
+    weight or by the student's (the union of Algorithm 1's ``cat(tea_out[PW], stu_out[PW])``), and its
+    ray's teacher opacity is at least ``min_opacity``.
+
+    Returns:
+        Bool[Tensor, "M"] in the order of ``positions[mask]``.
+    """
+    ray_ids = torch.nonzero(mask)[:, 0]
+    teacher = top_fraction_per_ray(teacher_weights.detach()[mask][:, 0], ray_ids, fraction)
+    student = top_fraction_per_ray(student_weights.detach()[mask][:, 0], ray_ids, fraction)
+    opaque = (teacher_accumulation.detach()[:, 0] >= min_opacity)[ray_ids]
+    return (teacher | student) & opaque
+
+
+@dataclass(frozen=True)
+class HardPoints:
+    """Hard points (TSP, Eq. 11) as the model applies them: of each ray's occupied samples, the top ``fraction``
+    by the teacher's or the student's weight carry L_σ and L_c, on rays whose teacher opacity is at least
+    ``min_opacity``. Active learning hands one to the model while the level is active
+    (:attr:`pvdal_ns.active_learning.ActiveLearning.hard_points`)."""
+
+    fraction: float = 0.3
+    min_opacity: float = 0.5
+
+    def select(self, teacher_weights: Float[Tensor, "R S 1"], student_weights: Float[Tensor, "R S 1"],
+               mask: Bool[Tensor, "R S"], teacher_accumulation: Float[Tensor, "R 1"]) -> Bool[Tensor, "M"]:
+        """:func:`hard_point_mask` with this rule's fraction and opacity."""
+        return hard_point_mask(teacher_weights, student_weights, mask, teacher_accumulation, self.fraction, self.min_opacity)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Image metrics through torchmetrics: PSNR, SSIM and, only where its weights are on disk, LPIPS.
 
-Stock nerfstudio models build LPIPS eagerly, which downloads AlexNet and crashes offline (DESIGN §2).
+Stock nerfstudio models build LPIPS eagerly, which downloads AlexNet and crashes offline (docs/design.md, "nerfstudio 1.1.5").
 Here LPIPS is built on first use and only when torchvision's AlexNet checkpoint is already in the torch
 hub cache; otherwise it is reported as missing (``None``) and nothing is downloaded.
 """
@@ -72,7 +72,7 @@ class UnavailableLPIPS(torch.nn.Module):
 def offline_lpips() -> Iterator[None]:
     """While active, stock nerfstudio models build :class:`UnavailableLPIPS` instead of torchmetrics'
     LPIPS when its weights are missing, so ``populate_modules`` does not try to download AlexNet and
-    crash offline (DESIGN §2). With the weights on disk it changes nothing."""
+    crash offline (docs/design.md, "nerfstudio 1.1.5"). With the weights on disk it changes nothing."""
     import torchmetrics.image.lpip as lpip
 
     if lpips_weights_path().is_file():

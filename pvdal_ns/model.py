@@ -1,28 +1,35 @@
-"""The PVD model: any of the four fields behind occupancy-masked volume rendering.
+"""The PVD model: any of the four fields behind occupancy-masked volume rendering, and the PVD losses.
 
-A normal nerfstudio ``Model`` (trains on images, evaluates, renders in the viewer); during distillation
-the ``DistillationPipeline`` evaluates its field at the teacher's sample points instead. Config-beside-
-model layout follows nerfstudio's ``models/nerfacto.py`` and ``models/instant_ngp.py``.
+A normal nerfstudio ``Model`` (trains on images, evaluates, renders in the viewer). Distilling, it is
+evaluated at the teacher's sample points of each batch's rays (``batch["teacher"]``, a
+:class:`pvdal_ns.teachers.TeacherBatch`) and :meth:`PVDModel.get_loss_dict` computes the PVD losses of the
+current stage (paper §3.2, Eq. 6–8), as LERF's model adds its CLIP loss. The stage is set by a training
+callback (:meth:`PVDModel.set_step`), as nerfacto's ``set_anneal``. Config-beside-model layout follows
+nerfstudio's ``models/nerfacto.py`` and ``models/instant_ngp.py``; docs/design.md tells one step whole.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 from jaxtyping import Bool, Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.model_components.ray_samplers import UniformSampler
-from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfig
+from pvdal_ns.losses import HardPoints, PVDLossConfig, StageSchedule, point_losses, rgb_loss
 from pvdal_ns.metrics import image_metrics
-from pvdal_ns.occupancy import OccupancyGrid, sample_occupied
+from pvdal_ns.occupancy import OccupancyGrid
+from pvdal_ns.samples import Sampling, composite, sample_occupied
 
 
 @dataclass
@@ -51,14 +58,38 @@ class PVDModelConfig(ModelConfig):
     enable_collider: bool = False
     """nerfstudio's near/far collider stays off: rays are always clipped to the scene box (AABBBoxCollider)."""
 
+    def sampling(self, scene_box: SceneBox) -> Sampling:
+        """Where this model's samples lie in ``scene_box`` (what a teacher without a grid samples with)."""
+        return Sampling(scene_box, self.grid_resolution, self.num_samples, self.grid_threshold)
+
+
+@dataclass
+class Distillation:
+    """What the student needs to distil, decided once at setup by ``DistillationPipeline`` from its config and
+    the teacher's capabilities, and handed to the model as LERF's pipeline hands it its image encoder.
+
+    Attributes:
+        occupancy_grid: the teacher's grid; the student's grid is loaded from it and frozen (the shared sample
+            points).
+        stages: the block-wise schedule (§3.2.3); without ``align_volume`` it has no stage 1.
+        loss: the weights of Eq. 7 and the density clip of Eq. 8.
+        align_volume: L_v on the ϕ¹ volume feature (Eq. 6): both sides have one and ω₁ > 0.
+    """
+
+    occupancy_grid: OccupancyGrid
+    stages: StageSchedule
+    loss: PVDLossConfig
+    align_volume: bool
+
 
 class PVDModel(Model):
-    """Occupancy-masked volume rendering of a :class:`PVDField`.
+    """Occupancy-masked volume rendering of a :class:`PVDField`, trained on images or distilled.
 
     Args:
         config: PVDModelConfig.
         scene_box: nerfstudio ``SceneBox``; its aabb bounds the field, the grid and the rays.
         num_train_data: number of training images (unused; nerfstudio's ``Model`` signature).
+        distillation: (keyword) a :class:`Distillation` to distil; absent: the model trains on images.
     """
 
     config: PVDModelConfig
@@ -68,29 +99,41 @@ class PVDModel(Model):
         super().populate_modules()
         aabb = self.scene_box.aabb
         self.field = self.config.field.setup(aabb=aabb)
+        self.sampling = self.config.sampling(self.scene_box)
         self.occupancy_grid = OccupancyGrid(aabb, self.config.grid_resolution)
-        self.occupancy_frozen = False
-        """True while distilling: the grid then comes from the teacher and is not updated."""
+        self.distillation: Optional[Distillation] = self.kwargs.get("distillation")
+        """Set when distilling: the grid then comes from the teacher and is not updated."""
+        if self.distillation is not None:
+            self.occupancy_grid.load_state_dict(self.distillation.occupancy_grid.state_dict())
         self.collider = AABBBoxCollider(self.scene_box, near_plane=0.0)
         self.sampler = UniformSampler(num_samples=self.config.num_samples)
         self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
-
-    @property
-    def step_size(self) -> float:
-        """Typical distance between samples (scene units): the box diagonal over ``num_samples``."""
-        return float((self.scene_box.aabb[1] - self.scene_box.aabb[0]).norm() / self.config.num_samples)
+        self.step, self.stage = 0, 0
+        """The training step and its distillation stage (1–3; 0 until :meth:`set_step` runs)."""
+        self.hard_points: Optional[HardPoints] = None
+        """The hard-point rule (TSP) while active learning applies it; None: every point carries L_σ and L_c."""
 
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
         return self.field.param_groups()
 
+    def set_step(self, step: int, hard_points: Optional[HardPoints] = None) -> None:
+        """The step-dependent state of distillation, set before each training step by the pipeline's
+        ``BEFORE_TRAIN_ITERATION`` callback: the stage of ``step`` (logged when it changes) and the hard-point
+        rule active learning hands over (None while it is off)."""
+        assert self.distillation is not None, "set_step is for distillation"
+        stage = self.distillation.stages.stage_at(step)
+        if stage != self.stage:
+            CONSOLE.log(f"Step {step}: distillation stage {stage}")
+        self.step, self.stage, self.hard_points = step, stage, hard_points
+
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        """Occupancy-grid updates from the field's own density (nerfacc EMA), unless frozen for distillation."""
+        """Occupancy-grid updates from the field's own density (nerfacc EMA), unless distilling."""
         def update_grid(step: int) -> None:
-            if self.occupancy_frozen:
+            if self.distillation is not None:
                 return
             self.occupancy_grid.update_every_n_steps(
                 step=step,
-                occ_eval_fn=self.occupancy_grid.occupancy_fn(self.field.density_at, self.step_size),
+                occ_eval_fn=self.occupancy_grid.occupancy_fn(self.field.density_at, self.sampling.step_size),
                 occ_thre=self.config.grid_threshold,
                 ema_decay=self.config.grid_ema_decay,
                 warmup_steps=self.config.grid_warmup_steps,
@@ -122,8 +165,16 @@ class PVDModel(Model):
         points: PointOutputs,
         background: Optional[Union[str, Float[Tensor, "R 3"]]] = None,
     ) -> Dict[str, Tensor]:
-        """:func:`composite` with this model's RGB renderer (its background when ``background`` is None)."""
+        """:func:`~pvdal_ns.samples.composite` with this model's RGB renderer (its background when None)."""
         return composite(ray_samples, mask, points, self.renderer_rgb, background)
+
+    def forward(self, ray_bundle: RayBundle, teacher: Optional[Any] = None) -> Dict[str, Any]:
+        """nerfstudio's ``Model.forward`` (render ``ray_bundle``), or, given the batch's
+        :class:`~pvdal_ns.teachers.TeacherBatch` of the same rays, the student at the teacher's sample points
+        (:meth:`get_distillation_outputs`)."""
+        if teacher is None:
+            return super().forward(ray_bundle)
+        return self.get_distillation_outputs(teacher)
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """Render R rays: ``rgb`` Float[Tensor, "R 3"], ``accumulation`` and ``depth`` (scene units)
@@ -134,7 +185,28 @@ class PVDModel(Model):
         outputs["num_samples_per_ray"] = mask.sum(dim=-1, keepdim=True).float()
         return outputs
 
-    # --- losses and metrics (training from images) -----------------------------------------------------
+    def get_distillation_outputs(self, teacher: Any) -> Dict[str, Any]:
+        """The student at the teacher's sample points, as far as the current stage needs it.
+
+        Args:
+            teacher: the batch's :class:`~pvdal_ns.teachers.TeacherBatch` (sample points, mask, background).
+
+        Returns:
+            ``points``: :class:`PointOutputs` at the M occupied samples (colour from stage 2); from stage 3 also
+            ``rgb`` Float[Tensor, "R 3"] on the batch's background, ``accumulation``, ``depth``, ``weights``
+            Float[Tensor, "R S 1"] and, while active learning selects them, ``hard_points`` Bool[Tensor, "M"].
+        """
+        assert self.stage > 0, "no distillation stage: the pipeline's training callback sets it (set_step)"
+        points = self.query(teacher.ray_samples, teacher.mask, with_rgb=self.stage >= 2)
+        outputs: Dict[str, Any] = {"points": points}
+        if self.stage == 3:
+            outputs.update(self.composite(teacher.ray_samples, teacher.mask, points, teacher.background))
+            if self.hard_points is not None:
+                outputs["hard_points"] = self.hard_points.select(teacher.weights, outputs["weights"], teacher.mask,
+                                                                 teacher.accumulation)
+        return outputs
+
+    # --- losses and metrics -------------------------------------------------------------------------
     def _gt(self, batch: Dict, outputs: Dict) -> Tuple[Tensor, Tensor]:
         image = batch["image"].to(self.device)
         return self.renderer_rgb.blend_background_for_loss_computation(
@@ -142,19 +214,47 @@ class PVDModel(Model):
         )
 
     def get_metrics_dict(self, outputs: Dict, batch: Dict) -> Dict[str, Tensor]:
-        pred, gt = self._gt(batch, outputs)
-        mse = torch.mean((pred - gt) ** 2)
-        return {
-            "psnr": -10.0 * torch.log10(mse.clamp(min=1e-10)),
-            "occupied_fraction": torch.tensor(self.occupancy_grid.occupied_fraction),
-        }
+        """From images: ``psnr`` (dB) and ``occupied_fraction``. Distilling: ``stage``, ``samples_per_ray``,
+        from stage 3 ``psnr_vs_teacher`` (dB), and ``al_hard_point_fraction`` while hard points apply."""
+        teacher = batch.get("teacher")
+        if teacher is None:
+            pred, gt = self._gt(batch, outputs)
+            mse = torch.mean((pred - gt) ** 2)
+            return {
+                "psnr": -10.0 * torch.log10(mse.clamp(min=1e-10)),
+                "occupied_fraction": torch.tensor(self.occupancy_grid.occupied_fraction),
+            }
+        metrics = {"stage": torch.tensor(float(self.stage)), "samples_per_ray": teacher.mask.sum(dim=-1).float().mean()}
+        if "rgb" in outputs:
+            mse = rgb_loss(outputs["rgb"], teacher.rgb).detach()
+            metrics["psnr_vs_teacher"] = -10.0 * torch.log10(mse.clamp(min=1e-10))
+        if "hard_points" in outputs:
+            metrics["al_hard_point_fraction"] = outputs["hard_points"].float().mean()
+        return metrics
 
     def get_loss_dict(self, outputs: Dict, batch: Dict, metrics_dict: Optional[Dict] = None) -> Dict[str, Tensor]:
-        """Training from images: MSE against ``batch["image"]`` + the field's L_reg (training only)."""
-        pred, gt = self._gt(batch, outputs)
-        loss = {"rgb_loss": torch.mean((pred - gt) ** 2)}
-        if self.training:
+        """From images: MSE against ``batch["image"]``. Distilling (``batch["teacher"]``): the PVD losses of
+        the current stage (Eq. 7): ``volume_loss`` (L_v) where ϕ¹ is aligned, ``density_loss`` and
+        ``colour_loss`` (L_σ, L_c, at the hard points while they apply) from stage 2 unless the teacher gave
+        renders only, ``rgb_loss`` (L_rgb against the teacher's render) from stage 3. Both: ``regularization``
+        (ω₅·L_reg of the field, in training; distilling from stage 2), added here only."""
+        teacher = batch.get("teacher")
+        distilling = teacher is not None
+        loss: Dict[str, Tensor] = {}
+        if not distilling:
+            pred, gt = self._gt(batch, outputs)
+            loss["rgb_loss"] = torch.mean((pred - gt) ** 2)
+        elif teacher.points is not None:
+            d = self.distillation
+            assert d is not None
+            loss.update(point_losses(outputs["points"], teacher.points, self.stage, d.loss, d.align_volume,
+                                     outputs.get("hard_points"), self.step))
+        if self.training and (not distilling or self.stage >= 2):
             loss["regularization"] = self.config.regularization_weight * self.field.regularization_loss()
+        if distilling and self.stage == 3:
+            weight = self.distillation.loss.rgb_weight  # type: ignore[union-attr]
+            if weight > 0:
+                loss["rgb_loss"] = weight * rgb_loss(outputs["rgb"], teacher.rgb)
         return loss
 
     def get_image_metrics_and_images(
@@ -165,40 +265,3 @@ class PVDModel(Model):
         metrics = {k: v for k, v in image_metrics(pred, gt).items() if v is not None}
         acc = outputs["accumulation"].expand_as(pred)
         return metrics, {"img": torch.cat([gt, pred], dim=1), "accumulation": acc}
-
-
-_ACCUMULATION, _DEPTH = AccumulationRenderer(), DepthRenderer(method="expected")
-
-
-def composite(
-    ray_samples: RaySamples,
-    mask: Bool[Tensor, "R S"],
-    points: PointOutputs,
-    renderer_rgb: RGBRenderer,
-    background: Optional[Union[str, Float[Tensor, "R 3"]]] = None,
-) -> Dict[str, Tensor]:
-    """Volume rendering (Eq. 1) of point outputs given at the masked samples, with nerfstudio's renderers.
-
-    Shared by students and every teacher, so both render the same samples the same way.
-
-    Args:
-        ray_samples: RaySamples [R, S]; mask: which of them ``points`` holds (M = mask.sum()).
-        points: density and colour at the M samples (``rgb`` required).
-        renderer_rgb: nerfstudio ``RGBRenderer``; ``background`` overrides its background colour.
-
-    Returns:
-        rgb Float[Tensor, "R 3"], accumulation and depth Float[Tensor, "R 1"] (depth in scene units),
-        weights Float[Tensor, "R S 1"] (Eq. 12 terms).
-    """
-    density = torch.zeros((*mask.shape, 1), device=mask.device, dtype=points.raw_density.dtype)
-    density[mask] = points.density
-    weights = ray_samples.get_weights(density)
-    rgb_samples = torch.zeros((*mask.shape, 3), device=mask.device, dtype=density.dtype)
-    assert points.rgb is not None
-    rgb_samples[mask] = points.rgb.to(density.dtype)
-    return {
-        "rgb": renderer_rgb(rgb_samples, weights, background_color=background),
-        "accumulation": _ACCUMULATION(weights),
-        "depth": _DEPTH(weights, ray_samples),
-        "weights": weights,
-    }

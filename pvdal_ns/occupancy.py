@@ -1,10 +1,6 @@
-"""Occupancy grid and occupancy-masked uniform sampling.
+"""The occupancy grid: nerfacc's ``OccGridEstimator`` over the scene box (its EMA update runs on the CPU).
 
-The grid is nerfacc's ``OccGridEstimator`` (its EMA update runs on the CPU); sampling is a batched
-torch fallback: nerfstudio's ``UniformSampler`` places ``S`` samples on every ray's segment inside the
-scene box, and samples in empty cells are masked out, so fields are evaluated only where the grid is
-occupied. The same ``(RaySamples, mask)`` pair is what teacher and student share during distillation
-(DESIGN §1 "shared sample points").
+Its occupied cells decide the shared sample points of teacher and student (:mod:`pvdal_ns.samples`).
 """
 
 from __future__ import annotations
@@ -14,8 +10,6 @@ from typing import Callable, Tuple
 import torch
 from jaxtyping import Bool, Float, Int
 from nerfacc import OccGridEstimator
-from nerfstudio.cameras.rays import RayBundle, RaySamples
-from nerfstudio.model_components.ray_samplers import UniformSampler
 from torch import Tensor
 
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 1"]]
@@ -73,21 +67,3 @@ class OccupancyGrid(OccGridEstimator):
     def occupied_fraction(self) -> float:
         """Fraction of occupied cells."""
         return float(self.binaries.float().mean())
-
-
-def sample_occupied(
-    ray_bundle: RayBundle, sampler: UniformSampler, grid: OccupancyGrid
-) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-    """Uniform samples on each ray's [near, far] segment, masked by the occupancy grid.
-
-    Args:
-        ray_bundle: rays with ``nears``/``fars`` set (nerfstudio ``AABBBoxCollider``).
-        sampler: nerfstudio's ``UniformSampler``; it jitters the samples when in training mode.
-        grid: the occupancy grid whose cells decide which samples are evaluated.
-
-    Returns:
-        RaySamples of shape [R, S] and the Bool[Tensor, "R S"] mask of samples in occupied cells.
-    """
-    ray_samples = sampler(ray_bundle)
-    mask = grid.occupied(ray_samples.frustums.get_positions())
-    return ray_samples, mask

@@ -1,60 +1,42 @@
 """``DistillationPipeline``: teacher + pseudo-label datamanager + student, stage by stage.
 
-With no ``teacher_config`` it is nerfstudio's ``VanillaPipeline`` (the student trains on images: these
-are the teachers and the from-scratch baselines). With one, every training step evaluates the student
-at the teacher's sample points and applies the PVD losses of the current stage (paper §3.2, Eq. 6–8).
-The teacher is loaded only for training (``test_mode="val"``), so ``ns-eval``, ``ns-render`` and
-``ns-viewer`` work on a student checkpoint alone.
+With no ``teacher_config`` (and no ``teacher_cache``) it is nerfstudio's ``VanillaPipeline``: the student
+trains on images (these are the teachers and the from-scratch baselines). With one, setup opens the teacher,
+decides once from its capabilities what the distillation has (stages, losses, active-learning levels),
+hands the student a :class:`~pvdal_ns.model.Distillation` and the datamanager its
+:class:`~pvdal_ns.datamanager.PseudoLabels`; a training step is then plumbing, as ``VanillaPipeline``'s
+(docs/design.md, "One distillation step"). The teacher is loaded only for training (``test_mode="val"``),
+so ``ns-eval``, ``ns-render`` and ``ns-viewer`` work on a student checkpoint alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import time
+import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Literal, Optional, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
-from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+import torch.distributed as dist
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.models.base_model import Model
+from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.cuda.amp.grad_scaler import GradScaler
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pvdal_ns.active_learning import ActiveLearning, ActiveLearningConfig, hard_point_mask
+from pvdal_ns.active_learning import ActiveLearning, ActiveLearningConfig
 from pvdal_ns.checkpoints import fill_missing_defaults
-from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManagerConfig
-from pvdal_ns.losses import PVDLossConfig, StageSchedule, point_losses, ray_rgb_errors
-from pvdal_ns.model import PVDModel, PVDModelConfig
-from pvdal_ns.teacher import Sampling, Teacher, TeacherLoadError, load_teacher, newest_checkpoint, read_trainer_config
-from pvdal_ns.teacher_cache import TeacherCache, write_cache
-
-
-_SHARED_TEACHERS: Optional[Dict[tuple, Teacher]] = None
-
-
-@contextlib.contextmanager
-def sharing_teachers() -> Iterator[None]:
-    """While active, pipelines that distil from the same teacher run (same config.yml, device and sampling)
-    share one loaded :class:`Teacher` instead of loading it once each (several students, one teacher)."""
-    global _SHARED_TEACHERS
-    _SHARED_TEACHERS = {}
-    try:
-        yield
-    finally:
-        _SHARED_TEACHERS = None
-
-
-def _teacher_for(config_path: Path, device: str, sampling: Sampling) -> Teacher:
-    if _SHARED_TEACHERS is None:
-        return load_teacher(config_path, device, sampling)
-    key = (str(Path(config_path).resolve()), str(device), tuple(sampling.scene_box.aabb.flatten().tolist()),
-           sampling.grid_resolution, sampling.num_samples, sampling.grid_threshold)
-    if key not in _SHARED_TEACHERS:
-        _SHARED_TEACHERS[key] = load_teacher(config_path, device, sampling)
-    return _SHARED_TEACHERS[key]
+from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManagerConfig, PseudoLabels
+from pvdal_ns.losses import PVDLossConfig, StageSchedule
+from pvdal_ns.model import Distillation, PVDModel, PVDModelConfig
+from pvdal_ns.samples import Sampling
+from pvdal_ns.teachers import (Capability, Teacher, TeacherCache, TeacherLoadError, load_teacher, newest_checkpoint,
+                               read_trainer_config)
 
 
 @dataclass
@@ -87,6 +69,78 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
     al: ActiveLearningConfig = field(default_factory=ActiveLearningConfig)
     """Active learning: hard poses, rays and points (§3.2.4); e.g. ``--pipeline.al.poses False``."""
 
+    @property
+    def distils(self) -> bool:
+        """True when the run distils (a teacher config or a teacher cache is given)."""
+        return self.teacher_config is not None or self.teacher_cache is not None
+
+
+TEACHER_SEED = 0
+"""Seed of the random numbers a teacher draws while it loads (the jittered points of a stock teacher's grid)."""
+
+TEACHER_KEYS = ("teacher", "checkpoint", "scene_box", "grid_resolution", "num_samples", "grid_threshold")
+"""The entries of :func:`batch_key` a loaded teacher depends on (its sample points included)."""
+
+
+def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: Cameras) -> Dict[str, Any]:
+    """What a pseudo-label batch depends on: the teacher (config.yml and its newest checkpoint), where the
+    shared samples lie (scene box, grid, samples per ray, threshold), the rays per batch, the novel poses
+    (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the training cameras
+    (digest) and renders-only distillation.
+
+    A teacher cache stores it (``written_for`` in meta.json) and refuses a run whose key differs; during
+    :func:`sharing`, students with equal keys train on one source of batches, and those with equal
+    :data:`TEACHER_KEYS` entries load one teacher.
+
+    Raises:
+        TeacherLoadError: the teacher's config.yml is unreadable or the run has no checkpoint.
+    """
+    teacher = checkpoint = None
+    if config.teacher_config is not None:
+        path = Path(config.teacher_config).expanduser().resolve()
+        ckpt = newest_checkpoint(path, read_trainer_config(path))
+        teacher, checkpoint = str(path), f"{ckpt.name} ({ckpt.stat().st_size} bytes)"
+    dm = config.datamanager
+    camera_values = [cameras.camera_to_worlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height]
+    digest = hashlib.sha1(torch.cat([v.flatten().double() for v in camera_values]).cpu().numpy().tobytes())
+    return {
+        "teacher": teacher, "checkpoint": checkpoint,
+        "scene_box": sampling.scene_box.aabb.flatten().tolist(), "grid_resolution": sampling.grid_resolution,
+        "num_samples": sampling.num_samples, "grid_threshold": sampling.grid_threshold,
+        "rays_per_batch": dm.train_num_rays_per_batch, "poses_per_epoch": dm.poses_per_epoch,
+        "steps_per_epoch": dm.steps_per_epoch, "elevation_percentiles": list(dm.elevation_percentiles),
+        "forward_facing_margin": dm.forward_facing_margin, "jitter_degrees": dm.jitter_degrees,
+        "cameras": digest.hexdigest(), "renders_only": config.teacher_renders_only,
+    }
+
+
+_SHARED: Optional[Dict[str, Any]] = None
+
+
+@contextlib.contextmanager
+def sharing() -> Iterator[None]:
+    """While active, pipelines set up share what their :func:`batch_key` says they can: one loaded teacher
+    for equal teacher entries, one :class:`PseudoLabels` for equal keys (several students, one teacher pass
+    per batch). The first pipeline to make a source of batches leads it: its errors drive active learning."""
+    global _SHARED
+    _SHARED = {}
+    try:
+        yield
+    finally:
+        _SHARED = None
+
+
+def _shared(kind: str, key: Dict[str, Any], build: Callable[[], Any]) -> Tuple[Any, bool]:
+    """The object ``build`` makes for ``key``, made once while :func:`sharing` is active; and whether this
+    call made it."""
+    if _SHARED is None:
+        return build(), True
+    name = kind + json.dumps(key, sort_keys=True)
+    made = name not in _SHARED
+    if made:
+        _SHARED[name] = build()
+    return _SHARED[name], made
+
 
 class DistillationPipeline(VanillaPipeline):
     """nerfstudio ``VanillaPipeline`` that distils a frozen teacher into the student model."""
@@ -105,191 +159,147 @@ class DistillationPipeline(VanillaPipeline):
         grad_scaler: Optional[GradScaler] = None,
     ) -> None:
         fill_missing_defaults(config)  # a config.yml written before a field was added
-        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        Pipeline.__init__(self)  # VanillaPipeline.__init__'s steps, with the teacher between datamanager and model
+        self.config, self.test_mode, self.world_size = config, test_mode, world_size
+        self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=world_size,
+                                                    local_rank=local_rank)
+        self.datamanager.to(device)
+        dataset = self.datamanager.train_dataset
+        assert dataset is not None, "Missing input dataset"
         self.active_learning = ActiveLearning(config.al)
         """The pools of hard poses and rays; saved in the checkpoint, restored on resume."""
-        self.teacher: Optional[Union[Teacher, TeacherCache]] = None
-        """The live teacher, or the teacher cache standing in for it (serial mode)."""
-        self._stage = 0
-        self._run_steps: Optional[int] = None
         self._cache_to_write: Optional[Path] = None
-        if test_mode == "val" and config.teacher_cache is not None:
-            cache = Path(config.teacher_cache)
-            if cache.exists():
-                self.attach_teacher(TeacherCache(cache, self.cache_key()))
-            elif config.teacher_config is None:
-                raise TeacherLoadError(f"teacher cache {cache} does not exist and no --pipeline.teacher-config is "
-                                       "given to write it")
-            else:
-                self._cache_to_write = cache
-        if test_mode == "val" and config.teacher_config is not None and self.teacher is None:
-            self.attach_teacher(_teacher_for(config.teacher_config, device, Sampling.of(self.model)))
+        self._run_steps: Optional[int] = None
+        distillation = None
+        if test_mode == "val" and config.distils:
+            sampling = config.model.sampling(dataset.scene_box)
+            self.batch_key = batch_key(config, sampling, dataset.cameras)
+            """What this run's pseudo-label batches depend on (:func:`batch_key`)."""
+            teacher = self._open_teacher(sampling, device)
+            capabilities = self._capabilities(teacher)
+            distillation = self._plan(teacher, capabilities)
+            self.active_learning = ActiveLearning(config.al, capabilities, distillation.stages.stage3_start)
+        self._model = config.model.setup(scene_box=dataset.scene_box, num_train_data=len(dataset),
+                                         metadata=dataset.metadata, device=device, grad_scaler=grad_scaler,
+                                         distillation=distillation)
+        self.model.to(device)
+        if distillation is not None:
+            labels, leads = _shared("batches", self.batch_key, lambda: PseudoLabels(
+                teacher, self.active_learning, dataset.cameras, dataset.scene_box.get_center(), config.datamanager,
+                torch.device(device), from_images=capabilities == Capability.IMAGES))
+            self.datamanager.use_pseudo_labels(labels, leads)
+        if world_size > 1:
+            self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))
+            dist.barrier(device_ids=[local_rank])
 
-    def cache_key(self) -> Dict:
-        """What a teacher cache of this run depends on (stored as ``written_for`` in its meta.json, compared
-        on reuse): teacher config and checkpoint, sampling, rays per batch, pose settings, training cameras."""
-        teacher = checkpoint = None
-        if self.config.teacher_config is not None:
-            path = Path(self.config.teacher_config).expanduser().resolve()
-            ckpt = newest_checkpoint(path, read_trainer_config(path))
-            teacher, checkpoint = str(path), f"{ckpt.name} ({ckpt.stat().st_size} bytes)"
-        dm, model = self.datamanager.config, self.model.config
-        cams = self.datamanager.train_dataset.cameras
-        camera_values = [cams.camera_to_worlds, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height]
-        digest = hashlib.sha1(torch.cat([v.flatten().double() for v in camera_values]).cpu().numpy().tobytes())
-        return {
-            "teacher": teacher, "checkpoint": checkpoint,
-            "scene_box": self.model.scene_box.aabb.flatten().tolist(), "grid_resolution": model.grid_resolution,
-            "num_samples": model.num_samples, "grid_threshold": model.grid_threshold,
-            "rays_per_batch": dm.train_num_rays_per_batch, "poses_per_epoch": dm.poses_per_epoch,
-            "steps_per_epoch": dm.steps_per_epoch, "elevation_percentiles": list(dm.elevation_percentiles),
-            "forward_facing_margin": dm.forward_facing_margin, "jitter_degrees": dm.jitter_degrees,
-            "cameras": digest.hexdigest(),
-        }
+    @property
+    def teacher(self) -> Optional[Teacher]:
+        """The teacher distilled from: the live one, or the teacher cache standing in for it (serial mode);
+        None when training from images or evaluating."""
+        labels = self.datamanager.pseudo_labels
+        return None if labels is None else labels.teacher
 
-    def attach_teacher(self, teacher: Union[Teacher, TeacherCache]) -> None:
-        """Start distilling from ``teacher`` (live, or its cache): its occupancy grid becomes the student's
-        (frozen). With a cache (or one to be written), hard poses and hard rays are off: they need new
-        teacher renders.
+    # --- setup ----------------------------------------------------------------------------------------
+    def _open_teacher(self, sampling: Sampling, device: str) -> Teacher:
+        """The teacher cache when it exists, else the live teacher (shared during :func:`sharing`). Loading
+        draws its own random numbers (seed :data:`TEACHER_SEED`), not the training stream's: the same teacher
+        gives the same grid to every student, and the student's initialisation does not depend on it.
+
+        Raises:
+            TeacherLoadError: no teacher to load, a cache of another run, renders only from a cache."""
+        config = self.config
+        cache = None if config.teacher_cache is None else Path(config.teacher_cache)
+        if cache is not None and config.teacher_renders_only:
+            raise TeacherLoadError("a teacher cache holds the teacher at sample points, which distillation from renders "
+                                   "only does not use: leave out --pipeline.teacher-cache (or renders-only)")
+        if cache is not None and cache.exists():
+            return TeacherCache(cache, self.batch_key)
+        if config.teacher_config is None:
+            raise TeacherLoadError(f"teacher cache {cache} does not exist and no --pipeline.teacher-config is "
+                                   "given to write it")
+        self._cache_to_write = cache
+        key = {k: self.batch_key[k] for k in TEACHER_KEYS} | {"device": str(device)}
+
+        def load() -> Teacher:
+            with torch.random.fork_rng():  # a stock teacher's grid is filled from jittered points
+                torch.manual_seed(TEACHER_SEED)
+                return load_teacher(config.teacher_config, device, sampling)  # type: ignore[arg-type]
+
+        return _shared("teacher", key, load)[0]
+
+    def _capabilities(self, teacher: Teacher) -> Capability:
+        """What of the teacher this run uses: all it gives, less the rays and images of a cache to be written
+        (it will replay its batches), or only its images when distilling from renders."""
+        capabilities = teacher.capabilities
+        if self._cache_to_write is not None:
+            capabilities = capabilities & (Capability.POINTS | Capability.VOLUME_FEATURE) | Capability.RECORDED
+        if self.config.teacher_renders_only or not capabilities & (Capability.POINTS | Capability.RECORDED):
+            if Capability.IMAGES not in capabilities:
+                raise TeacherLoadError(f"teacher {teacher.name} renders no images to distil from")
+            CONSOLE.log(f"Distilling from the renders of {teacher.name} only: L_rgb alone, from stage 3 (L_v, L_σ and "
+                        "L_c need the teacher at points)")
+            capabilities = Capability.IMAGES
+        return capabilities
+
+    def _plan(self, teacher: Teacher, capabilities: Capability) -> Distillation:
+        """What the student distils with: the teacher's grid, the stages, the losses and whether ϕ¹ is aligned.
 
         Raises:
             TeacherLoadError: the teacher's occupancy grid has another resolution than the student's."""
-        student = self.model
-        if teacher.occupancy_grid.binaries.shape != student.occupancy_grid.binaries.shape:
-            raise TeacherLoadError(
-                f"teacher occupancy grid {tuple(teacher.occupancy_grid.binaries.shape[1:])} differs from the "
-                f"student's {tuple(student.occupancy_grid.binaries.shape[1:])}: set --pipeline.model.grid-resolution"
-            )
-        student.occupancy_grid.load_state_dict(teacher.occupancy_grid.state_dict())
-        student.occupancy_frozen = True
-        self.teacher = teacher
-        al = self.config.al
-        cached = isinstance(teacher, TeacherCache) or self._cache_to_write is not None
-        self.renders_only = self.config.teacher_renders_only or getattr(teacher, "renders_only", False)
-        """Distilling from the teacher's images alone (L_rgb only)."""
-        if self.renders_only and cached:
-            raise TeacherLoadError("a teacher cache holds the teacher at sample points, which distillation from renders "
-                                   "only does not use: leave out --pipeline.teacher-cache (or renders-only)")
-        if cached:
-            if al.poses or al.rays:
-                CONSOLE.log("Teacher cache: hard poses and hard rays are off (they need new teacher renders)")
-            al = dataclasses.replace(al, poses=False, rays=False)
-        if self.renders_only:
-            CONSOLE.log(f"Distilling from the renders of {teacher.name} only: L_rgb alone, from stage 3; L_v, L_σ, L_c, "
-                        "hard rays and hard points are off (they need the teacher at points or at any ray)")
-            al = dataclasses.replace(al, rays=False, points=False)
-        self.active_learning.config = al  # what the datamanager's samplers and feedback consult too
-        if isinstance(teacher, TeacherCache):
-            self.datamanager.attach_cache(teacher)
-        else:
-            self.datamanager.attach_teacher(teacher, self.active_learning if al.any and not cached else None,
-                                            renders_only=self.renders_only)
-        self.align_volume = student.field.has_volume_feature and teacher.has_volume_feature and not self.renders_only
-        if not self.align_volume and not self.renders_only:
-            who = f"student ({type(student.field).__name__})" if not student.field.has_volume_feature else f"teacher ({teacher.name})"
+        config, field_class = self.config, self.config.model.field._target
+        grid, resolution = teacher.occupancy_grid, config.model.grid_resolution
+        if tuple(grid.binaries.shape[1:]) != (resolution,) * 3:
+            raise TeacherLoadError(f"teacher occupancy grid {tuple(grid.binaries.shape[1:])} differs from the student's "
+                                   f"{(resolution,) * 3}: set --pipeline.model.grid-resolution")
+        points = Capability.POINTS in capabilities
+        align = field_class.has_volume_feature and Capability.VOLUME_FEATURE in capabilities
+        if points and not align:
+            who = f"student ({field_class.__name__})" if not field_class.has_volume_feature else f"teacher ({teacher.name})"
             CONSOLE.log(f"Stage 1 and L_v skipped: the {who} has no ϕ¹ volume feature")
-        elif self.config.loss.volume_weight <= 0:
-            self.align_volume = False
+        elif align and config.loss.volume_weight <= 0:
+            align = False
             CONSOLE.log("Stage 1 skipped: the volume-aligned loss is switched off (loss.volume_weight = 0)")
-        self.stages = StageSchedule(self.config.stage1_steps, self.config.stage2_steps,
-                                    self.config.blockwise and not self.renders_only, has_stage1=self.align_volume)
-        self.al_start = self.stages.stage3_start if al.start_step is None else al.start_step
-        if al.any:
-            levels = ", ".join(n for n, on in (("hard poses", al.poses), ("hard rays", al.rays), ("hard points", al.points)) if on)
-            CONSOLE.log(f"Active learning ({levels}) from step {self.al_start}")
+        stages = StageSchedule(config.stage1_steps, config.stage2_steps, config.blockwise and points, has_stage1=align)
+        return Distillation(grid, stages, config.loss, align)
 
-    @property
-    def al_config(self) -> ActiveLearningConfig:
-        """The active-learning levels in use: ``config.al`` less what a teacher cache or renders-only
-        distillation cannot serve (set when the teacher is attached)."""
-        return self.active_learning.config
-
+    # --- training -------------------------------------------------------------------------------------
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        trainer = training_callback_attributes.trainer
-        if trainer is not None:  # a teacher cache holds one batch per step of the run
-            self._run_steps = trainer.config.max_num_iterations
-        return super().get_training_callbacks(training_callback_attributes)
+        """nerfstudio's (datamanager's and model's), and when distilling, before every step: the teacher cache
+        written on the first (serial mode), then :meth:`set_step`."""
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        if self.model.distillation is not None:
+            trainer = training_callback_attributes.trainer
+            if trainer is not None:  # a teacher cache holds one batch per step of the run
+                self._run_steps = trainer.config.max_num_iterations
+            before = [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION]
+            callbacks += [TrainingCallback(before, self.write_teacher_cache), TrainingCallback(before, self.set_step)]
+        return callbacks
 
-    def write_teacher_cache(self, num_batches: int) -> TeacherCache:
-        """Serial mode: render ``num_batches`` pseudo-label batches with the live teacher into
-        ``config.teacher_cache`` (bounded by ``teacher_cache_gib``), then release the teacher and
-        distil from the cache.
-
-        Raises:
-            TeacherLoadError: the cache path exists already, or the bound is below one batch."""
-        from pvdal_ns.runner import progress_bar
-
-        teacher = self.teacher
-        assert isinstance(teacher, Teacher) and self._cache_to_write is not None
-        with progress_bar() as progress:
-            task = progress.add_task("teacher cache: rendering", total=num_batches)
-            cache = write_cache(self._cache_to_write, teacher, self.datamanager.pseudo_label_batches(num_batches),
-                                self.cache_key(), int(self.config.teacher_cache_gib * 2**30),
-                                lambda: progress.advance(task))
-        CONSOLE.log(f"Teacher cache: {len(cache)} batches, {cache.nbytes / 2**30:.2f} GiB in {cache.path}")
+    def write_teacher_cache(self, step: int) -> None:
+        """Serial mode, before the first step: the teacher renders the run's batches (one per step, within
+        ``teacher_cache_gib``) into ``teacher_cache``, is released, and the student distils from the cache.
+        A student sharing the batches of another finds the cache written already."""
+        labels = self.datamanager.pseudo_labels
+        if self._cache_to_write is None or labels is None:
+            return
+        if Capability.RECORDED not in labels.teacher.capabilities:
+            labels.record(self._cache_to_write, self._run_steps or step + 1, self.batch_key,
+                          int(self.config.teacher_cache_gib * 2**30))
         self._cache_to_write = None
-        self.teacher = cache
-        self.datamanager.attach_cache(cache)
-        return cache
+
+    def set_step(self, step: int) -> None:
+        """The step-dependent state of distillation, before every step (as nerfacto's ``set_anneal``):
+        active learning from its start step, and the model's stage and hard-point rule."""
+        self.active_learning.set_step(step)
+        self.model.set_step(step, self.active_learning.hard_points)
 
     def get_train_loss_dict(self, step: int):
-        """One training step's outputs, weighted losses and metrics.
-
-        Without a teacher: nerfstudio's image loss. With one: the PVD losses of the stage at ``step``
-        (Eq. 7) at the teacher's sample points; ``rgb_loss`` against the teacher's render from stage 3.
-        Metrics: ``stage``, ``samples_per_ray`` and, from stage 3, ``psnr_vs_teacher`` (dB); with
-        active learning on, ``al_overhead_ms`` (its bookkeeping, ms per step), the pools' fill and the
-        fraction of hard points.
-        """
-        if self.teacher is None:
-            return super().get_train_loss_dict(step)
-        if self._cache_to_write is not None:
-            if self.datamanager.batch_source is None:
-                self.write_teacher_cache(self._run_steps or step + 1)
-            else:  # a follower trains on the leader's batches: the leader writes and reads the cache
-                self._cache_to_write = None
-        stage = self.stages.stage_at(step)
-        al = self.active_learning
-        al.active = self.al_config.any and stage == 3 and step >= self.al_start  # it needs the student's render
+        """One training step, as ``VanillaPipeline``'s: the datamanager's batch (the teacher's targets ride
+        in ``batch["teacher"]`` when distilling), the model at it, the model's metrics and losses; then the
+        step's errors go to active learning (:meth:`DistillationDataManager.feedback`)."""
         ray_bundle, batch = self.datamanager.next_train(step)
-        teacher = batch["teacher"]
-        if stage != self._stage:
-            CONSOLE.log(f"Step {step}: distillation stage {stage}")
-            self._stage = stage
-        student = self.model.query(teacher.ray_samples, teacher.mask, with_rgb=stage >= 2)
-        metrics_dict: Dict[str, torch.Tensor] = {
-            "stage": torch.tensor(float(stage)),
-            "samples_per_ray": teacher.mask.sum(dim=-1).float().mean(),
-        }
-        outputs: Dict[str, torch.Tensor] = {}
-        hard_points = None
-        al_seconds = 0.0
-        if stage == 3:
-            outputs = self.model.composite(teacher.ray_samples, teacher.mask, student, batch["background"])
-            if al.active and self.al_config.points:
-                started = time.perf_counter()
-                hard_points = hard_point_mask(
-                    teacher.weights, outputs["weights"], teacher.mask, teacher.accumulation,
-                    self.al_config.point_fraction, self.al_config.point_min_opacity,
-                )
-                metrics_dict["al_hard_point_fraction"] = hard_points.float().mean()
-                al_seconds += time.perf_counter() - started
-        loss_dict = {} if teacher.points is None else point_losses(
-            student, teacher.points, stage, self.config.loss, self.align_volume, hard_points, step)
-        if stage >= 2:
-            loss_dict["regularization"] = self.model.config.regularization_weight * self.model.field.regularization_loss()
-        if stage == 3:
-            errors = ray_rgb_errors(outputs["rgb"], teacher.rgb)
-            mse = errors.mean()  # L_rgb
-            if self.config.loss.rgb_weight > 0:
-                loss_dict["rgb_loss"] = self.config.loss.rgb_weight * mse
-            metrics_dict["psnr_vs_teacher"] = -10.0 * torch.log10(mse.detach().clamp(min=1e-10))
-            if al.active:
-                started = time.perf_counter()
-                self.datamanager.feedback(ray_bundle, batch, errors.detach())
-                al_seconds += time.perf_counter() - started
-                metrics_dict["al_ray_pool_fill"] = torch.tensor(len(al.hard_rays) / max(al.hard_rays.capacity, 1))
-                metrics_dict["al_pose_pool_size"] = torch.tensor(float(len(al.hard_poses.poses)))
-        if al.active:
-            metrics_dict["al_overhead_ms"] = torch.tensor(1000.0 * al_seconds)
-        return outputs, loss_dict, metrics_dict
+        model_outputs = self._model(ray_bundle, batch.get("teacher"))
+        metrics_dict = self.model.get_metrics_dict(model_outputs, batch)
+        loss_dict = self.model.get_loss_dict(model_outputs, batch, metrics_dict)
+        metrics_dict.update(self.datamanager.feedback(ray_bundle, batch, model_outputs))
+        return model_outputs, loss_dict, metrics_dict

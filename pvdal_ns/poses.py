@@ -1,4 +1,4 @@
-"""Novel camera poses like the training cameras (DESIGN §1), and random rotations to jitter them."""
+"""Novel camera poses like the training cameras (docs/design.md, "Method"), and random rotations to jitter them."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def random_rotations(n: int, max_degrees: float, generator: Optional[torch.Gener
 
 
 class PoseSampler:
-    """Draws novel camera-to-world poses like the training cameras (DESIGN §1).
+    """Draws novel camera-to-world poses like the training cameras (docs/design.md, "Method").
 
     Object-centric captures (cameras looking from all around): orbit poses around the scene-box centre
     with the training cameras' radius range and elevation percentiles, looking at the centre.

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
+from nerfstudio.utils.rich_utils import CONSOLE
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from pvdal_ns import __version__
+from pvdal_ns.files import write_atomic
 from pvdal_ns.runner import EvalResult
 
 
@@ -76,13 +77,6 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, models: List[ModelReport], extra: Dict) -> None:
     """Write ``report.json``: models, device, versions, peak memory and ``extra`` (command, scene, timings…)."""
     payload = {
@@ -92,14 +86,14 @@ def write_json(path: Path, models: List[ModelReport], extra: Dict) -> None:
         "peak_memory_gib": round(peak_memory_gib(), 2),
         **extra,
     }
-    _write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+    write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
 
 
 def _short_count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
-def print_table(models: List[ModelReport], console: Optional[Console] = None) -> None:
+def print_table(models: List[ModelReport]) -> None:
     """Print the comparison table (Δ PSNR against the teacher); report.json has every digit."""
     teacher = next((m for m in models if m.role == "teacher"), None)
     table = Table(title="PVD-AL conversion on the test views (PSNR and Δ in dB, training time in s)", box=box.SIMPLE_HEAD)
@@ -110,7 +104,7 @@ def print_table(models: List[ModelReport], console: Optional[Console] = None) ->
         lpips = "n/a" if m.lpips is None else f"{m.lpips:.3f}"
         seconds = f"{m.train_seconds:.0f}" + (" cached" if m.cached else "")
         table.add_row(m.name, f"{m.psnr:.2f}", delta, f"{m.ssim:.3f}", lpips, seconds, _short_count(m.parameters), str(m.steps))
-    (console or Console()).print(table)
+    CONSOLE.print(table)
 
 
 def save_comparison(path: Path, gt: torch.Tensor, renders: Dict[str, torch.Tensor], psnrs: Dict[str, float]) -> None:
@@ -138,5 +132,5 @@ def save_comparison(path: Path, gt: torch.Tensor, renders: Dict[str, torch.Tenso
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
-    _write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""Run nerfstudio training and evaluation in-process, with rich progress bars.
+"""Run nerfstudio training and evaluation in-process, with nerfstudio's progress bars.
 
 Used by ``ns-distill``: it trains with nerfstudio's own ``Trainer`` (checkpoints, writers, callbacks
 exactly as ``ns-train``) and evaluates on the eval split's full images.
@@ -15,23 +15,14 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
-from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from nerfstudio.utils import writer
+from nerfstudio.utils.misc import step_check
+from nerfstudio.utils.rich_utils import get_progress
 
 from pvdal_ns.metrics import image_metrics, offline_lpips
-
-
-def progress_bar() -> Progress:
-    """A rich progress bar with steps done, elapsed time and ETA."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
+from pvdal_ns.pipeline import sharing
 
 
 def quiet(config: TrainerConfig) -> TrainerConfig:
@@ -67,7 +58,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_trainer(config: TrainerConfig):
+def _setup_trainer(config: TrainerConfig) -> Trainer:
     """Seed, write config.yml and set up nerfstudio's ``Trainer`` (LPIPS of stock models not downloaded)."""
     set_seed(config.machine.seed)
     config.set_timestamp()
@@ -87,8 +78,8 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
     """
     trainer = _setup_trainer(config)
     steps = config.max_num_iterations
-    with progress_bar() as progress:
-        task = progress.add_task(description, total=steps)
+    with get_progress(description) as progress:
+        task = progress.add_task("", total=steps)
         trainer.callbacks.append(
             TrainingCallback(
                 [TrainingCallbackLocation.AFTER_TRAIN_ITERATION], lambda step: progress.update(task, completed=step + 1)
@@ -105,84 +96,74 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
     """Train several students of one teacher in lockstep, one teacher pass per batch.
 
     Each config gets its own nerfstudio ``Trainer`` (config.yml, checkpoints, tensorboard events and
-    callbacks as ``ns-train`` writes them). They load the teacher once (:func:`sharing_teachers`), and
-    at every step all students with the same batch settings (rays per batch, samples per ray, grid) train
-    on one pseudo-label batch, made by the datamanager of the one with the most steps (the leader: its
-    errors drive active learning, see :meth:`DistillationDataManager.share_batches_from`); students with
-    other batch settings get their own batches from the same teacher. A student with fewer steps stops
-    early.
+    callbacks as ``ns-train`` writes them). They are set up inside :func:`~pvdal_ns.pipeline.sharing`, most
+    steps first: they load the teacher once, and students whose batches agree
+    (:func:`~pvdal_ns.pipeline.batch_key`) train on one source of pseudo-label batches, led by the one with
+    the most steps (its errors drive active learning); students with other batch settings get their own
+    batches from the same teacher. Every step, the students train one after another, leaders first; a
+    student with fewer steps stops early.
+
+    The loop mirrors nerfstudio 1.1.5's ``Trainer.train`` (``nerfstudio/engine/trainer.py``, the loop body
+    of lines 246–309 and ``_after_train``, lines 324–346) through the trainer's public methods: per step
+    ``pipeline.train()``, the ``BEFORE_TRAIN_ITERATION`` callbacks, ``train_iteration``, the
+    ``AFTER_TRAIN_ITERATION`` callbacks, the loss and metrics logging at ``steps_per_log``,
+    ``eval_iteration``, ``save_checkpoint`` at ``steps_per_save`` and ``writer.write_out_storage()``; at the
+    end the last checkpoint, the remaining events and the ``AFTER_TRAIN`` callbacks. Left out: the viewer,
+    pausing, and the timing events. A nerfstudio upgrade that changes those lines needs this loop checked.
 
     Returns:
-        One TrainResult per config; ``seconds`` is the wall time of that student's own iterations (the
-        shared teacher render of a step is counted in the first student to train at that step).
+        One TrainResult per config, in the order given; ``seconds`` is the wall time of that student's own
+        iterations (the shared teacher render of a step is counted in the first student to train at that step).
     """
-    from nerfstudio.utils import writer
-
-    from pvdal_ns.pipeline import sharing_teachers
-
-    trainers, writers = [], []
-    with sharing_teachers():
-        for config in configs:
+    order = sorted(range(len(configs)), key=lambda i: -configs[i].max_num_iterations)  # leaders first
+    trainers: Dict[int, Trainer] = {}
+    writers: Dict[int, list] = {}
+    with sharing():
+        for i in order:
             writer.EVENT_WRITERS.clear()  # each Trainer adds its own writers to nerfstudio's global list
-            trainers.append(_setup_trainer(config))
-            writers.append(list(writer.EVENT_WRITERS))
-    groups: Dict[tuple, List[int]] = {}
-    for i, config in enumerate(configs):
-        groups.setdefault(_batch_settings(config), []).append(i)
-    for members in groups.values():
-        lead = max(members, key=lambda i: configs[i].max_num_iterations)  # renders every step
-        for i in members:
-            if i != lead:
-                trainers[i].pipeline.datamanager.share_batches_from(trainers[lead].pipeline.datamanager)
-    seconds = [0.0] * len(trainers)
+            trainers[i] = _setup_trainer(configs[i])
+            writers[i] = list(writer.EVENT_WRITERS)
+    seconds = dict.fromkeys(order, 0.0)
     total = max(c.max_num_iterations for c in configs)
-    with progress_bar() as progress:
-        task = progress.add_task(description, total=total)
+    with get_progress(description) as progress:
+        task = progress.add_task("", total=total)
         for step in range(total):
-            for i, trainer in enumerate(trainers):
+            for i in order:
+                trainer = trainers[i]
                 if step >= trainer.config.max_num_iterations:
                     continue
                 writer.EVENT_WRITERS[:] = writers[i]
                 started = time.perf_counter()
-                _iteration(trainer, step)
+                trainer.step = step
+                trainer.pipeline.train()
+                for callback in trainer.callbacks:
+                    callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+                loss, loss_dict, metrics_dict = trainer.train_iteration(step)
+                for callback in trainer.callbacks:
+                    callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+                if step_check(step, trainer.config.logging.steps_per_log, run_at_zero=True):
+                    writer.put_scalar(name="Train Loss", scalar=loss, step=step)
+                    writer.put_dict(name="Train Loss Dict", scalar_dict=loss_dict, step=step)
+                    writer.put_dict(name="Train Metrics Dict", scalar_dict=metrics_dict, step=step)
+                if trainer.pipeline.datamanager.eval_dataset:
+                    trainer.eval_iteration(step)
+                if step_check(step, trainer.config.steps_per_save):
+                    trainer.save_checkpoint(step)
                 seconds[i] += time.perf_counter() - started
                 writer.write_out_storage()
             progress.update(task, completed=step + 1)
     results = []
-    for i, (trainer, config) in enumerate(zip(trainers, configs)):
+    for i, config in enumerate(configs):
+        trainer = trainers[i]
         writer.EVENT_WRITERS[:] = writers[i]
-        trainer._after_train()
+        trainer.save_checkpoint(trainer.step)
+        writer.write_out_storage()
+        for callback in trainer.callbacks:
+            callback.run_callback_at_location(step=trainer.step, location=TrainingCallbackLocation.AFTER_TRAIN)
         trainer.shutdown()
         results.append(TrainResult(config.get_base_dir() / "config.yml", seconds[i], config.max_num_iterations, trainer.pipeline))
     writer.EVENT_WRITERS.clear()
     return results
-
-
-def _batch_settings(config: TrainerConfig) -> tuple:
-    """What must agree for two students to train on the same pseudo-label batches."""
-    datamanager, model = config.pipeline.datamanager, config.pipeline.model
-    return (datamanager.train_num_rays_per_batch, datamanager.poses_per_epoch, datamanager.steps_per_epoch,
-            model.num_samples, model.grid_resolution, config.pipeline.teacher_renders_only)
-
-
-def _iteration(trainer, step: int) -> None:
-    """One step of nerfstudio's ``Trainer.train`` loop: callbacks, optimisation, logging, checkpoint."""
-    from nerfstudio.utils import writer
-    from nerfstudio.utils.misc import step_check
-
-    trainer.step = step
-    trainer.pipeline.train()
-    for callback in trainer.callbacks:
-        callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-    loss, loss_dict, metrics_dict = trainer.train_iteration(step)
-    for callback in trainer.callbacks:
-        callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-    if step_check(step, trainer.config.logging.steps_per_log, run_at_zero=True):
-        writer.put_scalar(name="Train Loss", scalar=loss, step=step)
-        writer.put_dict(name="Train Loss Dict", scalar_dict=loss_dict, step=step)
-        writer.put_dict(name="Train Metrics Dict", scalar_dict=metrics_dict, step=step)
-    if step_check(step, trainer.config.steps_per_save):
-        trainer.save_checkpoint(step)
 
 
 @dataclass
@@ -210,8 +191,8 @@ def evaluate(pipeline: Pipeline, description: str = "Evaluating") -> EvalResult:
     model = pipeline.model
     loader = pipeline.datamanager.fixed_indices_eval_dataloader
     per_view, images, gts = [], [], []
-    with progress_bar() as progress:
-        for camera, batch in progress.track(loader, total=len(loader), description=description):
+    with get_progress(description) as progress:
+        for camera, batch in progress.track(loader, total=len(loader)):
             pred = model.get_outputs_for_camera(camera)["rgb"].cpu()
             gt = model.renderer_rgb.blend_background(batch["image"].to(model.device)).cpu()
             per_view.append(image_metrics(pred, gt))

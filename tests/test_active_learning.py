@@ -5,17 +5,10 @@ import math
 
 import torch
 
-from pvdal_ns.active_learning import (
-    ActiveLearning,
-    ActiveLearningConfig,
-    HardPosePool,
-    HardRayPool,
-    hard_point_mask,
-    top_fraction_per_ray,
-)
+from pvdal_ns.active_learning import ActiveLearning, ActiveLearningConfig, HardPosePool, HardRayPool
 from pvdal_ns.checkpoints import load_checkpoint
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.losses import PVDLossConfig, point_losses
+from pvdal_ns.losses import PVDLossConfig, hard_point_mask, point_losses, top_fraction_per_ray
 
 
 def test_top_fraction_counts_only_occupied_samples():

@@ -61,7 +61,7 @@ def test_bad_teacher_is_one_line_and_exit_code_2(tmp_path):
 def test_teacher_without_checkpoint_is_reported(tiny_teacher, tmp_path):
     import shutil
 
-    from pvdal_ns.teacher import TeacherLoadError, load_teacher
+    from pvdal_ns.teachers import TeacherLoadError, load_teacher
 
     config_path, _ = tiny_teacher
     copy = tmp_path / "run"

@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import tiny_config, train_step_losses
 from pvdal_ns.runner import evaluate
-from pvdal_ns.teacher import TeacherLoadError, load_teacher
+from pvdal_ns.teachers import TeacherLoadError, load_teacher
 
 
 def _psnr(a, b):
@@ -52,7 +52,7 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     assert teacher is not None
 
     # stages switch at the configured steps, with the loss terms of each stage
-    keys = {s: set(pipeline.get_train_loss_dict(s)[1]) for s in (0, 25, 45)}
+    keys = {s: set(train_step_losses(trainer, s)[1]) for s in (0, 25, 45)}
     assert keys[0] == {"volume_loss"}
     assert keys[25] == {"volume_loss", "density_loss", "colour_loss", "regularization"}
     assert keys[45] == {"volume_loss", "density_loss", "colour_loss", "regularization", "rgb_loss"}
@@ -105,9 +105,9 @@ def test_student_of_tensors_skips_stage_one(tiny_teacher, tmp_path):
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     pipeline = trainer.pipeline
-    assert not pipeline.align_volume
-    assert pipeline.stages.stage_at(0) == 2
-    assert "volume_loss" not in pipeline.get_train_loss_dict(0)[1]
+    assert not pipeline.model.distillation.align_volume
+    assert pipeline.model.distillation.stages.stage_at(0) == 2
+    assert "volume_loss" not in train_step_losses(trainer, 0)[1]
 
 
 def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path):
@@ -121,8 +121,10 @@ def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path):
     runs, other = runs[:2], runs[2].pipeline
     leader, follower = (r.pipeline for r in runs)
     assert leader.teacher is follower.teacher is other.teacher  # loaded once
-    assert follower.datamanager.batch_source is leader.datamanager
-    assert other.datamanager.batch_source is None  # other rays per batch: its own batches, same teacher
+    assert follower.datamanager.pseudo_labels is leader.datamanager.pseudo_labels  # the leader's batches
+    assert leader.datamanager.leads and not follower.datamanager.leads  # the leader's errors drive active learning
+    assert other.datamanager.pseudo_labels is not leader.datamanager.pseudo_labels  # other rays per batch: its own
+    assert other.datamanager.leads  # batches, same teacher
     assert len(other.datamanager.next_train(100)[0]) == 256
     ray_bundle, batch = follower.datamanager.next_train(100)
     assert leader.datamanager.next_train(100)[1] is batch  # one teacher render for both students
@@ -174,20 +176,22 @@ def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, c
     trainer.setup()
     pipeline = trainer.pipeline
     assert "Distilling from the renders of VMField only" in capsys.readouterr().out
-    assert pipeline.stages.stage_at(0) == 3 and not pipeline.align_volume
-    assert not pipeline.al_config.rays and not pipeline.al_config.points and pipeline.al_config.poses
+    distillation, levels = pipeline.model.distillation, pipeline.active_learning.config
+    assert distillation.stages.stage_at(0) == 3 and not distillation.align_volume
+    assert not levels.rays and not levels.points and levels.poses
 
     dm = pipeline.datamanager
-    assert dm.teacher_images.rgb.shape == (8, 100, 100, 3) and dm.teacher_images.accumulation.shape == (8, 100, 100, 1)
+    images = dm.pseudo_labels.images
+    assert images.rgb.shape == (8, 100, 100, 3) and images.accumulation.shape == (8, 100, 100, 1)
     ray_bundle, batch = dm.next_train(0)
     pixels = batch["indices"]
-    expected, _ = dm.teacher_images.composite(pixels, batch["background"])
+    expected, _ = images.composite(pixels, batch["background"])
     torch.testing.assert_close(batch["image"], expected)
     assert batch["teacher"].points is None
     live = pipeline.teacher.render(ray_bundle, batch["background"]).rgb  # the same rays, rendered per ray
     assert float((live - batch["image"]).abs().mean()) < 0.01
 
-    assert set(pipeline.get_train_loss_dict(1)[1]) == {"rgb_loss", "regularization"}
+    assert set(train_step_losses(trainer, 1)[1]) == {"rgb_loss", "regularization"}
     reference = _render_views(teacher_pipeline)
     before = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
     trainer.train()

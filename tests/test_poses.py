@@ -1,4 +1,4 @@
-"""Novel poses for pseudo-labels follow the training cameras (DESIGN §1)."""
+"""Novel poses for pseudo-labels follow the training cameras (docs/design.md, "Method")."""
 
 import json
 

@@ -2,18 +2,22 @@
 the CPU load through the same option as pvdal-* teachers, and each adapter says what the model itself
 says: the same density and colour at any point, the same rendering of the same rays."""
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 
-from conftest import tiny_config
+from conftest import tiny_config, train_step_losses
 from pvdal_ns import EMBEDDED_SCENE
-from pvdal_ns.teacher import Sampling, TeacherLoadError, load_teacher
+from pvdal_ns.samples import Sampling
+from pvdal_ns.teachers import Capability, TeacherLoadError, load_teacher
 
 SAMPLING = Sampling(SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), grid_resolution=32, num_samples=256)
 TRAINED = {"tensorf": 3, "nerfacto": 2, "vanilla-nerf": 2}  # steps of ns-train's own trainer
@@ -50,10 +54,10 @@ def stock_teachers(tmp_path_factory):
 @pytest.mark.parametrize("family,volume_feature", [("nerfacto", True), ("instant-ngp", True), ("tensorf", False),
                                                    ("vanilla-nerf", False)])
 def test_adapter_points_are_the_fields_own(stock_teachers, family, volume_feature):
-    from pvdal_ns.stock_teachers import point_samples
+    from pvdal_ns.teachers.stock import point_samples
 
     teacher = load_teacher(stock_teachers[family], "cpu", SAMPLING)
-    assert teacher.name == family and teacher.has_volume_feature == volume_feature
+    assert teacher.name == family and (Capability.VOLUME_FEATURE in teacher.capabilities) == volume_feature
     assert not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters())
     torch.manual_seed(0)
     x = torch.rand(500, 3) * 2.4 - 1.2
@@ -95,6 +99,40 @@ def test_adapter_renders_the_rays_as_the_model_does(stock_teachers, family):
     assert (own_rgb - mine).abs().mean() < 0.25 * (own_rgb - 1).abs().mean()
 
 
+def _test_camera(size: int = 20) -> Cameras:
+    """The first test view of the embedded scene, at ``size`` × ``size`` pixels."""
+    meta = json.loads((EMBEDDED_SCENE / "transforms_test.json").read_text())
+    c2w = torch.tensor(meta["frames"][0]["transform_matrix"])[None, :3]
+    focal = 0.5 * size / math.tan(0.5 * meta["camera_angle_x"])
+    return Cameras(camera_to_worlds=c2w, fx=focal, fy=focal, cx=size / 2, cy=size / 2, width=size, height=size)
+
+
+@pytest.mark.parametrize("family", ["pvdal-*", "nerfacto", "instant-ngp", "tensorf", "vanilla-nerf", "splatfacto"])
+def test_no_teacher_is_asked_an_empty_query(family, stock_teachers, tiny_teacher, tmp_path):
+    """``ns-distill run --teacher <a tensorf run> --student hash mlp`` died on an active-learning image with
+    rays of no occupied sample: nerfstudio's ``NeRFEncoding`` cannot reshape an empty chunk. Every family
+    answers an empty query with empty outputs, and renders an image with nothing in it as the background."""
+    if family == "splatfacto":
+        if not torch.cuda.is_available():
+            pytest.skip("splatfacto renders with gsplat, which needs CUDA")
+        teacher = load_teacher(_splatfacto_checkpoint(tmp_path), "cuda", SAMPLING)
+    else:
+        teacher = load_teacher(tiny_teacher[0] if family == "pvdal-*" else stock_teachers[family], "cpu", SAMPLING)
+        nowhere = torch.zeros(0, 3)
+        points = teacher.query_points(nowhere, nowhere)
+        assert points.raw_density.shape == (0, 1) and points.rgb.shape == (0, 3)
+        has_phi1 = Capability.VOLUME_FEATURE in teacher.capabilities
+        assert (points.phi1.shape == (0, 16)) if has_phi1 else points.phi1 is None
+        assert teacher.query_points(nowhere).rgb is None
+    teacher.occupancy_grid.binaries[:] = False  # nothing occupied: no ray of the image has a sample
+    if family == "splatfacto":  # its images are gsplat's own: look away from every Gaussian instead
+        teacher.model.gauss_params["opacities"].data[:] = -20.0
+    camera = _test_camera().to(teacher.occupancy_grid.binaries.device)
+    images = teacher.render_images(camera)
+    assert images.rgb.shape == (1, 20, 20, 3) and float(images.accumulation.abs().max()) < 1e-6
+    torch.testing.assert_close(teacher.render_camera(camera), torch.ones(20, 20, 3))
+
+
 def test_stock_teacher_distils_with_the_losses_it_can_feed(stock_teachers, tmp_path, capsys):
     config = tiny_config("vm", tmp_path, steps=40, teacher=stock_teachers["tensorf"], experiment="from-tensorf")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 10, 10
@@ -103,14 +141,14 @@ def test_stock_teacher_distils_with_the_losses_it_can_feed(stock_teachers, tmp_p
     pipeline = trainer.pipeline
     assert pipeline.teacher.name == "tensorf"
     assert "Stage 1 and L_v skipped: the teacher (tensorf) has no ϕ¹ volume feature" in capsys.readouterr().out
-    assert set(pipeline.get_train_loss_dict(0)[1]) == {"density_loss", "colour_loss", "regularization"}
-    assert "rgb_loss" in pipeline.get_train_loss_dict(15)[1]
+    assert set(train_step_losses(trainer, 0)[1]) == {"density_loss", "colour_loss", "regularization"}
+    assert "rgb_loss" in train_step_losses(trainer, 15)[1]
 
     config = tiny_config("hash", tmp_path, steps=40, teacher=stock_teachers["nerfacto"], experiment="from-nerfacto")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 10, 10
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    losses = trainer.pipeline.get_train_loss_dict(0)[1]
+    losses = train_step_losses(trainer, 0)[1]
     assert set(losses) == {"volume_loss"} and torch.isfinite(losses["volume_loss"])
 
 
@@ -152,7 +190,8 @@ def test_chain_nerfacto_to_tensors_to_mlp(stock_teachers, tmp_path):
     assert first.pipeline.teacher.name == "nerfacto"
     assert not any(k.startswith("teacher") for k in first.pipeline.state_dict())
     second = train(tiny_config("mlp", tmp_path, steps=4, teacher=first.config_path, experiment="mlp"), "tensors → mlp")
-    assert second.pipeline.teacher.name == "TensorsField" and not second.pipeline.teacher.has_volume_feature
+    second_teacher = second.pipeline.teacher
+    assert second_teacher.name == "TensorsField" and Capability.VOLUME_FEATURE not in second_teacher.capabilities
     assert second.config_path.is_file()
 
 
@@ -175,8 +214,8 @@ def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_p
     """splatfacto loads through the same option, renders only; on a CPU it is refused in one line. Its
     shared sample points lie in the cells of its visible Gaussians."""
     from pvdal_ns.checkpoints import load_checkpoint, model_state
-    from pvdal_ns.stock_teachers import SplatfactoTeacher, build_stock_model
-    from pvdal_ns.teacher import newest_checkpoint, read_trainer_config
+    from pvdal_ns.teachers import newest_checkpoint, read_trainer_config
+    from pvdal_ns.teachers.stock import SplatfactoTeacher, build_stock_model
 
     path = _splatfacto_checkpoint(tmp_path)
     with pytest.raises(TeacherLoadError, match="splatfacto model: it renders with gsplat, which needs CUDA"):
@@ -200,7 +239,7 @@ def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_p
         model.gauss_params["scales"][:] = torch.log(torch.tensor(0.01))
         model.gauss_params["opacities"][:] = torch.cat([torch.full((400, 1), 2.0), torch.full((100, 1), -8.0)])
     teacher = SplatfactoTeacher(model, path, SAMPLING)
-    assert teacher.renders_only and teacher.name == "splatfacto"
+    assert teacher.capabilities == Capability.IMAGES and teacher.name == "splatfacto"  # renders only
     grid = teacher.occupancy_grid
     assert grid.occupied(visible).all() and not grid.occupied(hidden).any()
     assert not grid.occupied(torch.tensor([[0.0, 0.0, 0.0], [1.2, -1.2, 1.2]])).any()

@@ -2,15 +2,17 @@
 interrupted writes leave nothing half-written, a student distils from the cache with no teacher loaded,
 and a cache of another run is refused."""
 
+import gc
 import os
 import subprocess
+import weakref
 
 import pytest
 import torch
 
-from conftest import tiny_config
-from pvdal_ns.teacher import TeacherLoadError
-from pvdal_ns.teacher_cache import TeacherCache, _partial_path, batch_nbytes, write_cache
+from conftest import tiny_config, train_step_losses
+from pvdal_ns.teachers import Capability, TeacherLoadError
+from pvdal_ns.teachers.cache import TeacherCache, _partial_path, batch_nbytes, write_cache
 
 
 def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="cache", with_teacher=True, rays=None):
@@ -27,12 +29,13 @@ def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="ca
 def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_teacher, tmp_path):
     pipeline = _trainer(tiny_teacher[0], tmp_path, steps=10).pipeline
     teacher = pipeline.teacher  # live until the first step writes the cache
-    batches = list(pipeline.datamanager.pseudo_label_batches(3))
-    cache = write_cache(tmp_path / "c", teacher, batches, pipeline.cache_key(), max_bytes=1 << 30)
-    assert len(cache) == 3 and cache.has_volume_feature and torch.equal(cache.occupancy_grid.binaries, teacher.occupancy_grid.binaries)
+    batches = list(pipeline.datamanager.pseudo_labels.render_batches(3))
+    cache = write_cache(tmp_path / "c", teacher, batches, pipeline.batch_key, max_bytes=1 << 30)
+    assert len(cache) == 3 and Capability.VOLUME_FEATURE in cache.capabilities
+    assert torch.equal(cache.occupancy_grid.binaries, teacher.occupancy_grid.binaries)
     for i, (live_rays, batch) in enumerate(batches):
         live = batch["teacher"]
-        rays, cached = cache.batch(i, batch["background"], torch.device("cpu"))
+        rays, cached = cache.recorded_batch(i, batch["background"], torch.device("cpu"))
         assert torch.equal(rays.origins, live_rays.origins) and torch.equal(rays.directions, live_rays.directions)
         assert torch.equal(cached.mask, live.mask)
         positions = cached.ray_samples.frustums.get_positions()[cached.mask]
@@ -46,16 +49,16 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
 
     # the bound keeps whole batches; below one batch it refuses and leaves nothing behind
     sizes = [batch_nbytes(1024, b["teacher"].mask.shape[1], len(b["teacher"].points.raw_density), 20) for _, b in batches]
-    assert len(write_cache(tmp_path / "two", teacher, batches, pipeline.cache_key(), sizes[0] + sizes[1] + 1)) == 2
+    assert len(write_cache(tmp_path / "two", teacher, batches, pipeline.batch_key, sizes[0] + sizes[1] + 1)) == 2
     with pytest.raises(TeacherLoadError, match="smaller than one batch"):
-        write_cache(tmp_path / "none", teacher, batches, pipeline.cache_key(), sizes[0] - 1)
+        write_cache(tmp_path / "none", teacher, batches, pipeline.batch_key, sizes[0] - 1)
 
     def interrupted():
         yield batches[0]
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_cache(tmp_path / "cut", teacher, interrupted(), pipeline.cache_key(), 1 << 30)
+        write_cache(tmp_path / "cut", teacher, interrupted(), pipeline.batch_key, 1 << 30)
     assert not list(tmp_path.glob("none*")) and not list(tmp_path.glob("cut*"))
 
     # what a killed writer left is removed by the next write; a running writer's folder is kept
@@ -63,10 +66,10 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
     ended.wait()
     abandoned, running = _partial_path(tmp_path / "w", ended.pid), _partial_path(tmp_path / "w", os.getppid())
     abandoned.mkdir(), running.mkdir()
-    write_cache(tmp_path / "w", teacher, batches[:1], pipeline.cache_key(), 1 << 30)
+    write_cache(tmp_path / "w", teacher, batches[:1], pipeline.batch_key, 1 << 30)
     assert not abandoned.exists() and running.exists()
     with pytest.raises(TeacherLoadError, match="already exists"):
-        write_cache(tmp_path / "c", teacher, batches, pipeline.cache_key(), 1 << 30)
+        write_cache(tmp_path / "c", teacher, batches, pipeline.batch_key, 1 << 30)
 
 
 def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_path):
@@ -75,6 +78,7 @@ def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_pa
     teacher_path, teacher_pipeline = tiny_teacher
     trainer = _trainer(teacher_path, tmp_path, steps=80)
     pipeline = trainer.pipeline
+    live_teacher = weakref.ref(pipeline.teacher)
     reference = _render_views(teacher_pipeline)
     before = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
     trainer.train()
@@ -82,14 +86,17 @@ def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_pa
     assert after > before + 5.0, (before, after)
     # the cache holds one batch per step, and the live teacher was released after writing it
     assert isinstance(pipeline.teacher, TeacherCache) and len(pipeline.teacher) == 80
-    assert pipeline.datamanager.teacher is None and pipeline.al_config.points and not pipeline.al_config.rays
+    gc.collect()
+    assert live_teacher() is None  # nothing holds the live teacher any more
+    assert pipeline.active_learning.config.points and not pipeline.active_learning.config.rays
 
     # a later run reuses it with no teacher config at all; it cycles through the 80 batches
-    reuse = _trainer(teacher_path, tmp_path, steps=100, experiment="reuse", with_teacher=False).pipeline
+    reuse_trainer = _trainer(teacher_path, tmp_path, steps=100, experiment="reuse", with_teacher=False)
+    reuse = reuse_trainer.pipeline
     assert isinstance(reuse.teacher, TeacherCache) and reuse.teacher.source == teacher_path.resolve()
     first = reuse.datamanager.next_train(0)[0].origins
     assert torch.equal(reuse.datamanager.next_train(80)[0].origins, first)
-    assert set(reuse.get_train_loss_dict(99)[1]) >= {"rgb_loss", "density_loss"}
+    assert set(train_step_losses(reuse_trainer, 99)[1]) >= {"rgb_loss", "density_loss"}
 
     # a cache of another run (here: other rays per batch) is refused with the reason
     with pytest.raises(TeacherLoadError, match="rays_per_batch"):

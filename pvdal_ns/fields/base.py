@@ -25,7 +25,7 @@ from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
 
 VOLUME_FEATURE_DIM = 16
-"""Width of the aligned ϕ¹ output: 1 raw density + 15 geometry features (DESIGN §1)."""
+"""Width of the aligned ϕ¹ output: 1 raw density + 15 geometry features (docs/design.md, "Method")."""
 
 
 @dataclass

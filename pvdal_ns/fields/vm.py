@@ -1,5 +1,5 @@
 """VM-decomposed tensor field (TensoRF): ϕ¹ = vector-matrix planes/lines → [σ-feature, 15 colour
-features], ϕ² = MLP decoder (paper Eq. 3, Table 1; DESIGN §1 for the 16-d split). The planes are
+features], ϕ² = MLP decoder (paper Eq. 3, Table 1; docs/design.md, "Method", for the 16-d split). The planes are
 nerfstudio's ``TensorVMEncoding``; L_reg is L1 on the density components + TV on the planes (Eq. 7).
 """
 

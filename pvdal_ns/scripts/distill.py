@@ -20,10 +20,9 @@ from typing import Dict, List, Literal, Optional, Tuple, Union
 import tyro
 from typing_extensions import Annotated
 
+from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS, demo_steps
+
 Architecture = Literal["hash", "vm", "mlp", "tensors"]
-DEMO_STUDENT_STEPS = {"hash": 700, "vm": 500, "mlp": 9600, "tensors": 400}
-ABLATION_STEPS = {"mlp": 4800}
-"""Default ablation steps where a preset's rays per step differ from 2048 (same rays seen as 1200 × 2048)."""
 
 
 @dataclass
@@ -34,13 +33,13 @@ class Demo:
 
     output_dir: Path = Path("outputs/demo")
     """Where runs, report.json and comparison.png go."""
-    teacher: Architecture = "vm"
+    teacher: Architecture = DEMO_TEACHER
     """Architecture of the teacher trained from the images."""
-    teacher_steps: int = 1000
+    teacher_steps: int = DEMO_TEACHER_STEPS
     """Training steps of the teacher."""
     students: Tuple[Architecture, ...] = ("hash", "vm", "mlp", "tensors")
     """Architectures to distil into."""
-    student_steps: Dict[str, int] = field(default_factory=lambda: dict(DEMO_STUDENT_STEPS))
+    student_steps: Dict[str, int] = field(default_factory=demo_steps)
     """Distillation steps per student architecture (stages 1 and 2 take 15 % and 25 % of them, 10 % and
     10 % for the MLP, whose steps have 512 rays instead of 2048); the defaults fit the whole demo in
     about 20 minutes on 2 CPU cores."""
@@ -55,7 +54,7 @@ class Demo:
         started = time.perf_counter()
         out = self.output_dir.resolve()
         teacher = cached_teacher(self.teacher, self.small, EMBEDDED_SCENE, out, self.teacher_steps)
-        steps = {**DEMO_STUDENT_STEPS, **self.student_steps}
+        steps = {**demo_steps(), **self.student_steps}
         students = convert(Path(teacher.report.config), self.students, self.small, EMBEDDED_SCENE, out, steps, "students")
         finish(out, [teacher, *students], started, {"command": command, "scene": str(EMBEDDED_SCENE)})
 
@@ -102,7 +101,7 @@ class Run:
                            teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib, renders_only=self.renders_only)
         extra = {"command": command, "teacher_config": str(teacher_path), "scene": str(data)}
         if cache is not None:
-            from pvdal_ns.teacher_cache import cache_nbytes
+            from pvdal_ns.teachers import cache_nbytes
 
             extra["teacher_cache"] = {"path": str(cache), "bytes": cache_nbytes(cache)}
         finish(out, students, started, extra)
@@ -130,7 +129,8 @@ class Ablation:
     student: Architecture = "mlp"
     """Architecture of the student."""
     steps: Optional[int] = None
-    """Distillation steps of every run; default: 1200 at 2048 rays a step (4800 for the MLP's 512 rays)."""
+    """Distillation steps of every run; default: the preset's ablation steps (1200 at 2048 rays a step, 4800
+    for the MLP's 512 rays: the same rays seen)."""
     rows: Tuple[AblationRow, ...] = (
         "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
         "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning",
@@ -146,11 +146,12 @@ class Ablation:
         from pvdal_ns.conversion import cached_teacher, check_teacher
 
         if self.teacher is None:
-            teacher_path = Path(cached_teacher("vm", True, EMBEDDED_SCENE, self.teacher_dir.resolve(), 1000).report.config)
+            teacher = cached_teacher(DEMO_TEACHER, True, EMBEDDED_SCENE, self.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
+            teacher_path = Path(teacher.report.config)
         else:
             teacher_path = self.teacher.expanduser().resolve()
             check_teacher(teacher_path)
-        steps = self.steps or ABLATION_STEPS.get(self.student, 1200)
+        steps = self.steps or PRESETS[self.student, True].ablation_steps
         settings = AblationSettings(str(teacher_path), self.student, steps, True, str(EMBEDDED_SCENE))
         run_ablation(settings, self.rows, self.seeds, self.output_dir.resolve())
 
@@ -198,7 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/nerfstudio deprecations at import
     warnings.filterwarnings("ignore", category=UserWarning)
     from pvdal_ns.conversion import UserError
-    from pvdal_ns.teacher import TeacherLoadError
+    from pvdal_ns.teachers import TeacherLoadError
 
     try:
         command.main(" ".join(["ns-distill", *args]))

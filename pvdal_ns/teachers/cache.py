@@ -2,9 +2,10 @@
 in memory together, let the teacher generate the data first, then distil the student).
 
 A run's pseudo-label batches are rendered once by the live teacher and written to a folder; the student
-then distils from the memory-mapped files with no teacher in memory. Only the teacher's field outputs at
-the occupied sample points are stored (the render is recomposited on each step's random background
-with the same :func:`~pvdal_ns.model.composite` the live teacher uses):
+then distils from the memory-mapped files with no teacher in memory: the cache is a :class:`Teacher` of
+recorded batches. Only the teacher's field outputs at the occupied sample points are stored (the render is
+recomposited on each step's random background with the same :func:`~pvdal_ns.samples.composite` the live
+teacher uses):
 
 - ``rays.f32``     [B·R, 7] float32: origin, direction, pixel area of every ray;
 - ``masks.u8``     [B, ⌈R·S/8⌉] bits: which of the S uniform samples of a ray are occupied;
@@ -37,9 +38,9 @@ from nerfstudio.model_components.renderers import RGBRenderer
 from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.model import composite
 from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.teacher import Teacher, TeacherBatch, TeacherLoadError
+from pvdal_ns.samples import composite
+from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, TeacherLoadError
 
 CACHE_VERSION = 1
 _FILES = {"rays": "rays.f32", "masks": "masks.u8", "spans": "spans.f32", "outputs": "outputs.f16"}
@@ -70,14 +71,14 @@ class _Mapped:
         return rows
 
 
-class TeacherCache:
-    """A finished cache, opened for reading. Stands in for the teacher during distillation: it has the
-    teacher's occupancy grid, ``name``, ``source`` and ``has_volume_feature``, and :meth:`batch` gives
-    what :meth:`Teacher.render` would have given for the cached rays.
+class TeacherCache(Teacher):
+    """A finished cache, opened for reading: a teacher of recorded batches (``RECORDED``, ``POINTS`` and, when
+    the cached teacher had one, ``VOLUME_FEATURE``). It has the teacher's occupancy grid, ``name`` and
+    ``source``, and :meth:`recorded_batch` gives what :meth:`Teacher.render` gave for the cached rays.
 
     Args:
         path: the cache folder (as written by :func:`write_cache`).
-        expected: the reading run's ``DistillationPipeline.cache_key()``; entries that are None (e.g. no
+        expected: the reading run's :func:`~pvdal_ns.pipeline.batch_key`; entries that are None (e.g. no
             teacher config given) are not compared. None: no check.
 
     Raises:
@@ -101,8 +102,10 @@ class TeacherCache:
                                        f"{', '.join(keys)}): delete it or choose another --teacher-cache path")
         self.path, self.meta = Path(path), meta
         self.source = Path(meta["written_for"]["teacher"])
-        self.name = f"cache of {meta['teacher_name']}"
-        self.has_volume_feature = bool(meta["has_volume_feature"])
+        self._name = f"cache of {meta['teacher_name']}"
+        self.capabilities = Capability.RECORDED | Capability.POINTS
+        if meta["has_volume_feature"]:
+            self.capabilities |= Capability.VOLUME_FEATURE
         self.num_samples, self.rays_per_batch = int(meta["num_samples"]), int(meta["rays_per_batch"])
         grid_state = torch.load(self.path / "occupancy.pt", map_location="cpu", weights_only=True)
         aabb = torch.tensor(meta["written_for"]["scene_box"], dtype=torch.float32).view(2, 3)
@@ -115,6 +118,10 @@ class TeacherCache:
         self._masks = _Mapped(self.path / _FILES["masks"], np.uint8, int(meta["mask_bytes"]))
         self.renderer_rgb = RGBRenderer(background_color="white")
 
+    @property
+    def name(self) -> str:
+        return self._name
+
     def __len__(self) -> int:
         """Number of cached batches."""
         return len(self.index) - 1
@@ -124,14 +131,15 @@ class TeacherCache:
         """Size of the cache on disk (bytes)."""
         return cache_nbytes(self.path)
 
-    def batch(self, i: int, background: Float[Tensor, "R 3"], device: torch.device) -> Tuple[RayBundle, TeacherBatch]:
-        """Cached batch ``i`` (0 ≤ i < len), rendered on ``background`` (the R rays' background colours).
+    def recorded_batch(self, index: int, background: Float[Tensor, "R 3"],
+                       device: torch.device) -> Tuple[RayBundle, TeacherBatch]:
+        """Cached batch ``index`` (0 ≤ index < len), rendered on ``background`` (the R rays' background colours).
 
         Returns:
             The R rays (nears/fars unset) and the teacher's view of them, as :meth:`Teacher.render`
             returns it; field outputs are float16-rounded.
         """
-        r = self.rays_per_batch
+        i, r = index, self.rays_per_batch
         rays = torch.from_numpy(self._rays.rows(i * r, (i + 1) * r)).to(device)
         bits = np.unpackbits(self._masks.rows(i, i + 1)[0])[: r * self.num_samples]
         mask = torch.from_numpy(bits.astype(bool)).view(r, self.num_samples).to(device)
@@ -144,9 +152,11 @@ class TeacherCache:
         ends = torch.zeros_like(starts)
         starts[mask], ends[mask] = spans[:, :1], spans[:, 1:]
         ray_samples = bundle.get_ray_samples(bin_starts=starts, bin_ends=ends)
-        points = PointOutputs(raw_density=out[:, :1], rgb=out[:, 1:4], phi1=out[:, 4:] if self.has_volume_feature else None)
+        phi1 = out[:, 4:] if Capability.VOLUME_FEATURE in self.capabilities else None
+        points = PointOutputs(raw_density=out[:, :1], rgb=out[:, 1:4], phi1=phi1)
         rendered = composite(ray_samples, mask, points, self.renderer_rgb, background)
-        return bundle, TeacherBatch(ray_samples, mask, points, rendered["weights"], rendered["rgb"], rendered["accumulation"])
+        return bundle, TeacherBatch(ray_samples, mask, points, rendered["weights"], rendered["rgb"],
+                                    rendered["accumulation"], background)
 
 
 def cache_nbytes(path: Path) -> int:
@@ -182,12 +192,12 @@ def _remove_abandoned_partials(path: Path) -> None:
 
 def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle, Dict]], written_for: Dict,
                 max_bytes: int, progress: Optional[Callable[[], None]] = None) -> TeacherCache:
-    """Write the teacher's pseudo-label ``batches`` (from :meth:`DistillationDataManager.pseudo_label_batches`)
+    """Write the teacher's pseudo-label ``batches`` (from :meth:`pvdal_ns.datamanager.PseudoLabels.render_batches`)
     to a new cache at ``path`` and open it. Stops before the batch that would pass ``max_bytes``.
 
     Args:
         path: the cache folder; must not exist yet.
-        teacher: the live teacher (its occupancy grid and name are stored).
+        teacher: the live teacher (its occupancy grid, name and capabilities are stored).
         batches: (RayBundle [R], batch dict with ``teacher`` :class:`TeacherBatch`) pairs.
         written_for: what the cache is for (teacher, sampling, rays per batch, poses; see ``meta.json``).
         max_bytes: bound on the cache size (bytes).
@@ -205,7 +215,8 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
     partial.mkdir(parents=True)
     files = {key: open(partial / name, "wb") for key, name in _FILES.items()}
     index, total, num_rays, num_samples = [0], 0, 0, 0
-    output_width = 4 + (16 if teacher.has_volume_feature else 0)
+    has_volume_feature = Capability.VOLUME_FEATURE in teacher.capabilities
+    output_width = 4 + (16 if has_volume_feature else 0)
     try:
         for ray_bundle, batch in batches:
             tb: TeacherBatch = batch["teacher"]
@@ -223,7 +234,7 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
             spans = torch.cat([frustums.starts[tb.mask], frustums.ends[tb.mask]], -1)
             files["spans"].write(spans.float().cpu().numpy().tobytes())
             p = tb.points
-            fields = [p.raw_density, p.rgb] + ([p.phi1] if teacher.has_volume_feature else [])
+            fields = [p.raw_density, p.rgb] + ([p.phi1] if has_volume_feature else [])
             files["outputs"].write(torch.cat(fields, -1).to(torch.float16).cpu().numpy().tobytes())
             index.append(index[-1] + len(p.raw_density))
             total += size
@@ -234,7 +245,7 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
         np.asarray(index, dtype=np.int64).tofile(partial / "index.i64")
         torch.save(teacher.occupancy_grid.state_dict(), partial / "occupancy.pt")
         meta = {"version": CACHE_VERSION, "written_for": written_for, "teacher_name": teacher.name,
-                "has_volume_feature": teacher.has_volume_feature, "num_samples": num_samples,
+                "has_volume_feature": has_volume_feature, "num_samples": num_samples,
                 "rays_per_batch": num_rays, "output_width": output_width,
                 "mask_bytes": -(-num_rays * num_samples // 8), "batches": len(index) - 1}
         (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

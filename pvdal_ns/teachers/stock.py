@@ -1,4 +1,4 @@
-"""Stock nerfstudio models as teachers: nerfacto, instant-ngp, tensorf, vanilla-nerf, splatfacto (issue #5).
+"""Stock nerfstudio models as teachers: nerfacto, instant-ngp, tensorf, vanilla-nerf, splatfacto.
 
 Each family is a nerfstudio ``Field`` queried at arbitrary points through its own ``get_density`` /
 ``get_outputs`` (so appearance embeddings, scene contraction and activations are the model's own).
@@ -14,7 +14,7 @@ vanilla-nerf  ``model.field_fine``        no (256-d base features)
 ============  ==========================  =====================================================
 
 None of them has an occupancy grid the student can share, so the teacher builds one from its own
-density on the student's grid (:class:`~pvdal_ns.teacher.Sampling`). The raw density compared by L_σ
+density on the student's grid (:class:`~pvdal_ns.samples.Sampling`). The raw density compared by L_σ
 is log σ (Eq. 8 compares log-space densities of teachers with other activations).
 
 splatfacto (3D Gaussians) has no density field: it is distilled from its renders only
@@ -23,8 +23,6 @@ splatfacto (3D Gaussians) has no density field: it is distilled from its renders
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
 from itertools import product
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -37,18 +35,14 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field
 from nerfstudio.models.base_model import Model
-from nerfstudio.models.instant_ngp import InstantNGPModelConfig
-from nerfstudio.models.nerfacto import NerfactoModelConfig
-from nerfstudio.models.splatfacto import SplatfactoModelConfig
-from nerfstudio.models.tensorf import TensoRFModelConfig
-from nerfstudio.models.vanilla_nerf import VanillaModelConfig
 from nerfstudio.utils.external import TCNN_EXISTS
 from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.metrics import offline_lpips
 from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.teacher import TEACHER_ADAPTERS, Sampling, Teacher, TeacherImages, TeacherLoadError
+from pvdal_ns.samples import Sampling
+from pvdal_ns.teachers.base import Capability, ModelTeacher, TeacherImages, TeacherLoadError
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
 """log σ of stock teachers is clamped here (σ = 0 outside nerfacto's contracted box, ReLU zeros of
@@ -67,7 +61,7 @@ def point_samples(positions: Float[Tensor, "N 3"], directions: Float[Tensor, "N 
     return RaySamples(frustums=frustums, camera_indices=zeros.long())
 
 
-class FieldTeacher(Teacher):
+class FieldTeacher(ModelTeacher):
     """A stock nerfstudio model whose field is queried at the shared sample points.
 
     Args:
@@ -87,9 +81,10 @@ class FieldTeacher(Teacher):
         self.field, self.family, self.chunk = field, family, chunk
         device = next(iter(model.parameters()), torch.empty(0)).device
         grid = OccupancyGrid(sampling.scene_box.aabb, sampling.grid_resolution).to(device)
-        super().__init__(model, source, grid, sampling.scene_box, sampling.num_samples)
-        probe = self._evaluate(sampling.scene_box.get_center()[None].float().to(device), None)
-        self.has_volume_feature = probe.phi1 is not None
+        capabilities = Capability.RAYS | Capability.IMAGES | Capability.POINTS
+        super().__init__(model, source, grid, sampling, capabilities)
+        if self._evaluate(sampling.scene_box.get_center()[None].float().to(device), None).phi1 is not None:
+            self.capabilities |= Capability.VOLUME_FEATURE
         self._fill_grid(sampling)
 
     @property
@@ -117,13 +112,10 @@ class FieldTeacher(Teacher):
             phi1 = torch.cat([raw, embedding.reshape(-1, VOLUME_FEATURE_DIM - 1).to(raw)], dim=-1)
         return PointOutputs(raw_density=raw, rgb=rgb, phi1=phi1)
 
-    @torch.no_grad()
-    def query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]] = None
-                     ) -> PointOutputs:
-        """The teacher at world positions: log σ, colour (when ``directions`` is given) and ϕ¹ (nerfacto
-        family only), in chunks of ``chunk`` points."""
+    def _query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
+        """log σ, colour (with ``directions``) and ϕ¹ (nerfacto family only), in chunks of ``chunk`` points."""
         parts = [self._evaluate(positions[i : i + self.chunk], None if directions is None else directions[i : i + self.chunk])
-                 for i in range(0, max(len(positions), 1), self.chunk)]  # one (empty) part when no point
+                 for i in range(0, len(positions), self.chunk)]
 
         def cat(name: str) -> Optional[Tensor]:
             values = [getattr(p, name) for p in parts]
@@ -131,12 +123,8 @@ class FieldTeacher(Teacher):
 
         return PointOutputs(raw_density=cat("raw_density"), rgb=cat("rgb"), phi1=cat("phi1"))  # type: ignore[arg-type]
 
-    def query(self, ray_samples: RaySamples, mask: Tensor) -> PointOutputs:
-        frustums = ray_samples.frustums
-        return self.query_points(frustums.get_positions()[mask], frustums.directions[mask])
 
-
-class SplatfactoTeacher(Teacher):
+class SplatfactoTeacher(ModelTeacher):
     """A splatfacto model (3D Gaussian splatting) as teacher: it has no density, colour or ϕ¹ at points,
     so the student learns from its renders only (RGB on random backgrounds, which carries its opacity).
 
@@ -149,7 +137,6 @@ class SplatfactoTeacher(Teacher):
         sampling: the student's scene box, grid resolution and samples per ray.
     """
 
-    renders_only = True
     min_opacity = 0.005
 
     def __init__(self, model: Model, source: Path, sampling: Sampling) -> None:
@@ -160,14 +147,11 @@ class SplatfactoTeacher(Teacher):
             radius = 2.0 * torch.exp(model.scales[keep]).amax(dim=-1, keepdim=True)
             corners = torch.tensor(list(product((-1.0, 1.0), repeat=3)), device=means.device)
             grid.mark(torch.cat([means, (means[:, None] + radius[:, None] * corners).reshape(-1, 3)]))
-        super().__init__(model, source, grid, sampling.scene_box, sampling.num_samples)
+        super().__init__(model, source, grid, sampling, Capability.IMAGES)
 
     @property
     def name(self) -> str:
         return "splatfacto"
-
-    def query(self, ray_samples: RaySamples, mask: Tensor) -> PointOutputs:
-        raise NotImplementedError("splatfacto has no field to query at points: distil it from its renders")
 
     @torch.no_grad()
     def render_images(self, cameras: Cameras, chunk: int = 0) -> TeacherImages:
@@ -182,8 +166,12 @@ class SplatfactoTeacher(Teacher):
         return TeacherImages(torch.stack(rgbs), torch.stack(accumulations))
 
 
-def _splatfacto_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str, torch.device], source: Path,
-                        sampling: Optional[Sampling]) -> Teacher:
+def load_splatfacto_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str, torch.device], source: Path,
+                            sampling: Optional[Sampling]) -> SplatfactoTeacher:
+    """A splatfacto teacher, on CUDA (gsplat renders only there).
+
+    Raises:
+        TeacherLoadError: no CUDA device, no student sampling, or a checkpoint that does not match."""
     if sampling is None:
         raise TeacherLoadError("a splatfacto teacher needs the student's sampling settings (Sampling)")
     if torch.device(device).type != "cuda":
@@ -194,19 +182,6 @@ def _splatfacto_teacher(config, state: Dict[str, Tensor], step: int, device: Uni
     model = build_stock_model(config, state, source, sampling)
     model.step = step  # its SH degree grows with the step; its load_state_dict sets 30000
     return SplatfactoTeacher(model.to(device), source, sampling)
-
-
-@dataclass(frozen=True)
-class StockFamily:
-    """How to make a teacher of one stock model family.
-
-    Attributes:
-        name: the ``ns-train`` method name.
-        field: attribute of the model that holds the field to query.
-    """
-
-    name: str
-    field: str
 
 
 def _check_layout(config, state: Dict[str, Tensor], source: Path) -> None:
@@ -256,25 +231,15 @@ def build_stock_model(config, state: Dict[str, Tensor], source: Path, sampling: 
     return model
 
 
-def _stock_teacher(family: StockFamily, config, state: Dict[str, Tensor], step: int,
-                   device: Union[str, torch.device], source: Path, sampling: Optional[Sampling]) -> Teacher:
+def load_field_teacher(family: str, field: str, config, state: Dict[str, Tensor], step: int,
+                       device: Union[str, torch.device], source: Path, sampling: Optional[Sampling]) -> FieldTeacher:
+    """A stock model of ``family`` whose ``field`` attribute is queried (the registry binds both).
+
+    Raises:
+        TeacherLoadError: no student sampling, a tcnn checkpoint without tinycudann, or a mismatch."""
     if sampling is None:
-        raise TeacherLoadError(f"a {family.name} teacher needs the student's sampling settings (Sampling)")
+        raise TeacherLoadError(f"a {family} teacher needs the student's sampling settings (Sampling)")
     model = build_stock_model(config, state, source, sampling)
     model.update_to_step(step)
     model = model.to(device)
-    return FieldTeacher(model, getattr(model, family.field), family.name, source, sampling)
-
-
-STOCK_FAMILIES = {
-    NerfactoModelConfig: StockFamily("nerfacto", "field"),
-    InstantNGPModelConfig: StockFamily("instant-ngp", "field"),
-    TensoRFModelConfig: StockFamily("tensorf", "field"),
-    VanillaModelConfig: StockFamily("vanilla-nerf", "field_fine"),
-}
-for _config_class, _family in STOCK_FAMILIES.items():
-    TEACHER_ADAPTERS[_config_class] = (_family.name, partial(_stock_teacher, _family))
-TEACHER_ADAPTERS[SplatfactoModelConfig] = ("splatfacto", _splatfacto_teacher)
-
-__all__ = ["FieldTeacher", "SplatfactoTeacher", "STOCK_FAMILIES", "build_stock_model", "point_samples",
-           "LOG_DENSITY_RANGE"]
+    return FieldTeacher(model, getattr(model, field), family, source, sampling)

@@ -1,0 +1,100 @@
+"""The one preset table: sizes, learning rates, steps and batch settings of every ``pvdal-*`` method, and the
+step counts ``ns-distill demo`` and ``ns-distill ablation`` give each architecture.
+
+Plain numbers only (no torch or nerfstudio import), so that ``ns-distill --help`` can show them at once;
+:func:`pvdal_ns.configs.method_config` turns a row into a nerfstudio ``TrainerConfig``. Why each CPU-sized
+number is what it is: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+ARCHITECTURES = ("hash", "vm", "mlp", "tensors")
+"""The four student (and teacher) architectures of paper Table 1."""
+
+LR_FINAL = 7e-5
+"""Cosine decay target of every learning rate (authors' code)."""
+
+GRID_LR, NETWORK_LR, MLP_LR = 2e-2, 1e-2, 1e-3
+
+STAGE_FRACTIONS = (0.15, 0.25)
+"""Stage 1 and stage 2 as fractions of all steps (paper §4.1: 3k and 5k of 20k)."""
+
+SMALL_GRID = {"grid_resolution": 64, "grid_warmup_steps": 64, "grid_ema_decay": 0.8}
+"""Occupancy-grid settings of the CPU-sized presets (``PVDModelConfig`` fields)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One ``pvdal-<architecture>[-small]`` method.
+
+    Attributes:
+        field: keyword arguments of the architecture's field config (its defaults are the paper's sizes).
+        learning_rates: initial Adam learning rate per parameter group ("grids", "networks").
+        steps: training steps.
+        rays_per_batch: rays per training batch.
+        num_samples: uniform samples per ray before occupancy masking.
+        stage_fractions: stage 1 and stage 2 as fractions of ``steps``.
+        grid: occupancy-grid settings (``PVDModelConfig`` ``grid_*`` fields); empty: the model's defaults.
+        ray_pool_size: rays the hard-ray pool holds; None: ``ActiveLearningConfig``'s default (4096 × 150).
+        demo_steps: distillation steps of this student in ``ns-distill demo`` (CPU presets only).
+        ablation_steps: distillation steps of every ``ns-distill ablation`` run with this student.
+    """
+
+    field: Dict[str, float]
+    learning_rates: Dict[str, float]
+    steps: int
+    rays_per_batch: int
+    num_samples: int
+    stage_fractions: Tuple[float, float] = STAGE_FRACTIONS
+    grid: Dict[str, float] = field(default_factory=dict)
+    ray_pool_size: Optional[int] = None
+    demo_steps: Optional[int] = None
+    ablation_steps: Optional[int] = None
+
+
+def _paper(learning_rates: Dict[str, float]) -> Preset:
+    return Preset({}, learning_rates, steps=20000, rays_per_batch=4096, num_samples=512)
+
+
+def _small(field_sizes: Dict[str, float], learning_rates: Dict[str, float], demo_steps: int, steps: int = 3000,
+           rays_per_batch: int = 2048, stage_fractions: Tuple[float, float] = STAGE_FRACTIONS,
+           ablation_steps: int = 1200) -> Preset:
+    return Preset(field_sizes, learning_rates, steps, rays_per_batch, num_samples=160, stage_fractions=stage_fractions,
+                  grid=SMALL_GRID, ray_pool_size=8 * 2048,  # full after ~80 steps of stage 3, as 4096 × 150 in 20k
+                  demo_steps=demo_steps, ablation_steps=ablation_steps)
+
+
+HASH_LR = {"grids": GRID_LR, "networks": NETWORK_LR}
+VM_LR = {"grids": GRID_LR, "networks": NETWORK_LR / 10}
+TENSORS_LR = {"grids": GRID_LR * 5}
+
+PRESETS: Dict[Tuple[str, bool], Preset] = {
+    ("hash", False): _paper(HASH_LR),
+    ("vm", False): _paper(VM_LR),
+    ("mlp", False): _paper({"networks": MLP_LR}),
+    ("tensors", False): _paper(TENSORS_LR),
+    # demo: 500 steps sat on the teacher − 1.5 dB line with the stock tensorf teacher; 700 gave 28.47 dB
+    ("hash", True): _small({"num_levels": 12, "log2_hashmap_size": 15, "max_res": 512}, HASH_LR, demo_steps=700),
+    ("vm", True): _small({"resolution": 128, "hidden_dim": 64}, VM_LR, demo_steps=500),
+    # 6 × 128 at 512 rays × 9600 steps with stages 10 % / 10 %: more, smaller steps train the small MLP better
+    # (29.62 against 28.80 dB for 2048 × 3600), and shorter stages 1–2 gave +0.4 dB; ablation: the same rays
+    # seen as 1200 steps of 2048 rays
+    ("mlp", True): _small({"num_layers": 6, "split_layer": 4, "width": 128, "num_frequencies": 8},
+                          {"networks": 5 * MLP_LR}, demo_steps=9600, steps=9600, rays_per_batch=512,
+                          stage_fractions=(0.10, 0.10), ablation_steps=4800),
+    ("tensors", True): _small({"resolution": 96}, TENSORS_LR, demo_steps=400),
+}
+"""(architecture, CPU-sized) → preset. Paper sizes: §4.1 and the authors' code (docs/design.md, "Method")."""
+
+DEMO_TEACHER = "vm"
+"""Architecture of the teacher ``ns-distill demo`` (and the default ablation) trains from the images."""
+DEMO_TEACHER_STEPS = 1000
+"""Training steps of that teacher."""
+
+
+def demo_steps() -> Dict[str, int]:
+    """Distillation steps of each student of ``ns-distill demo`` (the CPU presets')."""
+    return {arch: PRESETS[arch, True].demo_steps for arch in ARCHITECTURES}  # type: ignore[misc]

@@ -1,0 +1,220 @@
+"""The teacher interface: what any source of distillation targets declares and gives (docs/design.md,
+"Teachers").
+
+A :class:`Teacher` declares its :class:`Capability` flags and gives, for a batch of rays, a
+:class:`TeacherBatch`: the shared sample points, and what it knows at them. :class:`ModelTeacher` is a
+frozen nerfstudio model behind the occupancy-masked uniform sampler; the pvdal-* and stock families
+(:mod:`.pvd`, :mod:`.stock`) say what their model is at points, and the teacher cache (:mod:`.cache`)
+replays recorded batches.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from jaxtyping import Bool, Float, Int
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.model_components.ray_samplers import UniformSampler
+from nerfstudio.model_components.renderers import RGBRenderer
+from nerfstudio.model_components.scene_colliders import AABBBoxCollider
+from torch import Tensor
+
+from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
+from pvdal_ns.occupancy import OccupancyGrid
+from pvdal_ns.samples import Sampling, composite, sample_occupied
+
+
+class TeacherLoadError(Exception):
+    """A teacher config, checkpoint or cache that cannot be used; the message is one line for the user."""
+
+
+class Capability(enum.Flag):
+    """What a teacher can give; the pipeline derives from them which losses, stages and active-learning
+    levels a distillation has (docs/design.md, "Teachers")."""
+
+    RAYS = enum.auto()
+    """Renders any ray on demand (:meth:`Teacher.render`): novel poses and hard rays (TSR)."""
+    IMAGES = enum.auto()
+    """Renders whole cameras (:meth:`Teacher.render_images`): distillation from renders only."""
+    POINTS = enum.auto()
+    """Density and colour at the shared sample points (L_σ, L_c, stage 2, hard points)."""
+    VOLUME_FEATURE = enum.auto()
+    """The 16-d ϕ¹ volume feature at those points (L_v, stage 1)."""
+    RECORDED = enum.auto()
+    """Holds recorded batches of rays of its own (:meth:`Teacher.recorded_batch`): no new poses or rays."""
+
+
+@dataclass
+class TeacherBatch:
+    """The teacher's view of one batch of R rays, at the sample points it shares with the student.
+
+    Attributes:
+        ray_samples: RaySamples [R, S] (uniform, jittered) along the rays.
+        mask: Bool[Tensor, "R S"], samples in the teacher's occupied cells; only these are evaluated.
+        points: PointOutputs at the M = mask.sum() occupied samples; None from renders only.
+        weights: Float[Tensor, "R S 1"], volume-rendering weights (Eq. 12 terms); None from renders only.
+        rgb: Float[Tensor, "R 3"], rendered colour composited on ``background``.
+        accumulation: Float[Tensor, "R 1"], opacity of each ray.
+        background: Float[Tensor, "R 3"], each ray's background colour in [0, 1], shared with the student.
+    """
+
+    ray_samples: RaySamples
+    mask: Tensor
+    points: Optional[PointOutputs]
+    weights: Optional[Tensor]
+    rgb: Tensor
+    accumulation: Tensor
+    background: Tensor
+
+
+@dataclass
+class TeacherImages:
+    """The teacher's renders of whole cameras, for distillation from renders only.
+
+    Attributes:
+        rgb: Float[Tensor, "N H W 3"], colour premultiplied by opacity (i.e. on a black background).
+        accumulation: Float[Tensor, "N H W 1"], opacity of each pixel's ray.
+    """
+
+    rgb: Tensor
+    accumulation: Tensor
+
+    def composite(self, pixels: Int[Tensor, "R 3"], background: Float[Tensor, "R 3"]) -> Tuple[Tensor, Tensor]:
+        """RGB Float[Tensor, "R 3"] of the (camera, row, column) ``pixels`` on ``background``, and their
+        accumulation Float[Tensor, "R 1"]."""
+        p = pixels.to(self.rgb.device)
+        rgb, accumulation = self.rgb[p[:, 0], p[:, 1], p[:, 2]], self.accumulation[p[:, 0], p[:, 1], p[:, 2]]
+        return rgb + (1.0 - accumulation) * background.to(rgb), accumulation
+
+
+class Teacher:
+    """The interface every teacher implements. A method belongs to a capability; a teacher without it
+    raises ``NotImplementedError`` there (the pipeline never calls it, see :class:`Capability`).
+
+    Attributes:
+        capabilities: what this teacher gives.
+        source: the config.yml (or cache folder) it came from, for messages and reports.
+        occupancy_grid: the grid whose occupied cells decide the shared sample points; the student's grid is
+            set to it.
+    """
+
+    capabilities: Capability
+    source: Path
+    occupancy_grid: OccupancyGrid
+
+    @property
+    def name(self) -> str:
+        """Short name of the teacher's model family (e.g. "VMField", "nerfacto", "cache of tensorf")."""
+        raise NotImplementedError
+
+    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"]) -> TeacherBatch:
+        """RAYS: sample R rays through the occupancy grid, evaluate and render them on ``background``."""
+        raise NotImplementedError(f"{self.name} does not render rays")
+
+    def render_images(self, cameras: Cameras) -> TeacherImages:
+        """IMAGES: whole images of ``cameras`` (N of them, one size)."""
+        raise NotImplementedError(f"{self.name} does not render images")
+
+    def image_batch(self, images: TeacherImages, pixels: Int[Tensor, "R 3"], ray_bundle: RayBundle,
+                    background: Float[Tensor, "R 3"]) -> TeacherBatch:
+        """IMAGES: a batch whose colours come from ``images`` at ``pixels`` (camera, row, column; the rays of
+        ``ray_bundle``), at the occupancy-masked samples the student is evaluated at; no points, no weights."""
+        raise NotImplementedError(f"{self.name} does not render images")
+
+    def render_camera(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
+        """IMAGES: the teacher's image of one camera on a white background (CPU), for figures."""
+        images = self.render_images(camera)
+        return (images.rgb + 1.0 - images.accumulation)[0].cpu()
+
+    def recorded_batch(self, index: int, background: Float[Tensor, "R 3"],
+                       device: torch.device) -> Tuple[RayBundle, TeacherBatch]:
+        """RECORDED: recorded batch ``index`` (0 ≤ index < ``len``) on ``background``."""
+        raise NotImplementedError(f"{self.name} holds no recorded batches")
+
+
+class ModelTeacher(Teacher):
+    """A frozen nerfstudio model as teacher. Not an ``nn.Module`` on purpose: it stays out of the student's
+    checkpoints, parameter groups and ``train()``/``eval()`` switches.
+
+    Rays are clipped to the scene box, sampled uniformly (jittered) and masked by ``occupancy_grid``;
+    subclasses say what the model is at points (:meth:`query_points`). No subclass is ever asked about zero
+    points: an empty query is answered here.
+
+    Args:
+        model: the trained nerfstudio model (set to eval mode, gradients off).
+        source: the config path it came from.
+        occupancy_grid: the grid whose occupied cells decide the shared sample points.
+        sampling: the scene box rays are clipped to and the samples per ray (grid settings unused here).
+        capabilities: what the model gives.
+    """
+
+    def __init__(self, model: torch.nn.Module, source: Path, occupancy_grid: OccupancyGrid, sampling: Sampling,
+                 capabilities: Capability) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.source = source
+        self.occupancy_grid = occupancy_grid
+        self.capabilities = capabilities
+        self.collider = AABBBoxCollider(sampling.scene_box, near_plane=0.0)
+        # Jittered sample positions along each ray, independent of the frozen model's eval mode.
+        self.sampler = UniformSampler(num_samples=sampling.num_samples, train_stratified=True).train()
+        self.renderer_rgb = RGBRenderer(background_color="white")
+
+    @property
+    def name(self) -> str:
+        return type(self.model).__name__
+
+    def _query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
+        """The model at N ≥ 1 world positions (colour only with ``directions``); subclasses implement it."""
+        raise NotImplementedError(f"{self.name} has no field to query at points")
+
+    @torch.no_grad()
+    def query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]] = None
+                     ) -> PointOutputs:
+        """POINTS: raw (log) density, colour (with ``directions``) and, with VOLUME_FEATURE, ϕ¹ at world
+        positions; N = 0 gives empty outputs without asking the model."""
+        if len(positions) == 0:
+            empty = positions.new_zeros
+            phi1 = empty(0, VOLUME_FEATURE_DIM) if Capability.VOLUME_FEATURE in self.capabilities else None
+            return PointOutputs(empty(0, 1), None if directions is None else empty(0, 3), phi1)
+        return self._query_points(positions, directions)
+
+    def query(self, ray_samples: RaySamples, mask: Bool[Tensor, "R S"]) -> PointOutputs:
+        """POINTS: :meth:`query_points` at the M = mask.sum() masked samples, with their view directions."""
+        frustums = ray_samples.frustums
+        return self.query_points(frustums.get_positions()[mask], frustums.directions[mask])
+
+    def sample(self, ray_bundle: RayBundle) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
+        """The shared sample points of R rays: RaySamples [R, S] and the mask of those in occupied cells."""
+        return sample_occupied(self.collider(ray_bundle), self.sampler, self.occupancy_grid)
+
+    @torch.no_grad()
+    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"]) -> TeacherBatch:
+        ray_samples, mask = self.sample(ray_bundle)
+        points = self.query(ray_samples, mask)
+        out = composite(ray_samples, mask, points, self.renderer_rgb, background)
+        return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"], background)
+
+    @torch.no_grad()
+    def render_images(self, cameras: Cameras, chunk: int = 1 << 14) -> TeacherImages:
+        """Whole images of ``cameras``: :meth:`render` of their pixel-centre rays, ``chunk`` rays at a time."""
+        rgbs, accumulations = [], []
+        for i in range(len(cameras)):
+            rays = cameras[i : i + 1].generate_rays(camera_indices=0).flatten()
+            black = torch.zeros(min(chunk, len(rays)), 3, device=rays.origins.device)
+            parts = [self.render(rays[j : j + chunk], black[: len(rays[j : j + chunk])]) for j in range(0, len(rays), chunk)]
+            rgbs.append(torch.cat([p.rgb for p in parts]))
+            accumulations.append(torch.cat([p.accumulation for p in parts]))
+        height, width = int(cameras.height[0]), int(cameras.width[0])
+        return TeacherImages(torch.stack(rgbs).view(-1, height, width, 3), torch.stack(accumulations).view(-1, height, width, 1))
+
+    @torch.no_grad()
+    def image_batch(self, images: TeacherImages, pixels: Int[Tensor, "R 3"], ray_bundle: RayBundle,
+                    background: Float[Tensor, "R 3"]) -> TeacherBatch:
+        ray_samples, mask = self.sample(ray_bundle)
+        rgb, accumulation = images.composite(pixels, background)
+        return TeacherBatch(ray_samples, mask, None, None, rgb, accumulation, background)

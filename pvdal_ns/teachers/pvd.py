@@ -1,0 +1,61 @@
+"""pvdal-* models as teachers: their own occupancy grid, scene box and samples per ray, and the ϕ¹ volume
+feature where their field has one (any student, converted again, can teach the next conversion)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+from jaxtyping import Float
+from nerfstudio.data.scene_box import SceneBox
+from torch import Tensor
+
+from pvdal_ns.fields import PointOutputs
+from pvdal_ns.model import PVDModel
+from pvdal_ns.samples import Sampling
+from pvdal_ns.teachers.base import Capability, ModelTeacher, TeacherLoadError
+
+
+class PVDTeacher(ModelTeacher):
+    """A trained :class:`~pvdal_ns.model.PVDModel` as teacher.
+
+    Args:
+        model: the model (frozen here).
+        source: its config.yml.
+    """
+
+    model: PVDModel
+
+    def __init__(self, model: PVDModel, source: Path) -> None:
+        capabilities = Capability.RAYS | Capability.IMAGES | Capability.POINTS
+        if model.field.has_volume_feature:
+            capabilities |= Capability.VOLUME_FEATURE
+        super().__init__(model, source, model.occupancy_grid, model.sampling, capabilities)
+
+    @property
+    def name(self) -> str:
+        return type(self.model.field).__name__
+
+    def _query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
+        return self.model.field.query(positions, directions)
+
+
+def load_pvd_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str, torch.device], source: Path,
+                     sampling: Optional[Sampling]) -> PVDTeacher:
+    """The pvdal-* model of ``config`` filled from its checkpoint ``state`` (its own scene box and grid: the
+    student's ``sampling`` is not used).
+
+    Raises:
+        TeacherLoadError: the checkpoint has no field box or does not match its config.yml."""
+    aabb = state.get("field.aabb")
+    if aabb is None:
+        raise TeacherLoadError(f"checkpoint of {source} has no field.aabb: it was not written by a pvdal-* model")
+    model = config.pipeline.model.setup(scene_box=SceneBox(aabb=aabb), num_train_data=1, metadata={})
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise TeacherLoadError(f"checkpoint of {source} does not match its config.yml ({first})") from None
+    model.update_to_step(step)
+    return PVDTeacher(model.to(device), source)

@@ -1,0 +1,122 @@
+"""Load any trained run as a frozen teacher: the explicit table of teacher families, and the loader.
+
+The loader reads ``config.yml`` and the newest checkpoint beside it, and hands them to the family whose
+model config the run has: it builds the model from the checkpoint alone (no images, no dataset,
+independent of the working directory). Importing this module registers nothing anywhere: the table below
+is the whole list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional, Tuple, Type, Union
+
+import torch
+import yaml
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.models.instant_ngp import InstantNGPModelConfig
+from nerfstudio.models.nerfacto import NerfactoModelConfig
+from nerfstudio.models.splatfacto import SplatfactoModelConfig
+from nerfstudio.models.tensorf import TensoRFModelConfig
+from nerfstudio.models.vanilla_nerf import VanillaModelConfig
+
+from pvdal_ns.checkpoints import fill_missing_defaults, load_checkpoint, model_state
+from pvdal_ns.model import PVDModelConfig
+from pvdal_ns.samples import Sampling
+from pvdal_ns.teachers.base import Teacher, TeacherLoadError
+from pvdal_ns.teachers.pvd import load_pvd_teacher
+from pvdal_ns.teachers.stock import load_field_teacher, load_splatfacto_teacher
+
+Loader = Callable[..., Teacher]
+"""(trainer config, model state, step, device, source path, student Sampling or None) → Teacher."""
+
+
+@dataclass(frozen=True)
+class TeacherFamily:
+    """One kind of trained run that can teach.
+
+    Attributes:
+        name: the family as users know it (the ``ns-train`` method).
+        model_config: the model-config class of its runs (subclasses included).
+        load: builds the teacher from the run's config and checkpoint.
+    """
+
+    name: str
+    model_config: Type
+    load: Loader
+
+
+TEACHER_FAMILIES: Tuple[TeacherFamily, ...] = (
+    TeacherFamily("pvdal-*", PVDModelConfig, load_pvd_teacher),
+    TeacherFamily("nerfacto", NerfactoModelConfig, partial(load_field_teacher, "nerfacto", "field")),
+    TeacherFamily("instant-ngp", InstantNGPModelConfig, partial(load_field_teacher, "instant-ngp", "field")),
+    TeacherFamily("tensorf", TensoRFModelConfig, partial(load_field_teacher, "tensorf", "field")),
+    TeacherFamily("vanilla-nerf", VanillaModelConfig, partial(load_field_teacher, "vanilla-nerf", "field_fine")),
+    TeacherFamily("splatfacto", SplatfactoModelConfig, load_splatfacto_teacher),
+)
+"""Every teacher family, in the order a run's model config is matched against them."""
+
+
+def read_trainer_config(config_path: Path) -> TrainerConfig:
+    """Read a nerfstudio ``config.yml``; raises TeacherLoadError with a one-line reason."""
+    if not config_path.is_file():
+        what = "is a directory" if config_path.is_dir() else "does not exist"
+        raise TeacherLoadError(
+            f"teacher config {config_path} {what}: pass the config.yml that ns-train wrote "
+            "(outputs/<experiment>/<method>/<timestamp>/config.yml)"
+        )
+    try:
+        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    except Exception as err:  # yaml errors, unknown classes of another plugin, unreadable files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TeacherLoadError(f"teacher config {config_path} is not a readable nerfstudio config: {first}") from None
+    if not isinstance(config, TrainerConfig):
+        raise TeacherLoadError(f"teacher config {config_path} is not a nerfstudio training config (config.yml)")
+    return fill_missing_defaults(config)
+
+
+def newest_checkpoint(config_path: Path, config: TrainerConfig) -> Path:
+    """The newest ``step-*.ckpt`` of the run whose ``config.yml`` is ``config_path`` (the one a teacher loads).
+
+    Raises:
+        TeacherLoadError: the run has no checkpoint."""
+    ckpt_dir = config_path.parent / config.relative_model_dir
+    ckpts = sorted(ckpt_dir.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[-1]))
+    if not ckpts:
+        raise TeacherLoadError(f"teacher {config_path} has no checkpoint (no step-*.ckpt in {ckpt_dir})")
+    return ckpts[-1]
+
+
+def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                 sampling: Optional[Sampling] = None) -> Teacher:
+    """Load the newest checkpoint of a training run as a frozen :class:`Teacher`.
+
+    Args:
+        config_path: the run's ``config.yml``; its checkpoints are found beside it, whatever the
+            working directory.
+        device: where the teacher runs.
+        sampling: the student's scene box and occupancy-grid settings; stock teachers (which have no
+            compatible occupancy grid) build theirs with them. Required for stock teachers.
+
+    Raises:
+        TeacherLoadError: missing or unreadable config, no checkpoint, an unsupported model family,
+            or a checkpoint that does not match the config.
+    """
+    config_path = Path(config_path).expanduser().resolve()
+    config = read_trainer_config(config_path)
+    family = next((f for f in TEACHER_FAMILIES if isinstance(config.pipeline.model, f.model_config)), None)
+    if family is None:
+        supported = ", ".join(f.name for f in TEACHER_FAMILIES)
+        raise TeacherLoadError(
+            f"teacher {config_path} is a '{config.method_name}' model ({type(config.pipeline.model).__name__}); "
+            f"supported teacher families: {supported}"
+        )
+    checkpoint = newest_checkpoint(config_path, config)
+    try:
+        loaded = load_checkpoint(checkpoint)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TeacherLoadError(f"teacher checkpoint {checkpoint} cannot be read: {first}") from None
+    return family.load(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path, sampling)
