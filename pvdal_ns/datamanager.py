@@ -31,7 +31,7 @@ from pvdal_ns.losses import ray_rgb_errors
 from pvdal_ns.poses import PoseSampler
 from pvdal_ns.teachers import Capability, Teacher, TeacherBatch, TeacherCache, TeacherImages, write_cache
 
-__all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PoseSampler", "PseudoLabels"]
+__all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PseudoLabels"]
 
 
 @dataclass

@@ -86,7 +86,7 @@ def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: C
     """What a pseudo-label batch depends on: the teacher (config.yml and its newest checkpoint), where the
     shared samples lie (scene box, grid, samples per ray, threshold), the rays per batch, the novel poses
     (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the training cameras
-    (digest) and renders-only distillation.
+    (digest), renders-only distillation, and whether they come from a teacher cache (serial mode).
 
     A teacher cache stores it (``written_for`` in meta.json) and refuses a run whose key differs; during
     :func:`sharing`, students with equal keys train on one source of batches, and those with equal
@@ -111,6 +111,7 @@ def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: C
         "steps_per_epoch": dm.steps_per_epoch, "elevation_percentiles": list(dm.elevation_percentiles),
         "forward_facing_margin": dm.forward_facing_margin, "jitter_degrees": dm.jitter_degrees,
         "cameras": digest.hexdigest(), "renders_only": config.teacher_renders_only,
+        "serial": config.teacher_cache is not None,
     }
 
 

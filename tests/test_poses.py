@@ -5,7 +5,8 @@ import json
 import torch
 
 from pvdal_ns import EMBEDDED_SCENE
-from pvdal_ns.datamanager import DistillationDataManagerConfig, PoseSampler
+from pvdal_ns.datamanager import DistillationDataManagerConfig
+from pvdal_ns.poses import PoseSampler
 
 
 def _lego_poses():
