@@ -267,6 +267,7 @@ class ActiveLearning(nn.Module):
         """The levels in use: the asked-for ones less those the teacher cannot feed."""
         self.start = stage3_start if config.start_step is None else max(config.start_step, stage3_start)
         """First step with active learning."""
+        self._hard_points = HardPoints(config.point_fraction, config.point_min_opacity)
         self.hard_poses = HardPosePool(config.pose_pool_size, config.pose_fraction)
         self.hard_rays = HardRayPool(config.ray_pool_size, config.ray_fraction)
         self.active = False
@@ -286,9 +287,7 @@ class ActiveLearning(nn.Module):
     @property
     def hard_points(self) -> Optional[HardPoints]:
         """The hard-point rule (TSP) the model applies at this step; None while the level is off."""
-        if not self._on("points"):
-            return None
-        return HardPoints(self.config.point_fraction, self.config.point_min_opacity)
+        return self._hard_points if self._on("points") else None
 
     # --- what the datamanager asks ----------------------------------------------------------------------
     def epoch_poses(self, num_poses: int, image_size: Tuple[int, int], fresh: Callable[[int], Tensor],

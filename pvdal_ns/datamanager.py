@@ -27,7 +27,6 @@ from torch import Tensor
 
 from pvdal_ns.active_learning import ActiveLearning
 from pvdal_ns.al_images import write_epoch_images
-from pvdal_ns.losses import ray_rgb_errors
 from pvdal_ns.poses import PoseSampler
 from pvdal_ns.teachers import Capability, Teacher, TeacherBatch, TeacherCache, TeacherImages, write_cache
 
@@ -121,28 +120,30 @@ class PseudoLabels:
 
     def record(self, path: Path, count: int, written_for: Dict, max_bytes: int) -> TeacherCache:
         """Serial mode: render ``count`` batches into a new teacher cache at ``path`` (at most ``max_bytes``),
-        release the live teacher and serve the batches from the cache from now on.
+        release the live teacher and serve the batches from the cache from now on. Once recorded (by any of
+        the students sharing these batches), the cache is returned as it is.
 
         Raises:
             TeacherLoadError: ``path`` exists already, or ``max_bytes`` is below one batch."""
+        if isinstance(self.teacher, TeacherCache):
+            return self.teacher
         with get_progress("teacher cache: rendering") as progress:
             task = progress.add_task("", total=count)
             cache = write_cache(path, self.teacher, self.render_batches(count), written_for, max_bytes,
                                 lambda: progress.advance(task))
         CONSOLE.log(f"Teacher cache: {len(cache)} batches, {cache.nbytes / 2**30:.2f} GiB in {cache.path}")
         self.teacher, self._made = cache, None
-        self.pseudo_ray_generator = None
         self._log_recorded()
         return cache
 
-    def feedback(self, ray_bundle: RayBundle, batch: Dict, rgb: Float[Tensor, "R 3"]) -> Dict[str, Tensor]:
-        """Hand one step's per-ray errors of the student's render ``rgb`` against the teacher's to active
-        learning (TCP statistics, TSR pool); returns its metrics (pool fill, ``al_overhead_ms``)."""
+    def feedback(self, ray_bundle: RayBundle, batch: Dict, errors: Float[Tensor, "R"]) -> Dict[str, Tensor]:
+        """Hand one step's per-ray squared RGB errors of the student against the teacher (the batch's R rays)
+        to active learning (TCP statistics, TSR pool); returns its metrics (pool fill, ``al_overhead_ms``)."""
         al = self.active_learning
         if not al.active:
             return {}
         started = time.perf_counter()
-        errors = ray_rgb_errors(rgb.detach(), batch["image"])
+        errors = errors.detach()
         rays = {"origins": ray_bundle.origins, "directions": ray_bundle.directions, "pixel_area": ray_bundle.pixel_area}
         al.feedback(batch["indices"], rays, errors)
         return {**al.metrics(), "al_overhead_ms": torch.tensor(1000.0 * (time.perf_counter() - started))}
@@ -284,9 +285,9 @@ class DistillationDataManager(VanillaDataManager):
     def feedback(self, ray_bundle: RayBundle, batch: Dict, model_outputs: Dict) -> Dict[str, Tensor]:
         """Active learning's share of a step: once the student renders (stage 3), its per-ray errors go to the
         pseudo-labels it leads (:meth:`PseudoLabels.feedback`). Returns metrics to log (may be empty)."""
-        if self.pseudo_labels is None or not self.leads or "rgb" not in model_outputs:
+        if self.pseudo_labels is None or not self.leads or "rgb_errors" not in model_outputs:
             return {}
-        return self.pseudo_labels.feedback(ray_bundle, batch, model_outputs["rgb"])
+        return self.pseudo_labels.feedback(ray_bundle, batch, model_outputs["rgb_errors"])
 
     def get_train_rays_per_batch(self) -> int:
         return self.config.train_num_rays_per_batch

@@ -26,7 +26,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfig
-from pvdal_ns.losses import HardPoints, PVDLossConfig, StageSchedule, point_losses, rgb_loss
+from pvdal_ns.losses import HardPoints, PVDLossConfig, StageSchedule, point_losses, ray_rgb_errors
 from pvdal_ns.metrics import image_metrics
 from pvdal_ns.occupancy import OccupancyGrid
 from pvdal_ns.samples import Sampling, composite, sample_occupied
@@ -194,13 +194,16 @@ class PVDModel(Model):
         Returns:
             ``points``: :class:`PointOutputs` at the M occupied samples (colour from stage 2); from stage 3 also
             ``rgb`` Float[Tensor, "R 3"] on the batch's background, ``accumulation``, ``depth``, ``weights``
-            Float[Tensor, "R S 1"] and, while active learning selects them, ``hard_points`` Bool[Tensor, "M"].
+            Float[Tensor, "R S 1"], ``rgb_errors`` Float[Tensor, "R"] (each ray's squared error against the
+            teacher's render: L_rgb, the PSNR metric and active learning's feedback all read it) and, while
+            active learning selects them, ``hard_points`` Bool[Tensor, "M"].
         """
         assert self.stage > 0, "no distillation stage: the pipeline's training callback sets it (set_step)"
         points = self.query(teacher.ray_samples, teacher.mask, with_rgb=self.stage >= 2)
         outputs: Dict[str, Any] = {"points": points}
         if self.stage == 3:
             outputs.update(self.composite(teacher.ray_samples, teacher.mask, points, teacher.background))
+            outputs["rgb_errors"] = ray_rgb_errors(outputs["rgb"], teacher.rgb)
             if self.hard_points is not None:
                 outputs["hard_points"] = self.hard_points.select(teacher.weights, outputs["weights"], teacher.mask,
                                                                  teacher.accumulation)
@@ -225,8 +228,8 @@ class PVDModel(Model):
                 "occupied_fraction": torch.tensor(self.occupancy_grid.occupied_fraction),
             }
         metrics = {"stage": torch.tensor(float(self.stage)), "samples_per_ray": teacher.mask.sum(dim=-1).float().mean()}
-        if "rgb" in outputs:
-            mse = rgb_loss(outputs["rgb"], teacher.rgb).detach()
+        if "rgb_errors" in outputs:
+            mse = outputs["rgb_errors"].mean().detach()
             metrics["psnr_vs_teacher"] = -10.0 * torch.log10(mse.clamp(min=1e-10))
         if "hard_points" in outputs:
             metrics["al_hard_point_fraction"] = outputs["hard_points"].float().mean()
@@ -238,23 +241,20 @@ class PVDModel(Model):
         ``colour_loss`` (L_σ, L_c, at the hard points while they apply) from stage 2 unless the teacher gave
         renders only, ``rgb_loss`` (L_rgb against the teacher's render) from stage 3. Both: ``regularization``
         (ω₅·L_reg of the field, in training; distilling from stage 2), added here only."""
-        teacher = batch.get("teacher")
+        teacher, d = batch.get("teacher"), self.distillation
         distilling = teacher is not None
         loss: Dict[str, Tensor] = {}
         if not distilling:
             pred, gt = self._gt(batch, outputs)
             loss["rgb_loss"] = torch.mean((pred - gt) ** 2)
         elif teacher.points is not None:
-            d = self.distillation
             assert d is not None
             loss.update(point_losses(outputs["points"], teacher.points, self.stage, d.loss, d.align_volume,
                                      outputs.get("hard_points"), self.step))
         if self.training and (not distilling or self.stage >= 2):
             loss["regularization"] = self.config.regularization_weight * self.field.regularization_loss()
-        if distilling and self.stage == 3:
-            weight = self.distillation.loss.rgb_weight  # type: ignore[union-attr]
-            if weight > 0:
-                loss["rgb_loss"] = weight * rgb_loss(outputs["rgb"], teacher.rgb)
+        if distilling and self.stage == 3 and d.loss.rgb_weight > 0:  # type: ignore[union-attr]
+            loss["rgb_loss"] = d.loss.rgb_weight * outputs["rgb_errors"].mean()  # type: ignore[union-attr]
         return loss
 
     def get_image_metrics_and_images(

@@ -167,11 +167,9 @@ class DistillationPipeline(VanillaPipeline):
         self.datamanager.to(device)
         dataset = self.datamanager.train_dataset
         assert dataset is not None, "Missing input dataset"
-        self.active_learning = ActiveLearning(config.al)
-        """The pools of hard poses and rays; saved in the checkpoint, restored on resume."""
         self._cache_to_write: Optional[Path] = None
         self._run_steps: Optional[int] = None
-        distillation = None
+        distillation, capabilities = None, None
         if test_mode == "val" and config.distils:
             sampling = config.model.sampling(dataset.scene_box)
             self.batch_key = batch_key(config, sampling, dataset.cameras)
@@ -179,7 +177,9 @@ class DistillationPipeline(VanillaPipeline):
             teacher = self._open_teacher(sampling, device)
             capabilities = self._capabilities(teacher)
             distillation = self._plan(teacher, capabilities)
-            self.active_learning = ActiveLearning(config.al, capabilities, distillation.stages.stage3_start)
+        stage3_start = 0 if distillation is None else distillation.stages.stage3_start
+        self.active_learning = ActiveLearning(config.al, capabilities, stage3_start)
+        """The levels, pools and statistics of active learning; the pools are saved in the checkpoint."""
         self._model = config.model.setup(scene_box=dataset.scene_box, num_train_data=len(dataset),
                                          metadata=dataset.metadata, device=device, grad_scaler=grad_scaler,
                                          distillation=distillation)
@@ -283,9 +283,8 @@ class DistillationPipeline(VanillaPipeline):
         labels = self.datamanager.pseudo_labels
         if self._cache_to_write is None or labels is None:
             return
-        if Capability.RECORDED not in labels.teacher.capabilities:
-            labels.record(self._cache_to_write, self._run_steps or step + 1, self.batch_key,
-                          int(self.config.teacher_cache_gib * 2**30))
+        labels.record(self._cache_to_write, self._run_steps or step + 1, self.batch_key,
+                      int(self.config.teacher_cache_gib * 2**30))
         self._cache_to_write = None
 
     def set_step(self, step: int) -> None:
