@@ -31,7 +31,10 @@ FIELD_CONFIGS = {"hash": HashFieldConfig, "vm": VMFieldConfig, "mlp": MLPFieldCo
 
 
 def field_config(architecture: str, small: bool) -> PVDFieldConfig:
-    """A fresh field config of ``pvdal-<architecture>[-small]``."""
+    """A fresh field config of ``pvdal-<architecture>[-small]`` (sizes from :data:`~pvdal_ns.presets.PRESETS`).
+
+    Raises:
+        KeyError: ``architecture`` is not one of hash, vm, mlp, tensors."""
     return FIELD_CONFIGS[architecture](**PRESETS[architecture, small].field)
 
 

@@ -114,7 +114,8 @@ class PseudoLabels:
 
     def render_batches(self, count: int) -> Iterator[Tuple[RayBundle, Dict]]:
         """``count`` batches as training draws them, rendered by the live teacher (what a teacher cache
-        stores); active learning is not consulted."""
+        stores): (RayBundle [R], batch dict) pairs as :meth:`batch` gives them; active learning is not
+        consulted."""
         for step in range(count):
             yield self._rendered_batch(step)
 

@@ -279,7 +279,10 @@ class DistillationPipeline(VanillaPipeline):
     def write_teacher_cache(self, step: int) -> None:
         """Serial mode, before the first step: the teacher renders the run's batches (one per step, within
         ``teacher_cache_gib``) into ``teacher_cache``, is released, and the student distils from the cache.
-        A student sharing the batches of another finds the cache written already."""
+        A student sharing the batches of another finds the cache written already.
+
+        Raises:
+            TeacherLoadError: the cache path exists already, or ``teacher_cache_gib`` is below one batch."""
         labels = self.datamanager.pseudo_labels
         if self._cache_to_write is None or labels is None:
             return
