@@ -60,7 +60,7 @@ class ActiveLearningConfig:
     point_fraction: float = 0.3
     """Fraction of each ray's occupied samples, by weight, that carries the σ and colour losses (paper: 30 %)."""
     point_min_opacity: float = 0.5
-    """Rays whose teacher opacity is below this are left out of the σ and colour losses."""
+    """Each model's hard points are taken only on rays it renders at least this opaque (its own opacity)."""
     images_every_epochs: int = 10
     """Write the hard-pose and hard-ray images every this many epochs (0: never); each set costs a
     teacher render of one view and two matplotlib figures (about 2 s on a 2-core CPU)."""

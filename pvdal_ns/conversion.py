@@ -110,7 +110,7 @@ class Trained:
 
 
 def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Optional[TrainResult] = None) -> Trained:
-    """Train ``config`` in-process (unless ``run`` already did), then evaluate it on the eval split."""
+    """Train ``config`` in-process (unless ``run`` already did), then evaluate it on the test views."""
     run = run or train(config, f"{name}: training")
     result = evaluate(run.pipeline, f"{name}: evaluating")
     report = model_report(name, role, config.method_name, result, run.seconds, count_parameters(run.pipeline), run.steps, run.config_path)

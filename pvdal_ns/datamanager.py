@@ -4,7 +4,7 @@ Without a teacher it is nerfstudio's ``VanillaDataManager`` (training on images)
 batches never contain real pixels (paper §4.1 "pseudo-labeling", data-free): they come from the
 :class:`PseudoLabels` the pipeline hands it at setup. Each epoch draws fresh poses from the training
 cameras' distribution (docs/design.md, "Method"), rays use the training intrinsics, and ``batch["image"]``
-is the teacher's render of those rays on a random per-ray background. The eval split keeps the real test
+is the teacher's render of those rays on a random per-ray background (from stage 3). The eval split keeps the real
 images, so ``ns-eval`` measures the student against ground truth.
 """
 
@@ -27,10 +27,11 @@ from torch import Tensor
 
 from pvdal_ns.active_learning import ActiveLearning
 from pvdal_ns.al_images import write_epoch_images
+from pvdal_ns.losses import StageSchedule
 from pvdal_ns.poses import PoseSampler
 from pvdal_ns.teachers import Capability, Teacher, TeacherBatch, TeacherCache, TeacherImages, write_cache
 
-__all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PseudoLabels"]
+__all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PseudoLabels", "float32_intrinsics"]
 
 
 @dataclass
@@ -50,7 +51,7 @@ class DistillationDataManagerConfig(VanillaDataManagerConfig):
     """Forward-facing scenes: rotation jitter of a training camera's orientation."""
 
 
-def _float32_intrinsics(dataset):
+def float32_intrinsics(dataset):
     """nerfstudio's blender dataparser gives float64 fx/fy (a numpy float into ``torch.tensor``), which
     breaks ``ns-render spiral`` (``torch.cross`` of float32 and float64); cast them to float32."""
     cameras = dataset.cameras
@@ -87,6 +88,7 @@ class PseudoLabels:
         self.image_dir: Optional[Path] = None
         """Where the active-learning figures go (``<run>/active_learning``), set by the first datamanager."""
         self._made: Optional[Tuple[int, RayBundle, Dict]] = None
+        self._schedules: List[StageSchedule] = []
         if Capability.RECORDED in teacher.capabilities:
             self._log_recorded()
             return
@@ -102,6 +104,16 @@ class PseudoLabels:
         assert isinstance(cache, TeacherCache)
         CONSOLE.log(f"Pseudo-labels: {len(cache)} cached batches of {cache.rays_per_batch} rays from {cache.path}")
 
+    def serve(self, stages: StageSchedule) -> None:
+        """Make batches for a student with these stages too: each batch holds what the most advanced stage at
+        its step needs of the teacher (stage 1: ϕ¹ and density at the points, stage 2: + colour, stage 3: +
+        the render; :class:`~pvdal_ns.teachers.TeacherBatch`). Without any, batches are complete."""
+        self._schedules.append(stages)
+
+    def stage_at(self, step: int) -> int:
+        """The most advanced stage (1–3) of the students served at ``step``: what its batch must hold."""
+        return max((s.stage_at(step) for s in self._schedules), default=3)
+
     def batch(self, step: int) -> Tuple[RayBundle, Dict]:
         """The batch of ``step``: RayBundle [R] and ``image`` Float[Tensor, "R 3"] (the teacher's render on
         ``background`` Float[Tensor, "R 3"]), ``indices`` Int[Tensor, "R 3"] (pose id, row, column; pose id
@@ -109,15 +121,16 @@ class PseudoLabels:
         hard-ray pool is full, a fraction of the R rays comes from it; R stays ``train_num_rays_per_batch``."""
         if self._made is None or self._made[0] != step:
             recorded = Capability.RECORDED in self.teacher.capabilities
-            self._made = (step, *(self._recorded_batch(step) if recorded else self._rendered_batch(step)))
+            stage = self.stage_at(step)
+            self._made = (step, *(self._recorded_batch(step, stage) if recorded else self._rendered_batch(step, stage)))
         return self._made[1], self._made[2]
 
     def render_batches(self, count: int) -> Iterator[Tuple[RayBundle, Dict]]:
-        """``count`` batches as training draws them, rendered by the live teacher (what a teacher cache
+        """``count`` batches as training draws them, rendered whole by the live teacher (what a teacher cache
         stores): (RayBundle [R], batch dict) pairs as :meth:`batch` gives them; active learning is not
         consulted."""
         for step in range(count):
-            yield self._rendered_batch(step)
+            yield self._rendered_batch(step, stage=3)
 
     def record(self, path: Path, count: int, written_for: Dict, max_bytes: int) -> TeacherCache:
         """Serial mode: render ``count`` batches into a new teacher cache at ``path`` (at most ``max_bytes``),
@@ -191,15 +204,15 @@ class PseudoLabels:
         pose = torch.randint(len(self.cameras), (num_rays,))
         return torch.stack([pose, torch.randint(height, (num_rays,)), torch.randint(width, (num_rays,))], dim=-1)
 
-    def _recorded_batch(self, step: int) -> Tuple[RayBundle, Dict]:
+    def _recorded_batch(self, step: int, stage: int) -> Tuple[RayBundle, Dict]:
         cache = self.teacher
         assert isinstance(cache, TeacherCache)
         background = torch.rand(cache.rays_per_batch, 3, device=self.device)
-        ray_bundle, teacher_batch = cache.recorded_batch(step % len(cache), background, torch.device(self.device))
+        ray_bundle, teacher_batch = cache.recorded_batch(step % len(cache), background, torch.device(self.device), stage)
         indices = torch.full((len(background), 3), -1, dtype=torch.long)  # not tied to this run's poses
         return ray_bundle, _batch_dict(teacher_batch, indices)
 
-    def _rendered_batch(self, step: int) -> Tuple[RayBundle, Dict]:
+    def _rendered_batch(self, step: int, stage: int) -> Tuple[RayBundle, Dict]:
         if self._epoch_step >= self._epoch_steps:
             self._end_epoch(step)
             self._new_epoch()
@@ -221,7 +234,7 @@ class PseudoLabels:
         if self.images is not None:
             teacher_batch = self.teacher.image_batch(self.images, indices, ray_bundle, background)
         else:
-            teacher_batch = self.teacher.render(ray_bundle, background)
+            teacher_batch = self.teacher.render(ray_bundle, background, stage)
         return ray_bundle, _batch_dict(teacher_batch, indices)
 
 
@@ -240,10 +253,10 @@ class DistillationDataManager(VanillaDataManager):
     config: DistillationDataManagerConfig
 
     def create_train_dataset(self):
-        return _float32_intrinsics(super().create_train_dataset())
+        return float32_intrinsics(super().create_train_dataset())
 
     def create_eval_dataset(self):
-        return _float32_intrinsics(super().create_eval_dataset())
+        return float32_intrinsics(super().create_eval_dataset())
 
     def setup_train(self) -> None:
         # Deferred: VanillaDataManager.setup_train reads every training image, which distillation never uses.

@@ -1,14 +1,16 @@
 """PVD losses (paper Eq. 6–8), the hard points that carry them (TSP, Eq. 11) and the block-wise stage
 schedule (§3.2.3).
 
-All terms are mean-squared errors (the paper's L₂) over the shared sample points or rays. The model applies
-them (:meth:`pvdal_ns.model.PVDModel.get_loss_dict`); active learning decides when hard points apply.
+Every term reduces the residuals over the shared sample points or rays in one of two forms
+(``PVDLossConfig.form``): their mean square ("mse", the default), or their L2 norm ("norm", the authors'
+``normL2``: ``torch.norm(pred - gt)`` over all elements, docs/design.md "Method"). The model applies them
+(:meth:`pvdal_ns.model.PVDModel.get_loss_dict`); active learning decides when hard points apply.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -31,58 +33,95 @@ class PVDLossConfig:
     """ω₄, rendered-RGB loss L_rgb."""
     density_clip: Optional[Tuple[float, float]] = (-2.0, 7.0)
     """[a, b] for raw (log-space) densities, σ ∈ [0.135, 1097]; None compares unclipped raw densities."""
+    clip_mode: Literal["target", "forward"] = "target"
+    """How the density clip applies. "target": in the losses only, to L_σ and to L_v's density channel,
+    keeping a gradient where only the student is beyond a bound (:func:`clipped_residual`). "forward": as the
+    authors' code, raw density is clamped in the forward pass of both models, so the render, L_σ and L_v
+    see clamped values and the student gets no gradient outside [a, b] (:func:`clamp_density`)."""
+    form: Literal["mse", "norm"] = "mse"
+    """Reduction of every term: "mse", the mean of squared residuals; "norm", their L2 norm (authors' normL2)."""
     volume_weight_decay: float = 1.0
     """ω₁ is multiplied by this every step (authors' code: 0.995); 1 keeps it constant (paper)."""
 
 
-def _mean(x: Tensor) -> Tensor:
-    """Mean that is 0 (with a gradient path) when a batch has no occupied sample points."""
-    return x.sum() / max(x.numel(), 1)
+def reduce(squares: Tensor, form: str = "mse", channels: int = 1) -> Tensor:
+    """A loss from squared residuals: their mean ("mse"; 0 with a gradient path when there are none), or the
+    L2 norm of the residuals ("norm": the square root of their sum, with a zero gradient at zero).
+
+    Args:
+        squares: squared residuals, or their means over ``channels`` channels (as :func:`ray_rgb_errors`).
+        form: "mse" or "norm".
+        channels: how many residuals each entry of ``squares`` averages (counts them for "norm").
+    """
+    if form == "mse":
+        return squares.sum() / max(squares.numel(), 1)
+    if form == "norm":
+        return torch.sqrt((squares.sum() * channels).clamp_min(1e-20))
+    raise ValueError(f"loss form must be 'mse' or 'norm', got {form!r}")
 
 
-def volume_aligned_loss(student: Float[Tensor, "N 16"], teacher: Float[Tensor, "N 16"]) -> Tensor:
-    """L_v (Eq. 6): MSE between student and teacher ϕ¹ volume features."""
-    return _mean((student - teacher) ** 2)
-
-
-def clipped_density_loss(
+def clipped_residual(
     student: Float[Tensor, "N 1"], teacher: Float[Tensor, "N 1"], clip: Optional[Tuple[float, float]]
-) -> Tensor:
-    """L_σ (Eq. 8): MSE between raw densities clipped to [a, b].
+) -> Float[Tensor, "N 1"]:
+    """The residual of Eq. 8 between raw densities clipped to [a, b] ("target" clip mode).
 
-    Equal to Eq. 8 wherever Eq. 8 has a gradient. Where the student is beyond a bound the teacher is
+    Equal to Eq. 8's wherever Eq. 8 has a gradient. Where the student is beyond a bound the teacher is
     not (say σ_s < a ≤ σ_t), Eq. 8 is flat in σ_s and would leave the student stuck; here the
-    residual σ_s − clip(σ_t) still pulls it back. Both beyond the same bound → no loss, as in Eq. 8.
+    residual σ_s − clip(σ_t) still pulls it back. Both beyond the same bound → zero, as in Eq. 8.
 
     Args:
         student: raw (log-space) densities, gradients flow into these.
         teacher: raw densities of the teacher at the same points.
-        clip: (a, b) or None for no clipping.
+        clip: (a, b) or None for no clipping (plain difference).
     """
     if clip is None:
-        return _mean((student - teacher) ** 2)
+        return student - teacher
     a, b = clip
-    target = teacher.clamp(a, b)
     both_below = (teacher <= a) & (student <= a)
     both_above = (teacher >= b) & (student >= b)
-    residual = torch.where(both_below | both_above, torch.zeros_like(student), student - target)
-    return _mean(residual**2)
+    return torch.where(both_below | both_above, torch.zeros_like(student), student - teacher.clamp(a, b))
 
 
-def colour_loss(student: Float[Tensor, "N 3"], teacher: Float[Tensor, "N 3"]) -> Tensor:
-    """L_c: MSE between per-point colours after the sigmoid."""
-    return _mean((student - teacher) ** 2)
+def clamp_density(points: PointOutputs, clip: Tuple[float, float]) -> PointOutputs:
+    """The "forward" clip mode (authors' ``network.py``): raw density, and the density channel of ϕ¹,
+    clamped to [a, b]; a clamped value passes no gradient."""
+    a, b = clip
+    phi1 = None if points.phi1 is None else torch.cat([points.phi1[..., :1].clamp(a, b), points.phi1[..., 1:]], -1)
+    return PointOutputs(points.raw_density.clamp(a, b), points.rgb, phi1)
+
+
+def volume_aligned_loss(student: Float[Tensor, "N 16"], teacher: Float[Tensor, "N 16"],
+                        clip: Optional[Tuple[float, float]] = None, form: str = "mse") -> Tensor:
+    """L_v (Eq. 6) between student and teacher ϕ¹ volume features; channel 0 (raw density) clipped as
+    L_σ when ``clip`` is given (:func:`clipped_residual`), so a stock teacher's log σ of −20 in empty space
+    does not dominate the 16 channels."""
+    residual = torch.cat([clipped_residual(student[..., :1], teacher[..., :1], clip),
+                          student[..., 1:] - teacher[..., 1:]], dim=-1)
+    return reduce(residual**2, form)
+
+
+def clipped_density_loss(
+    student: Float[Tensor, "N 1"], teacher: Float[Tensor, "N 1"], clip: Optional[Tuple[float, float]],
+    form: str = "mse",
+) -> Tensor:
+    """L_σ (Eq. 8) on raw densities clipped to [a, b] (:func:`clipped_residual`); None: unclipped."""
+    return reduce(clipped_residual(student, teacher, clip) ** 2, form)
+
+
+def colour_loss(student: Float[Tensor, "N 3"], teacher: Float[Tensor, "N 3"], form: str = "mse") -> Tensor:
+    """L_c between per-point colours after the sigmoid."""
+    return reduce((student - teacher) ** 2, form)
 
 
 def ray_rgb_errors(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Float[Tensor, "R"]:
-    """Per-ray squared error of rendered colours, averaged over RGB; their mean is L_rgb, and they rank
-    the hard rays and poses of active learning (Eq. 9–10)."""
+    """Per-ray squared error of rendered colours, averaged over RGB; they give L_rgb (:func:`rgb_loss`), and
+    they rank the hard rays and poses of active learning (Eq. 9–10)."""
     return ((student - teacher) ** 2).mean(dim=-1)
 
 
-def rgb_loss(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Tensor:
-    """L_rgb: MSE between rendered pixel colours."""
-    return ray_rgb_errors(student, teacher).mean()
+def rgb_loss(errors: Float[Tensor, "R"], form: str = "mse") -> Tensor:
+    """L_rgb from the per-ray errors of :func:`ray_rgb_errors`: their mean, or the norm of the R × 3 residuals."""
+    return reduce(errors, form, channels=3)
 
 
 def point_losses(
@@ -94,7 +133,8 @@ def point_losses(
     hard_points: Optional[Bool[Tensor, "M"]] = None,
     step: int = 0,
 ) -> Dict[str, Tensor]:
-    """Weighted per-point losses for a stage: L_v from stage 1, L_σ and L_c from stage 2.
+    """Weighted per-point losses for a stage: L_v from stage 1, L_σ and L_c from stage 2, with the density
+    clip and the form of ``config`` (in "forward" clip mode the model hands both sides clamped already).
 
     Args:
         student, teacher: outputs at the same M points (``rgb`` needed from stage 2).
@@ -107,20 +147,22 @@ def point_losses(
         ``{"volume_loss", "density_loss", "colour_loss"}`` as far as the stage has them; weights applied.
     """
     losses: Dict[str, Tensor] = {}
+    clip = config.density_clip if config.clip_mode == "target" else None  # "forward": clamped by the model
+    form = config.form
     if align_volume and config.volume_weight > 0:
         assert student.phi1 is not None and teacher.phi1 is not None
         weight = config.volume_weight * config.volume_weight_decay**step
-        losses["volume_loss"] = weight * volume_aligned_loss(student.phi1, teacher.phi1)
+        losses["volume_loss"] = weight * volume_aligned_loss(student.phi1, teacher.phi1, clip, form)
     if stage >= 2:
         if hard_points is not None:
             student, teacher = _select(student, hard_points), _select(teacher, hard_points)
         if config.density_weight > 0:
             losses["density_loss"] = config.density_weight * clipped_density_loss(
-                student.raw_density, teacher.raw_density, config.density_clip
+                student.raw_density, teacher.raw_density, clip, form
             )
         if config.colour_weight > 0:
             assert student.rgb is not None and teacher.rgb is not None
-            losses["colour_loss"] = config.colour_weight * colour_loss(student.rgb, teacher.rgb)
+            losses["colour_loss"] = config.colour_weight * colour_loss(student.rgb, teacher.rgb, form)
     return losses
 
 
@@ -159,39 +201,46 @@ def hard_point_mask(
     student_weights: Float[Tensor, "R S 1"],
     mask: Bool[Tensor, "R S"],
     teacher_accumulation: Float[Tensor, "R 1"],
+    student_accumulation: Float[Tensor, "R 1"],
     fraction: float = 0.3,
     min_opacity: float = 0.5,
 ) -> Bool[Tensor, "M"]:
     """TSP (Eq. 11): which of the M = mask.sum() occupied samples carry the σ and colour losses.
 
-    A sample is kept when it is among the top ``fraction`` of its ray's occupied samples by the teacher's
-    weight or by the student's (the union of Algorithm 1's ``cat(tea_out[PW], stu_out[PW])``), and its
-    ray's teacher opacity is at least ``min_opacity``.
+    Each model nominates the top ``fraction`` of each ray's occupied samples by its own weight, on the rays
+    where its own opacity is at least ``min_opacity`` (authors' ``raymarching.cu``: ``ws < 0.5`` drops the
+    ray of that model); a sample is kept when either model nominates it (the union of Algorithm 1's
+    ``cat(tea_out[PW], stu_out[PW])``). A floater of the student where the teacher is empty is thus a
+    hard point.
 
     Returns:
         Bool[Tensor, "M"] in the order of ``positions[mask]``.
     """
     ray_ids = torch.nonzero(mask)[:, 0]
-    teacher = top_fraction_per_ray(teacher_weights.detach()[mask][:, 0], ray_ids, fraction)
-    student = top_fraction_per_ray(student_weights.detach()[mask][:, 0], ray_ids, fraction)
-    opaque = (teacher_accumulation.detach()[:, 0] >= min_opacity)[ray_ids]
-    return (teacher | student) & opaque
+
+    def nominated(weights: Tensor, accumulation: Tensor) -> Tensor:
+        top = top_fraction_per_ray(weights.detach()[mask][:, 0], ray_ids, fraction)
+        return top & (accumulation.detach()[:, 0] >= min_opacity)[ray_ids]
+
+    return nominated(teacher_weights, teacher_accumulation) | nominated(student_weights, student_accumulation)
 
 
 @dataclass(frozen=True)
 class HardPoints:
     """Hard points (TSP, Eq. 11) as the model applies them: of each ray's occupied samples, the top ``fraction``
-    by the teacher's or the student's weight carry L_σ and L_c, on rays whose teacher opacity is at least
-    ``min_opacity``. Active learning hands one to the model while the level is active
-    (:attr:`pvdal_ns.active_learning.ActiveLearning.hard_points`)."""
+    by the teacher's weight (on rays the teacher renders at least ``min_opacity`` opaque) or by the student's
+    (on rays the student does) carry L_σ and L_c. Active learning hands one to the model while the level is
+    active (:attr:`pvdal_ns.active_learning.ActiveLearning.hard_points`)."""
 
     fraction: float = 0.3
     min_opacity: float = 0.5
 
     def select(self, teacher_weights: Float[Tensor, "R S 1"], student_weights: Float[Tensor, "R S 1"],
-               mask: Bool[Tensor, "R S"], teacher_accumulation: Float[Tensor, "R 1"]) -> Bool[Tensor, "M"]:
+               mask: Bool[Tensor, "R S"], teacher_accumulation: Float[Tensor, "R 1"],
+               student_accumulation: Float[Tensor, "R 1"]) -> Bool[Tensor, "M"]:
         """:func:`hard_point_mask` with this rule's fraction and opacity."""
-        return hard_point_mask(teacher_weights, student_weights, mask, teacher_accumulation, self.fraction, self.min_opacity)
+        return hard_point_mask(teacher_weights, student_weights, mask, teacher_accumulation, student_accumulation,
+                               self.fraction, self.min_opacity)
 
 
 @dataclass

@@ -10,6 +10,7 @@ nerfstudio's ``models/nerfacto.py`` and ``models/instant_ngp.py``; docs/design.m
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
@@ -26,7 +27,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfig
-from pvdal_ns.losses import HardPoints, PVDLossConfig, StageSchedule, point_losses, ray_rgb_errors
+from pvdal_ns.losses import (HardPoints, PVDLossConfig, StageSchedule, clamp_density, point_losses, ray_rgb_errors,
+                             rgb_loss)
 from pvdal_ns.metrics import image_metrics
 from pvdal_ns.occupancy import OccupancyGrid
 from pvdal_ns.samples import Sampling, composite, sample_occupied
@@ -113,6 +115,44 @@ class PVDModel(Model):
         self.hard_points: Optional[HardPoints] = None
         """The hard-point rule (TSP) while active learning applies it; None: every point carries L_σ and L_c."""
 
+    def warm_start(self, state: Dict[str, Tensor], source: str) -> List[str]:
+        """Start the field from a teacher's field weights (the authors load the teacher checkpoint into the
+        student with ``strict=False``; docs/design.md "Method"): every tensor whose name and shape match is
+        copied, so a student of the teacher's architecture and sizes starts as the teacher, and another takes
+        what it shares (say the hidden layers of a colour MLP of the same width): each layer (sub-module) is
+        copied whole, when all its tensors match, or not at all. One log line says what was copied.
+
+        Args:
+            state: the teacher field's ``state_dict`` (its ``aabb`` must be the student's scene box).
+            source: the teacher's name, for the log line.
+
+        Returns:
+            the names of the copied tensors (empty when the scene boxes differ or nothing matches).
+        """
+        own = self.field.state_dict()
+        if "aabb" in state and not torch.allclose(state["aabb"].to(own["aabb"]), own["aabb"]):
+            CONSOLE.log(f"Warm start skipped: the {source} teacher's scene box differs from the student's")
+            return []
+        learned = [k for k in own if k != "aabb"]
+        modules: Dict[str, List[str]] = {}  # a layer is copied whole or not at all (no bias without its weight)
+        for key in learned:
+            modules.setdefault(key.rpartition(".")[0], []).append(key)
+        copied = {k: state[k] for keys in modules.values()
+                  if all(k in state and state[k].shape == own[k].shape for k in keys) for k in keys}
+        self.field.load_state_dict(copied, strict=False)
+        if not copied:
+            CONSOLE.log(f"Warm start: no tensor of the student matches the {source} teacher's by name and shape")
+            return []
+        parts = []
+        for module in dict.fromkeys(k.split(".")[0] for k in learned):
+            mine = [k for k in learned if k.split(".")[0] == module]
+            done = sum(k in copied for k in mine)
+            if done:
+                parts.append(module if done == len(mine) else f"{module} ({done}/{len(mine)})")
+        CONSOLE.log(f"Warm start from the {source} teacher: {len(copied)} of {len(learned)} tensors copied "
+                    f"({', '.join(parts)})")
+        return sorted(copied)
+
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
         return self.field.param_groups()
 
@@ -192,22 +232,38 @@ class PVDModel(Model):
             teacher: the batch's :class:`~pvdal_ns.teachers.TeacherBatch` (sample points, mask, background).
 
         Returns:
-            ``points``: :class:`PointOutputs` at the M occupied samples (colour from stage 2); from stage 3 also
+            ``points``: :class:`PointOutputs` at the M occupied samples (colour from stage 2); ``teacher_points``,
+            the teacher's as the losses see them (clamped in "forward" clip mode); from stage 3 also
             ``rgb`` Float[Tensor, "R 3"] on the batch's background, ``accumulation``, ``depth``, ``weights``
             Float[Tensor, "R S 1"], ``rgb_errors`` Float[Tensor, "R"] (each ray's squared error against the
             teacher's render: L_rgb, the PSNR metric and active learning's feedback all read it) and, while
             active learning selects them, ``hard_points`` Bool[Tensor, "M"].
         """
-        assert self.stage > 0, "no distillation stage: the pipeline's training callback sets it (set_step)"
+        assert self.stage > 0 and self.distillation is not None, "no distillation stage: set_step sets it"
         points = self.query(teacher.ray_samples, teacher.mask, with_rgb=self.stage >= 2)
-        outputs: Dict[str, Any] = {"points": points}
+        loss = self.distillation.loss
+        if loss.clip_mode == "forward" and loss.density_clip is not None and teacher.points is not None:
+            points, teacher = clamp_density(points, loss.density_clip), self._clamped_teacher(teacher, loss.density_clip)
+        outputs: Dict[str, Any] = {"points": points, "teacher_points": teacher.points}
         if self.stage == 3:
             outputs.update(self.composite(teacher.ray_samples, teacher.mask, points, teacher.background))
             outputs["rgb_errors"] = ray_rgb_errors(outputs["rgb"], teacher.rgb)
             if self.hard_points is not None:
                 outputs["hard_points"] = self.hard_points.select(teacher.weights, outputs["weights"], teacher.mask,
-                                                                 teacher.accumulation)
+                                                                 teacher.accumulation, outputs["accumulation"])
         return outputs
+
+    def _clamped_teacher(self, teacher: Any, clip: Tuple[float, float]) -> Any:
+        """The "forward" clip mode (authors' code, docs/design.md "Method"): the teacher's raw densities
+        clamped to [a, b] as the student's are, and from stage 3 re-rendered with them (the teacher's render,
+        weights and opacity are what a clamped teacher gives). The student's own renders outside distillation
+        are not clamped: below a, σ·Δt < 0.003 a sample; above b, a sample is opaque either way."""
+        points = clamp_density(teacher.points, clip)
+        if teacher.rgb is None:
+            return dataclasses.replace(teacher, points=points)
+        out = self.composite(teacher.ray_samples, teacher.mask, points, teacher.background)
+        return dataclasses.replace(teacher, points=points, rgb=out["rgb"], weights=out["weights"],
+                                   accumulation=out["accumulation"])
 
     # --- losses and metrics -------------------------------------------------------------------------
     def _gt(self, batch: Dict, outputs: Dict) -> Tuple[Tensor, Tensor]:
@@ -247,14 +303,14 @@ class PVDModel(Model):
         if not distilling:
             pred, gt = self._gt(batch, outputs)
             loss["rgb_loss"] = torch.mean((pred - gt) ** 2)
-        elif teacher.points is not None:
+        elif outputs["teacher_points"] is not None:
             assert d is not None
-            loss.update(point_losses(outputs["points"], teacher.points, self.stage, d.loss, d.align_volume,
+            loss.update(point_losses(outputs["points"], outputs["teacher_points"], self.stage, d.loss, d.align_volume,
                                      outputs.get("hard_points"), self.step))
         if self.training and (not distilling or self.stage >= 2):
             loss["regularization"] = self.config.regularization_weight * self.field.regularization_loss()
         if distilling and self.stage == 3 and d.loss.rgb_weight > 0:  # type: ignore[union-attr]
-            loss["rgb_loss"] = d.loss.rgb_weight * outputs["rgb_errors"].mean()  # type: ignore[union-attr]
+            loss["rgb_loss"] = d.loss.rgb_weight * rgb_loss(outputs["rgb_errors"], d.loss.form)  # type: ignore[union-attr]
         return loss
 
     def get_image_metrics_and_images(

@@ -64,6 +64,9 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
     """Steps of stage 1 (ϕ¹ only); skipped when either side has no volume feature (paper §4.1: 3k)."""
     stage2_steps: int = 5000
     """Steps of stage 2 (+ σ and colour at points, nothing rendered) (paper §4.1: 5k)."""
+    warm_start: bool = True
+    """Start the student from a pvdal-* teacher's field weights wherever name and shape match (authors'
+    ``strict=False`` load): a student of the teacher's architecture and sizes starts as the teacher."""
     blockwise: bool = True
     """False: all losses (stage 3) from the first step (Table 3 "w/o block-wise")."""
     al: ActiveLearningConfig = field(default_factory=ActiveLearningConfig)
@@ -184,10 +187,18 @@ class DistillationPipeline(VanillaPipeline):
                                          metadata=dataset.metadata, device=device, grad_scaler=grad_scaler,
                                          distillation=distillation)
         self.model.to(device)
+        if distillation is not None and config.warm_start:
+            state = teacher.warm_start_state()
+            if state is None:
+                CONSOLE.log(f"Warm start: not available from {teacher.name} (not a pvdal-* field); the student starts "
+                            "from scratch")
+            else:
+                self.model.warm_start(state, teacher.name)
         if distillation is not None:
             labels, leads = _shared("batches", self.batch_key, lambda: PseudoLabels(
                 teacher, self.active_learning, dataset.cameras, dataset.scene_box.get_center(), config.datamanager,
                 torch.device(device), from_images=capabilities == Capability.IMAGES))
+            labels.serve(distillation.stages)
             self.datamanager.use_pseudo_labels(labels, leads)
         if world_size > 1:
             self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))

@@ -1,7 +1,7 @@
 """Run nerfstudio training and evaluation in-process, with nerfstudio's progress bars.
 
 Used by ``ns-distill``: it trains with nerfstudio's own ``Trainer`` (checkpoints, writers, callbacks
-exactly as ``ns-train``) and evaluates on the eval split's full images.
+exactly as ``ns-train``) and evaluates on the full images of a split (the test views by default).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager
+from nerfstudio.data.utils.dataloaders import FixedIndicesEvalDataloader
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
@@ -21,6 +23,7 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import get_progress
 
+from pvdal_ns.datamanager import float32_intrinsics
 from pvdal_ns.metrics import image_metrics, offline_lpips
 from pvdal_ns.pipeline import sharing
 
@@ -168,7 +171,7 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
 
 @dataclass
 class EvalResult:
-    """Metrics of a model on the eval split.
+    """Metrics of a model on one split of the scene (its test views unless told).
 
     Attributes:
         psnr, ssim: means over the views; lpips: mean, or None when its weights are not on disk.
@@ -184,12 +187,25 @@ class EvalResult:
     gt: List[torch.Tensor] = field(default_factory=list)
 
 
+def split_dataloader(datamanager: VanillaDataManager, split: str) -> FixedIndicesEvalDataloader:
+    """Every image of one split of the scene, in order, as ``fixed_indices_eval_dataloader`` gives the eval
+    split's. Training evaluates on "val" (what presets are tuned on); reports give "test" (the views neither
+    trained nor tuned on: the embedded scene's val views are training views held out)."""
+    if split == datamanager.test_split:
+        return datamanager.fixed_indices_eval_dataloader
+    outputs = datamanager.dataparser.get_dataparser_outputs(split=split)
+    dataset = float32_intrinsics(datamanager.dataset_type(dataparser_outputs=outputs,
+                                                          scale_factor=datamanager.config.camera_res_scale_factor))
+    return FixedIndicesEvalDataloader(input_dataset=dataset, device=datamanager.device)
+
+
 @torch.no_grad()
-def evaluate(pipeline: Pipeline, description: str = "Evaluating") -> EvalResult:
-    """Render every eval image and compare it with the ground truth (composited on the model's background)."""
+def evaluate(pipeline: Pipeline, description: str = "Evaluating", split: str = "test") -> EvalResult:
+    """Render every image of ``split`` (the scene's test views by default: what reports give; "val" is what
+    presets are tuned on) and compare it with the ground truth (composited on the model's background)."""
     pipeline.eval()
     model = pipeline.model
-    loader = pipeline.datamanager.fixed_indices_eval_dataloader
+    loader = split_dataloader(pipeline.datamanager, split)  # type: ignore[arg-type]
     per_view, images, gts = [], [], []
     with get_progress(description) as progress:
         for camera, batch in progress.track(loader, total=len(loader)):

@@ -3,8 +3,11 @@
 
 Every image referenced by transforms_{train,val,test}.json is area-downsampled
 (box filter, premultiplied alpha) to --size x --size and written as an RGBA PNG
-under the same relative name; the three transforms files are copied unchanged
-(camera_angle_x is a field of view, so it does not depend on resolution).
+under the same relative name (camera_angle_x is a field of view, so it does not
+depend on resolution). The test split is the source's; the validation split is
+--val-views views of the source's training split, spread evenly and left out of
+the training split, so presets are tuned on views that are neither trained on
+nor reported (the source's val split is its test views).
 
 Usage (from the repo root):  python scripts/make_embedded_scene.py
 """
@@ -51,6 +54,8 @@ def main() -> None:
     parser.add_argument("--dst", type=Path, default=REPO_ROOT / "pvdal_ns/data/lego_100",
                         help="output folder (default: pvdal_ns/data/lego_100 in the repo root)")
     parser.add_argument("--size", type=int, default=100, help="output width and height in pixels (default: 100)")
+    parser.add_argument("--val-views", type=int, default=10,
+                        help="training views held out as the validation split (default: 10)")
     args = parser.parse_args()
 
     src, dst = args.src.resolve(), args.dst.resolve()
@@ -65,6 +70,13 @@ def main() -> None:
         if not path.is_file():
             fail(f"transforms file not found: {path}")
         transforms[split] = json.loads(path.read_text())
+
+    train = transforms["train"]["frames"]
+    if not 0 < args.val_views < len(train):
+        fail(f"--val-views must be between 1 and {len(train) - 1}, got {args.val_views}")
+    held_out = {round((i + 0.5) * len(train) / args.val_views) for i in range(args.val_views)}
+    transforms["val"] = {**transforms["train"], "frames": [f for i, f in enumerate(train) if i in held_out]}
+    transforms["train"] = {**transforms["train"], "frames": [f for i, f in enumerate(train) if i not in held_out]}
 
     # Every image referenced by any split, each converted once.
     natural = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)]  # noqa: E731

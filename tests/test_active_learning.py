@@ -23,10 +23,21 @@ def test_hard_points_are_the_union_of_teacher_and_student_on_opaque_rays():
     mask[2, 3] = False
     teacher = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.0, 0.0, 0.9, 0.1], [0.2, 0.5, 0.1, 0.0]])[..., None]
     student = torch.tensor([[0.1, 0.1, 0.1, 0.7], [0.0, 0.0, 0.8, 0.2], [0.6, 0.1, 0.1, 0.0]])[..., None]
-    opacity = torch.tensor([[1.0], [0.9], [0.4]])  # the third ray is too transparent
-    keep = hard_point_mask(teacher, student, mask, opacity, fraction=0.25, min_opacity=0.5)
+    opacity = torch.tensor([[1.0], [0.9], [0.4]])  # the third ray is too transparent for both
+    keep = hard_point_mask(teacher, student, mask, opacity, opacity, fraction=0.25, min_opacity=0.5)
     assert keep.shape == (11,)
     assert keep.tolist() == [True, False, False, True, False, False, True, False, False, False, False]
+
+
+def test_each_model_nominates_hard_points_on_the_rays_it_renders_opaque():
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    teacher = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.0, 0.0, 0.0, 0.0]])[..., None]
+    student = torch.tensor([[0.1, 0.1, 0.1, 0.7], [0.0, 0.9, 0.0, 0.0]])[..., None]
+    teacher_opacity = torch.tensor([[1.0], [0.0]])  # the second ray is empty space to the teacher ...
+    student_opacity = torch.tensor([[0.3], [0.9]])  # ... where the student has a floater
+    keep = hard_point_mask(teacher, student, mask, teacher_opacity, student_opacity, fraction=0.25, min_opacity=0.5)
+    # ray 1: the teacher's top point only (the student renders it transparent); ray 2: the student's floater
+    assert keep.tolist() == [True, False, False, False, False, True, False, False]
 
 
 def test_hard_points_restrict_density_and_colour_losses_only():

@@ -42,6 +42,7 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     teacher_path, teacher_pipeline = tiny_teacher
     config = tiny_config("vm", tmp_path, steps=120, teacher=teacher_path, experiment="student")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 20, 20
+    config.pipeline.warm_start = False  # the student learns from the losses (warm, it starts as the teacher)
     config.pipeline.al.images_every_epochs = 2
     config.set_timestamp()
     config.save_config()
@@ -58,7 +59,7 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     assert keys[45] == {"volume_loss", "density_loss", "colour_loss", "regularization", "rgb_loss"}
 
     # pseudo-label batches are the teacher's renders, never real pixels
-    _, batch = pipeline.datamanager.next_train(0)
+    _, batch = pipeline.datamanager.next_train(45)
     assert batch["image"].shape == (1024, 3) and "teacher" in batch
 
     # the teacher is not part of the student's parameters or checkpoint, and stays in eval mode
@@ -170,7 +171,7 @@ def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, c
     teacher's images of the epoch's poses, only L_rgb applies from the first step, and PSNR rises."""
     teacher_path, teacher_pipeline = tiny_teacher
     config = tiny_config("vm", tmp_path, steps=100, teacher=teacher_path, experiment="renders-only")
-    config.pipeline.teacher_renders_only = True
+    config.pipeline.teacher_renders_only, config.pipeline.warm_start = True, False
     config.pipeline.datamanager.poses_per_epoch = 8
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()

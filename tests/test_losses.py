@@ -7,9 +7,11 @@ from pvdal_ns.fields import PointOutputs
 from pvdal_ns.losses import (
     PVDLossConfig,
     StageSchedule,
+    clamp_density,
     clipped_density_loss,
     colour_loss,
     point_losses,
+    ray_rgb_errors,
     rgb_loss,
     volume_aligned_loss,
 )
@@ -20,7 +22,48 @@ def test_volume_colour_rgb_losses_are_mean_squared_errors():
     t = torch.tensor([[0.0, 2.0], [5.0, 4.0]])
     assert volume_aligned_loss(s, t).item() == pytest.approx((1 + 0 + 4 + 0) / 4)
     assert colour_loss(s, t).item() == pytest.approx(1.25)
-    assert rgb_loss(s, t).item() == pytest.approx(1.25)
+    s3, t3 = torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0]]), torch.tensor([[0.0, 2.0, 0.0], [5.0, 4.0, 0.0]])
+    assert rgb_loss(ray_rgb_errors(s3, t3)).item() == pytest.approx(5 / 6)
+
+
+def test_the_norm_form_is_the_l2_norm_of_the_residuals():
+    s = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    t = torch.tensor([[0.0, 2.0], [5.0, 4.0]])
+    assert volume_aligned_loss(s, t, form="norm").item() == pytest.approx(5**0.5)  # torch.norm(s - t)
+    assert colour_loss(s, t, form="norm").item() == pytest.approx(torch.norm(s - t).item())
+    s3, t3 = torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 0.0]]), torch.tensor([[0.0, 2.0, 0.0], [5.0, 4.0, 0.0]])
+    assert rgb_loss(ray_rgb_errors(s3, t3), "norm").item() == pytest.approx(torch.norm(s3 - t3).item())
+    same = torch.ones(3, 16, requires_grad=True)
+    volume_aligned_loss(same, torch.ones(3, 16), form="norm").backward()  # zero residual: no NaN gradient
+    assert torch.all(same.grad == 0)
+    with pytest.raises(ValueError, match="loss form"):
+        colour_loss(s, t, form="l1")
+
+
+def test_the_volume_loss_clips_its_density_channel_like_the_density_loss():
+    # a stock teacher's log σ of −20 in empty space, a student at −3: both below a = −2, no loss there
+    student, teacher = torch.zeros(1, 16), torch.ones(1, 16)
+    student[0, 0], teacher[0, 0] = -3.0, -20.0
+    assert volume_aligned_loss(student, teacher, (-2.0, 7.0)).item() == pytest.approx(15 / 16)
+    assert volume_aligned_loss(student, teacher).item() == pytest.approx((17**2 + 15) / 16)  # unclipped
+    config = PVDLossConfig(volume_weight=1.0)
+    points = lambda phi1: PointOutputs(phi1[:, :1], None, phi1)  # noqa: E731
+    assert point_losses(points(student), points(teacher), 1, config, True)["volume_loss"].item() == pytest.approx(15 / 16)
+
+
+def test_forward_clamping_passes_no_gradient_outside_the_range():
+    raw = torch.tensor([[-5.0], [0.0], [9.0]], requires_grad=True)
+    phi1 = torch.cat([raw, torch.zeros(3, 15)], -1)
+    clamped = clamp_density(PointOutputs(raw, None, phi1), (-2.0, 7.0))
+    assert clamped.raw_density[:, 0].tolist() == [-2.0, 0.0, 7.0]
+    assert clamped.phi1[:, 0].tolist() == [-2.0, 0.0, 7.0]
+    clamped.raw_density.sum().backward()
+    assert raw.grad[:, 0].tolist() == [0.0, 1.0, 0.0]
+    # in "forward" mode the losses compare the (already clamped) values as they are: Eq. 8 literally
+    config = PVDLossConfig(density_weight=1.0, colour_weight=0.0, clip_mode="forward")
+    s = PointOutputs(torch.tensor([[-2.0]]), torch.zeros(1, 3))
+    t = PointOutputs(torch.tensor([[3.0]]), torch.zeros(1, 3))
+    assert point_losses(s, t, 2, config, False)["density_loss"].item() == pytest.approx(25.0)
 
 
 def test_density_loss_clips_to_a_b():

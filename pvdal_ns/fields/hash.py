@@ -20,11 +20,11 @@ from pvdal_ns.fields.base import VOLUME_FEATURE_DIM, ColourHead, PVDField, PVDFi
 
 @dataclass
 class HashFieldConfig(PVDFieldConfig):
-    """Sizes of the hash field; defaults are the paper's (§4.1: 16 levels × 2 features, 2^19 table,
-    resolution 16 → 2048 × scene scope)."""
+    """Sizes of the hash field; defaults are the paper's (§4.1: 14 levels × 2 features, 2^19 table,
+    resolution 16 → 2048 × scene scope; the authors' code uses 16 levels)."""
 
     _target: Type = field(default_factory=lambda: HashField)
-    num_levels: int = 16
+    num_levels: int = 14
     features_per_level: int = 2
     log2_hashmap_size: int = 19
     min_res: int = 16

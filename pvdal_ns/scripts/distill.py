@@ -109,7 +109,8 @@ class Run:
 
 AblationRow = Literal[
     "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
-    "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning", "renders only",
+    "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning", "forward density clipping",
+    "normL2 losses", "w/o warm start", "renders only",
 ]
 
 

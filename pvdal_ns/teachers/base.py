@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -53,13 +53,18 @@ class Capability(enum.Flag):
 class TeacherBatch:
     """The teacher's view of one batch of R rays, at the sample points it shares with the student.
 
+    How much of it is there follows the stage it was made for (block-wise distillation, §3.2.3: "the student
+    and the teacher do not need to forward the complete network and render RGB in the early stages"):
+    stage 1 has ϕ¹ and density at the points, stage 2 adds their colour (ϕ²), stage 3 the render.
+
     Attributes:
         ray_samples: RaySamples [R, S] (uniform, jittered) along the rays.
         mask: Bool[Tensor, "R S"], samples in the teacher's occupied cells; only these are evaluated.
-        points: PointOutputs at the M = mask.sum() occupied samples; None from renders only.
-        weights: Float[Tensor, "R S 1"], volume-rendering weights (Eq. 12 terms); None from renders only.
-        rgb: Float[Tensor, "R 3"], rendered colour composited on ``background``.
-        accumulation: Float[Tensor, "R 1"], opacity of each ray.
+        points: PointOutputs at the M = mask.sum() occupied samples (colour from stage 2); None from renders only.
+        weights: Float[Tensor, "R S 1"], volume-rendering weights (Eq. 12 terms); None before stage 3 and
+            from renders only.
+        rgb: Float[Tensor, "R 3"], rendered colour composited on ``background``; None before stage 3.
+        accumulation: Float[Tensor, "R 1"], opacity of each ray; None before stage 3.
         background: Float[Tensor, "R 3"], each ray's background colour in [0, 1], shared with the student.
     """
 
@@ -67,8 +72,8 @@ class TeacherBatch:
     mask: Tensor
     points: Optional[PointOutputs]
     weights: Optional[Tensor]
-    rgb: Tensor
-    accumulation: Tensor
+    rgb: Optional[Tensor]
+    accumulation: Optional[Tensor]
     background: Tensor
 
 
@@ -112,8 +117,9 @@ class Teacher:
         """Short name of the teacher's model family (e.g. "VMField", "nerfacto", "cache of tensorf")."""
         raise NotImplementedError
 
-    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"]) -> TeacherBatch:
-        """RAYS: sample R rays through the occupancy grid, evaluate and render them on ``background``."""
+    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int = 3) -> TeacherBatch:
+        """RAYS: sample R rays through the occupancy grid and evaluate them as far as distillation ``stage``
+        (1–3) needs (:class:`TeacherBatch`); stage 3 renders them on ``background``."""
         raise NotImplementedError(f"{self.name} does not render rays")
 
     def render_images(self, cameras: Cameras) -> TeacherImages:
@@ -131,9 +137,15 @@ class Teacher:
         images = self.render_images(camera)
         return (images.rgb + 1.0 - images.accumulation)[0].cpu()
 
+    def warm_start_state(self) -> Optional[Dict[str, Tensor]]:
+        """The teacher field's weights for a warm start (``PVDModel.warm_start``), or None where its field is
+        not a PVD field (stock models: another activation and parametrisation under the same names)."""
+        return None
+
     def recorded_batch(self, index: int, background: Float[Tensor, "R 3"],
-                       device: torch.device) -> Tuple[RayBundle, TeacherBatch]:
-        """RECORDED: recorded batch ``index`` (0 ≤ index < ``len``) on ``background``."""
+                       device: torch.device, stage: int = 3) -> Tuple[RayBundle, TeacherBatch]:
+        """RECORDED: recorded batch ``index`` (0 ≤ index < ``len``), as far as ``stage`` needs it (rendered on
+        ``background`` in stage 3)."""
         raise NotImplementedError(f"{self.name} holds no recorded batches")
 
 
@@ -162,6 +174,9 @@ class ModelTeacher(Teacher):
         self.collider = AABBBoxCollider(sampling.scene_box, near_plane=0.0)
         # Jittered sample positions along each ray, independent of the frozen model's eval mode.
         self.sampler = UniformSampler(num_samples=sampling.num_samples, train_stratified=True).train()
+        # Whole images (renders-only targets, figures): evenly spaced samples, so rendering one draws no
+        # random numbers from the training stream.
+        self.image_sampler = UniformSampler(num_samples=sampling.num_samples, train_stratified=False)
         self.renderer_rgb = RGBRenderer(background_color="white")
 
     @property
@@ -183,30 +198,42 @@ class ModelTeacher(Teacher):
             return PointOutputs(empty(0, 1), None if directions is None else empty(0, 3), phi1)
         return self._query_points(positions, directions)
 
-    def query(self, ray_samples: RaySamples, mask: Bool[Tensor, "R S"]) -> PointOutputs:
-        """POINTS: :meth:`query_points` at the M = mask.sum() masked samples, with their view directions."""
+    def query(self, ray_samples: RaySamples, mask: Bool[Tensor, "R S"], with_rgb: bool = True) -> PointOutputs:
+        """POINTS: :meth:`query_points` at the M = mask.sum() masked samples, with their view directions
+        (colour) unless ``with_rgb`` is False."""
         frustums = ray_samples.frustums
-        return self.query_points(frustums.get_positions()[mask], frustums.directions[mask])
+        return self.query_points(frustums.get_positions()[mask], frustums.directions[mask] if with_rgb else None)
 
-    def sample(self, ray_bundle: RayBundle) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-        """The shared sample points of R rays: RaySamples [R, S] and the mask of those in occupied cells."""
-        return sample_occupied(self.collider(ray_bundle), self.sampler, self.occupancy_grid)
+    def sample(self, ray_bundle: RayBundle, sampler: Optional[UniformSampler] = None
+               ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
+        """The shared sample points of R rays: RaySamples [R, S] and the mask of those in occupied cells;
+        jittered (``self.sampler``) unless another ``sampler`` is given."""
+        return sample_occupied(self.collider(ray_bundle), sampler or self.sampler, self.occupancy_grid)
 
     @torch.no_grad()
-    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"]) -> TeacherBatch:
-        ray_samples, mask = self.sample(ray_bundle)
-        points = self.query(ray_samples, mask)
+    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int = 3) -> TeacherBatch:
+        return self._render(ray_bundle, background, stage, self.sampler)
+
+    def _render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int,
+                sampler: UniformSampler) -> TeacherBatch:
+        ray_samples, mask = self.sample(ray_bundle, sampler)
+        points = self.query(ray_samples, mask, with_rgb=stage >= 2)
+        if stage < 3:
+            return TeacherBatch(ray_samples, mask, points, None, None, None, background)
         out = composite(ray_samples, mask, points, self.renderer_rgb, background)
         return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"], background)
 
     @torch.no_grad()
     def render_images(self, cameras: Cameras, chunk: int = 1 << 14) -> TeacherImages:
-        """Whole images of ``cameras``: :meth:`render` of their pixel-centre rays, ``chunk`` rays at a time."""
+        """Whole images of ``cameras``: their pixel-centre rays rendered with evenly spaced samples (no random
+        numbers drawn: a figure of active learning leaves the training stream as it was), ``chunk`` rays at
+        a time."""
         rgbs, accumulations = [], []
         for i in range(len(cameras)):
             rays = cameras[i : i + 1].generate_rays(camera_indices=0).flatten()
             black = torch.zeros(min(chunk, len(rays)), 3, device=rays.origins.device)
-            parts = [self.render(rays[j : j + chunk], black[: len(rays[j : j + chunk])]) for j in range(0, len(rays), chunk)]
+            parts = [self._render(rays[j : j + chunk], black[: len(rays[j : j + chunk])], 3, self.image_sampler)
+                     for j in range(0, len(rays), chunk)]
             rgbs.append(torch.cat([p.rgb for p in parts]))
             accumulations.append(torch.cat([p.accumulation for p in parts]))
         height, width = int(cameras.height[0]), int(cameras.width[0])

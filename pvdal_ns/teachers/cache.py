@@ -12,6 +12,7 @@ teacher uses):
 - ``spans.f32``    [N, 2] float32: start and end (scene units) of the N occupied samples;
 - ``outputs.f16``  [N, 4 + F] float16: raw density, colour and (F = 16 where it exists) ϕ¹;
 - ``index.i64``    [B + 1] int64: first sample of each batch; ``occupancy.pt`` the teacher's grid;
+  ``field.pt`` a pvdal-* teacher's field weights (for the students' warm start);
 - ``meta.json``    what the cache was written for (teacher, sampling, rays, poses), checked on reuse.
 
 A cache is written into ``<path>.partial-<host>-<pid>`` and renamed when complete, so an interrupted
@@ -122,6 +123,11 @@ class TeacherCache(Teacher):
     def name(self) -> str:
         return self._name
 
+    def warm_start_state(self) -> Optional[Dict[str, Tensor]]:
+        """The recorded teacher's field weights (``field.pt``, written for pvdal-* teachers), or None."""
+        path = self.path / "field.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
     def __len__(self) -> int:
         """Number of cached batches."""
         return len(self.index) - 1
@@ -132,12 +138,13 @@ class TeacherCache(Teacher):
         return cache_nbytes(self.path)
 
     def recorded_batch(self, index: int, background: Float[Tensor, "R 3"],
-                       device: torch.device) -> Tuple[RayBundle, TeacherBatch]:
-        """Cached batch ``index`` (0 ≤ index < len), rendered on ``background`` (the R rays' background colours).
+                       device: torch.device, stage: int = 3) -> Tuple[RayBundle, TeacherBatch]:
+        """Cached batch ``index`` (0 ≤ index < len), rendered on ``background`` (the R rays' background colours)
+        from stage 3 on.
 
         Returns:
             The R rays (nears/fars unset) and the teacher's view of them, as :meth:`Teacher.render`
-            returns it; field outputs are float16-rounded.
+            returns it for ``stage``; field outputs are float16-rounded.
         """
         i, r = index, self.rays_per_batch
         rays = torch.from_numpy(self._rays.rows(i * r, (i + 1) * r)).to(device)
@@ -154,6 +161,8 @@ class TeacherCache(Teacher):
         ray_samples = bundle.get_ray_samples(bin_starts=starts, bin_ends=ends)
         phi1 = out[:, 4:] if Capability.VOLUME_FEATURE in self.capabilities else None
         points = PointOutputs(raw_density=out[:, :1], rgb=out[:, 1:4], phi1=phi1)
+        if stage < 3:
+            return bundle, TeacherBatch(ray_samples, mask, points, None, None, None, background)
         rendered = composite(ray_samples, mask, points, self.renderer_rgb, background)
         return bundle, TeacherBatch(ray_samples, mask, points, rendered["weights"], rendered["rgb"],
                                     rendered["accumulation"], background)
@@ -244,6 +253,9 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
             f.close()
         np.asarray(index, dtype=np.int64).tofile(partial / "index.i64")
         torch.save(teacher.occupancy_grid.state_dict(), partial / "occupancy.pt")
+        field_state = teacher.warm_start_state()
+        if field_state is not None:  # students reading the cache warm-start as the one writing it
+            torch.save({k: v.cpu() for k, v in field_state.items()}, partial / "field.pt")
         meta = {"version": CACHE_VERSION, "written_for": written_for, "teacher_name": teacher.name,
                 "has_volume_feature": has_volume_feature, "num_samples": num_samples,
                 "rays_per_batch": num_rays, "output_width": output_width,

@@ -37,6 +37,9 @@ class PVDTeacher(ModelTeacher):
     def name(self) -> str:
         return type(self.model.field).__name__
 
+    def warm_start_state(self) -> Dict[str, Tensor]:
+        return self.model.field.state_dict()
+
     def _query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
         return self.model.field.query(positions, directions)
 

@@ -1,0 +1,138 @@
+"""Fidelity to the authors' method (issue #15): warm start from the teacher, what the teacher computes in
+each stage, figures that leave the random stream alone, the ablation rows, and a validation split that is not
+the test split."""
+
+import json
+import typing
+
+import pytest
+import torch
+
+from conftest import tiny_config, train_step_losses
+
+
+def test_a_same_architecture_student_starts_as_the_teacher(tiny_teacher, tmp_path, capsys):
+    teacher_path, teacher_pipeline = tiny_teacher
+    config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="warm")
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    student, teacher = trainer.pipeline.model.field.state_dict(), teacher_pipeline.model.field.state_dict()
+    assert student.keys() == teacher.keys()
+    for key, value in teacher.items():
+        assert torch.equal(student[key], value), key
+    n = len(teacher) - 1  # all but the scene box, which the student has already
+    assert f"Warm start from the VMField teacher: {n} of {n} tensors copied (density_encoding" in capsys.readouterr().out
+
+    # switched off, the student starts from its own initialisation
+    config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="cold")
+    config.pipeline.warm_start = False
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    cold = trainer.pipeline.model.field.state_dict()
+    assert not torch.equal(cold["density_encoding.plane_coef"], teacher["density_encoding.plane_coef"])
+
+
+def test_a_cross_architecture_student_takes_what_matches_by_name_and_shape(tiny_teacher, capsys):
+    from nerfstudio.data.scene_box import SceneBox
+
+    from pvdal_ns.configs import method_config
+
+    _, teacher_pipeline = tiny_teacher
+    teacher = teacher_pipeline.model.field.state_dict()  # VM: colour head of width 64 on PE directions
+    scene_box = SceneBox(aabb=teacher["aabb"].clone())
+    hash_student = method_config("hash", True).pipeline.model.setup(scene_box=scene_box, num_train_data=1, metadata={})
+    copied = hash_student.warm_start(teacher, "VMField")
+    # the hash colour head is as wide and as deep, but its first layer reads SH directions (other width)
+    assert copied == [f"colour.mlp.layers.{i}.{p}" for i in (1, 2) for p in ("bias", "weight")]
+    for key in copied:
+        assert torch.equal(hash_student.field.state_dict()[key], teacher[key])
+    logged = capsys.readouterr().out
+    assert "Warm start from the VMField teacher: 4 of" in logged and "(colour (4/6))" in logged
+
+    moved = {**teacher, "aabb": teacher["aabb"] + 1.0}  # a teacher of another scene box: nothing is copied
+    assert hash_student.warm_start(moved, "VMField") == []
+    assert "scene box differs" in capsys.readouterr().out
+
+
+def test_the_teacher_computes_what_each_stage_needs_only(tiny_teacher, tmp_path):
+    teacher_path, _ = tiny_teacher
+    config = tiny_config("vm", tmp_path, steps=60, teacher=teacher_path, experiment="stages")
+    config.pipeline.stage1_steps, config.pipeline.stage2_steps = 20, 20
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    for step, stage in ((0, 1), (25, 2), (45, 3)):
+        outputs, losses, _ = train_step_losses(trainer, step)
+        batch = trainer.pipeline.datamanager.next_train(step)[1]["teacher"]
+        assert (batch.points.rgb is not None) == (stage >= 2), step  # ϕ² from stage 2
+        assert (batch.rgb is not None) == (batch.weights is not None) == (stage == 3), step  # rendered in stage 3
+        assert ("rgb_loss" in losses) == (stage == 3)
+
+
+def test_figures_of_active_learning_draw_no_random_numbers(tiny_teacher):
+    from pvdal_ns.teachers import load_teacher
+
+    teacher_path, teacher_pipeline = tiny_teacher
+    teacher = load_teacher(teacher_path)
+    camera = teacher_pipeline.datamanager.train_dataset.cameras[0:1]
+    state = torch.get_rng_state()
+    first = teacher.render_camera(camera)
+    assert torch.equal(state, torch.get_rng_state())
+    assert first.shape == (100, 100, 3)
+    torch.testing.assert_close(teacher.render_camera(camera), first)  # evenly spaced samples: the same image
+
+
+def test_ablation_rows_switch_off_one_thing_and_keep_the_stage_three_budget():
+    from pvdal_ns.ablation import DEFAULT_ROWS, ROWS
+    from pvdal_ns.configs import method_config
+    from pvdal_ns.scripts.distill import AblationRow
+
+    assert set(typing.get_args(AblationRow)) == set(ROWS)
+    assert DEFAULT_ROWS[0] == "all" and len(DEFAULT_ROWS) == 11 and "renders only" not in DEFAULT_ROWS
+
+    def applied(row):
+        config = method_config("mlp", True)
+        ROWS[row](config)
+        return config.pipeline
+
+    full = applied("all")
+    stage3_start = full.stage1_steps + full.stage2_steps
+    no_volume = applied("w/o L_v")
+    assert no_volume.loss.volume_weight == 0 and no_volume.stage2_steps == stage3_start  # stage 1 is skipped
+    no_blocks = applied("w/o block-wise")
+    assert not no_blocks.blockwise and no_blocks.al.start_step == stage3_start
+    assert applied("forward density clipping").loss.clip_mode == "forward"
+    assert applied("normL2 losses").loss.form == "norm"
+    assert not applied("w/o warm start").warm_start
+
+
+def test_the_embedded_scene_tunes_on_views_it_neither_trains_on_nor_reports(tiny_teacher):
+    from pvdal_ns import EMBEDDED_SCENE
+    from pvdal_ns.runner import split_dataloader
+
+    frames = {s: {f["file_path"] for f in json.loads((EMBEDDED_SCENE / f"transforms_{s}.json").read_text())["frames"]}
+              for s in ("train", "val", "test")}
+    assert len(frames["val"]) == len(frames["test"]) == 10 and len(frames["train"]) == 80
+    assert not frames["val"] & frames["test"] and not frames["val"] & frames["train"]
+    assert not frames["test"] & frames["train"]
+
+    _, pipeline = tiny_teacher  # trained with nerfstudio's "val" eval split; reports read "test"
+    names = {s: [p.stem for p in split_dataloader(pipeline.datamanager, s).input_dataset._dataparser_outputs.image_filenames]
+             for s in ("val", "test")}
+    assert names["test"] == [f"r_{i}" for i in range(90, 100)]
+    assert set(names["val"]) == {p.split("/")[-1] for p in frames["val"]}
+
+
+@pytest.mark.parametrize("clip_mode", ["forward"])
+def test_the_authors_forward_clamp_trains(tiny_teacher, tmp_path, clip_mode):
+    teacher_path, _ = tiny_teacher
+    config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="forward-clamp")
+    config.pipeline.stage1_steps = config.pipeline.stage2_steps = 0
+    config.pipeline.loss.clip_mode, config.pipeline.loss.form = clip_mode, "norm"
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    outputs, losses, _ = train_step_losses(trainer, 0)
+    a, b = config.pipeline.loss.density_clip
+    assert outputs["points"].raw_density.min() >= a and outputs["points"].raw_density.max() <= b
+    assert outputs["teacher_points"].raw_density.min() >= a
+    assert {"volume_loss", "density_loss", "colour_loss", "rgb_loss"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
