@@ -1,7 +1,11 @@
 """Benchmark: `ns-distill ablation` (paper Table 3) and the figures issue #4 asks for.
 
     .venv/bin/python benchmarks/ablation.py [--output-dir outputs/bench-ablation]
-        [--teacher-dir outputs/bench-demo] [--seeds 0 1 2]
+        [--teacher-dir outputs/bench-demo] [--seeds 0 1 2] [--steps N] [--rows ROW ...]
+    .venv/bin/python benchmarks/ablation.py --output-dir outputs/bench-ablation --merge DIR [DIR ...]
+
+``--merge`` joins the ``ablation.json`` of ablations run side by side (one seed each, same settings) into one
+table, plot and record under ``--output-dir``.
 
 Runs (or completes: finished rows are reused) the ablation on the embedded scene, VM teacher → MLP
 student, then prints, per seed and as a mean over seeds: the full method against "w/o active learning"
@@ -42,15 +46,42 @@ def report(output_dir: Path) -> None:
           f"AL time per step {100 * c:+.1f} % (target ≤ 15 %: {'yes' if c <= 0.15 else 'NO'})")
 
 
+def merge(output_dir: Path, parts: list) -> None:
+    from pvdal_ns.ablation import ROWS, AblationSettings, markdown_table, plot_per_view, summarise
+    from pvdal_ns.files import write_atomic
+
+    records = [json.loads((Path(p) / "ablation.json").read_text()) for p in parts]
+    if any(r["settings"] != records[0]["settings"] for r in records):
+        raise SystemExit("the ablations to merge were run with other settings")
+    runs = [run for r in records for run in r["runs"]]
+    seeds = sorted({r["seed"] for r in runs})
+    rows = [row for row in ROWS if any(r["row"] == row for r in runs)]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**records[0], "runs": runs, "merged_from": [str(p) for p in parts]}
+    write_atomic(output_dir / "ablation.json", lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+    table = markdown_table(summarise(runs, rows), AblationSettings(**records[0]["settings"]), seeds)
+    write_atomic(output_dir / "ablation.md", lambda p: p.write_text(table))
+    plot_per_view(runs, rows, output_dir / "ablation.png")
+    print(table)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-ablation"))
     parser.add_argument("--teacher-dir", type=Path, default=Path("outputs/bench-demo"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="+", default=None, help="subset of rows (default: all of Table 3)")
+    parser.add_argument("--steps", type=int, default=None, help="steps of every run (default: the preset's)")
+    parser.add_argument("--merge", nargs="+", default=None, help="output folders of ablations to join")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.output_dir.resolve(), args.merge)
+        report(args.output_dir.resolve())
+        raise SystemExit(0)
     argv = ["ablation", "--output-dir", str(args.output_dir), "--teacher-dir", str(args.teacher_dir),
             "--seeds", *map(str, args.seeds)]
+    if args.steps:
+        argv += ["--steps", str(args.steps)]
     if args.rows:
         argv += ["--rows", *args.rows]
     code = main(argv)

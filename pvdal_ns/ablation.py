@@ -146,31 +146,42 @@ def run_ablation(settings: AblationSettings, rows: Sequence[str], seeds: Sequenc
 
 
 def summarise(runs: List[dict], rows: Sequence[str]) -> List[dict]:
-    """Per row, over its seeds: means of mean/min/max per-view PSNR and SSIM, and of time per step."""
+    """Per row, over its seeds: means of mean/min/max per-view PSNR and SSIM, and of time per step; the
+    spread of the seeds' mean PSNR (``psnr_sd``, sample standard deviation, 0 for one seed) and, where "all"
+    ran with the same seeds, the mean and spread of each seed's difference from it (``delta``, ``delta_sd``)."""
     out = []
+    base = {r["seed"]: r["psnr"] for r in runs if r["row"] == "all"}
     for row in rows:
         mine = [r for r in runs if r["row"] == row]
         if not mine:
             continue
         keys = ("psnr", "psnr_min", "psnr_max", "ssim", "ssim_min", "ssim_max", "seconds_per_step")
-        out.append({"row": row, "seeds": len(mine), **{k: statistics.mean(r[k] for r in mine) for k in keys}})
+        summary = {"row": row, "seeds": len(mine), **{k: statistics.mean(r[k] for r in mine) for k in keys}}
+        summary["psnr_sd"] = statistics.stdev(r["psnr"] for r in mine) if len(mine) > 1 else 0.0
+        deltas = [r["psnr"] - base[r["seed"]] for r in mine if r["seed"] in base]
+        if row != "all" and deltas:
+            summary["delta"] = statistics.mean(deltas)
+            summary["delta_sd"] = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+        out.append(summary)
     return out
 
 
 def markdown_table(summary: List[dict], settings: AblationSettings, seeds: Sequence[int]) -> str:
-    """Table 3 as markdown: Δ against "all", per-view PSNR mean/min/max, SSIM, time per step."""
-    base = next((s for s in summary if s["row"] == "all"), None)
+    """Table 3 as markdown: PSNR mean ± spread over seeds, Δ against "all" (mean ± spread of the per-seed
+    differences), per-view PSNR min/max, SSIM, time per step."""
     lines = [
         f"Ablation: {Path(settings.teacher_config).parent.parent.name} teacher → {settings.student} student, "
-        f"{settings.steps} steps, seeds {list(seeds)} (mean over seeds), {device_description()}",
+        f"{settings.steps} steps, seeds {list(seeds)} (mean over seeds ± sample standard deviation), "
+        f"{device_description()}",
         "",
         "| run | PSNR mean | Δ vs all | PSNR min | PSNR max | SSIM mean | SSIM min | s/step | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
-        delta = "" if base is None or s is base else f"{s['psnr'] - base['psnr']:+.2f}"
-        lines.append(f"| {s['row']} | {s['psnr']:.2f} | {delta} | {s['psnr_min']:.2f} | {s['psnr_max']:.2f} | "
-                     f"{s['ssim']:.4f} | {s['ssim_min']:.4f} | {s['seconds_per_step']:.3f} | {s['seeds']} |")
+        delta = f"{s['delta']:+.2f} ± {s['delta_sd']:.2f}" if "delta" in s else ""
+        lines.append(f"| {s['row']} | {s['psnr']:.2f} ± {s['psnr_sd']:.2f} | {delta} | {s['psnr_min']:.2f} | "
+                     f"{s['psnr_max']:.2f} | {s['ssim']:.4f} | {s['ssim_min']:.4f} | {s['seconds_per_step']:.3f} | "
+                     f"{s['seeds']} |")
     return "\n".join(lines) + "\n"
 
 

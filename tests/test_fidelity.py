@@ -136,3 +136,21 @@ def test_the_authors_forward_clamp_trains(tiny_teacher, tmp_path, clip_mode):
     assert outputs["teacher_points"].raw_density.min() >= a
     assert {"volume_loss", "density_loss", "colour_loss", "rgb_loss"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_the_ablation_table_gives_the_spread_over_seeds():
+    from pvdal_ns.ablation import AblationSettings, markdown_table, summarise
+
+    def run(row, seed, psnr):
+        return {"row": row, "seed": seed, "psnr": psnr, "psnr_min": psnr - 1, "psnr_max": psnr + 1, "ssim": 0.9,
+                "ssim_min": 0.8, "ssim_max": 0.95, "seconds_per_step": 0.1}
+
+    runs = [run("all", 0, 28.0), run("all", 1, 28.4), run("all", 2, 28.2),
+            run("w/o L_v", 0, 27.5), run("w/o L_v", 1, 28.1), run("w/o L_v", 2, 27.6)]
+    summary = {s["row"]: s for s in summarise(runs, ["all", "w/o L_v"])}
+    assert summary["all"]["psnr"] == pytest.approx(28.2) and summary["all"]["psnr_sd"] == pytest.approx(0.2)
+    assert "delta" not in summary["all"]
+    assert summary["w/o L_v"]["delta"] == pytest.approx(-1.4 / 3)  # −0.5, −0.3, −0.6 per seed
+    assert summary["w/o L_v"]["delta_sd"] == pytest.approx(0.1527, abs=1e-3)
+    table = markdown_table(list(summary.values()), AblationSettings("t/a/b/config.yml", "mlp", 10, True, "s"), [0, 1, 2])
+    assert "| w/o L_v | 27.73 ± 0.32 | -0.47 ± 0.15 |" in table
