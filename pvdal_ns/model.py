@@ -139,16 +139,15 @@ class PVDModel(Model):
             modules.setdefault(key.rpartition(".")[0], []).append(key)
         copied = {k: state[k] for keys in modules.values()
                   if all(k in state and state[k].shape == own[k].shape for k in keys) for k in keys}
-        self.field.load_state_dict(copied, strict=False)
         if not copied:
             CONSOLE.log(f"Warm start: no tensor of the student matches the {source} teacher's by name and shape")
             return []
-        parts = []
-        for module in dict.fromkeys(k.split(".")[0] for k in learned):
-            mine = [k for k in learned if k.split(".")[0] == module]
-            done = sum(k in copied for k in mine)
-            if done:
-                parts.append(module if done == len(mine) else f"{module} ({done}/{len(mine)})")
+        self.field.load_state_dict(copied, strict=False)
+        per_module: Dict[str, List[bool]] = {}  # top-level module → copied or not, per tensor
+        for key in learned:
+            per_module.setdefault(key.split(".")[0], []).append(key in copied)
+        parts = [module if all(done) else f"{module} ({sum(done)}/{len(done)})"
+                 for module, done in per_module.items() if any(done)]
         CONSOLE.log(f"Warm start from the {source} teacher: {len(copied)} of {len(learned)} tensors copied "
                     f"({', '.join(parts)})")
         return sorted(copied)

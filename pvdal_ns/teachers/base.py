@@ -77,6 +77,17 @@ class TeacherBatch:
     background: Tensor
 
 
+def points_batch(ray_samples: RaySamples, mask: Bool[Tensor, "R S"], points: PointOutputs,
+                 background: Float[Tensor, "R 3"], stage: int, renderer_rgb: RGBRenderer) -> TeacherBatch:
+    """The :class:`TeacherBatch` of a teacher that knows ``points`` at the M = mask.sum() masked samples, as
+    far as ``stage`` (1–3) needs it: composited on ``background`` (:func:`~pvdal_ns.samples.composite`, with
+    ``renderer_rgb``) in stage 3 only. Shared by live teachers and the teacher cache."""
+    if stage < 3:
+        return TeacherBatch(ray_samples, mask, points, None, None, None, background)
+    out = composite(ray_samples, mask, points, renderer_rgb, background)
+    return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"], background)
+
+
 @dataclass
 class TeacherImages:
     """The teacher's renders of whole cameras, for distillation from renders only.
@@ -218,10 +229,7 @@ class ModelTeacher(Teacher):
                 sampler: UniformSampler) -> TeacherBatch:
         ray_samples, mask = self.sample(ray_bundle, sampler)
         points = self.query(ray_samples, mask, with_rgb=stage >= 2)
-        if stage < 3:
-            return TeacherBatch(ray_samples, mask, points, None, None, None, background)
-        out = composite(ray_samples, mask, points, self.renderer_rgb, background)
-        return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"], background)
+        return points_batch(ray_samples, mask, points, background, stage, self.renderer_rgb)
 
     @torch.no_grad()
     def render_images(self, cameras: Cameras, chunk: int = 1 << 14) -> TeacherImages:

@@ -40,8 +40,7 @@ from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.samples import composite
-from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, TeacherLoadError
+from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, TeacherLoadError, points_batch
 
 CACHE_VERSION = 1
 _FILES = {"rays": "rays.f32", "masks": "masks.u8", "spans": "spans.f32", "outputs": "outputs.f16"}
@@ -161,11 +160,7 @@ class TeacherCache(Teacher):
         ray_samples = bundle.get_ray_samples(bin_starts=starts, bin_ends=ends)
         phi1 = out[:, 4:] if Capability.VOLUME_FEATURE in self.capabilities else None
         points = PointOutputs(raw_density=out[:, :1], rgb=out[:, 1:4], phi1=phi1)
-        if stage < 3:
-            return bundle, TeacherBatch(ray_samples, mask, points, None, None, None, background)
-        rendered = composite(ray_samples, mask, points, self.renderer_rgb, background)
-        return bundle, TeacherBatch(ray_samples, mask, points, rendered["weights"], rendered["rgb"],
-                                    rendered["accumulation"], background)
+        return bundle, points_batch(ray_samples, mask, points, background, stage, self.renderer_rgb)
 
 
 def cache_nbytes(path: Path) -> int:
