@@ -73,12 +73,12 @@ def hard_poses_figure(cameras: Cameras, centre: Float[Tensor, "3"], from_pool: B
                           float(cameras.height[0]), scale)
     fig = plt.figure(figsize=(5, 5))
     ax = fig.add_subplot(projection="3d")
-    top = float(errors[hardest].max()) if len(hardest) else 1.0
+    top = float(errors[hardest].max()) if len(hardest) else 0.0  # 0: a student equal to its teacher
     hard = set(hardest.tolist())
     colours, widths = [], []
     for i in range(len(c2w)):
         if i in hard:
-            colour, width = plt.cm.Reds(0.4 + 0.6 * float(errors[i]) / top), 1.6
+            colour, width = plt.cm.Reds(0.4 + 0.6 * (float(errors[i]) / top if top > 0 else 0.0)), 1.6
         else:
             colour, width = ("tab:blue", 0.9) if bool(from_pool[i]) else ("0.7", 0.5)
         colours += [colour] * lines.shape[1]

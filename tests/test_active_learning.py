@@ -139,3 +139,20 @@ def test_pools_round_trip_through_a_checkpoint(tmp_path):
     for key, value in al.hard_rays.rays.items():
         assert torch.equal(restored.hard_rays.rays[key], value), key
     assert restored.hard_rays.warm
+
+
+def test_hard_pose_figure_of_a_student_equal_to_its_teacher():
+    """A warm-started hash or MLP student of its own architecture is its teacher: every pose error is 0, and
+    the epoch's figure must still be drawn (it divided by the largest error)."""
+    from nerfstudio.cameras.cameras import Cameras
+
+    from pvdal_ns.al_images import hard_poses_figure
+
+    angles = torch.linspace(0, 2 * math.pi, 5)[:-1]
+    c2w = torch.zeros(4, 3, 4)
+    c2w[:, :3, :3] = torch.eye(3)
+    c2w[:, 0, 3], c2w[:, 1, 3], c2w[:, 2, 3] = 4 * angles.cos(), 4 * angles.sin(), 1.0
+    cameras = Cameras(camera_to_worlds=c2w, fx=50.0, fy=50.0, cx=50.0, cy=50.0, width=100, height=100)
+    fig = hard_poses_figure(cameras, torch.zeros(3), torch.zeros(4, dtype=torch.bool), torch.tensor([1]),
+                            torch.zeros(4), epoch=3)
+    assert len(fig.axes) == 1
