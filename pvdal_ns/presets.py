@@ -41,6 +41,7 @@ class Preset:
         ray_pool_size: rays the hard-ray pool holds; None: ``ActiveLearningConfig``'s default (4096 × 150).
         demo_steps: distillation steps of this student in ``ns-distill demo`` (CPU presets only).
         ablation_steps: distillation steps of every ``ns-distill ablation`` run with this student.
+        teacher_steps: training steps from the images when ``ns-distill matrix`` makes a teacher of it.
     """
 
     field: Dict[str, float]
@@ -53,6 +54,7 @@ class Preset:
     ray_pool_size: Optional[int] = None
     demo_steps: Optional[int] = None
     ablation_steps: Optional[int] = None
+    teacher_steps: Optional[int] = None
 
 
 def _paper(learning_rates: Dict[str, float]) -> Preset:
@@ -61,10 +63,10 @@ def _paper(learning_rates: Dict[str, float]) -> Preset:
 
 def _small(field_sizes: Dict[str, float], learning_rates: Dict[str, float], demo_steps: int, steps: int = 3000,
            rays_per_batch: int = 2048, stage_fractions: Tuple[float, float] = STAGE_FRACTIONS,
-           ablation_steps: int = 1200) -> Preset:
+           ablation_steps: int = 1200, teacher_steps: int = 1000) -> Preset:
     return Preset(field_sizes, learning_rates, steps, rays_per_batch, num_samples=160, stage_fractions=stage_fractions,
                   grid=SMALL_GRID, ray_pool_size=8 * 2048,  # full after ~80 steps of stage 3, as 4096 × 150 in 20k
-                  demo_steps=demo_steps, ablation_steps=ablation_steps)
+                  demo_steps=demo_steps, ablation_steps=ablation_steps, teacher_steps=teacher_steps)
 
 
 HASH_LR = {"grids": GRID_LR, "networks": NETWORK_LR}
@@ -84,15 +86,23 @@ PRESETS: Dict[Tuple[str, bool], Preset] = {
     # seen as 1200 steps of 2048 rays
     ("mlp", True): _small({"num_layers": 6, "split_layer": 4, "width": 128, "num_frequencies": 8},
                           {"networks": 5 * MLP_LR}, demo_steps=9600, steps=9600, rays_per_batch=512,
-                          stage_fractions=(0.10, 0.10), ablation_steps=4800),
+                          stage_fractions=(0.10, 0.10), ablation_steps=4800, teacher_steps=4800),
     ("tensors", True): _small({"resolution": 96}, TENSORS_LR, demo_steps=400),
 }
 """(architecture, CPU-sized) → preset. Paper sizes: §4.1 and the authors' code (docs/design.md, "Method")."""
 
 DEMO_TEACHER = "vm"
 """Architecture of the teacher ``ns-distill demo`` (and the default ablation) trains from the images."""
-DEMO_TEACHER_STEPS = 1000
-"""Training steps of that teacher."""
+DEMO_TEACHER_STEPS: int = PRESETS[DEMO_TEACHER, True].teacher_steps  # type: ignore[assignment]
+"""Training steps of that teacher (its preset's ``teacher_steps``)."""
+
+
+def matrix_steps(small: bool) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """Steps of ``ns-distill matrix``: (each teacher's training from the images, each student's distillation);
+    the CPU presets' ``teacher_steps`` and ``demo_steps``, the paper sizes' ``steps`` for both."""
+    presets = {arch: PRESETS[arch, small] for arch in ARCHITECTURES}
+    teachers = {a: p.teacher_steps or p.steps for a, p in presets.items()}
+    return teachers, {a: p.demo_steps or p.steps for a, p in presets.items()}
 
 
 def demo_steps() -> Dict[str, int]:

@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -95,6 +95,41 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
     return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline)
 
 
+def _train_step(trainer: Trainer, step: int) -> None:
+    """One step of nerfstudio 1.1.5's ``Trainer.train`` loop (``nerfstudio/engine/trainer.py``, lines 246–309)
+    through the trainer's public methods: ``pipeline.train()``, the ``BEFORE_TRAIN_ITERATION`` callbacks,
+    ``train_iteration``, the ``AFTER_TRAIN_ITERATION`` callbacks, the loss and metrics logging at
+    ``steps_per_log``, ``eval_iteration``, ``save_checkpoint`` at ``steps_per_save`` and
+    ``writer.write_out_storage()``. Left out: the viewer, pausing, and the timing events. A nerfstudio upgrade
+    that changes those lines needs this checked."""
+    trainer.step = step
+    trainer.pipeline.train()
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    loss, loss_dict, metrics_dict = trainer.train_iteration(step)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    if step_check(step, trainer.config.logging.steps_per_log, run_at_zero=True):
+        writer.put_scalar(name="Train Loss", scalar=loss, step=step)
+        writer.put_dict(name="Train Loss Dict", scalar_dict=loss_dict, step=step)
+        writer.put_dict(name="Train Metrics Dict", scalar_dict=metrics_dict, step=step)
+    if trainer.pipeline.datamanager.eval_dataset:
+        trainer.eval_iteration(step)
+    if step_check(step, trainer.config.steps_per_save):
+        trainer.save_checkpoint(step)
+    writer.write_out_storage()
+
+
+def _finish(trainer: Trainer) -> None:
+    """The end of ``Trainer.train`` (``_after_train``, lines 324–346): the last checkpoint, the remaining events,
+    the ``AFTER_TRAIN`` callbacks; then the trainer's shutdown."""
+    trainer.save_checkpoint(trainer.step)
+    writer.write_out_storage()
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step=trainer.step, location=TrainingCallbackLocation.AFTER_TRAIN)
+    trainer.shutdown()
+
+
 def train_together(configs: List[TrainerConfig], description: str) -> List[TrainResult]:
     """Train several students of one teacher in lockstep, one teacher pass per batch.
 
@@ -106,13 +141,7 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
     batches from the same teacher. Every step, the students train one after another, leaders first; a
     student with fewer steps stops early.
 
-    The loop mirrors nerfstudio 1.1.5's ``Trainer.train`` (``nerfstudio/engine/trainer.py``, the loop body
-    of lines 246–309 and ``_after_train``, lines 324–346) through the trainer's public methods: per step
-    ``pipeline.train()``, the ``BEFORE_TRAIN_ITERATION`` callbacks, ``train_iteration``, the
-    ``AFTER_TRAIN_ITERATION`` callbacks, the loss and metrics logging at ``steps_per_log``,
-    ``eval_iteration``, ``save_checkpoint`` at ``steps_per_save`` and ``writer.write_out_storage()``; at the
-    end the last checkpoint, the remaining events and the ``AFTER_TRAIN`` callbacks. Left out: the viewer,
-    pausing, and the timing events. A nerfstudio upgrade that changes those lines needs this loop checked.
+    Each step is nerfstudio's loop body (:func:`_train_step`), each end its ``_after_train`` (:func:`_finish`).
 
     Returns:
         One TrainResult per config, in the order given; ``seconds`` is the wall time of that student's own
@@ -137,36 +166,68 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
                     continue
                 writer.EVENT_WRITERS[:] = writers[i]
                 started = time.perf_counter()
-                trainer.step = step
-                trainer.pipeline.train()
-                for callback in trainer.callbacks:
-                    callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-                loss, loss_dict, metrics_dict = trainer.train_iteration(step)
-                for callback in trainer.callbacks:
-                    callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-                if step_check(step, trainer.config.logging.steps_per_log, run_at_zero=True):
-                    writer.put_scalar(name="Train Loss", scalar=loss, step=step)
-                    writer.put_dict(name="Train Loss Dict", scalar_dict=loss_dict, step=step)
-                    writer.put_dict(name="Train Metrics Dict", scalar_dict=metrics_dict, step=step)
-                if trainer.pipeline.datamanager.eval_dataset:
-                    trainer.eval_iteration(step)
-                if step_check(step, trainer.config.steps_per_save):
-                    trainer.save_checkpoint(step)
+                _train_step(trainer, step)
                 seconds[i] += time.perf_counter() - started
-                writer.write_out_storage()
             progress.update(task, completed=step + 1)
     results = []
     for i, config in enumerate(configs):
         trainer = trainers[i]
         writer.EVENT_WRITERS[:] = writers[i]
-        trainer.save_checkpoint(trainer.step)
-        writer.write_out_storage()
-        for callback in trainer.callbacks:
-            callback.run_callback_at_location(step=trainer.step, location=TrainingCallbackLocation.AFTER_TRAIN)
-        trainer.shutdown()
+        _finish(trainer)
         results.append(TrainResult(config.get_base_dir() / "config.yml", seconds[i], config.max_num_iterations, trainer.pipeline))
     writer.EVENT_WRITERS.clear()
     return results
+
+
+@dataclass
+class CurvePoint:
+    """One evaluation of a run under a time budget: training seconds and steps so far, PSNR and SSIM (dB, -)
+    on the test views."""
+
+    seconds: float
+    steps: int
+    psnr: float
+    ssim: float
+
+
+def train_timed(config: TrainerConfig, description: str, budget_seconds: float,
+                eval_seconds: List[float]) -> Tuple[TrainResult, List[CurvePoint]]:
+    """Train ``config`` until its ``max_num_iterations`` or ``budget_seconds`` of training, whichever comes first,
+    evaluating on the test views each time the training time passes one of ``eval_seconds`` and at the end.
+
+    Training time is the wall time of the steps (nerfstudio's loop body, :func:`_train_step`); evaluations are
+    not counted. The learning-rate schedules stay those of ``max_num_iterations``: a run the budget stops is
+    what a user gets who stops it then.
+
+    Returns:
+        The run (``seconds``: training time; ``steps``: steps done) and its curve, one point per evaluation.
+    """
+    trainer = _setup_trainer(config)
+    pending = sorted(t for t in eval_seconds if t < budget_seconds)
+    curve: List[CurvePoint] = []
+    seconds, steps = 0.0, 0
+
+    def evaluate_now() -> None:
+        result = evaluate(trainer.pipeline, f"{description}: evaluating at {seconds:.0f} s")
+        curve.append(CurvePoint(round(seconds, 2), steps, result.psnr, result.ssim))
+
+    with get_progress(description) as progress:
+        task = progress.add_task("", total=budget_seconds)
+        for step in range(config.max_num_iterations):
+            started = time.perf_counter()
+            _train_step(trainer, step)
+            seconds += time.perf_counter() - started
+            steps = step + 1
+            progress.update(task, completed=min(seconds, budget_seconds))
+            if seconds >= budget_seconds:
+                break
+            if pending and seconds >= pending[0]:
+                while pending and seconds >= pending[0]:
+                    pending.pop(0)
+                evaluate_now()
+    evaluate_now()
+    _finish(trainer)
+    return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline), curve
 
 
 @dataclass

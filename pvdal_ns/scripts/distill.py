@@ -3,6 +3,8 @@
     ns-distill demo                                  # embedded lego: teacher → hash, vm, mlp, tensors
     ns-distill run --teacher outputs/…/config.yml --student mlp [vm …] [--steps N]
     ns-distill ablation                              # paper Table 3 on the embedded scene (VM → MLP)
+    ns-distill matrix                                # paper Table 2: every teacher into every student
+    ns-distill compare --teacher outputs/…/config.yml --student mlp   # distilled against from scratch
 
 Heavy imports (torch, nerfstudio) happen inside the commands, so ``--help`` and errors about bad input
 are fast. Bad input prints one line and exits with code 2.
@@ -20,7 +22,7 @@ from typing import Dict, List, Literal, Optional, Tuple, Union
 import tyro
 from typing_extensions import Annotated
 
-from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS, demo_steps
+from pvdal_ns.presets import ARCHITECTURES, DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS, demo_steps
 
 Architecture = Literal["hash", "vm", "mlp", "tensors"]
 
@@ -157,18 +159,116 @@ class Ablation:
         run_ablation(settings, self.rows, self.seeds, self.output_dir.resolve())
 
 
+@dataclass
+class Matrix:
+    """Paper Table 2: train a teacher of every architecture from the scene's images (cached; a rerun reuses
+    it), distil each into every student architecture (the students of one teacher together), evaluate on
+    the test views. Writes matrix.json (one record per pair), matrix.md (teachers as rows, students as
+    columns) and matrix.png (student − teacher PSNR); a rerun with the same settings only runs the missing
+    pairs."""
+
+    output_dir: Path = Path("outputs/matrix")
+    """Where the runs, matrix.json, matrix.md and matrix.png go."""
+    data: Optional[Path] = None
+    """Scene folder in blender format (default: the embedded 100×100 lego)."""
+    teachers: Tuple[Architecture, ...] = ARCHITECTURES  # type: ignore[assignment]
+    """Teacher architectures (rows)."""
+    students: Tuple[Architecture, ...] = ARCHITECTURES  # type: ignore[assignment]
+    """Student architectures (columns)."""
+    teacher_steps: Dict[str, int] = field(default_factory=dict)
+    """Training steps of a teacher, per architecture (default: its preset's teacher_steps)."""
+    student_steps: Dict[str, int] = field(default_factory=dict)
+    """Distillation steps of a student, per architecture (default: the demo's)."""
+    teacher_dir: Optional[Path] = None
+    """Where teachers are cached (default: the output folder; outputs/demo reuses the demo's VM teacher)."""
+    small: bool = True
+    """Use the CPU-sized presets (pvdal-*-small); --no-small for the paper's sizes."""
+
+    def main(self, command: str) -> None:
+        """Run the missing pairs and write the table."""
+        from pvdal_ns import EMBEDDED_SCENE
+        from pvdal_ns.conversion import UserError
+        from pvdal_ns.matrix import MatrixSettings, run_matrix
+        from pvdal_ns.presets import matrix_steps
+
+        data = (self.data or EMBEDDED_SCENE).expanduser().resolve()
+        if not (data / "transforms_train.json").is_file():
+            raise UserError(f"--data {data} is not a blender-format scene (no transforms_train.json)")
+        teacher_steps, student_steps = matrix_steps(self.small)
+        settings = MatrixSettings(str(data), self.small, {**teacher_steps, **self.teacher_steps},
+                                  {**student_steps, **self.student_steps})
+        run_matrix(settings, self.teachers, self.students, self.output_dir.resolve(),
+                   None if self.teacher_dir is None else self.teacher_dir.expanduser())
+
+
+@dataclass
+class Compare:
+    """One architecture trained two ways under the same wall-clock budget: from the scene's images (from
+    scratch) and distilled from the teacher; plus stock nerfstudio methods trained from the images. Each run is
+    evaluated on the test views at intervals of training time (evaluation not counted). Writes compare.csv,
+    compare.json (curves, time to reach each other run's final PSNR, the speed-up of distilled over from
+    scratch) and compare.png (PSNR against seconds)."""
+
+    teacher: Path
+    """config.yml of the trained teacher run (as written by ns-train)."""
+    student: Architecture
+    """The architecture to train both ways."""
+    budget_seconds: float = 600.0
+    """Training wall time of every run (s); sized for a 2-core CPU and the CPU presets."""
+    stock: Tuple[str, ...] = ("tensorf",)
+    """Stock methods to train from the images too (tensorf, nerfacto, vanilla-nerf; instant-ngp needs CUDA)."""
+    steps: Optional[int] = None
+    """Planned steps of the pvdal runs (their schedules); default: the preset's. A run stops at the budget."""
+    evaluations: int = 10
+    """Evaluations per run, evenly spaced in log time, the last at the end."""
+    data: Optional[Path] = None
+    """Scene folder (default: the teacher's)."""
+    output_dir: Path = Path("outputs/compare")
+    """Where the runs, compare.csv, compare.json and compare.png go."""
+    small: bool = True
+    """Use the CPU-sized preset (pvdal-<student>-small); --no-small for the paper's sizes."""
+
+    def main(self, command: str) -> None:
+        """Run the comparison."""
+        from pvdal_ns.compare import CompareSettings, run_compare
+        from pvdal_ns.conversion import check_teacher, resolve_data
+
+        teacher_path = self.teacher.expanduser().resolve()
+        data = resolve_data(check_teacher(teacher_path), teacher_path, self.data)
+        settings = CompareSettings(str(teacher_path), self.student, str(data), self.small, self.budget_seconds,
+                                   self.steps, self.evaluations, tuple(self.stock))
+        run_compare(settings, self.output_dir.resolve())
+
+
 Commands = Union[
     Annotated[Demo, tyro.conf.subcommand(name="demo")],
     Annotated[Run, tyro.conf.subcommand(name="run")],
     Annotated[Ablation, tyro.conf.subcommand(name="ablation")],
+    Annotated[Matrix, tyro.conf.subcommand(name="matrix")],
+    Annotated[Compare, tyro.conf.subcommand(name="compare")],
 ]
 
 
-def _quick_checks(command: Union[Demo, Run, Ablation]) -> None:
+def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare]) -> None:
     """Checks that need no heavy import, so bad input fails in a moment."""
+    if isinstance(command, (Demo, Matrix)):
+        for what in ("teacher_steps", "student_steps"):
+            per_architecture = getattr(command, what)
+            for arch, steps in (per_architecture.items() if isinstance(per_architecture, dict) else ()):
+                if arch not in ARCHITECTURES:
+                    raise SystemExit(_error(f"--{what.replace('_', '-')} names {arch!r}, not one of {', '.join(ARCHITECTURES)}"))
+                if steps < 1:
+                    raise SystemExit(_error(f"--{what.replace('_', '-')} {arch} must be at least 1, got {steps}"))
     if isinstance(command, Ablation) and command.steps is not None and command.steps < 1:
         raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
-    if isinstance(command, (Run, Ablation)) and command.teacher is not None:
+    if isinstance(command, Compare):
+        if command.budget_seconds <= 0:
+            raise SystemExit(_error(f"--budget-seconds must be positive, got {command.budget_seconds}"))
+        if command.evaluations < 1:
+            raise SystemExit(_error(f"--evaluations must be at least 1, got {command.evaluations}"))
+        if command.steps is not None and command.steps < 1:
+            raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
+    if isinstance(command, (Run, Ablation, Compare)) and command.teacher is not None:
         path = command.teacher.expanduser()
         if not path.is_file():
             what = "is a directory" if path.is_dir() else "does not exist"
