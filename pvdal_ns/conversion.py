@@ -165,17 +165,22 @@ def distillation_config(teacher_path: Path, architecture: str, small: bool, data
 def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path, output_dir: Path,
             steps: Dict[str, Optional[int]], experiment: str, together: bool = False,
             teacher_cache: Optional[Path] = None, teacher_cache_gib: float = 4.0,
-            renders_only: bool = False) -> List[Trained]:
+            renders_only: bool = False, finetune_steps: int = 0) -> List[Trained]:
     """Distil the teacher at ``teacher_path`` into each of ``students`` (``steps`` per architecture, None or
     missing for the preset's): one run after another, or with ``together`` all in one lockstep run that
     renders the teacher once per batch (:func:`~pvdal_ns.runner.train_together`). With ``teacher_cache``
     (serial mode) the first run writes the teacher's batches there (at most ``teacher_cache_gib`` GiB)
-    and every run distils from them. ``renders_only``: distil from the teacher's images alone (L_rgb)."""
+    and every run distils from them. ``renders_only``: distil from the teacher's images alone (L_rgb).
+    ``finetune_steps``: the last N steps of every run train on the real images (paper Table 6)."""
     configs = [distillation_config(teacher_path, arch, small, data, output_dir, experiment, steps.get(arch))
                for arch in students]
     for config in configs:
         config.pipeline.teacher_cache, config.pipeline.teacher_cache_gib = teacher_cache, teacher_cache_gib
         config.pipeline.teacher_renders_only = renders_only
+        config.pipeline.finetune_steps = finetune_steps
+        if finetune_steps >= config.max_num_iterations:
+            raise UserError(f"--finetune-steps {finetune_steps} leaves none of the {config.max_num_iterations} steps of "
+                            f"{config.method_name} to distil: make it smaller")
     runs: List[Optional[TrainResult]] = [None] * len(configs)
     if together and len(configs) > 1:
         runs = list(train_together(configs, f"students ({', '.join(students)}): training"))

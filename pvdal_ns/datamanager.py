@@ -247,7 +247,7 @@ def _batch_dict(teacher_batch: TeacherBatch, indices: Tensor) -> Dict:
 class DistillationDataManager(VanillaDataManager):
     """nerfstudio's ``VanillaDataManager``, or, once the pipeline has handed it :class:`PseudoLabels` at
     setup (:meth:`use_pseudo_labels`), their batches. Training images are only read when training from
-    images (no teacher).
+    images (no teacher) or fine-tuning after distillation.
     """
 
     config: DistillationDataManagerConfig
@@ -265,6 +265,8 @@ class DistillationDataManager(VanillaDataManager):
         self.leads = False
         """True when this datamanager's student made its pseudo-labels: its errors drive active learning."""
         self._image_training_ready = False
+        self.finetune_from: Optional[int] = None
+        """First step that trains on the real images after distilling (``--pipeline.finetune-steps``); None: never."""
 
     def use_pseudo_labels(self, pseudo_labels: PseudoLabels, leads: bool = True) -> None:
         """Train on ``pseudo_labels`` instead of the images: called once, by the pipeline at setup, right
@@ -287,8 +289,8 @@ class DistillationDataManager(VanillaDataManager):
         return []
 
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
-        """Next batch: real pixels without a teacher, otherwise :meth:`PseudoLabels.batch`."""
-        if self.pseudo_labels is None:
+        """Next batch: real pixels without a teacher or while fine-tuning, otherwise :meth:`PseudoLabels.batch`."""
+        if self.pseudo_labels is None or (self.finetune_from is not None and step >= self.finetune_from):
             if not self._image_training_ready:
                 super().setup_train()
                 self._image_training_ready = True

@@ -71,6 +71,9 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
     """False: all losses (stage 3) from the first step (Table 3 "w/o block-wise")."""
     al: ActiveLearningConfig = field(default_factory=ActiveLearningConfig)
     """Active learning: hard poses, rays and points (§3.2.4); e.g. ``--pipeline.al.poses False``."""
+    finetune_steps: int = 0
+    """Fine-tuning after distillation (paper Table 6): the run's last N steps train on the real training
+    images with the image loss, as training from images does; 0: distil to the end."""
 
     @property
     def distils(self) -> bool:
@@ -285,7 +288,21 @@ class DistillationPipeline(VanillaPipeline):
                 self._run_steps = trainer.config.max_num_iterations
             before = [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION]
             callbacks += [TrainingCallback(before, self.write_teacher_cache), TrainingCallback(before, self.set_step)]
+            if self.config.finetune_steps > 0 and trainer is not None:
+                self.datamanager.finetune_from = self._finetune_start(trainer.config.max_num_iterations)
         return callbacks
+
+    def _finetune_start(self, steps: int) -> int:
+        """The first fine-tuning step of a run of ``steps`` steps.
+
+        Raises:
+            ValueError: ``finetune_steps`` leaves no step to distil."""
+        if self.config.finetune_steps >= steps:
+            raise ValueError(f"--pipeline.finetune-steps {self.config.finetune_steps} leaves none of the run's {steps} "
+                             "steps to distil: make it smaller than --max-num-iterations")
+        start = steps - self.config.finetune_steps
+        CONSOLE.log(f"Fine-tuning on the training images from step {start} ({self.config.finetune_steps} steps)")
+        return start
 
     def write_teacher_cache(self, step: int) -> None:
         """Serial mode, before the first step: the teacher renders the run's batches (one per step, within

@@ -153,3 +153,28 @@ def test_the_ablation_table_gives_the_spread_over_seeds():
     assert summary["w/o L_v"]["delta_sd"] == pytest.approx(0.1527, abs=1e-3)
     table = markdown_table(list(summary.values()), AblationSettings("t/a/b/config.yml", "mlp", 10, True, "s"), [0, 1, 2])
     assert "| w/o L_v | 27.73 ± 0.32 | -0.47 ± 0.15 |" in table
+
+
+def test_fine_tuning_trains_the_last_steps_on_the_real_images(tiny_teacher, tmp_path):
+    """Paper Table 6: after distilling, the last ``finetune_steps`` steps train on the training images with the
+    image loss; before them the batches are the teacher's."""
+    teacher_path, _ = tiny_teacher
+    config = tiny_config("vm", tmp_path, steps=12, teacher=teacher_path, experiment="finetune")
+    config.pipeline.stage1_steps = config.pipeline.stage2_steps = 2
+    config.pipeline.finetune_steps = 4
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    datamanager = trainer.pipeline.datamanager
+    assert datamanager.finetune_from == 8
+    _, distilling, _ = train_step_losses(trainer, 7)
+    assert {"volume_loss", "density_loss", "rgb_loss"} <= set(distilling)  # stage 3 of distillation
+    ray_bundle, batch = datamanager.next_train(8)
+    assert "teacher" not in batch and batch["image"].shape[-1] in (3, 4)  # real pixels of the training images
+    camera, y, x = (int(v) for v in batch["indices"][0])
+    assert torch.allclose(batch["image"][0], datamanager.train_dataset[camera]["image"][y, x])
+    _, finetuning, _ = train_step_losses(trainer, 9)
+    assert set(finetuning) <= {"rgb_loss", "regularization"} and "rgb_loss" in finetuning
+
+    config.pipeline.finetune_steps = 12
+    with pytest.raises(ValueError, match="leaves none of the run's 12 steps to distil"):
+        config.setup(local_rank=0, world_size=1).setup()

@@ -87,6 +87,8 @@ class Run:
     """Bound on the size of a teacher cache written by this run (GiB); longer runs cycle through it."""
     renders_only: bool = False
     """Distil from the teacher's rendered images only (no point losses); always so for splatfacto."""
+    finetune_steps: int = 0
+    """Fine-tune on the real training images for the last N of the steps, after distillation (paper Table 6)."""
 
     def main(self, command: str) -> None:
         """Run the conversion; raises UserError / TeacherLoadError for bad input."""
@@ -100,7 +102,8 @@ class Run:
         cache = None if self.teacher_cache is None else self.teacher_cache.expanduser().resolve()
         students = convert(teacher_path, list(self.student), self.small, data, out, {a: self.steps for a in self.student},
                            f"from-{teacher_config.method_name}", together=not self.separately,
-                           teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib, renders_only=self.renders_only)
+                           teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib, renders_only=self.renders_only,
+                           finetune_steps=self.finetune_steps)
         extra = {"command": command, "teacher_config": str(teacher_path), "scene": str(data)}
         if cache is not None:
             from pvdal_ns.teachers import cache_nbytes
@@ -279,6 +282,8 @@ def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare]) -> None:
             raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
         if len(set(command.student)) != len(command.student):
             raise SystemExit(_error(f"--student names an architecture twice: {' '.join(command.student)}"))
+        if command.finetune_steps < 0 or (command.steps is not None and command.finetune_steps >= command.steps):
+            raise SystemExit(_error(f"--finetune-steps must be at least 0 and below --steps, got {command.finetune_steps}"))
         if command.teacher_cache_gib <= 0:
             raise SystemExit(_error(f"--teacher-cache-gib must be positive, got {command.teacher_cache_gib}"))
         cache = command.teacher_cache
