@@ -38,14 +38,14 @@ def main() -> None:
     from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS
     from pvdal_ns.runner import set_seed
 
-    teacher = cached_teacher(DEMO_TEACHER, True, EMBEDDED_SCENE, args.teacher_dir.resolve(), DEMO_TEACHER_STEPS).report
+    teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(), DEMO_TEACHER_STEPS).report
     staged_stage_at = PseudoLabels.stage_at
     n, skip = args.steps, 5
     times = {}
     for student in args.students:
         for repeat in range(args.repeats):
             for variant in ("full", "staged"):
-                config = distillation_config(Path(teacher.config), student, True, EMBEDDED_SCENE, args.output_dir.resolve(),
+                config = distillation_config(Path(teacher.config), student, "small", EMBEDDED_SCENE, args.output_dir.resolve(),
                                              f"{student}-{variant}-{repeat}", 2 * n)
                 config.pipeline.stage1_steps = config.pipeline.stage2_steps = n
                 config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_save = 10**6

@@ -52,7 +52,7 @@ def main() -> None:
     teacher_psnr = json.loads((out / "teacher.json").read_text())["psnr"]
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for mode in args.modes:
-        configs = [distillation_config(teacher_path, arch, True, EMBEDDED_SCENE, out, mode, demo_steps()[arch])
+        configs = [distillation_config(teacher_path, arch, "small", EMBEDDED_SCENE, out, mode, demo_steps()[arch])
                    for arch in STUDENTS]
         started = time.perf_counter()
         runs = train_together(configs, "together") if mode == "together" else [train(c, f"{c.method_name}") for c in configs]

@@ -48,7 +48,7 @@ def child(teacher: Path, student: str, mode: str, out: Path, seed: Optional[int]
     from pvdal_ns.teachers import cache_nbytes
 
     imported = peak_memory_gib()
-    config = distillation_config(teacher, student, True, EMBEDDED_SCENE, out, f"{student}-{mode}",
+    config = distillation_config(teacher, student, "small", EMBEDDED_SCENE, out, f"{student}-{mode}",
                                  demo_steps()[student])
     cache = out / f"cache-{student}"
     if mode in ("write", "reuse"):

@@ -45,7 +45,7 @@ def build(teacher: Path, student: str, steps: int, seed: int, settings: Dict[str
     from pvdal_ns.configs import set_steps
     from pvdal_ns.conversion import distillation_config
 
-    config = distillation_config(teacher, student, True, EMBEDDED_SCENE, output_dir, name, steps)
+    config = distillation_config(teacher, student, "small", EMBEDDED_SCENE, output_dir, name, steps)
     config.machine.seed = seed
     if "rays" in settings:
         config.pipeline.datamanager.train_num_rays_per_batch = int(settings["rays"])
@@ -77,10 +77,10 @@ def main() -> None:
     from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS
     from pvdal_ns.runner import evaluate, train
 
-    steps = args.steps or PRESETS[args.student, True].steps
+    steps = args.steps or PRESETS[args.student, "small"].steps
     out = (args.output_dir or Path(f"outputs/bench-tune-{args.student}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    teacher = cached_teacher(DEMO_TEACHER, True, EMBEDDED_SCENE, args.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
+    teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
     record = out / "tune.json"
     runs: List[dict] = json.loads(record.read_text())["runs"] if record.is_file() else []
     for text, settings in zip(variants, parsed):

@@ -38,14 +38,14 @@ def main() -> None:
     for pair in args.pairs:
         teacher_arch, student = pair.split(":")
         if teacher_arch not in teachers:
-            teachers[teacher_arch] = cached_teacher(teacher_arch, True, EMBEDDED_SCENE, args.teacher_dir.resolve(),
+            teachers[teacher_arch] = cached_teacher(teacher_arch, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
                                                     DEMO_TEACHER_STEPS)
         teacher = teachers[teacher_arch].report
         for warm in (True, False):
             name = f"{teacher_arch}-to-{student}-{'warm' if warm else 'cold'}-seed{args.seed}"
             if any(r["run"] == name for r in results):
                 continue
-            config = distillation_config(Path(teacher.config), student, True, EMBEDDED_SCENE, out, name,
+            config = distillation_config(Path(teacher.config), student, "small", EMBEDDED_SCENE, out, name,
                                          demo_steps()[student])
             config.pipeline.warm_start, config.machine.seed = warm, args.seed
             trained = run_and_evaluate(config, name, "student")

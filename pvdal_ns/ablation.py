@@ -21,6 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.conversion import distillation_config
 from pvdal_ns.files import write_atomic
+from pvdal_ns.presets import size_of
 from pvdal_ns.report import device_description, versions
 from pvdal_ns.runner import evaluate, train
 
@@ -96,7 +97,7 @@ class AblationSettings:
 
 def _run_row(settings: AblationSettings, row: str, seed: int, output_dir: Path) -> dict:
     experiment = f"{row.replace('/', '').replace(' ', '-')}-seed{seed}"
-    config = distillation_config(Path(settings.teacher_config), settings.student, settings.small, Path(settings.scene),
+    config = distillation_config(Path(settings.teacher_config), settings.student, size_of(settings.small), Path(settings.scene),
                                  output_dir, experiment, settings.steps)
     config.machine.seed = seed
     ROWS[row](config)

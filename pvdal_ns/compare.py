@@ -21,6 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.conversion import STOCK_METHODS, UserError, count_parameters, distillation_config, stock_config, student_config
 from pvdal_ns.files import write_atomic
+from pvdal_ns.presets import Size, method_name
 from pvdal_ns.report import device_description, versions
 from pvdal_ns.runner import CurvePoint, train_timed
 
@@ -36,7 +37,8 @@ class CompareSettings:
         teacher: config.yml of the trained teacher.
         student: the architecture trained from scratch and distilled ("hash", "vm", "mlp", "tensors").
         data: the scene (training images for the from-scratch and stock runs, test views for all).
-        small: the CPU-sized preset (pvdal-<student>-small) or the paper's sizes.
+        size: the student's preset: "small" (pvdal-<student>-small), "paper" or "compressed" (fewer parameters,
+            paper Table 7; mlp and tensors), for both the from-scratch and the distilled run.
         budget_seconds: training wall time each run gets (s); evaluation is not counted.
         steps: planned steps of the pvdal runs (their schedules), None for the preset's; a run stops at the
             budget or at its steps, whichever comes first.
@@ -47,7 +49,7 @@ class CompareSettings:
     teacher: str
     student: str
     data: str
-    small: bool = True
+    size: Size = "small"
     budget_seconds: float = 600.0
     steps: Optional[int] = None
     evaluations: int = 10
@@ -75,11 +77,11 @@ def time_to_reach(curve: Sequence[CurvePoint], psnr: float) -> Optional[float]:
 def _configs(settings: CompareSettings, output_dir: Path) -> Tuple[Dict[str, TrainerConfig], Dict[str, str]]:
     """The runs to train (name → config) and the stock methods skipped (name → why)."""
     teacher_path, data = Path(settings.teacher), Path(settings.data)
-    distilled = distillation_config(teacher_path, settings.student, settings.small, data, output_dir, "distilled",
+    distilled = distillation_config(teacher_path, settings.student, settings.size, data, output_dir, "distilled",
                                     settings.steps)
-    scratch = student_config(settings.student, settings.small, data, output_dir, "from-scratch", settings.steps, None)
+    scratch = student_config(settings.student, settings.size, data, output_dir, "from-scratch", settings.steps, None)
     scratch.pipeline.datamanager.dataparser = copy.deepcopy(distilled.pipeline.datamanager.dataparser)  # same world frame
-    arch = f"pvdal-{settings.student}" + ("-small" if settings.small else "")
+    arch = method_name(settings.student, settings.size)
     runs = {f"{arch} from scratch": scratch, f"{arch} distilled": distilled}
     skipped: Dict[str, str] = {}
     for method in settings.stock:

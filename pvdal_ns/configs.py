@@ -1,6 +1,6 @@
-"""nerfstudio method specifications: ``pvdal-{hash,vm,mlp,tensors}`` (paper §4.1 sizes) and
-``pvdal-{…}-small`` (presets that train in minutes on a CPU), built from the one preset table
-(:data:`pvdal_ns.presets.PRESETS`).
+"""nerfstudio method specifications: ``pvdal-{hash,vm,mlp,tensors}`` (paper §4.1 sizes),
+``pvdal-{…}-small`` (presets that train in minutes on a CPU) and ``pvdal-{mlp,tensors}-compressed`` (fewer
+parameters, paper Table 7), built from the one preset table (:data:`pvdal_ns.presets.PRESETS`).
 
 Each trains on images when no teacher is given and distils from ``--pipeline.teacher-config`` when one
 is. Registered through the ``nerfstudio.method_configs`` entry-point group.
@@ -23,19 +23,19 @@ from pvdal_ns.datamanager import DistillationDataManagerConfig
 from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
 from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.pipeline import DistillationPipelineConfig
-from pvdal_ns.presets import LR_FINAL, PRESETS
+from pvdal_ns.presets import LR_FINAL, PRESETS, Size, method_name
 
 allow_numpy_scalars()  # lets ns-eval / ns-render / ns-viewer read checkpoints with weights_only=True
 
 FIELD_CONFIGS = {"hash": HashFieldConfig, "vm": VMFieldConfig, "mlp": MLPFieldConfig, "tensors": TensorsFieldConfig}
 
 
-def field_config(architecture: str, small: bool) -> PVDFieldConfig:
-    """A fresh field config of ``pvdal-<architecture>[-small]`` (sizes from :data:`~pvdal_ns.presets.PRESETS`).
+def field_config(architecture: str, size: Size) -> PVDFieldConfig:
+    """A fresh field config of ``pvdal-<architecture>[-<size>]`` (sizes from :data:`~pvdal_ns.presets.PRESETS`).
 
     Raises:
-        KeyError: ``architecture`` is not one of hash, vm, mlp, tensors."""
-    return FIELD_CONFIGS[architecture](**PRESETS[architecture, small].field)
+        KeyError: ``architecture`` is not one of hash, vm, mlp, tensors, or has no preset of that size."""
+    return FIELD_CONFIGS[architecture](**PRESETS[architecture, size].field)
 
 
 def pvdal_trainer_config(
@@ -105,32 +105,37 @@ def set_steps(config: TrainerConfig, steps: int, stage_fractions: Optional[Tuple
     return config
 
 
-def method_config(architecture: str, small: bool) -> TrainerConfig:
-    """A fresh copy of the registered ``TrainerConfig`` of ``pvdal-<architecture>[-small]``."""
-    preset = PRESETS[architecture, small]
-    name = f"pvdal-{architecture}" + ("-small" if small else "")
-    config = pvdal_trainer_config(name, field_config(architecture, small), preset.learning_rates, preset.steps,
-                                  preset.rays_per_batch, preset.num_samples, preset.grid)
+def method_config(architecture: str, size: Size) -> TrainerConfig:
+    """A fresh copy of the registered ``TrainerConfig`` of ``pvdal-<architecture>[-<size>]``.
+
+    Raises:
+        KeyError: no such preset (the compressed size exists for mlp and tensors only)."""
+    preset = PRESETS[architecture, size]
+    config = pvdal_trainer_config(method_name(architecture, size), field_config(architecture, size),
+                                  preset.learning_rates, preset.steps, preset.rays_per_batch, preset.num_samples,
+                                  preset.grid)
     assert isinstance(config.pipeline, DistillationPipelineConfig)
     if preset.ray_pool_size is not None:
         config.pipeline.al.ray_pool_size = preset.ray_pool_size
     return set_steps(config, preset.steps, preset.stage_fractions)
 
 
-def _spec(architecture: str, small: bool) -> MethodSpecification:
+def _spec(architecture: str, size: Size) -> MethodSpecification:
     what = {"hash": "hash grid", "vm": "VM tensor", "mlp": "MLP", "tensors": "dense SH voxel grid"}[architecture]
-    size = "CPU-sized preset" if small else "paper sizes"
+    sizes = {"paper": "paper sizes", "small": "CPU-sized preset", "compressed": "CPU-sized, fewer parameters"}
     return MethodSpecification(
-        config=method_config(architecture, small),
-        description=f"PVD-AL {what} ({size}); add --pipeline.teacher-config to distil from a trained model",
+        config=method_config(architecture, size),
+        description=f"PVD-AL {what} ({sizes[size]}); add --pipeline.teacher-config to distil from a trained model",
     )
 
 
-pvdal_hash = _spec("hash", False)
-pvdal_vm = _spec("vm", False)
-pvdal_mlp = _spec("mlp", False)
-pvdal_tensors = _spec("tensors", False)
-pvdal_hash_small = _spec("hash", True)
-pvdal_vm_small = _spec("vm", True)
-pvdal_mlp_small = _spec("mlp", True)
-pvdal_tensors_small = _spec("tensors", True)
+pvdal_hash = _spec("hash", "paper")
+pvdal_vm = _spec("vm", "paper")
+pvdal_mlp = _spec("mlp", "paper")
+pvdal_tensors = _spec("tensors", "paper")
+pvdal_hash_small = _spec("hash", "small")
+pvdal_vm_small = _spec("vm", "small")
+pvdal_mlp_small = _spec("mlp", "small")
+pvdal_tensors_small = _spec("tensors", "small")
+pvdal_mlp_compressed = _spec("mlp", "compressed")
+pvdal_tensors_compressed = _spec("tensors", "compressed")

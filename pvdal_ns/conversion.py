@@ -19,6 +19,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from pvdal_ns.configs import method_config, set_steps
 from pvdal_ns.files import write_atomic
 from pvdal_ns.model import PVDModelConfig
+from pvdal_ns.presets import Size, method_name
 from pvdal_ns.report import ModelReport, model_report, print_table, save_comparison, write_json
 from pvdal_ns.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
 from pvdal_ns.teachers import TeacherLoadError, read_trainer_config
@@ -33,10 +34,11 @@ def count_parameters(pipeline) -> int:
     return sum(p.numel() for p in pipeline.model.parameters())
 
 
-def student_config(architecture: str, small: bool, data: Path, output_dir: Path, experiment: str,
+def student_config(architecture: str, size: Size, data: Path, output_dir: Path, experiment: str,
                    steps: Optional[int], teacher: Optional[Path]) -> TrainerConfig:
-    """The ``TrainerConfig`` of one run (a teacher when ``teacher`` is None, else a student)."""
-    config = quiet(method_config(architecture, small))
+    """The ``TrainerConfig`` of one run of ``pvdal-<architecture>[-<size>]`` (a teacher when ``teacher`` is None,
+    else a student)."""
+    config = quiet(method_config(architecture, size))
     config.pipeline.datamanager.data = data
     config.output_dir = output_dir
     config.experiment_name = experiment
@@ -117,13 +119,13 @@ def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Optional[
     return Trained(report, result)
 
 
-def cached_teacher(architecture: str, small: bool, data: Path, output_dir: Path, steps: int) -> Trained:
+def cached_teacher(architecture: str, size: Size, data: Path, output_dir: Path, steps: int) -> Trained:
     """Train the demo teacher, or reuse the one a previous run left in ``output_dir``.
 
     The cache is keyed by architecture, preset, steps and scene; ``teacher.json`` beside the run holds
     its training time so a rerun reports it.
     """
-    key = f"teacher-{architecture}{'-small' if small else ''}-{steps}"
+    key = f"teacher-{method_name(architecture, size).removeprefix('pvdal-')}-{steps}"
     record = output_dir / f"{key}.json"
     if record.is_file():
         info = json.loads(record.read_text())
@@ -135,14 +137,14 @@ def cached_teacher(architecture: str, small: bool, data: Path, output_dir: Path,
             report = model_report(f"teacher ({architecture})", "teacher", info["method"], result, info["seconds"],
                                   count_parameters(pipeline), steps, config_path, cached=True)
             return Trained(report, result)
-    trained = run_and_evaluate(student_config(architecture, small, data, output_dir, key, steps, None),
+    trained = run_and_evaluate(student_config(architecture, size, data, output_dir, key, steps, None),
                                f"teacher ({architecture})", "teacher")
     info = {"config": trained.report.config, "method": trained.report.method, "seconds": trained.report.train_seconds, "data": str(data)}
     write_atomic(record, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return trained
 
 
-def distillation_config(teacher_path: Path, architecture: str, small: bool, data: Path, output_dir: Path,
+def distillation_config(teacher_path: Path, architecture: str, size: Size, data: Path, output_dir: Path,
                         experiment: str, steps: Optional[int], teacher_grid: Optional[int] = None) -> TrainerConfig:
     """The ``TrainerConfig`` of a student of the teacher at ``teacher_path``. It reads the scene with the
     teacher's dataparser settings (same world frame and scale); a pvdal-* teacher's occupancy grid is
@@ -155,14 +157,14 @@ def distillation_config(teacher_path: Path, architecture: str, small: bool, data
     if teacher_grid is None:
         model = teacher.pipeline.model
         teacher_grid = model.grid_resolution if isinstance(model, PVDModelConfig) else None
-    config = student_config(architecture, small, data, output_dir, experiment, steps, teacher_path)
+    config = student_config(architecture, size, data, output_dir, experiment, steps, teacher_path)
     config.pipeline.datamanager.dataparser = copy.deepcopy(teacher.pipeline.datamanager.dataparser)
     if teacher_grid is not None:
         config.pipeline.model.grid_resolution = teacher_grid
     return config
 
 
-def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path, output_dir: Path,
+def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path, output_dir: Path,
             steps: Dict[str, Optional[int]], experiment: str, together: bool = False,
             teacher_cache: Optional[Path] = None, teacher_cache_gib: float = 4.0,
             renders_only: bool = False, finetune_steps: int = 0) -> List[Trained]:
@@ -172,7 +174,7 @@ def convert(teacher_path: Path, students: Sequence[str], small: bool, data: Path
     (serial mode) the first run writes the teacher's batches there (at most ``teacher_cache_gib`` GiB)
     and every run distils from them. ``renders_only``: distil from the teacher's images alone (L_rgb).
     ``finetune_steps``: the last N steps of every run train on the real images (paper Table 6)."""
-    configs = [distillation_config(teacher_path, arch, small, data, output_dir, experiment, steps.get(arch))
+    configs = [distillation_config(teacher_path, arch, size, data, output_dir, experiment, steps.get(arch))
                for arch in students]
     for config in configs:
         config.pipeline.teacher_cache, config.pipeline.teacher_cache_gib = teacher_cache, teacher_cache_gib

@@ -18,6 +18,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.conversion import Trained, cached_teacher, convert
 from pvdal_ns.files import write_atomic
+from pvdal_ns.presets import size_of
 from pvdal_ns.report import device_description, versions
 
 
@@ -81,10 +82,11 @@ def run_matrix(settings: MatrixSettings, teachers: Sequence[str], students: Sequ
             for p in record["pairs"])]
         if not missing:
             continue
-        teacher = cached_teacher(teacher_arch, settings.small, Path(settings.scene), (teacher_dir or output_dir).resolve(),
+        size = size_of(settings.small)
+        teacher = cached_teacher(teacher_arch, size, Path(settings.scene), (teacher_dir or output_dir).resolve(),
                                  settings.teacher_steps[teacher_arch])
         record["teachers"][teacher_arch] = {**_record(teacher), "steps": settings.teacher_steps[teacher_arch]}
-        trained = convert(Path(teacher.report.config), missing, settings.small, Path(settings.scene), output_dir,
+        trained = convert(Path(teacher.report.config), missing, size, Path(settings.scene), output_dir,
                           {s: settings.student_steps[s] for s in missing}, f"from-{teacher_arch}", together=True)
         record["pairs"] = [p for p in record["pairs"] if not (p["teacher"] == teacher_arch and p["student"] in missing)]
         for student_arch, student in zip(missing, trained):

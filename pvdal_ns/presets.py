@@ -1,6 +1,10 @@
 """The one preset table: sizes, learning rates, steps and batch settings of every ``pvdal-*`` method, and the
 step counts ``ns-distill demo`` and ``ns-distill ablation`` give each architecture.
 
+Three sizes: ``paper`` (``pvdal-<arch>``, paper §4.1), ``small`` (``pvdal-<arch>-small``, trains in minutes on a
+CPU) and ``compressed`` (``pvdal-<arch>-compressed``, MLP and tensors only: the small preset with fewer
+parameters, paper Table 7).
+
 Plain numbers only (no torch or nerfstudio import), so that ``ns-distill --help`` can show them at once;
 :func:`pvdal_ns.configs.method_config` turns a row into a nerfstudio ``TrainerConfig``. Why each CPU-sized
 number is what it is: docs/benchmarks.md.
@@ -8,11 +12,24 @@ number is what it is: docs/benchmarks.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Dict, Literal, Optional, Tuple
 
 ARCHITECTURES = ("hash", "vm", "mlp", "tensors")
 """The four student (and teacher) architectures of paper Table 1."""
+
+Size = Literal["paper", "small", "compressed"]
+"""Which preset of an architecture: the paper's sizes, the CPU-sized one, or the compressed one (Table 7)."""
+
+
+def size_of(small: bool) -> Size:
+    """The size a ``--small`` / ``--no-small`` flag of ``ns-distill`` stands for."""
+    return "small" if small else "paper"
+
+
+def method_name(architecture: str, size: Size) -> str:
+    """The nerfstudio method name of a preset: ``pvdal-<architecture>`` with ``-small`` or ``-compressed``."""
+    return f"pvdal-{architecture}" + ("" if size == "paper" else f"-{size}")
 
 LR_FINAL = 7e-5
 """Cosine decay target of every learning rate (authors' code)."""
@@ -28,7 +45,7 @@ SMALL_GRID = {"grid_resolution": 64, "grid_warmup_steps": 64, "grid_ema_decay": 
 
 @dataclass(frozen=True)
 class Preset:
-    """One ``pvdal-<architecture>[-small]`` method.
+    """One ``pvdal-<architecture>[-small|-compressed]`` method.
 
     Attributes:
         field: keyword arguments of the architecture's field config (its defaults are the paper's sizes).
@@ -73,38 +90,42 @@ HASH_LR = {"grids": GRID_LR, "networks": NETWORK_LR}
 VM_LR = {"grids": GRID_LR, "networks": NETWORK_LR / 10}
 TENSORS_LR = {"grids": GRID_LR * 5}
 
-PRESETS: Dict[Tuple[str, bool], Preset] = {
-    ("hash", False): _paper(HASH_LR),
-    ("vm", False): _paper(VM_LR),
-    ("mlp", False): _paper({"networks": MLP_LR}),
-    ("tensors", False): _paper(TENSORS_LR),
+PRESETS: Dict[Tuple[str, Size], Preset] = {
+    ("hash", "paper"): _paper(HASH_LR),
+    ("vm", "paper"): _paper(VM_LR),
+    ("mlp", "paper"): _paper({"networks": MLP_LR}),
+    ("tensors", "paper"): _paper(TENSORS_LR),
     # demo: 500 steps sat on the teacher − 1.5 dB line with the stock tensorf teacher; 700 gave 28.47 dB
-    ("hash", True): _small({"num_levels": 12, "log2_hashmap_size": 15, "max_res": 512}, HASH_LR, demo_steps=700),
-    ("vm", True): _small({"resolution": 128, "hidden_dim": 64}, VM_LR, demo_steps=500),
+    ("hash", "small"): _small({"num_levels": 12, "log2_hashmap_size": 15, "max_res": 512}, HASH_LR, demo_steps=700),
+    ("vm", "small"): _small({"resolution": 128, "hidden_dim": 64}, VM_LR, demo_steps=500),
     # 6 × 128 at 512 rays × 9600 steps with stages 10 % / 10 %: more, smaller steps train the small MLP better
     # (29.62 against 28.80 dB for 2048 × 3600), and shorter stages 1–2 gave +0.4 dB; ablation: the same rays
     # seen as 1200 steps of 2048 rays
-    ("mlp", True): _small({"num_layers": 6, "split_layer": 4, "width": 128, "num_frequencies": 8},
+    ("mlp", "small"): _small({"num_layers": 6, "split_layer": 4, "width": 128, "num_frequencies": 8},
                           {"networks": 5 * MLP_LR}, demo_steps=9600, steps=9600, rays_per_batch=512,
                           stage_fractions=(0.10, 0.10), ablation_steps=4800, teacher_steps=4800),
-    ("tensors", True): _small({"resolution": 96}, TENSORS_LR, demo_steps=400),
+    ("tensors", "small"): _small({"resolution": 96}, TENSORS_LR, demo_steps=400),
 }
-"""(architecture, CPU-sized) → preset. Paper sizes: §4.1 and the authors' code (docs/design.md, "Method")."""
+# Paper Table 7 compresses NeRF (14M → 11M) and Plenoxels (560M → 233M): the same presets with a narrower MLP
+# and a coarser grid, the rest (rays, steps, learning rates, stages) as the small ones
+PRESETS["mlp", "compressed"] = replace(PRESETS["mlp", "small"], field={**PRESETS["mlp", "small"].field, "width": 64})
+PRESETS["tensors", "compressed"] = replace(PRESETS["tensors", "small"], field={"resolution": 64})
+"""(architecture, size) → preset. Paper sizes: §4.1 and the authors' code (docs/design.md, "Method")."""
 
 DEMO_TEACHER = "vm"
 """Architecture of the teacher ``ns-distill demo`` (and the default ablation) trains from the images."""
-DEMO_TEACHER_STEPS: int = PRESETS[DEMO_TEACHER, True].teacher_steps  # type: ignore[assignment]
+DEMO_TEACHER_STEPS: int = PRESETS[DEMO_TEACHER, "small"].teacher_steps  # type: ignore[assignment]
 """Training steps of that teacher (its preset's ``teacher_steps``)."""
 
 
-def matrix_steps(small: bool) -> Tuple[Dict[str, int], Dict[str, int]]:
+def matrix_steps(size: Size) -> Tuple[Dict[str, int], Dict[str, int]]:
     """Steps of ``ns-distill matrix``: (each teacher's training from the images, each student's distillation);
     the CPU presets' ``teacher_steps`` and ``demo_steps``, the paper sizes' ``steps`` for both."""
-    presets = {arch: PRESETS[arch, small] for arch in ARCHITECTURES}
+    presets = {arch: PRESETS[arch, size] for arch in ARCHITECTURES}
     teachers = {a: p.teacher_steps or p.steps for a, p in presets.items()}
     return teachers, {a: p.demo_steps or p.steps for a, p in presets.items()}
 
 
 def demo_steps() -> Dict[str, int]:
     """Distillation steps of each student of ``ns-distill demo`` (the CPU presets')."""
-    return {arch: PRESETS[arch, True].demo_steps for arch in ARCHITECTURES}  # type: ignore[misc]
+    return {arch: PRESETS[arch, "small"].demo_steps for arch in ARCHITECTURES}  # type: ignore[misc]

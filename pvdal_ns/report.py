@@ -46,7 +46,7 @@ class ModelReport:
 def model_report(name: str, role: str, method: str, result: EvalResult, seconds: float, parameters: int, steps: int,
                  config: Path, cached: bool = False) -> ModelReport:
     """Collect one model's numbers (``method`` like "pvdal-vm-small" gives the architecture)."""
-    architecture = method.removeprefix("pvdal-").removesuffix("-small")
+    architecture = method.removeprefix("pvdal-").removesuffix("-small").removesuffix("-compressed")
     per_view = [round(float(v["psnr"]), 3) for v in result.per_view]  # type: ignore[arg-type]
     return ModelReport(name, role, architecture, method, result.psnr, result.ssim, result.lpips, round(seconds, 1),
                        parameters, steps, str(config), per_view, cached)

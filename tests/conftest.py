@@ -16,7 +16,7 @@ def tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path |
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.conversion import student_config
 
-    config = student_config(architecture, True, EMBEDDED_SCENE, output_dir, experiment, steps, teacher)
+    config = student_config(architecture, "small", EMBEDDED_SCENE, output_dir, experiment, steps, teacher)
     config.pipeline.datamanager.train_num_rays_per_batch = 1024
     config.pipeline.datamanager.poses_per_epoch = 20
     config.pipeline.al.ray_pool_size = 2048  # full after 20 steps of stage 3

@@ -24,6 +24,7 @@ def test_methods_are_registered_with_nerfstudio():
 
     for arch in ("hash", "vm", "mlp", "tensors"):
         assert f"pvdal-{arch}" in all_methods and f"pvdal-{arch}-small" in all_methods
+    assert "pvdal-mlp-compressed" in all_methods and "pvdal-tensors-compressed" in all_methods
 
 
 @pytest.mark.parametrize("architecture", ["hash", "vm", "mlp", "tensors"])

@@ -62,8 +62,39 @@ def test_compare_bad_input_is_one_line(tiny_teacher, tmp_path):
         (("--teacher", config_path, "--student", "vm", "--budget-seconds", "0"), "--budget-seconds must be positive"),
         (("--teacher", tmp_path / "nope.yml", "--student", "vm"), "does not exist"),
         (("--teacher", config_path, "--student", "vm", "--stock", "zipnerf"), "--stock zipnerf: not a stock method"),
+        (("--teacher", config_path, "--student", "hash", "--size", "compressed"),
+         "--size compressed exists for mlp and tensors students only, not hash"),
     ]:
         result = run(*args, "--output-dir", tmp_path / "out")
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "tensors"])
+def test_compressed_students_have_fewer_parameters(architecture):
+    """Paper Table 7: the compressed preset is the small one with fewer parameters."""
+    from pvdal_ns.configs import field_config
+
+    aabb = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
+
+    def parameters(size):
+        return sum(p.numel() for p in field_config(architecture, size).setup(aabb=aabb).parameters())
+
+    assert parameters("compressed") < 0.5 * parameters("small")
+
+
+def test_compare_trains_compressed_students_the_same_steps(tiny_teacher, tmp_path):
+    """Paper Table 7 in ``compare``: with --steps and a budget that does not bind, the compressed preset trains
+    the same number of steps from scratch and distilled, and both records say which preset ran."""
+    from pvdal_ns.scripts.distill import main
+
+    config_path, _ = tiny_teacher
+    out = tmp_path / "compare"
+    assert main(["compare", "--teacher", str(config_path), "--student", "mlp", "--size", "compressed", "--steps", "24",
+                 "--budget-seconds", "3600", "--evaluations", "1", "--stock", "--output-dir", str(out)]) == 0
+    record = json.loads((out / "compare.json").read_text())
+    assert set(record["runs"]) == {"pvdal-mlp-compressed from scratch", "pvdal-mlp-compressed distilled"}
+    assert {r["method"] for r in record["runs"].values()} == {"pvdal-mlp-compressed"}
+    assert [r["steps"] for r in record["runs"].values()] == [24, 24]
+    assert record["settings"]["size"] == "compressed"

@@ -40,7 +40,7 @@ def test_a_cross_architecture_student_takes_what_matches_by_name_and_shape(tiny_
     _, teacher_pipeline = tiny_teacher
     teacher = teacher_pipeline.model.field.state_dict()  # VM: colour head of width 64 on PE directions
     scene_box = SceneBox(aabb=teacher["aabb"].clone())
-    hash_student = method_config("hash", True).pipeline.model.setup(scene_box=scene_box, num_train_data=1, metadata={})
+    hash_student = method_config("hash", "small").pipeline.model.setup(scene_box=scene_box, num_train_data=1, metadata={})
     copied = hash_student.warm_start(teacher, "VMField")
     # the hash colour head is as wide and as deep, but its first layer reads SH directions (other width)
     assert copied == [f"colour.mlp.layers.{i}.{p}" for i in (1, 2) for p in ("bias", "weight")]
@@ -90,7 +90,7 @@ def test_ablation_rows_switch_off_one_thing_and_keep_the_stage_three_budget():
     assert DEFAULT_ROWS[0] == "all" and len(DEFAULT_ROWS) == 11 and "renders only" not in DEFAULT_ROWS
 
     def applied(row):
-        config = method_config("mlp", True)
+        config = method_config("mlp", "small")
         ROWS[row](config)
         return config.pipeline
 

@@ -12,7 +12,7 @@ AABB = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
 
 @pytest.mark.parametrize("architecture", ["hash", "vm", "mlp", "tensors"])
 def test_field_split_shapes_and_gradients(architecture):
-    field = field_config(architecture, small=True).setup(aabb=AABB)
+    field = field_config(architecture, "small").setup(aabb=AABB)
     positions = torch.rand(64, 3) * 3 - 1.5
     directions = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
     out = field.query(positions, directions)

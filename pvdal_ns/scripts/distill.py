@@ -22,7 +22,7 @@ from typing import Dict, List, Literal, Optional, Tuple, Union
 import tyro
 from typing_extensions import Annotated
 
-from pvdal_ns.presets import ARCHITECTURES, DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS, demo_steps
+from pvdal_ns.presets import ARCHITECTURES, DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS, Size, demo_steps, size_of
 
 Architecture = Literal["hash", "vm", "mlp", "tensors"]
 
@@ -55,9 +55,10 @@ class Demo:
 
         started = time.perf_counter()
         out = self.output_dir.resolve()
-        teacher = cached_teacher(self.teacher, self.small, EMBEDDED_SCENE, out, self.teacher_steps)
+        size = size_of(self.small)
+        teacher = cached_teacher(self.teacher, size, EMBEDDED_SCENE, out, self.teacher_steps)
         steps = {**demo_steps(), **self.student_steps}
-        students = convert(Path(teacher.report.config), self.students, self.small, EMBEDDED_SCENE, out, steps, "students")
+        students = convert(Path(teacher.report.config), self.students, size, EMBEDDED_SCENE, out, steps, "students")
         finish(out, [teacher, *students], started, {"command": command, "scene": str(EMBEDDED_SCENE)})
 
 
@@ -100,7 +101,7 @@ class Run:
         data = resolve_data(teacher_config, teacher_path, self.data)
         out = self.output_dir.resolve()
         cache = None if self.teacher_cache is None else self.teacher_cache.expanduser().resolve()
-        students = convert(teacher_path, list(self.student), self.small, data, out, {a: self.steps for a in self.student},
+        students = convert(teacher_path, list(self.student), size_of(self.small), data, out, {a: self.steps for a in self.student},
                            f"from-{teacher_config.method_name}", together=not self.separately,
                            teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib, renders_only=self.renders_only,
                            finetune_steps=self.finetune_steps)
@@ -152,12 +153,12 @@ class Ablation:
         from pvdal_ns.conversion import cached_teacher, check_teacher
 
         if self.teacher is None:
-            teacher = cached_teacher(DEMO_TEACHER, True, EMBEDDED_SCENE, self.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
+            teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, self.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
             teacher_path = Path(teacher.report.config)
         else:
             teacher_path = self.teacher.expanduser().resolve()
             check_teacher(teacher_path)
-        steps = self.steps or PRESETS[self.student, True].ablation_steps
+        steps = self.steps or PRESETS[self.student, "small"].ablation_steps
         settings = AblationSettings(str(teacher_path), self.student, steps, True, str(EMBEDDED_SCENE))
         run_ablation(settings, self.rows, self.seeds, self.output_dir.resolve())
 
@@ -197,7 +198,7 @@ class Matrix:
         data = (self.data or EMBEDDED_SCENE).expanduser().resolve()
         if not (data / "transforms_train.json").is_file():
             raise UserError(f"--data {data} is not a blender-format scene (no transforms_train.json)")
-        teacher_steps, student_steps = matrix_steps(self.small)
+        teacher_steps, student_steps = matrix_steps(size_of(self.small))
         settings = MatrixSettings(str(data), self.small, {**teacher_steps, **self.teacher_steps},
                                   {**student_steps, **self.student_steps})
         run_matrix(settings, self.teachers, self.students, self.output_dir.resolve(),
@@ -228,8 +229,10 @@ class Compare:
     """Scene folder (default: the teacher's)."""
     output_dir: Path = Path("outputs/compare")
     """Where the runs, compare.csv, compare.json and compare.png go."""
-    small: bool = True
-    """Use the CPU-sized preset (pvdal-<student>-small); --no-small for the paper's sizes."""
+    size: Size = "small"
+    """The student's preset, for both runs: small (pvdal-<student>-small), paper (the paper's sizes) or compressed
+    (pvdal-<student>-compressed, fewer parameters, paper Table 7; mlp and tensors); with --steps and a large
+    --budget-seconds the two runs train the same number of steps, as Table 7 compares them."""
 
     def main(self, command: str) -> None:
         """Run the comparison."""
@@ -238,7 +241,7 @@ class Compare:
 
         teacher_path = self.teacher.expanduser().resolve()
         data = resolve_data(check_teacher(teacher_path), teacher_path, self.data)
-        settings = CompareSettings(str(teacher_path), self.student, str(data), self.small, self.budget_seconds,
+        settings = CompareSettings(str(teacher_path), self.student, str(data), self.size, self.budget_seconds,
                                    self.steps, self.evaluations, tuple(self.stock))
         run_compare(settings, self.output_dir.resolve())
 
@@ -271,6 +274,9 @@ def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare]) -> None:
             raise SystemExit(_error(f"--evaluations must be at least 1, got {command.evaluations}"))
         if command.steps is not None and command.steps < 1:
             raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
+        if (command.student, command.size) not in PRESETS:
+            sizes = [a for a in ARCHITECTURES if (a, command.size) in PRESETS]
+            raise SystemExit(_error(f"--size {command.size} exists for {' and '.join(sizes)} students only, not {command.student}"))
     if isinstance(command, (Run, Ablation, Compare)) and command.teacher is not None:
         path = command.teacher.expanduser()
         if not path.is_file():
