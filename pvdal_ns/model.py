@@ -114,6 +114,8 @@ class PVDModel(Model):
         """The training step and its distillation stage (1–3; 0 until :meth:`set_step` runs)."""
         self.hard_points: Optional[HardPoints] = None
         """The hard-point rule (TSP) while active learning applies it; None: every point carries L_σ and L_c."""
+        self.regularize_distillation = True
+        """ω₅·L_reg in distillation; off once :meth:`warm_start` made the student its teacher."""
 
     def warm_start(self, state: Dict[str, Tensor], source: str) -> List[str]:
         """Start the field from a teacher's field weights (the authors load the teacher checkpoint into the
@@ -125,6 +127,10 @@ class PVDModel(Model):
         Args:
             state: the teacher field's ``state_dict`` (its ``aabb`` must be the student's scene box).
             source: the teacher's name, for the log line.
+
+        A student that takes every tensor starts as its teacher, whose training applied the field's L_reg
+        already: it distils without L_reg (:attr:`regularize_distillation`), which alone, under Adam's
+        normalised steps, would move it off the teacher (docs/design.md, "Method").
 
         Returns:
             the names of the copied tensors (empty when the scene boxes differ or nothing matches).
@@ -150,6 +156,9 @@ class PVDModel(Model):
                  for module, done in per_module.items() if any(done)]
         CONSOLE.log(f"Warm start from the {source} teacher: {len(copied)} of {len(learned)} tensors copied "
                     f"({', '.join(parts)})")
+        if len(copied) == len(learned):
+            self.regularize_distillation = False
+            CONSOLE.log("The student starts as its teacher: no L_reg while distilling (the teacher's training applied it)")
         return sorted(copied)
 
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
@@ -295,7 +304,8 @@ class PVDModel(Model):
         the current stage (Eq. 7): ``volume_loss`` (L_v) where ϕ¹ is aligned, ``density_loss`` and
         ``colour_loss`` (L_σ, L_c, at the hard points while they apply) from stage 2 unless the teacher gave
         renders only, ``rgb_loss`` (L_rgb against the teacher's render) from stage 3. Both: ``regularization``
-        (ω₅·L_reg of the field, in training; distilling from stage 2), added here only."""
+        (ω₅·L_reg of the field, in training; distilling from stage 2 unless the student started as its teacher),
+        added here only."""
         teacher, d = batch.get("teacher"), self.distillation
         distilling = teacher is not None
         loss: Dict[str, Tensor] = {}
@@ -306,7 +316,7 @@ class PVDModel(Model):
             assert d is not None
             loss.update(point_losses(outputs["points"], outputs["teacher_points"], self.stage, d.loss, d.align_volume,
                                      outputs.get("hard_points"), self.step))
-        if self.training and (not distilling or self.stage >= 2):
+        if self.training and (not distilling or (self.stage >= 2 and self.regularize_distillation)):
             loss["regularization"] = self.config.regularization_weight * self.field.regularization_loss()
         if distilling and self.stage == 3 and d.loss.rgb_weight > 0:  # type: ignore[union-attr]
             loss["rgb_loss"] = d.loss.rgb_weight * rgb_loss(outputs["rgb_errors"], d.loss.form)  # type: ignore[union-attr]

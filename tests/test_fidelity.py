@@ -21,7 +21,10 @@ def test_a_same_architecture_student_starts_as_the_teacher(tiny_teacher, tmp_pat
     for key, value in teacher.items():
         assert torch.equal(student[key], value), key
     n = len(teacher) - 1  # all but the scene box, which the student has already
-    assert f"Warm start from the VMField teacher: {n} of {n} tensors copied (density_encoding" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Warm start from the VMField teacher: {n} of {n} tensors copied (density_encoding" in out
+    # it is its teacher: L_reg alone would move it off (Adam's normalised steps), so it distils without it
+    assert "no L_reg while distilling" in out and "regularization" not in train_step_losses(trainer, 9)[1]
 
     # switched off, the student starts from its own initialisation
     config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="cold")
@@ -30,6 +33,7 @@ def test_a_same_architecture_student_starts_as_the_teacher(tiny_teacher, tmp_pat
     trainer.setup()
     cold = trainer.pipeline.model.field.state_dict()
     assert not torch.equal(cold["density_encoding.plane_coef"], teacher["density_encoding.plane_coef"])
+    assert "regularization" in train_step_losses(trainer, 9)[1]
 
 
 def test_a_cross_architecture_student_takes_what_matches_by_name_and_shape(tiny_teacher, capsys):
