@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.external import TCNN_EXISTS
@@ -29,6 +32,26 @@ class UserError(Exception):
     """Bad input from the user; ``ns-distill`` prints the message as one line and exits with code 2."""
 
 
+def dataparser_for(data: Path) -> DataParserConfig:
+    """nerfstudio's dataparser for a scene folder, as a user would pick it: ``blender-data`` for
+    transforms_train.json (NeRF-synthetic), ``nerfstudio-data`` for a transforms.json (``ns-process-data``),
+    ``colmap`` for a COLMAP model in sparse/0 or colmap/sparse/0.
+
+    Raises:
+        UserError: the folder holds none of them."""
+    if (data / "transforms_train.json").is_file():
+        return BlenderDataParserConfig(data=data)
+    if (data / "transforms.json").is_file():
+        return NerfstudioDataParserConfig(data=data)
+    for model in ("sparse/0", "colmap/sparse/0"):
+        if (data / model).is_dir():
+            return ColmapDataParserConfig(data=data, colmap_path=Path(model),
+                                          load_3D_points=(data / model / "points3D.txt").is_file()
+                                          or (data / model / "points3D.bin").is_file())
+    raise UserError(f"--data {data} is not a scene folder nerfstudio reads: it has no transforms_train.json (blender), "
+                    "transforms.json (nerfstudio-data, from ns-process-data) or sparse/0 (colmap)")
+
+
 def count_parameters(pipeline) -> int:
     """Trainable parameters of a pipeline's model."""
     return sum(p.numel() for p in pipeline.model.parameters())
@@ -40,6 +63,7 @@ def student_config(architecture: str, size: Size, data: Path, output_dir: Path, 
     else a student)."""
     config = quiet(method_config(architecture, size))
     config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.dataparser = dataparser_for(data)
     config.output_dir = output_dir
     config.experiment_name = experiment
     config.pipeline.teacher_config = teacher
@@ -70,7 +94,7 @@ STOCK_METHODS = ("nerfacto", "instant-ngp", "tensorf", "vanilla-nerf")
 def stock_config(method: str, data: Path, output_dir: Path, experiment: str, steps: int,
                  rays_per_batch: int = 4096) -> TrainerConfig:
     """nerfstudio's own ``TrainerConfig`` of a stock method (as ``ns-train <method>`` builds it), set up
-    for a blender scene on this machine: blender dataparser, the single-process ``VanillaDataManager``,
+    for a scene on this machine: its dataparser (:func:`dataparser_for`), the single-process ``VanillaDataManager``,
     the torch implementation where tiny-cuda-nn is missing, no eval during training.
 
     Build and train it inside :func:`~pvdal_ns.metrics.offline_lpips` (``runner.train`` does) so the
@@ -85,7 +109,7 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
         raise UserError(f"unknown stock method {method!r}; choose one of {', '.join(STOCK_METHODS)}")
     config = quiet(copy.deepcopy(method_configs[method]))
     config.pipeline.datamanager = VanillaDataManagerConfig(
-        data=data, dataparser=BlenderDataParserConfig(), train_num_rays_per_batch=rays_per_batch,
+        data=data, dataparser=dataparser_for(data), train_num_rays_per_batch=rays_per_batch,
         eval_num_rays_per_batch=rays_per_batch)
     model = config.pipeline.model
     if hasattr(model, "implementation") and not TCNN_EXISTS:

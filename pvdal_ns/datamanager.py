@@ -93,8 +93,8 @@ class PseudoLabels:
             self._log_recorded()
             return
         self.pose_sampler = PoseSampler(cameras.camera_to_worlds, centre, config)
-        kind = "object-centric orbit" if self.pose_sampler.object_centric else "forward-facing"
-        CONSOLE.log(f"Pseudo-labels: {config.poses_per_epoch} novel {kind} poses per epoch from {teacher.source}")
+        CONSOLE.log(f"Pseudo-labels: {config.poses_per_epoch} novel poses per epoch from {teacher.source}; the "
+                    f"training cameras are a capture of kind '{self.pose_sampler.kind}' (docs/design.md, \"Scenes\")")
         self._intrinsics = cameras[0:1]
         self.epoch = -1
         self._new_epoch()

@@ -19,9 +19,8 @@ from jaxtyping import Bool, Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.model_components.ray_samplers import UniformSampler
+from nerfstudio.model_components.ray_samplers import SpacedSampler
 from nerfstudio.model_components.renderers import RGBRenderer
-from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
@@ -31,7 +30,7 @@ from pvdal_ns.losses import (HardPoints, PVDLossConfig, StageSchedule, clamp_den
                              rgb_loss)
 from pvdal_ns.metrics import image_metrics
 from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.samples import Sampling, composite, sample_occupied
+from pvdal_ns.samples import Sampling, composite, sample_occupied, visible
 
 
 @dataclass
@@ -54,15 +53,34 @@ class PVDModelConfig(ModelConfig):
     grid_ema_decay: float = 0.95
     """Decay of the cells' running occupancy (nerfacc); lower prunes empty space sooner."""
     background_color: Literal["white", "black", "random"] = "white"
-    """Background for training from images and for evaluation (blender scenes are composited on white)."""
+    """Background for training from images and for evaluation (blender scenes are composited on white). On a
+    real capture "random" makes the model render every pixel as a surface; on the axe capture it made it put
+    the backdrop in front of each training camera instead (docs/benchmarks.md, "Real captures")."""
     regularization_weight: float = 1.0
     """ω₅ of Eq. 7: scales the field's own L1 + TV terms."""
     enable_collider: bool = False
-    """nerfstudio's near/far collider stays off: rays are always clipped to the scene box (AABBBoxCollider)."""
+    """nerfstudio's collider stays off: rays are clipped to the scene box, or to the near and far planes of a
+    contracted scene, by :meth:`~pvdal_ns.samples.Sampling.collider`."""
+    scene_contraction: Literal["auto", "on", "off"] = "auto"
+    """Unbounded scenes: "on" maps all of space into the fields and the grid with nerfstudio's
+    ``SceneContraction`` (L∞, as nerfacto); "off" keeps the scene box; "auto": as the teacher does (a
+    contracted teacher, or a nerfacto / instant-ngp one with contraction), else "on" when most training
+    cameras stand inside the scene box (real captures), "off" otherwise (blender scenes)."""
+    early_stop_eps: Optional[float] = None
+    """Samples behind opaque surfaces (transmittance below this) are not evaluated; None: 1e-4 in contracted
+    scenes (nerfacc's early stop), 0 (all are) in bounded ones (today's figures)."""
+    alpha_thre: float = 0.0
+    """Nor are nearly transparent samples (opacity below this; by the teacher's density when distilling, not
+    while training from images); 0: all are. nerfacc's examples of unbounded scenes use 1e-2, with models
+    trained under it: a model trained without it can spread a surface over many faint samples, which it would
+    leave out (docs/design.md, "Scenes")."""
 
-    def sampling(self, scene_box: SceneBox) -> Sampling:
-        """Where this model's samples lie in ``scene_box`` (what a teacher without a grid samples with)."""
-        return Sampling(scene_box, self.grid_resolution, self.num_samples, self.grid_threshold)
+    def sampling(self, scene_box: SceneBox, contracted: bool = False) -> Sampling:
+        """Where this model's samples lie in ``scene_box``, contracted or not (what a teacher without a grid
+        samples with)."""
+        eps = self.early_stop_eps if self.early_stop_eps is not None else (1e-4 if contracted else 0.0)
+        return Sampling(scene_box, self.grid_resolution, self.num_samples, self.grid_threshold, contracted, eps,
+                        self.alpha_thre)
 
 
 @dataclass
@@ -91,6 +109,8 @@ class PVDModel(Model):
         config: PVDModelConfig.
         scene_box: nerfstudio ``SceneBox``; its aabb bounds the field, the grid and the rays.
         num_train_data: number of training images (unused; nerfstudio's ``Model`` signature).
+        contracted: (keyword) whether space is contracted (the pipeline resolves ``scene_contraction``); a
+            checkpoint's own setting replaces it when loaded.
         distillation: (keyword) a :class:`Distillation` to distil; absent: the model trains on images.
     """
 
@@ -99,23 +119,31 @@ class PVDModel(Model):
 
     def populate_modules(self) -> None:
         super().populate_modules()
-        aabb = self.scene_box.aabb
-        self.field = self.config.field.setup(aabb=aabb)
-        self.sampling = self.config.sampling(self.scene_box)
-        self.occupancy_grid = OccupancyGrid(aabb, self.config.grid_resolution)
+        self.field = self.config.field.setup(aabb=self.scene_box.aabb)
         self.distillation: Optional[Distillation] = self.kwargs.get("distillation")
         """Set when distilling: the grid then comes from the teacher and is not updated."""
+        self.occupancy_grid = OccupancyGrid(self.config.sampling(self.scene_box).space, self.config.grid_resolution)
+        self.set_space(bool(self.kwargs.get("contracted", False)))
         if self.distillation is not None:
             self.occupancy_grid.load_state_dict(self.distillation.occupancy_grid.state_dict())
-        self.collider = AABBBoxCollider(self.scene_box, near_plane=0.0)
-        self.sampler = UniformSampler(num_samples=self.config.num_samples)
-        self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.set_space(bool(module.field.contracted)))
         self.step, self.stage = 0, 0
         """The training step and its distillation stage (1–3; 0 until :meth:`set_step` runs)."""
         self.hard_points: Optional[HardPoints] = None
         """The hard-point rule (TSP) while active learning applies it; None: every point carries L_σ and L_c."""
         self.regularize_distillation = True
         """ω₅·L_reg in distillation; off once :meth:`warm_start` made the student its teacher."""
+
+    def set_space(self, contracted: bool) -> None:
+        """Contract space or not (:mod:`pvdal_ns.space`): the field's and the grid's coordinates, the collider
+        and the sampler (:class:`~pvdal_ns.samples.Sampling`). Runs at setup and after a checkpoint is loaded,
+        whose setting wins."""
+        self.sampling = self.config.sampling(self.scene_box, contracted)
+        self.field.contracted.fill_(contracted)
+        self.occupancy_grid.contracted.fill_(contracted)
+        self.collider = self.sampling.collider()
+        self.sampler = self.sampling.sampler()
+        self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
 
     def warm_start(self, state: Dict[str, Tensor], source: str) -> List[str]:
         """Start the field from a teacher's field weights (the authors load the teacher checkpoint into the
@@ -139,7 +167,11 @@ class PVDModel(Model):
         if "aabb" in state and not torch.allclose(state["aabb"].to(own["aabb"]), own["aabb"]):
             CONSOLE.log(f"Warm start skipped: the {source} teacher's scene box differs from the student's")
             return []
-        learned = [k for k in own if k != "aabb"]
+        if bool(state.get("contracted", False)) != bool(own["contracted"]):
+            CONSOLE.log(f"Warm start skipped: the {source} teacher's space is contracted and the student's is not, "
+                        "or the other way round")
+            return []
+        learned = [k for k in own if k not in ("aabb", "contracted")]
         modules: Dict[str, List[str]] = {}  # a layer is copied whole or not at all (no bias without its weight)
         for key in learned:
             modules.setdefault(key.rpartition(".")[0], []).append(key)
@@ -192,14 +224,24 @@ class PVDModel(Model):
 
     # --- sampling and rendering ---------------------------------------------------------------------
     def sample(
-        self, ray_bundle: RayBundle, sampler: Optional[UniformSampler] = None
+        self, ray_bundle: RayBundle, sampler: Optional[SpacedSampler] = None
     ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-        """Occupancy-masked uniform samples of the rays, clipped to the scene box.
+        """Occupancy-masked samples of the rays (:class:`~pvdal_ns.samples.Sampling`), less those hidden or (except
+        while training from images) nearly transparent where the sampling culls (:func:`~pvdal_ns.samples.visible`;
+        a density pass without gradients).
 
         Args:
             sampler: the sampler to use instead of the model's own (which jitters in training mode only).
         """
-        return sample_occupied(self.collider(ray_bundle), sampler or self.sampler, self.occupancy_grid)
+        ray_samples, mask = sample_occupied(self.collider(ray_bundle), sampler or self.sampler, self.occupancy_grid)
+        # no alpha threshold while training from images: at the start every sample is nearly transparent, and
+        # left out, it would never become opaque (measured: 11.4 against 17.9 dB on the embedded capture)
+        alpha_thre = 0.0 if self.training and self.distillation is None else self.sampling.alpha_thre
+        if self.sampling.early_stop_eps > 0 or alpha_thre > 0:
+            with torch.no_grad():
+                density = self.field.query(ray_samples.frustums.get_positions()[mask]).density
+                mask = visible(ray_samples, mask, density, self.sampling.early_stop_eps, alpha_thre)
+        return ray_samples, mask
 
     def query(self, ray_samples: RaySamples, mask: Bool[Tensor, "R S"], with_rgb: bool = True) -> PointOutputs:
         """Field outputs at the occupied samples only (``[M, …]`` with M = mask.sum())."""

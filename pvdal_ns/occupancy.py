@@ -1,4 +1,5 @@
-"""The occupancy grid: nerfacc's ``OccGridEstimator`` over the scene box (its EMA update runs on the CPU).
+"""The occupancy grid: nerfacc's ``OccGridEstimator`` over the field coordinates of a :class:`SceneSpace` (the
+scene box, or all of space contracted; its EMA update runs on the CPU).
 
 Its occupied cells decide the shared sample points of teacher and student (:mod:`pvdal_ns.samples`).
 """
@@ -12,47 +13,64 @@ from jaxtyping import Bool, Float, Int
 from nerfacc import OccGridEstimator
 from torch import Tensor
 
+from pvdal_ns.space import SceneSpace
+
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 1"]]
+
+_UNIT_CUBE = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
 
 
 class OccupancyGrid(OccGridEstimator):
-    """A single-level nerfacc occupancy grid over the scene box.
+    """A single-level nerfacc occupancy grid over the unit cube of field coordinates
+    (:meth:`SceneSpace.to_unit`): the scene box, or, contracted, all of space with the box in its middle half.
 
-    The derivable cell-coordinate buffers are kept out of checkpoints (they would add ~66 MB at 128³).
+    The space (scene box and contraction) is stored with the grid, so a teacher's grid loaded into a student
+    brings its space along. The derivable cell-coordinate buffers are kept out of checkpoints (they would add
+    ~66 MB at 128³).
 
     Args:
-        aabb: Float[Tensor, "2 3"] scene box in world units.
+        space: where the grid lies (:class:`~pvdal_ns.space.SceneSpace`).
         resolution: cells per axis.
     """
 
-    def __init__(self, aabb: Float[Tensor, "2 3"], resolution: int = 128) -> None:
-        super().__init__(roi_aabb=aabb.flatten().float(), resolution=resolution, levels=1)
+    def __init__(self, space: SceneSpace, resolution: int = 128) -> None:
+        super().__init__(roi_aabb=_UNIT_CUBE, resolution=resolution, levels=1)
+        self.register_buffer("scene_aabb", space.aabb.clone().float())
+        self.register_buffer("contracted", torch.tensor(bool(space.contracted)))
         self._non_persistent_buffers_set.update({"grid_coords", "grid_indices"})
 
+    @property
+    def space(self) -> SceneSpace:
+        """The space the grid's unit cube stands for."""
+        return SceneSpace(self.scene_aabb, bool(self.contracted))
+
     def _cells(self, positions: Float[Tensor, "*bs 3"]) -> Tuple[Bool[Tensor, "*bs"], Int[Tensor, "*bs 3"]]:
-        """Whether each world position lies inside the box, and its cell index (clamped into the grid)."""
-        lo, hi = self.aabbs[0, :3], self.aabbs[0, 3:]
-        u = (positions.to(lo) - lo) / (hi - lo)
+        """Whether each world position lies inside the grid, and its cell index (clamped into the grid)."""
+        u = self.space.to_unit(positions)
         inside = ((u >= 0) & (u < 1)).all(dim=-1)
         return inside, (u.clamp(0.0, 1.0 - 1e-6) * self.resolution).long()
 
     def occupied(self, positions: Float[Tensor, "*bs 3"]) -> Bool[Tensor, "*bs"]:
-        """True where a world position lies inside the box and in an occupied cell."""
+        """True where a world position lies inside the grid and in an occupied cell."""
         inside, idx = self._cells(positions)
         return inside & self.binaries[0, idx[..., 0], idx[..., 1], idx[..., 2]]
 
     def occupancy_fn(self, density_fn: DensityFn, step_size: float, chunk: int = 1 << 18) -> DensityFn:
-        """Wrap σ(x) into nerfacc's occupancy function σ·Δt, evaluated in chunks to bound memory."""
+        """Wrap σ(x) of world positions into nerfacc's occupancy function σ·Δt of field coordinates, in chunks to
+        bound memory. Δt is ``step_size`` everywhere, in the contracted shell too (as nerfacc's examples of
+        unbounded scenes: what is never seen keeps its initial, unoccupied density)."""
+        space = self.space
 
-        def fn(x: Tensor) -> Tensor:
-            return torch.cat([density_fn(x[i : i + chunk]) for i in range(0, len(x), chunk)]) * step_size
+        def fn(unit: Tensor) -> Tensor:
+            parts = [density_fn(space.from_unit(unit[i : i + chunk])) for i in range(0, len(unit), chunk)]
+            return torch.cat(parts) * step_size
 
         return fn
 
     @torch.no_grad()
     def mark(self, positions: Float[Tensor, "N 3"], dilation: int = 1) -> None:
         """Occupy exactly the cells holding ``positions`` (Float[Tensor, "N 3"], world units; those outside
-        the box are ignored), grown by ``dilation`` cells in every direction: a grid for a model known by
+        the grid are ignored), grown by ``dilation`` cells in every direction: a grid for a model known by
         its primitives (splatfacto's Gaussians), not by a density field. Replaces the grid's contents."""
         inside, idx = self._cells(positions)
         idx = idx[inside]

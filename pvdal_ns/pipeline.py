@@ -35,8 +35,9 @@ from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManage
 from pvdal_ns.losses import PVDLossConfig, StageSchedule
 from pvdal_ns.model import Distillation, PVDModel, PVDModelConfig
 from pvdal_ns.samples import Sampling
+from pvdal_ns.space import cameras_inside_box
 from pvdal_ns.teachers import (Capability, Teacher, TeacherCache, TeacherLoadError, load_teacher, newest_checkpoint,
-                               read_trainer_config)
+                               read_trainer_config, teacher_contraction)
 
 
 @dataclass
@@ -84,13 +85,14 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
 TEACHER_SEED = 0
 """Seed of the random numbers a teacher draws while it loads (the jittered points of a stock teacher's grid)."""
 
-TEACHER_KEYS = ("teacher", "checkpoint", "scene_box", "grid_resolution", "num_samples", "grid_threshold")
+TEACHER_KEYS = ("teacher", "checkpoint", "scene_box", "grid_resolution", "num_samples", "grid_threshold", "contracted",
+                "early_stop_eps", "alpha_thre")
 """The entries of :func:`batch_key` a loaded teacher depends on (its sample points included)."""
 
 
 def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: Cameras) -> Dict[str, Any]:
     """What a pseudo-label batch depends on: the teacher (config.yml and its newest checkpoint), where the
-    shared samples lie (scene box, grid, samples per ray, threshold), the rays per batch, the novel poses
+    shared samples lie (scene box, contraction, grid, samples per ray, threshold, early stop, alpha threshold), the rays per batch, the novel poses
     (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the training cameras
     (digest), renders-only distillation, and whether they come from a teacher cache (serial mode).
 
@@ -113,6 +115,7 @@ def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: C
         "teacher": teacher, "checkpoint": checkpoint,
         "scene_box": sampling.scene_box.aabb.flatten().tolist(), "grid_resolution": sampling.grid_resolution,
         "num_samples": sampling.num_samples, "grid_threshold": sampling.grid_threshold,
+        "contracted": sampling.contracted, "early_stop_eps": sampling.early_stop_eps, "alpha_thre": sampling.alpha_thre,
         "rays_per_batch": dm.train_num_rays_per_batch, "poses_per_epoch": dm.poses_per_epoch,
         "steps_per_epoch": dm.steps_per_epoch, "elevation_percentiles": list(dm.elevation_percentiles),
         "forward_facing_margin": dm.forward_facing_margin, "jitter_degrees": dm.jitter_degrees,
@@ -176,11 +179,14 @@ class DistillationPipeline(VanillaPipeline):
         self._cache_to_write: Optional[Path] = None
         self._run_steps: Optional[int] = None
         distillation, capabilities = None, None
-        if test_mode == "val" and config.distils:
-            sampling = config.model.sampling(dataset.scene_box)
+        distilling = test_mode == "val" and config.distils
+        contracted = self._contraction(dataset, distilling)
+        if distilling:
+            sampling = config.model.sampling(dataset.scene_box, contracted)
             self.batch_key = batch_key(config, sampling, dataset.cameras)
             """What this run's pseudo-label batches depend on (:func:`batch_key`)."""
             teacher = self._open_teacher(sampling, device)
+            contracted = self._teacher_space(teacher, contracted)
             capabilities = self._capabilities(teacher)
             distillation = self._plan(teacher, capabilities)
         stage3_start = 0 if distillation is None else distillation.stages.stage3_start
@@ -188,7 +194,7 @@ class DistillationPipeline(VanillaPipeline):
         """The levels, pools and statistics of active learning; the pools are saved in the checkpoint."""
         self._model = config.model.setup(scene_box=dataset.scene_box, num_train_data=len(dataset),
                                          metadata=dataset.metadata, device=device, grad_scaler=grad_scaler,
-                                         distillation=distillation)
+                                         contracted=contracted, distillation=distillation)
         self.model.to(device)
         if distillation is not None and config.warm_start:
             state = teacher.warm_start_state()
@@ -215,6 +221,43 @@ class DistillationPipeline(VanillaPipeline):
         return None if labels is None else labels.teacher
 
     # --- setup ----------------------------------------------------------------------------------------
+    def _contraction(self, dataset, distilling: bool) -> bool:
+        """Whether the student contracts space (``--pipeline.model.scene-contraction``): "on" / "off" as
+        given; "auto" as a teacher whose config says (nerfacto, instant-ngp), else when most training cameras
+        stand inside the scene box (:func:`~pvdal_ns.space.cameras_inside_box`). A teacher with a grid of its
+        own decides again once it is open (:meth:`_teacher_space`). One log line says which and why."""
+        option = self.config.model.scene_contraction
+        if option != "auto":
+            return option == "on"
+        hint = None
+        if distilling and self.config.teacher_config is not None:
+            hint = teacher_contraction(self.config.teacher_config)
+        if hint is not None:
+            why = "as its teacher's" if hint else "as its teacher's (contraction disabled)"
+            contracted = hint
+        else:
+            contracted = cameras_inside_box(dataset.cameras.camera_to_worlds[:, :, 3], dataset.scene_box.aabb)
+            why = "the training cameras stand inside the scene box" if contracted else "the training cameras orbit outside the scene box"
+        if self.test_mode == "val":
+            CONSOLE.log(f"Scene contraction {'on' if contracted else 'off'}: {why} (--pipeline.model.scene-contraction)")
+        return contracted
+
+    def _teacher_space(self, teacher: Teacher, contracted: bool) -> bool:
+        """The student's contraction once the teacher is open: the teacher's grid's (the shared sample points
+        lie in its cells; a pvdal-* teacher or a cache brings its own).
+
+        Raises:
+            TeacherLoadError: ``scene_contraction`` was set against the teacher's."""
+        own = bool(teacher.occupancy_grid.contracted)
+        option = self.config.model.scene_contraction
+        if option != "auto" and own != (option == "on"):
+            raise TeacherLoadError(f"teacher {teacher.name} ({teacher.source}) {'contracts' if own else 'does not contract'} "
+                                   f"space, and --pipeline.model.scene-contraction {option} asks the opposite: the "
+                                   "student samples in its teacher's grid; leave the option at auto")
+        if own != contracted:
+            CONSOLE.log(f"Scene contraction {'on' if own else 'off'}: as its teacher {teacher.name}'s grid")
+        return own
+
     def _open_teacher(self, sampling: Sampling, device: str) -> Teacher:
         """The teacher cache when it exists, else the live teacher (shared during :func:`sharing`). Loading
         draws its own random numbers (seed :data:`TEACHER_SEED`), not the training stream's: the same teacher

@@ -20,12 +20,18 @@ def random_rotations(n: int, max_degrees: float, generator: Optional[torch.Gener
 
 
 class PoseSampler:
-    """Draws novel camera-to-world poses like the training cameras (docs/design.md, "Method").
+    """Draws novel camera-to-world poses like the training cameras (docs/design.md, "Method" and "Scenes").
 
-    Object-centric captures (cameras looking from all around): orbit poses around the scene-box centre
-    with the training cameras' radius range and elevation percentiles, looking at the centre.
-    Forward-facing captures: centres in the training centres' box grown by a margin, orientations of a
-    random training camera jittered by up to ``jitter_degrees``.
+    Three kinds of capture, told apart from the training cameras (:attr:`kind`):
+
+    - ``orbit`` (object-centric, cameras all around, looking at the centre: blender scenes, turntable
+      captures): orbit poses around the scene-box centre with the training cameras' radius range and
+      elevation percentiles, looking at the centre;
+    - ``forward-facing`` (all cameras look one way, LLFF): centres in the training centres' box grown by a
+      margin, orientations of a random training camera jittered by up to ``jitter_degrees``;
+    - ``near training cameras`` (neither: a half orbit, a walk around a room): a random training camera
+      moved by up to the median distance between neighbouring training cameras and turned by up to
+      ``jitter_degrees``, so the poses stay where the capture has seen the scene from.
 
     Args:
         camera_to_worlds: Float[Tensor, "N 3 4"] training poses (OpenGL convention, as nerfstudio).
@@ -34,12 +40,16 @@ class PoseSampler:
             (a ``DistillationDataManagerConfig``).
     """
 
+    ORBIT_GAP_DEGREES = 90.0
+    """An orbit leaves no gap wider than this in the cameras' azimuths about the up axis."""
+    LOOK_AT_DEGREES = 30.0
+    """An orbit's cameras look within this angle of the centre (at least 80 % of them)."""
+
     def __init__(self, camera_to_worlds: Tensor, centre: Tensor, config) -> None:
         self.c2w = camera_to_worlds.float().cpu()
         self.centre = centre.float().cpu()
         self.config = config
         forward = -self.c2w[:, :, 2]
-        self.object_centric = bool(forward.mean(dim=0).norm() < 0.7)
         self.up = torch.nn.functional.normalize(self.c2w[:, :, 1].mean(dim=0), dim=0)
         offsets = self.c2w[:, :, 3] - self.centre
         radius = offsets.norm(dim=-1)
@@ -47,6 +57,30 @@ class PoseSampler:
         lo, hi = config.elevation_percentiles
         self.radius_range = (float(radius.min()), float(radius.max()))
         self.elevation_range = (float(torch.quantile(elevation, lo / 100)), float(torch.quantile(elevation, hi / 100)))
+        self.kind = self._kind(forward, offsets)
+        """"orbit", "forward-facing" or "near training cameras"."""
+        centres = self.c2w[:, :, 3]
+        distances = torch.cdist(centres, centres).fill_diagonal_(float("inf"))
+        self.step = float(distances.min(dim=1).values.median()) if len(centres) > 1 else 0.0
+        """Near training cameras: how far a novel pose moves from its training camera (world units)."""
+
+    def _kind(self, forward: Tensor, offsets: Tensor) -> str:
+        if forward.mean(dim=0).norm() >= 0.7:
+            return "forward-facing"
+        towards = torch.nn.functional.normalize(-offsets, dim=-1)
+        looks_at_centre = (forward * towards).sum(dim=-1) >= math.cos(math.radians(self.LOOK_AT_DEGREES))
+        flat = offsets - (offsets @ self.up)[:, None] * self.up
+        e1 = torch.nn.functional.normalize(flat[0], dim=0)
+        azimuth = torch.atan2(flat @ torch.linalg.cross(self.up, e1), flat @ e1).sort().values
+        gaps = torch.diff(torch.cat([azimuth, azimuth[:1] + 2 * math.pi]))
+        if looks_at_centre.float().mean() >= 0.8 and math.degrees(float(gaps.max())) <= self.ORBIT_GAP_DEGREES:
+            return "orbit"
+        return "near training cameras"
+
+    @property
+    def object_centric(self) -> bool:
+        """True for orbit captures."""
+        return self.kind == "orbit"
 
     @property
     def pivot(self) -> Optional[Tensor]:
@@ -57,9 +91,11 @@ class PoseSampler:
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n 3 4"]:
         """n novel camera-to-world matrices."""
         u = torch.rand(n, 3, generator=generator)
-        if self.object_centric:
+        if self.kind == "orbit":
             return self._orbit(u)
-        return self._forward_facing(u, generator)
+        if self.kind == "forward-facing":
+            return self._forward_facing(u, generator)
+        return self._near_cameras(n, generator)
 
     def _orbit(self, u: Tensor) -> Tensor:
         r = self.radius_range[0] + u[:, 0] * (self.radius_range[1] - self.radius_range[0])
@@ -81,3 +117,10 @@ class PoseSampler:
         base = self.c2w[torch.randint(len(self.c2w), (len(u),), generator=generator), :, :3]
         jitter = random_rotations(len(u), self.config.jitter_degrees, generator)
         return torch.cat([jitter @ base, pos[:, :, None]], dim=-1)
+
+    def _near_cameras(self, n: int, generator: Optional[torch.Generator]) -> Tensor:
+        base = self.c2w[torch.randint(len(self.c2w), (n,), generator=generator)]
+        move = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
+        move = move * self.step * torch.rand(n, 1, generator=generator)
+        jitter = random_rotations(n, self.config.jitter_degrees, generator)
+        return torch.cat([jitter @ base[:, :, :3], (base[:, :, 3] + move)[:, :, None]], dim=-1)

@@ -46,12 +46,15 @@ class TrainResult:
         seconds: wall-clock training time (s), setup excluded.
         steps: optimisation steps.
         pipeline: the trained pipeline, in memory.
+        step_seconds: wall time (s) from the end of each step to the end of the next (:func:`train` only; the
+            first step is left out).
     """
 
     config_path: Path
     seconds: float
     steps: int
     pipeline: Pipeline
+    step_seconds: List[float] = field(default_factory=list)
 
 
 def set_seed(seed: int) -> None:
@@ -81,18 +84,21 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
     """
     trainer = _setup_trainer(config)
     steps = config.max_num_iterations
+    ends: List[float] = []
+
+    def after_step(step: int) -> None:
+        ends.append(time.perf_counter())
+        progress.update(task, completed=step + 1)
+
     with get_progress(description) as progress:
         task = progress.add_task("", total=steps)
-        trainer.callbacks.append(
-            TrainingCallback(
-                [TrainingCallbackLocation.AFTER_TRAIN_ITERATION], lambda step: progress.update(task, completed=step + 1)
-            )
-        )
+        trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step))
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
     trainer.shutdown()
-    return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline)
+    step_seconds = [b - a for a, b in zip(ends, ends[1:])]
+    return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline, step_seconds)
 
 
 def _train_step(trainer: Trainer, step: int) -> None:

@@ -1,11 +1,16 @@
-"""The shared sample points of teacher and student (docs/design.md, "Method"): where they lie and how they
-are rendered.
+"""The shared sample points of teacher and student (docs/design.md, "Method" and "Scenes"): where they lie
+and how they are rendered.
 
-nerfstudio's ``UniformSampler`` places ``S`` samples on every ray's segment inside the scene box, and the
-samples in empty cells of the occupancy grid are masked out, so fields are evaluated only where the grid is
-occupied (a batched torch stand-in for nerfacc's packed ray marching, which needs CUDA). The same
-``(RaySamples, mask)`` pair is what the teacher is queried at and the student is trained at; both are
-rendered by :func:`composite` with nerfstudio's renderers.
+A bounded scene: nerfstudio's ``UniformSampler`` places ``S`` samples on every ray's segment inside the scene
+box. An unbounded one (contracted, :mod:`pvdal_ns.space`): nerfstudio's ``UniformLinDispPiecewiseSampler``
+(nerfacto's initial sampler) places half of them in the first world unit and half linearly in disparity out
+to the far plane. The samples in empty cells of the occupancy grid are masked out, and, where the sampling
+says so, so are the samples behind an opaque surface (transmittance below ``early_stop_eps``; on by default
+in contracted scenes) and the nearly transparent ones (opacity below ``alpha_thre``; off by default), with
+nerfacc's ``render_visibility_from_density``: fields are evaluated only where they add to the image (a
+batched torch stand-in for nerfacc's packed ray marching, which needs CUDA). The same ``(RaySamples, mask)`` pair is what
+the teacher is queried at and the student is trained at; both are rendered by :func:`composite` with
+nerfstudio's renderers.
 """
 
 from __future__ import annotations
@@ -17,31 +22,68 @@ import torch
 from jaxtyping import Bool, Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
-from nerfstudio.model_components.ray_samplers import UniformSampler
+from nerfacc import render_visibility_from_density
+from nerfstudio.model_components.ray_samplers import SpacedSampler, UniformLinDispPiecewiseSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.model_components.scene_colliders import AABBBoxCollider, NearFarCollider, SceneCollider
 from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.occupancy import OccupancyGrid
+from pvdal_ns.space import SceneSpace
+
+NEAR_PLANE, FAR_PLANE = 0.05, 1000.0
+"""Contracted scenes: where rays start and end (world units; nerfacto's collider)."""
 
 
 @dataclass
 class Sampling:
-    """Where the shared sample points lie: the student's scene box, occupancy-grid resolution and threshold,
-    and uniform samples per ray (``PVDModelConfig.sampling`` builds it from the fields of the same names).
-    Teachers without a grid of their own build theirs with it.
+    """Where the shared sample points lie: the student's scene box and whether space is contracted,
+    occupancy-grid resolution and threshold, samples per ray and the early-stop transmittance
+    (``PVDModelConfig.sampling`` builds it from the fields of the same names). Teachers without a grid of
+    their own build theirs with it.
 
     Attributes:
-        scene_box: nerfstudio ``SceneBox``; rays are clipped to it, the grid covers it.
+        scene_box: nerfstudio ``SceneBox``; bounded: rays are clipped to it and the grid covers it.
         grid_resolution: cells per axis of the occupancy grid.
-        num_samples: uniform samples per ray before masking.
+        num_samples: samples per ray before masking.
         grid_threshold: occupancy threshold on σ·Δt.
+        contracted: all of space through ``SceneContraction`` (:mod:`pvdal_ns.space`), rays from
+            :data:`NEAR_PLANE` to :data:`FAR_PLANE`; False: the box only.
+        early_stop_eps: samples where the transmittance has fallen below it are not evaluated; 0: all are.
+        alpha_thre: nor are samples whose opacity is below it (:func:`visible`); 0: all are.
     """
 
     scene_box: SceneBox
     grid_resolution: int = 128
     num_samples: int = 192
     grid_threshold: float = 0.01
+    contracted: bool = False
+    early_stop_eps: float = 0.0
+    alpha_thre: float = 0.0
+
+    @property
+    def culls(self) -> bool:
+        """Whether samples are left out by their density (:func:`visible`), beyond the occupancy grid's."""
+        return self.early_stop_eps > 0 or self.alpha_thre > 0
+
+    @property
+    def space(self) -> SceneSpace:
+        """The field coordinates of fields and grids of this sampling."""
+        return SceneSpace(self.scene_box.aabb, self.contracted)
+
+    def collider(self) -> SceneCollider:
+        """nerfstudio's collider that sets each ray's near and far: the box's faces, or the near and far planes."""
+        if self.contracted:
+            return NearFarCollider(near_plane=NEAR_PLANE, far_plane=FAR_PLANE)
+        return AABBBoxCollider(self.scene_box, near_plane=0.0)
+
+    def sampler(self, stratified: bool = True) -> SpacedSampler:
+        """nerfstudio's sampler of ``num_samples`` per ray (jittered in training mode when ``stratified``):
+        uniform in the box, or nerfacto's linear-then-disparity spacing when contracted."""
+        if self.contracted:
+            return UniformLinDispPiecewiseSampler(num_samples=self.num_samples, train_stratified=stratified)
+        return UniformSampler(num_samples=self.num_samples, train_stratified=stratified)
 
     @property
     def step_size(self) -> float:
@@ -51,13 +93,13 @@ class Sampling:
 
 
 def sample_occupied(
-    ray_bundle: RayBundle, sampler: UniformSampler, grid: OccupancyGrid
+    ray_bundle: RayBundle, sampler: SpacedSampler, grid: OccupancyGrid
 ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-    """Uniform samples on each ray's [near, far] segment, masked by the occupancy grid.
+    """Samples on each ray's [near, far] segment, masked by the occupancy grid.
 
     Args:
-        ray_bundle: R rays with ``nears``/``fars`` set (nerfstudio ``AABBBoxCollider``).
-        sampler: nerfstudio's ``UniformSampler``; it jitters the samples when in training mode.
+        ray_bundle: R rays with ``nears``/``fars`` set (:meth:`Sampling.collider`).
+        sampler: :meth:`Sampling.sampler`; it jitters the samples when in training mode.
         grid: the occupancy grid whose cells decide which samples are evaluated.
 
     Returns:
@@ -66,6 +108,22 @@ def sample_occupied(
     ray_samples = sampler(ray_bundle)
     mask = grid.occupied(ray_samples.frustums.get_positions())
     return ray_samples, mask
+
+
+def visible(ray_samples: RaySamples, mask: Bool[Tensor, "R S"], density: Float[Tensor, "M 1"],
+            early_stop_eps: float, alpha_thre: float = 0.0) -> Bool[Tensor, "R S"]:
+    """``mask`` less the samples that add nothing to a render: hidden ones, where the transmittance has fallen
+    below ``early_stop_eps``, and nearly transparent ones, whose opacity is below ``alpha_thre`` (nerfacc's
+    ``render_visibility_from_density``, batched: its early stop and alpha threshold).
+
+    Args:
+        ray_samples: RaySamples [R, S]; mask: the M samples ``density`` (σ, 1/scene units) is given at.
+    """
+    sigmas = torch.zeros(mask.shape, device=mask.device, dtype=density.dtype)
+    sigmas[mask] = density.detach().squeeze(-1)
+    seen = render_visibility_from_density(ray_samples.frustums.starts.squeeze(-1), ray_samples.frustums.ends.squeeze(-1),
+                                          sigmas, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre)
+    return mask & seen
 
 
 _ACCUMULATION, _DEPTH = AccumulationRenderer(), DepthRenderer(method="expected")

@@ -11,12 +11,13 @@ import pytest
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path | None = None, experiment: str = "test"):
-    """A CPU-small config with fewer rays, for tests."""
+def tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path | None = None, experiment: str = "test",
+                data: Path | None = None):
+    """A CPU-small config with fewer rays, for tests (on the embedded lego unless ``data`` is given)."""
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.conversion import student_config
 
-    config = student_config(architecture, "small", EMBEDDED_SCENE, output_dir, experiment, steps, teacher)
+    config = student_config(architecture, "small", data or EMBEDDED_SCENE, output_dir, experiment, steps, teacher)
     config.pipeline.datamanager.train_num_rays_per_batch = 1024
     config.pipeline.datamanager.poses_per_epoch = 20
     config.pipeline.al.ray_pool_size = 2048  # full after 20 steps of stage 3

@@ -47,3 +47,31 @@ def test_forward_facing_poses_stay_near_the_training_cameras():
     lo, hi = c2w[:, :, 3].min(0).values, c2w[:, :, 3].max(0).values
     grow = (hi - lo) * 0.05 + 1e-5
     assert ((poses[:, :, 3] >= lo - grow) & (poses[:, :, 3] <= hi + grow)).all()
+
+
+def _looking_at_centre(positions: torch.Tensor) -> torch.Tensor:
+    from nerfstudio.cameras.camera_utils import viewmatrix
+
+    return torch.stack([viewmatrix(p, torch.tensor([0.0, 0.0, 1.0]), p) for p in positions])
+
+
+def test_a_half_orbit_is_sampled_near_its_training_cameras():
+    """A capture from one side of the object (a half orbit) is neither an orbit nor forward-facing: novel poses
+    stay near the training cameras instead of orbiting to the unseen side."""
+    azimuth = torch.linspace(0, torch.pi, 24)  # cameras over 180° only
+    positions = torch.stack([azimuth.cos(), azimuth.sin(), torch.full_like(azimuth, 0.3)], dim=-1) * 2.0
+    c2w = _looking_at_centre(positions)
+    sampler = PoseSampler(c2w, torch.zeros(3), DistillationDataManagerConfig())
+    assert sampler.kind == "near training cameras" and not sampler.object_centric
+    poses = sampler.sample(200, torch.Generator().manual_seed(0))
+    nearest = torch.cdist(poses[:, :, 3], c2w[:, :, 3]).min(dim=1).values
+    assert nearest.max() <= sampler.step + 1e-5  # within one camera spacing of a training camera
+    assert (poses[:, 1, 3] >= -sampler.step - 1e-5).all()  # none on the unseen side (y < 0)
+    rotations = poses[:, :, :3]
+    assert torch.allclose(rotations @ rotations.transpose(1, 2), torch.eye(3).expand(200, 3, 3), atol=1e-4)
+
+
+def test_a_full_orbit_of_the_capture_is_an_orbit():
+    azimuth = torch.linspace(0, 2 * torch.pi, 25)[:-1]
+    positions = torch.stack([azimuth.cos(), azimuth.sin(), torch.full_like(azimuth, 0.3)], dim=-1) * 2.0
+    assert PoseSampler(_looking_at_centre(positions), torch.zeros(3), DistillationDataManagerConfig()).kind == "orbit"

@@ -16,13 +16,14 @@ import torch
 from jaxtyping import Float
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.configs.base_config import InstantiateConfig
-from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.encodings import NeRFEncoding, SHEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
 from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
+
+from pvdal_ns.space import SceneSpace
 
 VOLUME_FEATURE_DIM = 16
 """Width of the aligned ϕ¹ output: 1 raw density + 15 geometry features (docs/design.md, "Method")."""
@@ -46,6 +47,11 @@ class PointOutputs:
     def density(self) -> Tensor:
         """Float[Tensor, "*bs 1"]: σ = trunc_exp(raw density), in 1/scene units."""
         return trunc_exp(self.raw_density)
+
+    def select(self, keep: Tensor) -> "PointOutputs":
+        """The outputs at the points where ``keep`` (Bool[Tensor, "M"]) is True."""
+        pick = lambda t: None if t is None else t[keep]  # noqa: E731
+        return PointOutputs(raw_density=self.raw_density[keep], rgb=pick(self.rgb), phi1=pick(self.phi1))
 
 
 @dataclass
@@ -98,7 +104,12 @@ class PVDField(Field):
 
     Args:
         config: the field's configuration.
-        aabb: Float[Tensor, "2 3"] scene box (world units); positions are normalised to [0, 1]^3 with it.
+        aabb: Float[Tensor, "2 3"] scene box (world units); positions are mapped to field coordinates in
+            [0, 1]^3 with it (:meth:`normalize`).
+
+    Attributes:
+        contracted: Bool[Tensor, ""] buffer, False at construction: whether positions go through the scene
+            contraction (:class:`~pvdal_ns.space.SceneSpace`); set by the model, kept in checkpoints.
     """
 
     has_volume_feature: bool = True
@@ -108,6 +119,7 @@ class PVDField(Field):
         super().__init__()
         self.config = config
         self.register_buffer("aabb", aabb.clone().float())
+        self.register_buffer("contracted", torch.tensor(False))
 
     # --- the split ---------------------------------------------------------------------------------
     def encode(self, x: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs C"]:
@@ -132,9 +144,15 @@ class PVDField(Field):
         raise NotImplementedError
 
     # --- queries -----------------------------------------------------------------------------------
+    @property
+    def space(self) -> SceneSpace:
+        """The map from world positions to this field's coordinates."""
+        return SceneSpace(self.aabb, bool(self.contracted))
+
     def normalize(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
-        """World positions → [0, 1]^3 inside the scene box (clamped outside)."""
-        return SceneBox.get_normalized_positions(positions, self.aabb).clamp(0.0, 1.0)
+        """World positions → field coordinates in [0, 1]^3: the scene box (clamped outside), or all of space
+        contracted (:class:`~pvdal_ns.space.SceneSpace`)."""
+        return self.space.to_unit(positions).clamp(0.0, 1.0)
 
     def query(
         self, positions: Float[Tensor, "*bs 3"], directions: Optional[Float[Tensor, "*bs 3"]] = None

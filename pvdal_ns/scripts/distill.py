@@ -174,7 +174,7 @@ class Matrix:
     output_dir: Path = Path("outputs/matrix")
     """Where the runs, matrix.json, matrix.md and matrix.png go."""
     data: Optional[Path] = None
-    """Scene folder in blender format (default: the embedded 100×100 lego)."""
+    """Scene folder: blender, nerfstudio-data (transforms.json) or colmap (default: the embedded 100×100 lego)."""
     teachers: Tuple[Architecture, ...] = ARCHITECTURES  # type: ignore[assignment]
     """Teacher architectures (rows)."""
     students: Tuple[Architecture, ...] = ARCHITECTURES  # type: ignore[assignment]
@@ -195,9 +195,10 @@ class Matrix:
         from pvdal_ns.matrix import MatrixSettings, run_matrix
         from pvdal_ns.presets import matrix_steps
 
+        from pvdal_ns.conversion import dataparser_for
+
         data = (self.data or EMBEDDED_SCENE).expanduser().resolve()
-        if not (data / "transforms_train.json").is_file():
-            raise UserError(f"--data {data} is not a blender-format scene (no transforms_train.json)")
+        dataparser_for(data)  # a scene nerfstudio reads, or one line saying what is missing
         teacher_steps, student_steps = matrix_steps(size_of(self.small))
         settings = MatrixSettings(str(data), self.small, {**teacher_steps, **self.teacher_steps},
                                   {**student_steps, **self.student_steps})

@@ -19,14 +19,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle, RaySamples
-from nerfstudio.model_components.ray_samplers import UniformSampler
+from nerfstudio.model_components.ray_samplers import SpacedSampler
 from nerfstudio.model_components.renderers import RGBRenderer
-from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.samples import Sampling, composite, sample_occupied
+from pvdal_ns.samples import Sampling, composite, sample_occupied, visible
 
 
 class TeacherLoadError(Exception):
@@ -164,7 +163,8 @@ class ModelTeacher(Teacher):
     """A frozen nerfstudio model as teacher. Not an ``nn.Module`` on purpose: it stays out of the student's
     checkpoints, parameter groups and ``train()``/``eval()`` switches.
 
-    Rays are clipped to the scene box, sampled uniformly (jittered) and masked by ``occupancy_grid``;
+    Rays are clipped and sampled as ``sampling`` says (jittered) and masked by ``occupancy_grid``, and the
+    samples the teacher's own density hides or leaves transparent are dropped where the sampling culls;
     subclasses say what the model is at points (:meth:`query_points`). No subclass is ever asked about zero
     points: an empty query is answered here.
 
@@ -172,7 +172,7 @@ class ModelTeacher(Teacher):
         model: the trained nerfstudio model (set to eval mode, gradients off).
         source: the config path it came from.
         occupancy_grid: the grid whose occupied cells decide the shared sample points.
-        sampling: the scene box rays are clipped to and the samples per ray (grid settings unused here).
+        sampling: the collider, sampler and early stop of the shared samples (grid settings unused here).
         capabilities: what the model gives.
     """
 
@@ -182,12 +182,13 @@ class ModelTeacher(Teacher):
         self.source = source
         self.occupancy_grid = occupancy_grid
         self.capabilities = capabilities
-        self.collider = AABBBoxCollider(sampling.scene_box, near_plane=0.0)
+        self.sampling = sampling
+        self.collider = sampling.collider()
         # Jittered sample positions along each ray, independent of the frozen model's eval mode.
-        self.sampler = UniformSampler(num_samples=sampling.num_samples, train_stratified=True).train()
+        self.sampler = sampling.sampler(stratified=True).train()
         # Whole images (renders-only targets, figures): evenly spaced samples, so rendering one draws no
         # random numbers from the training stream.
-        self.image_sampler = UniformSampler(num_samples=sampling.num_samples, train_stratified=False)
+        self.image_sampler = sampling.sampler(stratified=False)
         self.renderer_rgb = RGBRenderer(background_color="white")
 
     @property
@@ -215,7 +216,7 @@ class ModelTeacher(Teacher):
         frustums = ray_samples.frustums
         return self.query_points(frustums.get_positions()[mask], frustums.directions[mask] if with_rgb else None)
 
-    def sample(self, ray_bundle: RayBundle, sampler: Optional[UniformSampler] = None
+    def sample(self, ray_bundle: RayBundle, sampler: Optional[SpacedSampler] = None
                ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
         """The shared sample points of R rays: RaySamples [R, S] and the mask of those in occupied cells;
         jittered (``self.sampler``) unless another ``sampler`` is given."""
@@ -226,9 +227,12 @@ class ModelTeacher(Teacher):
         return self._render(ray_bundle, background, stage, self.sampler)
 
     def _render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int,
-                sampler: UniformSampler) -> TeacherBatch:
+                sampler: SpacedSampler) -> TeacherBatch:
         ray_samples, mask = self.sample(ray_bundle, sampler)
         points = self.query(ray_samples, mask, with_rgb=stage >= 2)
+        if self.sampling.culls:  # samples hidden behind the teacher's surfaces, or transparent to it, are left out
+            seen = visible(ray_samples, mask, points.density, self.sampling.early_stop_eps, self.sampling.alpha_thre)
+            mask, points = seen, points.select(seen[mask])
         return points_batch(ray_samples, mask, points, background, stage, self.renderer_rgb)
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ recomposited on each step's random background with the same :func:`~pvdal_ns.sam
 teacher uses):
 
 - ``rays.f32``     [B·R, 7] float32: origin, direction, pixel area of every ray;
-- ``masks.u8``     [B, ⌈R·S/8⌉] bits: which of the S uniform samples of a ray are occupied;
+- ``masks.u8``     [B, ⌈R·S/8⌉] bits: which of the S samples of a ray are occupied (and seen);
 - ``spans.f32``    [N, 2] float32: start and end (scene units) of the N occupied samples;
 - ``outputs.f16``  [N, 4 + F] float16: raw density, colour and (F = 16 where it exists) ϕ¹;
 - ``index.i64``    [B + 1] int64: first sample of each batch; ``occupancy.pt`` the teacher's grid;
@@ -40,6 +40,7 @@ from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.occupancy import OccupancyGrid
+from pvdal_ns.space import SceneSpace
 from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, TeacherLoadError, points_batch
 
 CACHE_VERSION = 1
@@ -109,7 +110,8 @@ class TeacherCache(Teacher):
         self.num_samples, self.rays_per_batch = int(meta["num_samples"]), int(meta["rays_per_batch"])
         grid_state = torch.load(self.path / "occupancy.pt", map_location="cpu", weights_only=True)
         aabb = torch.tensor(meta["written_for"]["scene_box"], dtype=torch.float32).view(2, 3)
-        self.occupancy_grid = OccupancyGrid(aabb, int(meta["written_for"]["grid_resolution"]))
+        space = SceneSpace(aabb, bool(meta["written_for"].get("contracted", False)))
+        self.occupancy_grid = OccupancyGrid(space, int(meta["written_for"]["grid_resolution"]))
         self.occupancy_grid.load_state_dict(grid_state)
         self.index = np.fromfile(self.path / "index.i64", dtype=np.int64)
         self._rays = _Mapped(self.path / _FILES["rays"], np.float32, 7)

@@ -120,3 +120,16 @@ def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device]
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TeacherLoadError(f"teacher checkpoint {checkpoint} cannot be read: {first}") from None
     return family.load(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path, sampling)
+
+
+def teacher_contraction(config_path: Union[str, Path]) -> Optional[bool]:
+    """Whether a teacher's run contracts space, as far as its config.yml says: nerfacto and instant-ngp do
+    unless ``disable_scene_contraction``; None where the config does not say (a pvdal-* run's own setting is
+    in its checkpoint, and its grid brings it; tensorf, vanilla-nerf and splatfacto have none).
+
+    Raises:
+        TeacherLoadError: the config is missing or unreadable."""
+    model = read_trainer_config(Path(config_path).expanduser().resolve()).pipeline.model
+    if isinstance(model, (NerfactoModelConfig, InstantNGPModelConfig)):
+        return not model.disable_scene_contraction
+    return None

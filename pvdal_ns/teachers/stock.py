@@ -80,7 +80,7 @@ class FieldTeacher(ModelTeacher):
                  chunk: int = 1 << 16) -> None:
         self.field, self.family, self.chunk = field, family, chunk
         device = next(iter(model.parameters()), torch.empty(0)).device
-        grid = OccupancyGrid(sampling.scene_box.aabb, sampling.grid_resolution).to(device)
+        grid = OccupancyGrid(sampling.space, sampling.grid_resolution).to(device)
         capabilities = Capability.RAYS | Capability.IMAGES | Capability.POINTS
         super().__init__(model, source, grid, sampling, capabilities)
         if self._evaluate(sampling.scene_box.get_center()[None].float().to(device), None).phi1 is not None:
@@ -140,7 +140,7 @@ class SplatfactoTeacher(ModelTeacher):
     min_opacity = 0.005
 
     def __init__(self, model: Model, source: Path, sampling: Sampling) -> None:
-        grid = OccupancyGrid(sampling.scene_box.aabb, sampling.grid_resolution).to(model.device)
+        grid = OccupancyGrid(sampling.space, sampling.grid_resolution).to(model.device)
         with torch.no_grad():
             keep = torch.sigmoid(model.opacities).flatten() >= self.min_opacity
             means = model.means[keep]

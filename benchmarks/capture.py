@@ -1,0 +1,147 @@
+"""Benchmark (issue #17): pvdal-* on a real capture with a background (the socketed axe: 48 photographs, 648×432,
+a white backdrop and a foam block beyond any box around the object).
+
+    .venv/bin/python benchmarks/capture.py step-time [--capture ../shared/data/socketed_axe] [--arch vm] [--steps 400]
+    .venv/bin/python benchmarks/capture.py teacher --arch vm --steps 1500 [--contraction auto|on|off] [--background …]
+    .venv/bin/python benchmarks/capture.py stock --method nerfacto --minutes 10 [--rays 1024]
+    .venv/bin/python benchmarks/capture.py convert --teacher <config.yml> --students mlp hash vm tensors [--steps …]
+
+``step-time`` trains the ``-small`` preset from the images for ``--steps`` on the embedded lego and then on the
+capture (same rays a step) and prints the median seconds a step over the last half of each run, the ratio, and
+the evaluated samples a ray. ``teacher`` / ``stock`` train a teacher from the capture's images and print its
+PSNR on the views the dataparser holds out (and its training seconds). ``convert`` distils the teacher into each
+student and prints each student's PSNR on the held-out real views and against the teacher's renders of
+``--novel`` novel poses (the pseudo-label pose sampler, seed 0). Results go to ``--output-dir`` as JSON.
+Run it alone on the machine: the figures are times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+CAPTURE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "socketed_axe"
+
+
+def step_time(args) -> dict:
+    from pvdal_ns import EMBEDDED_SCENE
+    from pvdal_ns.conversion import student_config
+    from pvdal_ns.runner import train
+
+    out = {}
+    for name, data in (("lego", EMBEDDED_SCENE), ("capture", args.capture.resolve())):
+        config = student_config(args.arch, "small", data, args.output_dir.resolve(), f"step-time-{name}", args.steps, None)
+        config.steps_per_save = 10**6
+        run = train(config, f"{name}: {args.steps} steps")
+        seconds = run.step_seconds
+        late = seconds[len(seconds) // 2:]
+        samples = run.pipeline.model.occupancy_grid.occupied_fraction
+        out[name] = {"median_s_per_step": statistics.median(late), "mean_s_per_step": statistics.mean(seconds),
+                     "occupied_fraction": samples, "rays_per_step": config.pipeline.datamanager.train_num_rays_per_batch}
+        print(f"{name}: median {out[name]['median_s_per_step']:.3f} s a step over steps {len(seconds) // 2}–{len(seconds)}, "
+              f"mean {out[name]['mean_s_per_step']:.3f} s, grid {samples:.1%} occupied")
+    out["ratio"] = out["capture"]["median_s_per_step"] / out["lego"]["median_s_per_step"]
+    print(f"capture / lego: {out['ratio']:.2f}×")
+    return out
+
+
+def teacher(args) -> dict:
+    from pvdal_ns.conversion import run_and_evaluate, student_config
+
+    config = student_config(args.arch, "small", args.capture.resolve(), args.output_dir.resolve(),
+                            f"teacher-{args.arch}-{args.contraction}-{args.background}", args.steps, None)
+    config.pipeline.model.scene_contraction = args.contraction
+    config.pipeline.model.background_color = args.background
+    trained = run_and_evaluate(config, f"teacher ({args.arch}, contraction {args.contraction}, background "
+                               f"{args.background})", "teacher")
+    r = trained.report
+    print(f"{r.name}: {r.psnr:.2f} dB on the held-out views, {r.train_seconds:.0f} s, {r.steps} steps, config {r.config}")
+    return {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "seconds": r.train_seconds, "steps": r.steps}
+
+
+def stock(args) -> dict:
+    from pvdal_ns.conversion import run_and_evaluate, stock_config
+    from pvdal_ns.runner import train_timed
+
+    config = stock_config(args.method, args.capture.resolve(), args.output_dir.resolve(), f"stock-{args.method}", 10**6,
+                          rays_per_batch=args.rays)
+    run, _ = train_timed(config, f"{args.method}: {args.minutes} min", args.minutes * 60, [])
+    r = run_and_evaluate(config, args.method, "teacher", run).report
+    print(f"{args.method}: {r.psnr:.2f} dB on the held-out views after {r.train_seconds:.0f} s ({r.steps} steps), config {r.config}")
+    return {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "seconds": r.train_seconds, "steps": r.steps}
+
+
+def novel_view_psnr(teacher_config: Path, student_config: Path, count: int) -> float:
+    """Mean PSNR of the student against the teacher's renders of ``count`` novel poses (seed 0)."""
+    import torch
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from pvdal_ns.metrics import image_metrics
+    from pvdal_ns.poses import PoseSampler
+    from pvdal_ns.teachers import load_teacher
+
+    _, pipeline, _, _ = eval_setup(student_config, test_mode="test")
+    model = pipeline.model.eval()
+    cameras = pipeline.datamanager.train_dataset.cameras
+    sampler = PoseSampler(cameras.camera_to_worlds, pipeline.datamanager.train_dataset.scene_box.get_center(),
+                          pipeline.config.datamanager)
+    poses = sampler.sample(count, torch.Generator().manual_seed(0))
+    teacher = load_teacher(teacher_config, "cpu", model.sampling)
+    psnrs = []
+    for pose in poses:
+        camera = cameras[0:1]
+        camera.camera_to_worlds = pose[None]
+        with torch.no_grad():
+            target = teacher.render_camera(camera)
+            render = model.get_outputs_for_camera(camera)["rgb"].cpu()
+        psnrs.append(image_metrics(render, target)["psnr"])
+    return float(sum(psnrs) / len(psnrs))
+
+
+def convert_capture(args) -> dict:
+    from pvdal_ns.conversion import convert
+
+    steps = {arch: s for arch, s in zip(args.students, args.steps_each)} if args.steps_each else {}
+    students = convert(args.teacher.resolve(), args.students, "small", args.capture.resolve(), args.output_dir.resolve(),
+                       steps, "students")
+    out = {}
+    for arch, trained in zip(args.students, students):
+        r = trained.report
+        novel = novel_view_psnr(args.teacher.resolve(), Path(r.config), args.novel)
+        out[arch] = {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "psnr_vs_teacher_novel": novel,
+                     "seconds": r.train_seconds, "steps": r.steps}
+        print(f"{arch}: {r.psnr:.2f} dB on the held-out views, {novel:.2f} dB against the teacher on {args.novel} novel "
+              f"poses, {r.train_seconds:.0f} s, {r.steps} steps")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["step-time", "teacher", "stock", "convert"])
+    parser.add_argument("--capture", type=Path, default=CAPTURE)
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-capture"))
+    parser.add_argument("--arch", default="vm")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--contraction", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--background", default="white", choices=["white", "black", "random"])
+    parser.add_argument("--method", default="nerfacto")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rays", type=int, default=1024)
+    parser.add_argument("--teacher", type=Path)
+    parser.add_argument("--students", nargs="+", default=["mlp", "hash", "vm", "tensors"])
+    parser.add_argument("--steps-each", type=int, nargs="*", help="distillation steps per student (default: the demo's)")
+    parser.add_argument("--novel", type=int, default=8, help="novel poses the students are compared with the teacher on")
+    args = parser.parse_args()
+    run = {"step-time": step_time, "teacher": teacher, "stock": stock, "convert": convert_capture}[args.mode]
+    result = run(args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    path = args.output_dir / f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "result": result}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Real captures with a background (docs/design.md, "Scenes"): the embedded socketed-axe photographs, backdrop
+and foam block included, read by nerfstudio's nerfstudio-data and colmap dataparsers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pvdal_ns import EMBEDDED_CAPTURE, EMBEDDED_SCENE
+from pvdal_ns.conversion import UserError, dataparser_for
+
+TEACHER_STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def axe_teacher(tmp_path_factory):
+    """A pvdal-vm-small teacher trained on the capture's photographs (contraction left at auto): (config.yml,
+    pipeline, its evaluation on the views the dataparser holds out)."""
+    from conftest import tiny_config
+
+    from pvdal_ns.runner import evaluate, train
+
+    config = tiny_config("vm", tmp_path_factory.mktemp("axe"), TEACHER_STEPS, experiment="axe-teacher",
+                         data=EMBEDDED_CAPTURE)
+    run = train(config, "axe teacher")
+    return run.config_path, run.pipeline, evaluate(run.pipeline)
+
+
+def test_a_capture_trains_in_contracted_space_on_its_photographs(axe_teacher):
+    _, pipeline, result = axe_teacher
+    model = pipeline.model
+    assert bool(model.field.contracted) and bool(model.occupancy_grid.contracted)  # auto: cameras inside the box
+    assert result.psnr > 15.0
+    # rays go on beyond the scene box (to nerfstudio's far plane), and samples lie out there, in the contracted shell
+    from pvdal_ns.runner import split_dataloader
+
+    camera, _ = next(iter(split_dataloader(pipeline.datamanager, "test")))
+    rays = camera.generate_rays(camera_indices=0).flatten()[:512]
+    ray_samples, _ = model.sample(rays)
+    positions = ray_samples.frustums.get_positions()
+    assert float(positions.abs().amax()) > 10.0
+    assert bool((model.field.normalize(positions) < 1.0).all())
+
+
+def test_a_student_of_a_contracted_teacher_samples_in_its_teachers_space(axe_teacher, tmp_path):
+    from conftest import tiny_config
+
+    from pvdal_ns.runner import evaluate, train
+
+    teacher_path, teacher, teacher_result = axe_teacher
+    config = tiny_config("hash", tmp_path, 150, teacher=teacher_path, data=EMBEDDED_CAPTURE)
+    config.pipeline.model.grid_resolution = teacher.model.config.grid_resolution
+    run = train(config, "axe student")
+    model = run.pipeline.model
+    assert bool(model.field.contracted)
+    assert torch.equal(model.occupancy_grid.binaries, teacher.model.occupancy_grid.binaries)
+    student = evaluate(run.pipeline)
+    assert student.psnr > teacher_result.psnr - 3.0
+
+
+def test_contraction_set_against_a_pvdal_teacher_is_refused(axe_teacher, tmp_path):
+    from conftest import tiny_config
+
+    from pvdal_ns.runner import train
+    from pvdal_ns.teachers import TeacherLoadError
+
+    config = tiny_config("hash", tmp_path, 5, teacher=axe_teacher[0], data=EMBEDDED_CAPTURE)
+    config.pipeline.model.scene_contraction = "off"
+    with pytest.raises(TeacherLoadError, match="contracts space.*leave the option at auto"):
+        train(config, "refused")
+
+
+def test_each_scene_folder_gets_its_dataparser(tmp_path):
+    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+    from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    assert isinstance(dataparser_for(EMBEDDED_SCENE), BlenderDataParserConfig)
+    assert isinstance(dataparser_for(EMBEDDED_CAPTURE), NerfstudioDataParserConfig)
+    colmap = tmp_path / "colmap"
+    (colmap / "sparse" / "0").mkdir(parents=True)
+    assert isinstance(dataparser_for(colmap), ColmapDataParserConfig)
+    with pytest.raises(UserError, match="no transforms_train.json"):
+        dataparser_for(tmp_path / "colmap" / "sparse")
+
+
+def test_the_colmap_model_of_the_capture_reads_as_the_transforms_do():
+    from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    parser = ColmapDataParserConfig(data=EMBEDDED_CAPTURE, colmap_path=Path("sparse/0"), eval_mode="fraction",
+                                    load_3D_points=False)
+    colmap = parser.setup().get_dataparser_outputs("train")
+    transforms = NerfstudioDataParserConfig(data=EMBEDDED_CAPTURE).setup().get_dataparser_outputs("train")
+    for outputs in (colmap, transforms):
+        cameras = outputs.cameras
+        assert len(cameras) == len(transforms.cameras) and int(cameras.width[0]) == 162 and int(cameras.height[0]) == 108
+        assert cameras.distortion_params is not None and cameras.distortion_params.abs().sum() > 0  # OPENCV k1–k3
+    assert torch.allclose(colmap.cameras.fx, transforms.cameras.fx)
+    assert torch.allclose(colmap.cameras.distortion_params[:, :2], transforms.cameras.distortion_params[:, :2])
