@@ -20,7 +20,7 @@ def test_a_same_architecture_student_starts_as_the_teacher(tiny_teacher, tmp_pat
     assert student.keys() == teacher.keys()
     for key, value in teacher.items():
         assert torch.equal(student[key], value), key
-    n = len(teacher) - 1  # all but the scene box, which the student has already
+    n = len(teacher) - 2  # all but the scene box and the contraction flag, which the student has already
     out = capsys.readouterr().out
     assert f"Warm start from the VMField teacher: {n} of {n} tensors copied (density_encoding" in out
     # it is its teacher: L_reg alone would move it off (Adam's normalised steps), so it distils without it

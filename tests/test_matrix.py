@@ -57,7 +57,7 @@ def test_matrix_bad_input_is_one_line(tmp_path):
     for args, message in [
         (("--student-steps", "nerf", "10"), "--student-steps names 'nerf', not one of hash, vm, mlp, tensors"),
         (("--teacher-steps", "vm", "0"), "--teacher-steps vm must be at least 1, got 0"),
-        (("--data", tmp_path), "is not a blender-format scene (no transforms_train.json)"),
+        (("--data", tmp_path), "is not a scene folder nerfstudio reads: it has no transforms_train.json"),
     ]:
         result = run(*args, "--output-dir", tmp_path / "out")
         assert result.returncode == 2 and message in result.stderr, result.stderr
