@@ -123,6 +123,7 @@ class PVDModel(Model):
         self.distillation: Optional[Distillation] = self.kwargs.get("distillation")
         """Set when distilling: the grid then comes from the teacher and is not updated."""
         self.occupancy_grid = OccupancyGrid(self.config.sampling(self.scene_box).space, self.config.grid_resolution)
+        self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
         self.set_space(bool(self.kwargs.get("contracted", False)))
         if self.distillation is not None:
             self.occupancy_grid.load_state_dict(self.distillation.occupancy_grid.state_dict())
@@ -139,11 +140,10 @@ class PVDModel(Model):
         and the sampler (:class:`~pvdal_ns.samples.Sampling`). Runs at setup and after a checkpoint is loaded,
         whose setting wins."""
         self.sampling = self.config.sampling(self.scene_box, contracted)
-        self.field.contracted.fill_(contracted)
-        self.occupancy_grid.contracted.fill_(contracted)
+        self.field.set_contracted(contracted)
+        self.occupancy_grid.set_contracted(contracted)
         self.collider = self.sampling.collider()
         self.sampler = self.sampling.sampler()
-        self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
 
     def warm_start(self, state: Dict[str, Tensor], source: str) -> List[str]:
         """Start the field from a teacher's field weights (the authors load the teacher checkpoint into the

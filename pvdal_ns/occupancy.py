@@ -13,14 +13,14 @@ from jaxtyping import Bool, Float, Int
 from nerfacc import OccGridEstimator
 from torch import Tensor
 
-from pvdal_ns.space import SceneSpace
+from pvdal_ns.space import SceneSpace, SpaceBuffers
 
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 1"]]
 
 _UNIT_CUBE = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
 
 
-class OccupancyGrid(OccGridEstimator):
+class OccupancyGrid(SpaceBuffers, OccGridEstimator):
     """A single-level nerfacc occupancy grid over the unit cube of field coordinates
     (:meth:`SceneSpace.to_unit`): the scene box, or, contracted, all of space with the box in its middle half.
 
@@ -35,14 +35,8 @@ class OccupancyGrid(OccGridEstimator):
 
     def __init__(self, space: SceneSpace, resolution: int = 128) -> None:
         super().__init__(roi_aabb=_UNIT_CUBE, resolution=resolution, levels=1)
-        self.register_buffer("scene_aabb", space.aabb.clone().float())
-        self.register_buffer("contracted", torch.tensor(bool(space.contracted)))
+        self.register_space("scene_aabb", space.aabb, space.contracted)
         self._non_persistent_buffers_set.update({"grid_coords", "grid_indices"})
-
-    @property
-    def space(self) -> SceneSpace:
-        """The space the grid's unit cube stands for."""
-        return SceneSpace(self.scene_aabb, bool(self.contracted))
 
     def _cells(self, positions: Float[Tensor, "*bs 3"]) -> Tuple[Bool[Tensor, "*bs"], Int[Tensor, "*bs 3"]]:
         """Whether each world position lies inside the grid, and its cell index (clamped into the grid)."""

@@ -62,3 +62,29 @@ def cameras_inside_box(camera_origins: Float[Tensor, "N 3"], aabb: Float[Tensor,
     lo, hi = aabb.to(camera_origins).unbind(0)
     inside = ((camera_origins >= lo) & (camera_origins <= hi)).all(dim=-1)
     return bool(inside.float().mean() > 0.5)
+
+
+class SpaceBuffers:
+    """A mixin for an ``nn.Module`` that lives in a :class:`SceneSpace`: its scene box and ``contracted`` flag are
+    buffers (so checkpoints and a teacher's grid carry them), and the flag is mirrored as a Python bool, so the
+    space read on every query costs no device-to-host copy (``bool()`` of a CUDA tensor synchronises)."""
+
+    def register_space(self, aabb_name: str, aabb: Float[Tensor, "2 3"], contracted: bool) -> None:
+        """Register the box under ``aabb_name`` and the flag as ``contracted``; keep the mirror up to date on
+        :meth:`set_contracted` and after ``load_state_dict``."""
+        self._aabb_name = aabb_name
+        self.register_buffer(aabb_name, aabb.clone().float())  # type: ignore[attr-defined]
+        self.register_buffer("contracted", torch.tensor(bool(contracted)))  # type: ignore[attr-defined]
+        self._contracted = bool(contracted)
+        self.register_load_state_dict_post_hook(  # type: ignore[attr-defined]
+            lambda module, keys: setattr(module, "_contracted", bool(module.contracted)))
+
+    def set_contracted(self, contracted: bool) -> None:
+        """Contract space or not."""
+        self.contracted.fill_(bool(contracted))  # type: ignore[attr-defined]
+        self._contracted = bool(contracted)
+
+    @property
+    def space(self) -> SceneSpace:
+        """The space of this module (no device synchronisation)."""
+        return SceneSpace(getattr(self, self._aabb_name), self._contracted)

@@ -23,7 +23,7 @@ from nerfstudio.field_components.mlp import MLP
 from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
 
-from pvdal_ns.space import SceneSpace
+from pvdal_ns.space import SpaceBuffers
 
 VOLUME_FEATURE_DIM = 16
 """Width of the aligned ϕ¹ output: 1 raw density + 15 geometry features (docs/design.md, "Method")."""
@@ -97,7 +97,7 @@ class ColourHead(nn.Module):
         return self.mlp(torch.cat([features, self.direction_encoding(directions)], dim=-1))
 
 
-class PVDField(Field):
+class PVDField(SpaceBuffers, Field):
     """A radiance field split as ϕ² ∘ ϕ¹ (paper Eq. 5).
 
     Subclasses implement :meth:`phi1` and :meth:`phi2` and say whether ϕ¹ is a volume feature.
@@ -118,8 +118,7 @@ class PVDField(Field):
     def __init__(self, config: PVDFieldConfig, aabb: Float[Tensor, "2 3"]) -> None:
         super().__init__()
         self.config = config
-        self.register_buffer("aabb", aabb.clone().float())
-        self.register_buffer("contracted", torch.tensor(False))
+        self.register_space("aabb", aabb, contracted=False)
 
     # --- the split ---------------------------------------------------------------------------------
     def encode(self, x: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs C"]:
@@ -144,11 +143,6 @@ class PVDField(Field):
         raise NotImplementedError
 
     # --- queries -----------------------------------------------------------------------------------
-    @property
-    def space(self) -> SceneSpace:
-        """The map from world positions to this field's coordinates."""
-        return SceneSpace(self.aabb, bool(self.contracted))
-
     def normalize(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
         """World positions → field coordinates in [0, 1]^3: the scene box (clamped outside), or all of space
         contracted (:class:`~pvdal_ns.space.SceneSpace`)."""

@@ -191,11 +191,9 @@ class Matrix:
     def main(self, command: str) -> None:
         """Run the missing pairs and write the table."""
         from pvdal_ns import EMBEDDED_SCENE
-        from pvdal_ns.conversion import UserError
+        from pvdal_ns.conversion import dataparser_for
         from pvdal_ns.matrix import MatrixSettings, run_matrix
         from pvdal_ns.presets import matrix_steps
-
-        from pvdal_ns.conversion import dataparser_for
 
         data = (self.data or EMBEDDED_SCENE).expanduser().resolve()
         dataparser_for(data)  # a scene nerfstudio reads, or one line saying what is missing
