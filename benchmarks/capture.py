@@ -5,19 +5,23 @@ a white backdrop and a foam block beyond any box around the object).
     .venv/bin/python benchmarks/capture.py teacher --arch vm --steps 1500 [--contraction auto|on|off] [--background …]
     .venv/bin/python benchmarks/capture.py stock --method nerfacto --minutes 10 [--rays 1024]
     .venv/bin/python benchmarks/capture.py convert --teacher <config.yml> --students mlp hash vm tensors [--steps …]
+    .venv/bin/python benchmarks/capture.py evaluate --configs <config.yml> … [--eval-downscale 2]
 
 ``step-time`` trains the ``-small`` preset from the images for ``--steps`` on the embedded lego and then on the
 capture (same rays a step) and prints the median seconds a step over the last half of each run, the ratio, and
 the evaluated samples a ray. ``teacher`` / ``stock`` train a teacher from the capture's images and print its
 PSNR on the views the dataparser holds out (and its training seconds). ``convert`` distils the teacher into each
-student and prints each student's PSNR on the held-out real views and against the teacher's renders of
-``--novel`` novel poses (the pseudo-label pose sampler, seed 0). Results go to ``--output-dir`` as JSON.
+student (together, as ``ns-distill run``) and prints each student's PSNR on the held-out real views and against the teacher's renders of
+``--novel`` novel poses (the pseudo-label pose sampler, seed 0). ``evaluate`` gives trained runs' held-out PSNR.
+With ``--eval-downscale 2`` the held-out views are also rendered at half size (324×216) against the box-filtered
+photographs: a torch nerfacto takes many minutes a full-size view on a CPU. Results go to ``--output-dir`` as JSON.
 Run it alone on the machine: the figures are times.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -59,7 +63,28 @@ def teacher(args) -> dict:
                                f"{args.background})", "teacher")
     r = trained.report
     print(f"{r.name}: {r.psnr:.2f} dB on the held-out views, {r.train_seconds:.0f} s, {r.steps} steps, config {r.config}")
-    return {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "seconds": r.train_seconds, "steps": r.steps}
+    return {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "seconds": r.train_seconds, "steps": r.steps,
+            **evaluate_small(Path(r.config), args.eval_downscale)}
+
+
+def evaluate_small(config: Path, downscale: int) -> dict:
+    """Held-out PSNR of the run at ``config``, its views rendered at 1/downscale size ({} at 1: done already)."""
+    return {} if downscale == 1 else evaluate_run(config, downscale)
+
+
+def evaluate_run(config: Path, downscale: int) -> dict:
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from pvdal_ns.runner import evaluate
+
+    _, pipeline, _, _ = eval_setup(config, test_mode="test")
+    result = evaluate(pipeline, f"{config.parent.name}: evaluating at 1/{downscale} size", downscale=downscale)
+    print(f"{config}: {result.psnr:.2f} dB on the held-out views at 1/{downscale} size")
+    return {f"psnr_downscale_{downscale}": result.psnr, f"ssim_downscale_{downscale}": result.ssim}
+
+
+def evaluate_runs(args) -> dict:
+    return {str(config): evaluate_run(config.resolve(), args.eval_downscale) for config in args.configs}
 
 
 def stock(args) -> dict:
@@ -68,15 +93,16 @@ def stock(args) -> dict:
 
     config = stock_config(args.method, args.capture.resolve(), args.output_dir.resolve(), f"stock-{args.method}", 10**6,
                           rays_per_batch=args.rays)
-    run, curve = train_timed(config, f"{args.method}: {args.minutes} min", args.minutes * 60, [])
+    run, curve = train_timed(config, f"{args.method}: {args.minutes} min", args.minutes * 60, [], args.eval_downscale)
     end = curve[-1]  # train_timed evaluates once at the end: evaluating again would double the slowest part
-    print(f"{args.method}: {end.psnr:.2f} dB on the held-out views after {run.seconds:.0f} s ({run.steps} steps), "
-          f"config {run.config_path}")
+    print(f"{args.method}: {end.psnr:.2f} dB on the held-out views at 1/{args.eval_downscale} size after "
+          f"{run.seconds:.0f} s ({run.steps} steps), config {run.config_path}")
     return {"config": str(run.config_path), "psnr": end.psnr, "ssim": end.ssim, "seconds": run.seconds, "steps": run.steps}
 
 
-def novel_view_psnr(teacher_config: Path, student_config: Path, count: int) -> float:
-    """Mean PSNR of the student against the teacher's renders of ``count`` novel poses (seed 0)."""
+def novel_view_psnr(teacher_config: Path, student_config: Path, count: int, downscale: int = 1) -> float:
+    """Mean PSNR of the student against the teacher's renders of ``count`` novel poses (seed 0), rendered at
+    1/downscale of the training views' size."""
     import torch
     from nerfstudio.utils.eval_utils import eval_setup
 
@@ -93,8 +119,9 @@ def novel_view_psnr(teacher_config: Path, student_config: Path, count: int) -> f
     teacher = load_teacher(teacher_config, "cpu", model.sampling)
     psnrs = []
     for pose in poses:
-        camera = cameras[0:1]
+        camera = copy.deepcopy(cameras[0:1])
         camera.camera_to_worlds = pose[None]
+        camera.rescale_output_resolution(1.0 / downscale)
         with torch.no_grad():
             target = teacher.render_camera(camera)
             render = model.get_outputs_for_camera(camera)["rgb"].cpu()
@@ -107,13 +134,13 @@ def convert_capture(args) -> dict:
 
     steps = {arch: s for arch, s in zip(args.students, args.steps_each)} if args.steps_each else {}
     students = convert(args.teacher.resolve(), args.students, "small", args.capture.resolve(), args.output_dir.resolve(),
-                       steps, "students")
+                       steps, "students", together=not args.separately)
     out = {}
     for arch, trained in zip(args.students, students):
         r = trained.report
-        novel = novel_view_psnr(args.teacher.resolve(), Path(r.config), args.novel)
+        novel = novel_view_psnr(args.teacher.resolve(), Path(r.config), args.novel, args.eval_downscale)
         out[arch] = {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "psnr_vs_teacher_novel": novel,
-                     "seconds": r.train_seconds, "steps": r.steps}
+                     "seconds": r.train_seconds, "steps": r.steps, **evaluate_small(Path(r.config), args.eval_downscale)}
         print(f"{arch}: {r.psnr:.2f} dB on the held-out views, {novel:.2f} dB against the teacher on {args.novel} novel "
               f"poses, {r.train_seconds:.0f} s, {r.steps} steps")
     return out
@@ -121,7 +148,7 @@ def convert_capture(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["step-time", "teacher", "stock", "convert"])
+    parser.add_argument("mode", choices=["step-time", "teacher", "stock", "convert", "evaluate"])
     parser.add_argument("--capture", type=Path, default=CAPTURE)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-capture"))
     parser.add_argument("--arch", default="vm")
@@ -134,9 +161,14 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path)
     parser.add_argument("--students", nargs="+", default=["mlp", "hash", "vm", "tensors"])
     parser.add_argument("--steps-each", type=int, nargs="*", help="distillation steps per student (default: the demo's)")
+    parser.add_argument("--configs", type=Path, nargs="*", default=[], help="evaluate: the runs' config.yml")
+    parser.add_argument("--eval-downscale", type=int, default=1, choices=[1, 2, 4],
+                        help="also evaluate at 1/N size (stock: only at 1/N)")
+    parser.add_argument("--separately", action="store_true", help="convert: one student after another (default: "
+                        "together, one teacher pass per batch, as ns-distill run)")
     parser.add_argument("--novel", type=int, default=8, help="novel poses the students are compared with the teacher on")
     args = parser.parse_args()
-    run = {"step-time": step_time, "teacher": teacher, "stock": stock, "convert": convert_capture}[args.mode]
+    run = {"step-time": step_time, "teacher": teacher, "stock": stock, "convert": convert_capture, "evaluate": evaluate_runs}[args.mode]
     result = run(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     path = args.output_dir / f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"

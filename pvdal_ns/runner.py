@@ -6,6 +6,8 @@ exactly as ``ns-train``) and evaluates on the full images of a split (the test v
 
 from __future__ import annotations
 
+import copy
+
 import random
 import time
 from dataclasses import dataclass, field
@@ -197,9 +199,10 @@ class CurvePoint:
 
 
 def train_timed(config: TrainerConfig, description: str, budget_seconds: float,
-                eval_seconds: List[float]) -> Tuple[TrainResult, List[CurvePoint]]:
+                eval_seconds: List[float], eval_downscale: int = 1) -> Tuple[TrainResult, List[CurvePoint]]:
     """Train ``config`` until its ``max_num_iterations`` or ``budget_seconds`` of training, whichever comes first,
-    evaluating on the test views each time the training time passes one of ``eval_seconds`` and at the end.
+    evaluating on the test views (at 1 / ``eval_downscale`` of their size, see :func:`evaluate`) each time the
+    training time passes one of ``eval_seconds`` and at the end.
 
     Training time is the wall time of the steps (nerfstudio's loop body, :func:`_train_step`); evaluations are
     not counted. The learning-rate schedules stay those of ``max_num_iterations``: a run the budget stops is
@@ -214,7 +217,7 @@ def train_timed(config: TrainerConfig, description: str, budget_seconds: float,
     seconds, steps = 0.0, 0
 
     def evaluate_now() -> None:
-        result = evaluate(trainer.pipeline, f"{description}: evaluating at {seconds:.0f} s")
+        result = evaluate(trainer.pipeline, f"{description}: evaluating at {seconds:.0f} s", downscale=eval_downscale)
         curve.append(CurvePoint(round(seconds, 2), steps, result.psnr, result.ssim))
 
     with get_progress(description) as progress:
@@ -267,17 +270,31 @@ def split_dataloader(datamanager: VanillaDataManager, split: str) -> FixedIndice
 
 
 @torch.no_grad()
-def evaluate(pipeline: Pipeline, description: str = "Evaluating", split: str = "test") -> EvalResult:
+def evaluate(pipeline: Pipeline, description: str = "Evaluating", split: str = "test", downscale: int = 1) -> EvalResult:
     """Render every image of ``split`` (the scene's test views by default: what reports give; "val" is what
-    presets are tuned on) and compare it with the ground truth (composited on the model's background)."""
+    presets are tuned on) and compare it with the ground truth (composited on the model's background).
+
+    ``downscale`` > 1 renders each view at 1/downscale of its width and height (nerfstudio's
+    ``Cameras.rescale_output_resolution``) against the ground truth box-filtered by the same factor: for models
+    whose full-size render is too slow on the machine (a torch nerfacto on a CPU).
+
+    Raises:
+        ValueError: an image's size is not divisible by ``downscale``.
+    """
     pipeline.eval()
     model = pipeline.model
     loader = split_dataloader(pipeline.datamanager, split)  # type: ignore[arg-type]
     per_view, images, gts = [], [], []
     with get_progress(description) as progress:
         for camera, batch in progress.track(loader, total=len(loader)):
-            pred = model.get_outputs_for_camera(camera)["rgb"].cpu()
             gt = model.renderer_rgb.blend_background(batch["image"].to(model.device)).cpu()
+            if downscale > 1:
+                if gt.shape[0] % downscale or gt.shape[1] % downscale:
+                    raise ValueError(f"a {gt.shape[1]}×{gt.shape[0]} view cannot be downscaled by {downscale}")
+                camera = copy.deepcopy(camera)
+                camera.rescale_output_resolution(1.0 / downscale)
+                gt = torch.nn.functional.avg_pool2d(gt.permute(2, 0, 1), downscale).permute(1, 2, 0)
+            pred = model.get_outputs_for_camera(camera)["rgb"].cpu()
             per_view.append(image_metrics(pred, gt))
             images.append(pred)
             gts.append(gt)

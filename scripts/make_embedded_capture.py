@@ -5,9 +5,10 @@ Every frame of the source's nerfstudio ``transforms.json`` is area-downsampled (
 --factor and written as a PNG under the same relative name; the per-frame intrinsics (fl_x, fl_y, cx, cy,
 w, h) are divided by the factor, the distortion coefficients (k1–k3, p1, p2: normalised image
 coordinates) and the poses are kept. A COLMAP text model of the same cameras goes to sparse/0 (for the ``colmap`` dataparser; no
-keypoints or points). The masks are left out: the copy is for training
-on the whole photograph, backdrop and block included, as a user's capture is. The nerfstudio dataparser
-holds out every tenth view for evaluation.
+keypoints or points). The masks of the axe go to masks/ (a pixel is 255 where any source pixel of its block
+shows the axe) but transforms.json does not name them: the copy is for training on the whole photograph,
+backdrop and block included, as a user's capture is; tests use them to tell the background from the object.
+The nerfstudio dataparser holds out every tenth view for evaluation.
 
 Usage (from the repo root):  python scripts/make_embedded_capture.py
 """
@@ -67,6 +68,7 @@ def main() -> None:
     meta = json.loads(source.read_text())
     meta.pop("ply_file_path", None)
     (args.dst / "images").mkdir(parents=True, exist_ok=True)
+    (args.dst / "masks").mkdir(parents=True, exist_ok=True)
     for frame in meta["frames"]:
         image = Image.open(args.src / frame["file_path"]).convert("RGB")
         w, h = image.size
@@ -74,6 +76,10 @@ def main() -> None:
             fail(f"{frame['file_path']} is {w}×{h}, not divisible by --factor {args.factor}")
         small = image.resize((w // args.factor, h // args.factor), Image.Resampling.BOX)
         small.save(args.dst / frame["file_path"], optimize=True)
+        mask_path = frame.pop("mask_path", f"masks/{Path(frame['file_path']).stem}_mask.png")
+        mask = np.asarray(Image.open(args.src / mask_path).convert("L")) > 0
+        blocks = mask.reshape(h // args.factor, args.factor, w // args.factor, args.factor).any(axis=(1, 3))
+        Image.fromarray((blocks * 255).astype(np.uint8)).save(args.dst / mask_path, optimize=True)
         for key in INTRINSICS:
             frame[key] = frame[key] / args.factor
         frame["w"], frame["h"] = w // args.factor, h // args.factor

@@ -12,6 +12,7 @@ from pvdal_ns import EMBEDDED_CAPTURE, EMBEDDED_SCENE
 from pvdal_ns.conversion import UserError, dataparser_for
 
 TEACHER_STEPS = 300
+NERFACTO_STEPS = 150
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,49 @@ def test_the_colmap_model_of_the_capture_reads_as_the_transforms_do():
         assert cameras.distortion_params is not None and cameras.distortion_params.abs().sum() > 0  # OPENCV k1–k3
     assert torch.allclose(colmap.cameras.fx, transforms.cameras.fx)
     assert torch.allclose(colmap.cameras.distortion_params[:, :2], transforms.cameras.distortion_params[:, :2])
+
+
+def _background(view_filename: Path) -> torch.Tensor:
+    """Bool[Tensor, "H W"]: the pixels of an embedded-capture view that show no part of the axe (its mask, shipped
+    beside the images but not named by transforms.json, so training sees the whole photograph)."""
+    import numpy as np
+    from PIL import Image
+
+    mask = EMBEDDED_CAPTURE / "masks" / f"{view_filename.stem}_mask.png"
+    return torch.from_numpy(np.asarray(Image.open(mask)) == 0)
+
+
+def test_a_student_of_a_nerfacto_capture_renders_the_background_its_teacher_renders(tmp_path):
+    """Issue #17: a tiny stock nerfacto (torch, CPU) trained on the capture's photographs; its student lives in the
+    contracted space nerfacto implies and, on a held-out view, renders the backdrop and block as the teacher does."""
+    from conftest import tiny_config
+
+    from torchmetrics.functional import peak_signal_noise_ratio
+
+    from pvdal_ns.conversion import stock_config
+    from pvdal_ns.runner import split_dataloader, train
+    from pvdal_ns.teachers import load_teacher
+
+    teacher_path = train(stock_config("nerfacto", EMBEDDED_CAPTURE, tmp_path, "nerfacto", NERFACTO_STEPS,
+                                      rays_per_batch=512), "axe nerfacto").config_path
+    student = train(tiny_config("vm", tmp_path, 200, teacher=teacher_path, data=EMBEDDED_CAPTURE), "axe student")
+    model = student.pipeline.model.eval()
+    assert bool(model.field.contracted)  # nerfacto's own contraction, followed by auto
+    loader = split_dataloader(student.pipeline.datamanager, "test")
+    camera, batch = next(iter(loader))
+    background = _background(loader.input_dataset.image_filenames[0])
+    assert 0.5 < float(background.float().mean()) < 0.99
+    teacher = load_teacher(teacher_path, "cpu", model.sampling)
+    with torch.no_grad():
+        target = teacher.render_camera(camera)[background]
+        render = model.get_outputs_for_camera(camera)["rgb"].cpu()[background]
+    photograph = batch["image"][..., :3].cpu()[background]
+    follows = float(peak_signal_noise_ratio(render.clamp(0, 1), target, data_range=1.0))
+    # the tiny teacher is far from the photograph; a student that learnt the scene rather than its teacher would
+    # be nearer the photograph than the teacher's render
+    truth = float(peak_signal_noise_ratio(render.clamp(0, 1), photograph, data_range=1.0))
+    # a student that lost what lies beyond the scene box would render it in the background colour (white)
+    white = float(peak_signal_noise_ratio(torch.ones_like(target), target, data_range=1.0))
+    # measured: follows 19.4–20.4 dB, photograph 16.5, white 17.1–17.4 (four runs; nerfacto on the CPU is not
+    # bit-reproducible)
+    assert follows > 17.5 and follows > truth + 1.0 and follows > white + 1.0, (follows, truth, white)

@@ -208,3 +208,14 @@ def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, c
     with pytest.raises(TeacherLoadError, match="renders only does not use"):
         config.setup(local_rank=0, world_size=1).setup()
     assert not (tmp_path / "cache").exists()
+
+
+def test_evaluation_at_half_size_renders_half_size_views_against_box_filtered_photographs(tiny_teacher):
+    """``evaluate(…, downscale=2)`` (for models too slow to render full-size views on a CPU): 50×50 renders of the
+    100×100 test views, a PSNR near the full-size one, and one clear error where the size does not divide."""
+    _, pipeline = tiny_teacher
+    full, half = evaluate(pipeline), evaluate(pipeline, downscale=2)
+    assert half.images[0].shape == (50, 50, 3) and half.gt[0].shape == (50, 50, 3)
+    assert abs(half.psnr - full.psnr) < 1.5
+    with pytest.raises(ValueError, match="100×100 view cannot be downscaled by 3"):
+        evaluate(pipeline, downscale=3)
