@@ -100,9 +100,10 @@ def stock(args) -> dict:
     return {"config": str(run.config_path), "psnr": end.psnr, "ssim": end.ssim, "seconds": run.seconds, "steps": run.steps}
 
 
-def novel_view_psnr(teacher_config: Path, student_config: Path, count: int, downscale: int = 1) -> float:
+def novel_view_psnr(teacher_config: Path, student_config: Path, count: int, downscale: int, renders: list) -> float:
     """Mean PSNR of the student against the teacher's renders of ``count`` novel poses (seed 0), rendered at
-    1/downscale of the training views' size."""
+    1/downscale of the training views' size. ``renders``: the teacher's renders, filled by the first call and reused
+    by the next students (same teacher, same cameras, same poses)."""
     import torch
     from nerfstudio.utils.eval_utils import eval_setup
 
@@ -116,16 +117,17 @@ def novel_view_psnr(teacher_config: Path, student_config: Path, count: int, down
     sampler = PoseSampler(cameras.camera_to_worlds, pipeline.datamanager.train_dataset.scene_box.get_center(),
                           pipeline.config.datamanager)
     poses = sampler.sample(count, torch.Generator().manual_seed(0))
-    teacher = load_teacher(teacher_config, "cpu", model.sampling)
+    teacher = None if renders else load_teacher(teacher_config, "cpu", model.sampling)
     psnrs = []
-    for pose in poses:
+    for i, pose in enumerate(poses):
         camera = copy.deepcopy(cameras[0:1])
         camera.camera_to_worlds = pose[None]
         camera.rescale_output_resolution(1.0 / downscale)
         with torch.no_grad():
-            target = teacher.render_camera(camera)
+            if teacher is not None:
+                renders.append(teacher.render_camera(camera))
             render = model.get_outputs_for_camera(camera)["rgb"].cpu()
-        psnrs.append(image_metrics(render, target)["psnr"])
+        psnrs.append(image_metrics(render, renders[i])["psnr"])
     return float(sum(psnrs) / len(psnrs))
 
 
@@ -135,10 +137,10 @@ def convert_capture(args) -> dict:
     steps = {arch: s for arch, s in zip(args.students, args.steps_each)} if args.steps_each else {}
     students = convert(args.teacher.resolve(), args.students, "small", args.capture.resolve(), args.output_dir.resolve(),
                        steps, "students", together=not args.separately)
-    out = {}
+    out, teacher_renders = {}, []
     for arch, trained in zip(args.students, students):
         r = trained.report
-        novel = novel_view_psnr(args.teacher.resolve(), Path(r.config), args.novel, args.eval_downscale)
+        novel = novel_view_psnr(args.teacher.resolve(), Path(r.config), args.novel, args.eval_downscale, teacher_renders)
         out[arch] = {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "psnr_vs_teacher_novel": novel,
                      "seconds": r.train_seconds, "steps": r.steps, **evaluate_small(Path(r.config), args.eval_downscale)}
         print(f"{arch}: {r.psnr:.2f} dB on the held-out views, {novel:.2f} dB against the teacher on {args.novel} novel "
