@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+
+.PHONY: demo test install clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ns-distill demo
 
-test: $(STAMP)
+# Debian's chromium for the viewer's browser test (tests/test_viewer.py skips, saying why, where it cannot be installed)
+browser:
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1) \
+		|| echo "chromium could not be installed with apt-get: the viewer's browser test will skip"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 clean:

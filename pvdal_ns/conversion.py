@@ -25,7 +25,7 @@ from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.presets import Size, method_name
 from pvdal_ns.report import ModelReport, model_report, print_table, save_comparison, write_json
 from pvdal_ns.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
-from pvdal_ns.teachers import TeacherLoadError, read_trainer_config
+from pvdal_ns.teachers import TeacherLoadError, load_teacher, read_trainer_config
 
 
 class UserError(Exception):
@@ -226,10 +226,41 @@ def finish(output_dir: Path, models: List[Trained], started: float, extra: dict)
     CONSOLE.print(f"Wrote {output_dir / 'report.json'} and {output_dir / 'comparison.png'}")
 
 
-def check_teacher(path: Path) -> TrainerConfig:
-    """Read a teacher config or raise :class:`UserError` with the loader's one-line reason."""
+def check_teacher(path: Path, role: str = "teacher") -> TrainerConfig:
+    """Read a teacher's (or another ``role``'s) config or raise :class:`UserError` with the loader's one-line reason."""
     try:
-        return read_trainer_config(path.expanduser().resolve())
+        return read_trainer_config(path.expanduser().resolve(), role)
     except TeacherLoadError as err:
         raise UserError(str(err)) from None
+
+
+def view(student: Path, teacher: Optional[Path], port: Optional[int]) -> None:
+    """``ns-distill view``: nerfstudio's viewer (``ns-viewer``'s ``_start_viewer``) on a finished student, with
+    ``teacher`` (default: the one in the student's config) loaded for the comparison outputs and the
+    student's hard-pose pool drawn (docs/design.md, "The viewer"). Serves until interrupted.
+
+    Raises:
+        UserError: the student config is unreadable or not a pvdal-* run, or there is no teacher to load.
+        TeacherLoadError: the teacher cannot be loaded."""
+    from nerfstudio.scripts.viewer.run_viewer import _start_viewer
+
+    from pvdal_ns.pipeline import DistillationPipelineConfig
+
+    student = student.expanduser().resolve()
+    config = check_teacher(student, role="student")
+    if not isinstance(config.pipeline, DistillationPipelineConfig):
+        raise UserError(f"student {student} is a '{config.method_name}' run, not a pvdal-* one: open it with "
+                        f"ns-viewer --load-config {student}")
+    teacher = teacher or config.pipeline.teacher_config
+    if teacher is None:
+        raise UserError(f"student {student} was trained from images, with no teacher: pass --teacher <config.yml>")
+    teacher = Path(teacher).expanduser().resolve()
+    check_teacher(teacher)
+    config, pipeline, _, step = eval_setup(student, test_mode="test")
+    pipeline.conversion.compare_with(load_teacher(teacher, pipeline.device, pipeline.model.sampling),
+                                     config.pipeline.al.ray_fraction)
+    config.vis = "viewer"  # ns-distill's own runs log to tensorboard (runner.quiet)
+    if port is not None:
+        config.viewer.websocket_port = port
+    _start_viewer(config, pipeline, step)
 

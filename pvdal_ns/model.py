@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 from jaxtyping import Bool, Float
@@ -134,6 +134,9 @@ class PVDModel(Model):
         """The hard-point rule (TSP) while active learning applies it; None: every point carries L_σ and L_c."""
         self.regularize_distillation = True
         """ω₅·L_reg in distillation; off once :meth:`warm_start` made the student its teacher."""
+        self.comparison: Optional[Callable[[RayBundle, Dict[str, Tensor]], Dict[str, Tensor]]] = None
+        """Set while a viewer holds a teacher (``pvdal_ns.viewer.TeacherComparison``): the outputs it adds to
+        each camera's render (:meth:`get_outputs_for_camera_ray_bundle`)."""
 
     def set_space(self, contracted: bool) -> None:
         """Contract space or not (:mod:`pvdal_ns.space`): the field's and the grid's coordinates, the collider
@@ -273,6 +276,15 @@ class PVDModel(Model):
         outputs = self.composite(ray_samples, mask, self.query(ray_samples, mask))
         outputs.pop("weights")
         outputs["num_samples_per_ray"] = mask.sum(dim=-1, keepdim=True).float()
+        return outputs
+
+    @torch.no_grad()
+    def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """nerfstudio's render of a camera's RayBundle [H, W] (outputs [H, W, C]), and, while the viewer holds a
+        teacher, the :attr:`comparison` outputs (``teacher_rgb``, ``error``, ``split``, …; docs/design.md, "The viewer")."""
+        outputs = super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)
+        if self.comparison is not None:
+            outputs.update(self.comparison(camera_ray_bundle, outputs))
         return outputs
 
     def get_distillation_outputs(self, teacher: Any) -> Dict[str, Any]:

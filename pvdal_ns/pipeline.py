@@ -38,6 +38,7 @@ from pvdal_ns.samples import Sampling
 from pvdal_ns.space import cameras_inside_box
 from pvdal_ns.teachers import (Capability, Teacher, TeacherCache, TeacherLoadError, load_teacher, newest_checkpoint,
                                read_trainer_config, teacher_contraction)
+from pvdal_ns.viewer import ConversionPanel
 
 
 @dataclass
@@ -209,6 +210,10 @@ class DistillationPipeline(VanillaPipeline):
                 torch.device(device), from_images=capabilities == Capability.IMAGES))
             labels.serve(distillation.stages)
             self.datamanager.use_pseudo_labels(labels, leads)
+        self.conversion = ConversionPanel(dataset.cameras, dataset.scene_box.get_center(), config.distils)
+        """The viewer's panel, hard-pose frustums and teacher comparison (docs/design.md, "The viewer")."""
+        if distillation is not None and self._cache_to_write is None:  # serial mode releases its teacher
+            self.conversion.compare_with(teacher, config.al.ray_fraction)
         if world_size > 1:
             self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))
             dist.barrier(device_ids=[local_rank])
@@ -376,4 +381,5 @@ class DistillationPipeline(VanillaPipeline):
         metrics_dict = self.model.get_metrics_dict(model_outputs, batch)
         loss_dict = self.model.get_loss_dict(model_outputs, batch, metrics_dict)
         metrics_dict.update(self.datamanager.feedback(ray_bundle, batch, model_outputs))
+        self.conversion.show(step, loss_dict, metrics_dict, self.active_learning.hard_poses)  # an open viewer's panel
         return model_outputs, loss_dict, metrics_dict

@@ -5,6 +5,7 @@
     ns-distill ablation                              # paper Table 3 on the embedded scene (VM → MLP)
     ns-distill matrix                                # paper Table 2: every teacher into every student
     ns-distill compare --teacher outputs/…/config.yml --student mlp   # distilled against from scratch
+    ns-distill view --student outputs/…/config.yml [--teacher …]      # the viewer: student beside its teacher
 
 Heavy imports (torch, nerfstudio) happen inside the commands, so ``--help`` and errors about bad input
 are fast. Bad input prints one line and exits with code 2.
@@ -245,16 +246,41 @@ class Compare:
         run_compare(settings, self.output_dir.resolve())
 
 
+@dataclass
+class View:
+    """Open nerfstudio's viewer on a finished student with its teacher loaded: the Output type list adds
+    teacher_rgb, teacher_depth, error (|student − teacher|), split (teacher left, student right) and hard_rays,
+    and the student's hard-pose pool is drawn as frustums. Ctrl-C stops it. ns-viewer --load-config shows the
+    student alone."""
+
+    student: Path
+    """config.yml of the student run (as written by ns-train or ns-distill)."""
+    teacher: Optional[Path] = None
+    """config.yml of the teacher to compare with (default: the one the student was distilled from)."""
+    port: Optional[int] = None
+    """Websocket port of the viewer (default: nerfstudio's, 7007, or the next free one)."""
+
+    def main(self, command: str) -> None:
+        """Serve the viewer until interrupted; raises UserError / TeacherLoadError for bad input."""
+        from pvdal_ns.conversion import view
+
+        try:
+            view(self.student, self.teacher, self.port)
+        except KeyboardInterrupt:
+            print("ns-distill view: stopped")
+
+
 Commands = Union[
     Annotated[Demo, tyro.conf.subcommand(name="demo")],
     Annotated[Run, tyro.conf.subcommand(name="run")],
     Annotated[Ablation, tyro.conf.subcommand(name="ablation")],
     Annotated[Matrix, tyro.conf.subcommand(name="matrix")],
     Annotated[Compare, tyro.conf.subcommand(name="compare")],
+    Annotated[View, tyro.conf.subcommand(name="view")],
 ]
 
 
-def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare]) -> None:
+def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) -> None:
     """Checks that need no heavy import, so bad input fails in a moment."""
     if isinstance(command, (Demo, Matrix)):
         for what in ("teacher_steps", "student_steps"):
@@ -282,6 +308,12 @@ def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare]) -> None:
             what = "is a directory" if path.is_dir() else "does not exist"
             raise SystemExit(_error(f"teacher config {path} {what}: pass the config.yml that ns-train wrote "
                                     "(outputs/<experiment>/<method>/<timestamp>/config.yml)"))
+    if isinstance(command, View):
+        for role, path in (("student", command.student), ("teacher", command.teacher)):
+            if path is not None and not path.expanduser().is_file():
+                what = "is a directory" if path.expanduser().is_dir() else "does not exist"
+                raise SystemExit(_error(f"{role} config {path} {what}: pass the config.yml that ns-train wrote "
+                                        "(outputs/<experiment>/<method>/<timestamp>/config.yml)"))
     if isinstance(command, Run):
         if command.steps is not None and command.steps < 1:
             raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))

@@ -20,12 +20,14 @@ from jaxtyping import Bool, Float, Int
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.model_components.ray_samplers import SpacedSampler
-from nerfstudio.model_components.renderers import RGBRenderer
+from nerfstudio.model_components.renderers import DepthRenderer, RGBRenderer
 from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.occupancy import OccupancyGrid
 from pvdal_ns.samples import Sampling, composite, sample_occupied, visible
+
+_DEPTH = DepthRenderer(method="expected")
 
 
 class TeacherLoadError(Exception):
@@ -132,6 +134,12 @@ class Teacher:
         (1–3) needs (:class:`TeacherBatch`); stage 3 renders them on ``background``."""
         raise NotImplementedError(f"{self.name} does not render rays")
 
+    def render_rays(self, ray_bundle: RayBundle, chunk: int = 1 << 14) -> Dict[str, Tensor]:
+        """RAYS: R rays rendered whole for display (the viewer, figures), ``chunk`` at a time, drawing no random
+        numbers: ``rgb`` Float[Tensor, "R 3"] on black (premultiplied by opacity), ``accumulation`` and
+        ``depth`` (scene units) Float[Tensor, "R 1"]."""
+        raise NotImplementedError(f"{self.name} does not render rays")
+
     def render_images(self, cameras: Cameras) -> TeacherImages:
         """IMAGES: whole images of ``cameras`` (N of them, one size)."""
         raise NotImplementedError(f"{self.name} does not render images")
@@ -236,20 +244,24 @@ class ModelTeacher(Teacher):
         return points_batch(ray_samples, mask, points, background, stage, self.renderer_rgb)
 
     @torch.no_grad()
+    def render_rays(self, ray_bundle: RayBundle, chunk: int = 1 << 14) -> Dict[str, Tensor]:
+        """RAYS, for display: evenly spaced samples, so rendering draws no random numbers from the training
+        stream (a figure of active learning, a viewer's render request)."""
+        parts = []
+        for start in range(0, len(ray_bundle), chunk):
+            rays = ray_bundle[start : start + chunk]
+            out = self._render(rays, torch.zeros(len(rays), 3, device=rays.origins.device), 3, self.image_sampler)
+            parts.append({"rgb": out.rgb, "accumulation": out.accumulation, "depth": _DEPTH(out.weights, out.ray_samples)})
+        return {key: torch.cat([part[key] for part in parts]) for key in ("rgb", "accumulation", "depth")}
+
+    @torch.no_grad()
     def render_images(self, cameras: Cameras, chunk: int = 1 << 14) -> TeacherImages:
-        """Whole images of ``cameras``: their pixel-centre rays rendered with evenly spaced samples (no random
-        numbers drawn: a figure of active learning leaves the training stream as it was), ``chunk`` rays at
-        a time."""
-        rgbs, accumulations = [], []
-        for i in range(len(cameras)):
-            rays = cameras[i : i + 1].generate_rays(camera_indices=0).flatten()
-            black = torch.zeros(min(chunk, len(rays)), 3, device=rays.origins.device)
-            parts = [self._render(rays[j : j + chunk], black[: len(rays[j : j + chunk])], 3, self.image_sampler)
-                     for j in range(0, len(rays), chunk)]
-            rgbs.append(torch.cat([p.rgb for p in parts]))
-            accumulations.append(torch.cat([p.accumulation for p in parts]))
+        """Whole images of ``cameras``: their pixel-centre rays (:meth:`render_rays`, ``chunk`` at a time)."""
         height, width = int(cameras.height[0]), int(cameras.width[0])
-        return TeacherImages(torch.stack(rgbs).view(-1, height, width, 3), torch.stack(accumulations).view(-1, height, width, 1))
+        renders = [self.render_rays(cameras[i : i + 1].generate_rays(camera_indices=0).flatten(), chunk)
+                   for i in range(len(cameras))]
+        return TeacherImages(torch.stack([r["rgb"] for r in renders]).view(-1, height, width, 3),
+                             torch.stack([r["accumulation"] for r in renders]).view(-1, height, width, 1))
 
     @torch.no_grad()
     def image_batch(self, images: TeacherImages, pixels: Int[Tensor, "R 3"], ray_bundle: RayBundle,

@@ -59,21 +59,22 @@ TEACHER_FAMILIES: Tuple[TeacherFamily, ...] = (
 """Every teacher family, in the order a run's model config is matched against them."""
 
 
-def read_trainer_config(config_path: Path) -> TrainerConfig:
-    """Read a nerfstudio ``config.yml``; raises TeacherLoadError with a one-line reason."""
+def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConfig:
+    """Read a nerfstudio ``config.yml``; raises TeacherLoadError with a one-line reason that names the run's
+    ``role`` ("teacher", "student")."""
     if not config_path.is_file():
         what = "is a directory" if config_path.is_dir() else "does not exist"
         raise TeacherLoadError(
-            f"teacher config {config_path} {what}: pass the config.yml that ns-train wrote "
+            f"{role} config {config_path} {what}: pass the config.yml that ns-train wrote "
             "(outputs/<experiment>/<method>/<timestamp>/config.yml)"
         )
     try:
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     except Exception as err:  # yaml errors, unknown classes of another plugin, unreadable files
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TeacherLoadError(f"teacher config {config_path} is not a readable nerfstudio config: {first}") from None
+        raise TeacherLoadError(f"{role} config {config_path} is not a readable nerfstudio config: {first}") from None
     if not isinstance(config, TrainerConfig):
-        raise TeacherLoadError(f"teacher config {config_path} is not a nerfstudio training config (config.yml)")
+        raise TeacherLoadError(f"{role} config {config_path} is not a nerfstudio training config (config.yml)")
     return fill_missing_defaults(config)
 
 

@@ -1,0 +1,254 @@
+"""The conversion in nerfstudio's viewer (docs/design.md, "The viewer").
+
+* :class:`TeacherComparison`: the teacher rendered at the viewer's camera beside the student, as output
+  types of nerfstudio's "Output type" list (``teacher_rgb``, ``teacher_depth``, ``error``, ``split``,
+  ``hard_rays``). The model adds them to its outputs while the viewer holds a teacher
+  (``PVDModel.comparison``); evaluation without a viewer never renders the teacher.
+* :class:`ConversionPanel`: nerfstudio viewer elements on the pipeline (scraped by the ``Viewer`` into "Custom
+  Elements/conversion"): the stage, each loss term, PSNR against the teacher and the active-learning pools,
+  refreshed at most twice a second; the hard-pose pool as camera frustums coloured by their error; and the
+  first camera of every browser tab placed as a training camera, looking at the scene centre.
+
+Nothing here draws random numbers or switches the teacher's ``train()``/``eval()``: a render request of the
+viewer leaves the training batches and the random stream as they were.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+import numpy as np
+import torch
+import viser
+import viser.transforms as vtf
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.model_components.renderers import RGBRenderer
+from nerfstudio.utils.colormaps import ColormapOptions, apply_colormap
+from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerControl, ViewerElement
+from torch import Tensor, nn
+
+from pvdal_ns.active_learning import HardPosePool
+from pvdal_ns.losses import ray_rgb_errors
+from pvdal_ns.teachers import Capability, Teacher
+
+if TYPE_CHECKING:
+    from nerfstudio.viewer.viewer import Viewer
+
+VISER_SCALE = 10.0
+"""nerfstudio's ``VISER_NERFSTUDIO_SCALE_RATIO``: viewer units per world unit (imported by the viewer only)."""
+COMPARISON_OUTPUTS = ("teacher_rgb", "teacher_depth", "error", "split", "hard_rays")
+"""The outputs a teacher adds to the student's render in the viewer."""
+LOSS_TERMS = {"volume_loss": "L_v", "density_loss": "L_σ", "colour_loss": "L_c", "rgb_loss": "L_rgb",
+              "regularization": "L_reg"}
+"""Loss-dict keys (``PVDModel.get_loss_dict``) and their names in the paper (Eq. 7)."""
+
+
+class TeacherComparison:
+    """The teacher at the student's render of a camera, for the viewer.
+
+    Args:
+        teacher: a teacher that renders any ray (``Capability.RAYS``).
+        renderer_rgb: the student's RGB renderer: the teacher is composited on the colour it gives an empty ray.
+        ray_fraction: the fraction of a batch that enters the hard-ray pool (TSR, ``al.ray_fraction``).
+        chunk: rays rendered by the teacher at a time.
+    """
+
+    def __init__(self, teacher: Teacher, renderer_rgb: RGBRenderer, ray_fraction: float, chunk: int = 1 << 14) -> None:
+        assert Capability.RAYS in teacher.capabilities, f"{teacher.name} renders no rays"
+        self.teacher, self.renderer_rgb, self.ray_fraction, self.chunk = teacher, renderer_rgb, ray_fraction, chunk
+
+    @torch.no_grad()
+    def __call__(self, camera_ray_bundle: RayBundle, student: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The comparison outputs of one camera.
+
+        Args:
+            camera_ray_bundle: RayBundle [H, W] of the camera (nerfstudio's ``get_outputs_for_camera``).
+            student: the student's outputs of it, ``rgb`` Float[Tensor, "H W 3"] among them.
+
+        Returns:
+            ``teacher_rgb`` and ``split`` (teacher left of the middle column, student right of it)
+            Float[Tensor, "H W 3"]; ``teacher_depth`` (scene units), ``error`` (|student − teacher|, mean over
+            RGB) and ``hard_rays`` (the squared error of the view's rays TSR would take as hard, the top
+            ``ray_fraction`` of them, as of a batch; 0 elsewhere) Float[Tensor, "H W 1"].
+        """
+        height, width = camera_ray_bundle.shape[:2]
+        rays = camera_ray_bundle.flatten().to(student["rgb"].device)
+        teacher = self.teacher.render_rays(rays, self.chunk)
+        empty = torch.zeros(1, 1, 3, device=rays.origins.device)
+        background = self.renderer_rgb.combine_rgb(empty, empty[..., :1], background_color=self.renderer_rgb.background_color)
+        teacher_rgb = (teacher["rgb"] + (1.0 - teacher["accumulation"]) * background).view(height, width, 3)
+        student_rgb = student["rgb"]
+        errors = ray_rgb_errors(student_rgb.reshape(-1, 3), teacher_rgb.view(-1, 3))
+        hard = torch.zeros_like(errors)
+        k = max(1, round(self.ray_fraction * len(errors)))
+        top = torch.topk(errors, k).indices
+        hard[top] = errors[top]
+        middle = width // 2
+        return {
+            "teacher_rgb": teacher_rgb,
+            "teacher_depth": teacher["depth"].view(height, width, 1),
+            "error": (student_rgb - teacher_rgb).abs().mean(dim=-1, keepdim=True),
+            "split": torch.cat([teacher_rgb[:, :middle], student_rgb[:, middle:]], dim=1),
+            "hard_rays": hard.view(height, width, 1),
+        }
+
+
+class ViewerMarkdown(ViewerElement[str]):
+    """Read-only text in the viewer's panel (viser markdown). Unlike a ``ViewerText`` its updates call no
+    callback, so they never make the viewer render again."""
+
+    def __init__(self, name: str, content: str = "") -> None:
+        super().__init__(name)
+        self.content = content
+
+    def _create_gui_handle(self, viser_server: viser.ViserServer) -> None:
+        self.gui_handle = viser_server.gui.add_markdown(self.content)  # type: ignore[assignment]
+
+    def install(self, viser_server: viser.ViserServer) -> None:
+        self._create_gui_handle(viser_server)
+
+    def show(self, content: str) -> None:
+        """Replace the text (sent to the browser only when it changed)."""
+        if content != self.content:
+            self.content = content
+            if self.gui_handle is not None:
+                self.gui_handle.content = content  # type: ignore[union-attr]
+
+
+class _OnViewer(ViewerControl):
+    """Calls back when the viewer sets up its controls (after the panel's elements are installed)."""
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+
+    def _setup(self, viewer: "Viewer") -> None:
+        super()._setup(viewer)
+        self.callback(viewer)
+
+
+class ConversionPanel(nn.Module):
+    """The conversion's viewer elements; an ``nn.Module`` without parameters only so that nerfstudio's
+    ``Viewer`` scrapes its elements from the pipeline (``viewer.utils.parse_object``). Nothing of it is saved.
+
+    Args:
+        cameras: the training cameras (the first browser camera is placed as the first of them, looking at
+            ``centre``; the hard-pose frustums take their intrinsics).
+        centre: Float[Tensor, "3"] the scene centre (world units).
+        distilling: show the distillation's panel (stage, losses, pools) and the hard-pose frustums.
+    """
+
+    def __init__(self, cameras: Cameras, centre: Float[Tensor, "3"], distilling: bool) -> None:
+        super().__init__()
+        self.cameras, self.centre = cameras, centre.cpu()
+        self.teacher: Optional[Teacher] = None
+        """The teacher the viewer compares the student with (:meth:`compare_with`)."""
+        self.ray_fraction = 0.1
+        self.viewer: Optional["Viewer"] = None
+        self.on_viewer = _OnViewer(self._attach)
+        self.status = ViewerMarkdown("Distillation") if distilling else None
+        self.show_hard_poses = (ViewerCheckbox("Show hard poses", True, cb_hook=lambda box: self._set_visible(box.value),
+                                               hint="The hard-pose pool (TCP) as frustums, coloured by their error")
+                                if distilling else None)
+        self._frustums: List[viser.CameraFrustumHandle] = []
+        self._drawn: Optional[tuple] = None
+        self._shown_at = 0.0
+
+    def compare_with(self, teacher: Optional[Teacher], ray_fraction: float) -> None:
+        """Give the viewer ``teacher`` to compare the student with (None: no comparison); one that renders no
+        rays (a teacher cache, splatfacto) is left out with one log line when a viewer opens."""
+        self.teacher, self.ray_fraction = teacher, ray_fraction
+
+    def _attach(self, viewer: "Viewer") -> None:
+        self.viewer = viewer
+        model = viewer.get_model()
+        if self.teacher is not None and Capability.RAYS not in self.teacher.capabilities:
+            CONSOLE.log(f"Viewer: {self.teacher.name} renders no rays, so the viewer shows the student alone")
+        elif self.teacher is not None:
+            model.comparison = TeacherComparison(self.teacher, model.renderer_rgb, self.ray_fraction)  # type: ignore[union-attr]
+            CONSOLE.log(f"Viewer: output types {', '.join(COMPARISON_OUTPUTS)} compare the student with {self.teacher.name}")
+        viewer.viser_server.on_client_connect(self._first_camera)
+        pool = getattr(viewer.pipeline, "active_learning", None)
+        if self.status is not None and pool is not None:
+            self.draw_hard_poses(pool.hard_poses)
+            self.status.show(_pools_markdown(pool.metrics()))
+
+    def _first_camera(self, client: viser.ClientHandle) -> None:
+        """A new browser tab looks at the scene centre from a training camera's distance: from half-way between
+        the first training camera and its nearest neighbour (so neither frustum hides the scene), up as the
+        training cameras' mean up."""
+        c2ws = self.cameras.camera_to_worlds.cpu()
+        centres, centre = c2ws[:, :3, 3], self.centre
+        if len(centres) > 1:
+            gaps = (centres - centres[0]).norm(dim=-1)
+            gaps[0] = float("inf")
+            middle = (centres[0] + centres[int(gaps.argmin())]) / 2 - centre
+            position = centre + middle / middle.norm().clamp(min=1e-9) * (centres[0] - centre).norm()
+        else:
+            position = centres[0]
+        up = c2ws[:, :3, 1].mean(dim=0).numpy()
+        with client.atomic():
+            client.camera.up_direction = up / max(float(np.linalg.norm(up)), 1e-9)
+            client.camera.position = position.numpy() * VISER_SCALE
+            client.camera.look_at = centre.numpy() * VISER_SCALE
+
+    def show(self, step: int, losses: Dict[str, Tensor], metrics: Dict[str, Tensor], hard_poses: HardPosePool) -> None:
+        """After a training step: the panel's text (at most twice a second) and the hard-pose frustums (when the
+        pool changed, i.e. once an epoch). Does nothing until a viewer is open."""
+        if self.viewer is None or self.status is None:
+            return
+        now = time.monotonic()
+        if now - self._shown_at < 0.5:
+            return
+        self._shown_at = now
+        lines = [f"**Step {step}**, stage {int(metrics['stage'])}" if "stage" in metrics else f"**Step {step}**", ""]
+        lines += [f"- {name} {float(losses[key]):.3g}" for key, name in LOSS_TERMS.items() if key in losses]
+        if "psnr_vs_teacher" in metrics:
+            lines.append(f"- PSNR vs teacher {float(metrics['psnr_vs_teacher']):.2f} dB")
+        self.status.show("\n".join(lines) + "\n\n" + _pools_markdown(metrics))
+        self.draw_hard_poses(hard_poses)
+
+    def draw_hard_poses(self, pool: HardPosePool) -> None:
+        """The pool's poses as camera frustums (as nerfstudio draws the training cameras, with their intrinsics,
+        twice their size), coloured by their error when they entered (turbo, from the pool's least to its largest)."""
+        if self.viewer is None:
+            return
+        drawn = (len(pool.poses), pool.next_slot, float(pool.errors.sum()) if len(pool.errors) else 0.0)
+        if drawn == self._drawn:
+            return
+        self._drawn = drawn
+        for handle in self._frustums:
+            handle.remove()
+        self._frustums = []
+        if len(pool.poses) == 0:
+            return
+        errors = pool.errors.float()
+        span = errors.max() - errors.min()
+        level = (errors - errors.min()) / span if span > 0 else torch.full_like(errors, 0.5)
+        colours = apply_colormap(level[:, None], ColormapOptions(colormap="turbo"))
+        camera = self.cameras[0]
+        fov = float(2 * torch.arctan(camera.cx / camera.fx[0]))
+        aspect = float(camera.cx[0] / camera.cy[0])
+        visible = self.show_hard_poses is None or bool(self.show_hard_poses.value)
+        server = self.viewer.viser_server
+        for i, (c2w, colour) in enumerate(zip(pool.poses.numpy(), colours.numpy())):
+            rotation = vtf.SO3.from_matrix(c2w[:3, :3]) @ vtf.SO3.from_x_radians(np.pi)
+            self._frustums.append(server.scene.add_camera_frustum(
+                f"/hard_poses/pose_{i:03d}", fov=fov, aspect=aspect, scale=2 * self.viewer.config.camera_frustum_scale,
+                color=tuple(int(255 * c) for c in colour), wxyz=rotation.wxyz, position=c2w[:3, 3] * VISER_SCALE,
+                visible=visible))
+
+    def _set_visible(self, visible: bool) -> None:
+        for handle in self._frustums:
+            handle.visible = visible
+
+
+def _pools_markdown(metrics: Dict[str, Tensor]) -> str:
+    """The active-learning pools in one line of the panel."""
+    if "al_ray_pool_fill" not in metrics:
+        return "Active learning: not started"
+    return (f"Hard-ray pool {100 * float(metrics['al_ray_pool_fill']):.0f} % full, "
+            f"hard-pose pool {int(metrics['al_pose_pool_size'])} poses")
