@@ -8,14 +8,19 @@ is. Registered through the ``nerfstudio.method_configs`` entry-point group.
 
 from __future__ import annotations
 
+import copy
+import sys
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from nerfstudio.configs.base_config import ViewerConfig
+import torch
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
 from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch.optim import SparseAdam
 
 from pvdal_ns.checkpoints import allow_numpy_scalars
@@ -36,6 +41,36 @@ def field_config(architecture: str, size: Size) -> PVDFieldConfig:
     Raises:
         KeyError: ``architecture`` is not one of hash, vm, mlp, tensors, or has no preset of that size."""
     return FIELD_CONFIGS[architecture](**PRESETS[architecture, size].field)
+
+
+@dataclass
+class PVDTrainerConfig(TrainerConfig):
+    """nerfstudio's ``TrainerConfig`` for the pvdal-* methods, where ``--max-num-iterations`` is the one setting of
+    a run's length: the stage lengths and learning-rate schedules written for the preset's steps (those of the
+    schedules) follow it, as :func:`set_steps` does for ``ns-distill`` (docs/design.md, "A run's length").
+    Stage lengths given on the command line are kept; a run too short to reach stage 3 with them is refused in
+    one line (exit code 2). Runs when ``ns-train`` builds the config; a config read from config.yml is as saved."""
+
+    def __post_init__(self) -> None:
+        planned = {group["scheduler"].max_steps for group in self.optimizers.values() if group.get("scheduler")}
+        pipeline, steps = self.pipeline, self.max_num_iterations
+        if len(planned) != 1 or not isinstance(pipeline, DistillationPipelineConfig):
+            return
+        written_for = planned.pop()
+        preset = next((PRESETS[key] for key in PRESETS if method_name(*key) == self.method_name), None)
+        if steps != written_for and preset is not None:
+            defaults = tuple(round(f * written_for) for f in preset.stage_fractions)
+            self.optimizers = copy.deepcopy(self.optimizers)  # tyro may share them with the registered method
+            for group in self.optimizers.values():
+                if group.get("scheduler") is not None:
+                    group["scheduler"].max_steps = steps
+            if (pipeline.stage1_steps, pipeline.stage2_steps) == defaults:
+                pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in preset.stage_fractions)
+        if pipeline.distils and pipeline.blockwise and pipeline.stage1_steps + pipeline.stage2_steps >= steps:
+            CONSOLE.print(f"[bold red]error:[/] --pipeline.stage1-steps {pipeline.stage1_steps} and --pipeline.stage2-steps "
+                          f"{pipeline.stage2_steps} leave no step of stage 3 in a run of {steps} steps: shorten them, or "
+                          "leave them out to scale the preset's with --max-num-iterations")
+            sys.exit(2)
 
 
 def pvdal_trainer_config(
@@ -68,7 +103,7 @@ def pvdal_trainer_config(
         }
         for group, lr in learning_rates.items()
     }
-    return TrainerConfig(
+    return PVDTrainerConfig(
         method_name=name,
         steps_per_eval_batch=500,
         steps_per_eval_image=500,
@@ -87,6 +122,7 @@ def pvdal_trainer_config(
         optimizers=optimizers,
         viewer=ViewerConfig(num_rays_per_chunk=1 << 14),
         vis="viewer",
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),  # CPU where there is no CUDA
     )
 
 

@@ -180,6 +180,8 @@ class DistillationPipeline(VanillaPipeline):
         self._cache_to_write: Optional[Path] = None
         self._run_steps: Optional[int] = None
         distillation, capabilities = None, None
+        if test_mode == "val" and torch.device(device).type == "cpu" and not torch.cuda.is_available():
+            CONSOLE.log("No CUDA device on this machine: training on the CPU (--machine.device-type cpu)")
         distilling = test_mode == "val" and config.distils
         contracted = self._contraction(dataset, distilling)
         if distilling:
@@ -328,16 +330,21 @@ class DistillationPipeline(VanillaPipeline):
     # --- training -------------------------------------------------------------------------------------
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         """nerfstudio's (datamanager's and model's), and when distilling, before every step: the teacher cache
-        written on the first (serial mode), then :meth:`set_step`."""
+        written on the first (serial mode), then :meth:`set_step`. A run resumed with ``--load-dir`` ends at the
+        step it was planned to end at (nerfstudio would run ``max_num_iterations`` more; docs/design.md, "A run's length")."""
         callbacks = super().get_training_callbacks(training_callback_attributes)
+        trainer = training_callback_attributes.trainer
+        planned = None if trainer is None else trainer.config.max_num_iterations
+        if trainer is not None and trainer._start_step > 0:  # resumed (--load-dir): end at the planned step, where
+            trainer.config.max_num_iterations = max(0, planned - trainer._start_step)  # nerfstudio runs all again
+            CONSOLE.log(f"Resuming at step {trainer._start_step}: {trainer.config.max_num_iterations} more, to step {planned}")
         if self.model.distillation is not None:
-            trainer = training_callback_attributes.trainer
             if trainer is not None:  # a teacher cache holds one batch per step of the run
-                self._run_steps = trainer.config.max_num_iterations
+                self._run_steps = planned
             before = [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION]
             callbacks += [TrainingCallback(before, self.write_teacher_cache), TrainingCallback(before, self.set_step)]
             if self.config.finetune_steps > 0 and trainer is not None:
-                self.datamanager.finetune_from = self._finetune_start(trainer.config.max_num_iterations)
+                self.datamanager.finetune_from = self._finetune_start(planned)
         return callbacks
 
     def _finetune_start(self, steps: int) -> int:

@@ -3,11 +3,13 @@ and reports."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pvdal_ns import EMBEDDED_SCENE
 
@@ -31,11 +33,13 @@ def test_methods_are_registered_with_nerfstudio():
 def test_ns_train_two_steps(architecture, tmp_path):
     result = _run(
         BIN / "ns-train", f"pvdal-{architecture}-small", "--max-num-iterations", "2", "--vis", "tensorboard",
-        "--output-dir", tmp_path, "--machine.device-type", "cpu",
+        "--output-dir", tmp_path,  # no --machine.device-type: without CUDA it trains on the CPU by itself
         "--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.model.grid-warmup-steps", "1",
         "blender-data", "--data", EMBEDDED_SCENE,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    if not torch.cuda.is_available():
+        assert re.search(r"training\s+on\s+the\s+CPU", result.stdout), result.stdout[-2000:]
     checkpoints = list(tmp_path.glob(f"*/pvdal-{architecture}-small/*/nerfstudio_models/step-*.ckpt"))
     assert len(checkpoints) == 1
     if architecture == "vm":  # ns-eval reads the checkpoint with torch's weights_only loader
@@ -134,3 +138,48 @@ def test_ablation_bad_input_is_one_line(tmp_path):
     assert result.returncode == 2 and "--steps must be at least 1" in result.stderr
     result = _run(BIN / "ns-distill", "ablation", "--teacher", tmp_path / "missing.yml")
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def _ns_train_config(*args):
+    """The config ``ns-train`` builds from ``args`` (tyro over every registered method), without training."""
+    import tyro
+    from nerfstudio.configs.method_configs import all_descriptions, all_methods
+
+    methods = tyro.extras.subcommand_type_from_defaults(defaults=all_methods, descriptions=all_descriptions)
+    return tyro.cli(tyro.conf.SuppressFixed[tyro.conf.FlagConversionOff[methods]], args=[str(a) for a in args])
+
+
+def test_max_num_iterations_is_the_one_setting_of_a_runs_length(tiny_teacher):
+    teacher = tiny_teacher[0]
+    config = _ns_train_config("pvdal-hash-small", "--max-num-iterations", 700, "--pipeline.teacher-config", teacher)
+    # the preset's stages (15 % and 25 % of 3000) and schedules follow the run's 700 steps: stage 3 from step 280
+    assert (config.pipeline.stage1_steps, config.pipeline.stage2_steps) == (105, 175)
+    assert {group["scheduler"].max_steps for group in config.optimizers.values()} == {700}
+    # the registered method is left as it was
+    from nerfstudio.configs.method_configs import all_methods
+
+    assert {g["scheduler"].max_steps for g in all_methods["pvdal-hash-small"].optimizers.values()} == {3000}
+    # stage lengths given on the command line are kept; ones that leave no stage 3 are refused
+    config = _ns_train_config("pvdal-hash-small", "--max-num-iterations", 700, "--pipeline.stage1-steps", 50,
+                              "--pipeline.stage2-steps", 100, "--pipeline.teacher-config", teacher)
+    assert (config.pipeline.stage1_steps, config.pipeline.stage2_steps) == (50, 100)
+    with pytest.raises(SystemExit) as refused:
+        _ns_train_config("pvdal-hash-small", "--max-num-iterations", 700, "--pipeline.stage1-steps", 400,
+                         "--pipeline.stage2-steps", 400, "--pipeline.teacher-config", teacher)
+    assert refused.value.code == 2
+
+
+def test_a_resumed_run_ends_at_the_step_it_was_planned_to_end_at(tiny_teacher, tmp_path):
+    from conftest import tiny_config
+    from pvdal_ns.runner import train
+
+    config = tiny_config("vm", tmp_path, steps=30, teacher=tiny_teacher[0], experiment="student")
+    config.steps_per_save, config.save_only_latest_checkpoint = 20, False
+    first = train(config, "student")
+    models = first.config_path.parent / "nerfstudio_models"
+    (models / "step-000000029.ckpt").unlink()  # as if killed after the checkpoint of step 20
+    resumed = tiny_config("vm", tmp_path, steps=30, teacher=tiny_teacher[0], experiment="student")
+    resumed.steps_per_save, resumed.load_dir = 20, models
+    train(resumed, "resumed")
+    steps = sorted(int(p.stem.split("-")[-1]) for p in resumed.get_base_dir().glob("nerfstudio_models/step-*.ckpt"))
+    assert steps[-1] == 29, steps  # nerfstudio alone would run 30 more steps, to step 50

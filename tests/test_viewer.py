@@ -76,6 +76,11 @@ def test_viewer_outputs_put_the_teacher_beside_the_student(tiny_teacher, viewed_
     middle = width // 2
     assert torch.equal(out["split"][:, :middle], out["teacher_rgb"][:, :middle])
     assert torch.equal(out["split"][:, middle:], out["rgb"][:, middle:])
+    # ns-viewer --load-config on the student: no teacher, so the viewer shows the student alone
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, alone, _, _ = eval_setup(viewed_student[0], test_mode="test")
+    assert alone.conversion.teacher is None and alone.model.comparison is None
     hard = out["hard_rays"].flatten()
     assert int((hard > 0).sum()) == round(0.1 * height * width)
     assert float(hard[hard > 0].min()) >= float(((out["rgb"] - out["teacher_rgb"]) ** 2).mean(-1).flatten().kthvalue(
