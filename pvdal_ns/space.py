@@ -18,7 +18,25 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.spatial_distortions import SceneContraction
 from torch import Tensor
 
-_CONTRACTION = SceneContraction(order=float("inf"))
+
+
+class LInfSceneContraction(SceneContraction):
+    """nerfstudio's ``SceneContraction(order=inf)`` (nerfacto's), its L∞ norm taken as ``max_i |x_i|``: the same
+    values (tested against nerfstudio's), but torch's ``linalg.norm(ord=inf)`` is about 80 times slower on a CPU
+    than ``abs().amax()`` and took a quarter of a training step on a real capture (docs/benchmarks.md, issue #17).
+    Gaussians (nerfstudio's cone-sample path, unused here) go through nerfstudio's own."""
+
+    def __init__(self) -> None:
+        super().__init__(order=float("inf"))
+
+    def forward(self, positions):
+        if not isinstance(positions, Tensor):
+            return super().forward(positions)
+        mag = positions.abs().amax(dim=-1, keepdim=True)
+        return torch.where(mag < 1, positions, (2 - (1 / mag)) * (positions / mag))
+
+
+_CONTRACTION = LInfSceneContraction()
 _MAX_NORM = 2.0 - 1e-4
 """Contracted L∞ norms are kept below 2 (infinitely far) so that :meth:`SceneSpace.from_unit` stays finite."""
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from pvdal_ns import EMBEDDED_CAPTURE, EMBEDDED_SCENE
-from pvdal_ns.space import SceneSpace, cameras_inside_box
+from pvdal_ns.space import LInfSceneContraction, SceneSpace, cameras_inside_box
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
@@ -19,6 +19,14 @@ def test_contraction_maps_all_of_space_into_the_unit_cube_and_back():
     assert torch.allclose(u[:2], (x[:2] + 2) / 4)  # the box is kept as it is, in the middle half of each axis
     assert torch.allclose(u[2], torch.tensor([0.5 + (2 - 1 / 3) / 4, 0.5, 0.5]))
     assert torch.allclose(space.from_unit(u[:4]), x[:4], rtol=1e-4, atol=1e-4)
+
+
+def test_the_contraction_is_nerfstudios_l_inf_scene_contraction():
+    from nerfstudio.field_components.spatial_distortions import SceneContraction
+
+    x = torch.cat([torch.randn(1000, 3) * scale for scale in (0.3, 1.0, 10.0, 1e3)])
+    x[0] = torch.tensor([1.0, -1.0, 0.5])  # on the box's surface, a tie of the largest coordinates
+    assert torch.allclose(LInfSceneContraction()(x), SceneContraction(order=float("inf"))(x), rtol=1e-6, atol=1e-6)
 
 
 def test_a_bounded_space_is_the_scene_box():
