@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple, Type
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -29,6 +29,7 @@ from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, Ten
 from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.pipeline import DistillationPipelineConfig
 from pvdal_ns.presets import LR_FINAL, PRESETS, Size, method_name
+from pvdal_ns.trainer import PVDTrainer
 
 allow_numpy_scalars()  # lets ns-eval / ns-render / ns-viewer read checkpoints with weights_only=True
 
@@ -47,11 +48,19 @@ def field_config(architecture: str, size: Size) -> PVDFieldConfig:
 class PVDTrainerConfig(TrainerConfig):
     """nerfstudio's ``TrainerConfig`` for the pvdal-* methods, where ``--max-num-iterations`` is the one setting of
     a run's length: the stage lengths and learning-rate schedules written for the preset's steps (those of the
-    schedules) follow it, as :func:`set_steps` does for ``ns-distill`` (docs/design.md, "A run's length").
+    schedules) follow it, as :func:`set_steps` does for ``ns-distill`` (docs/design.md, "A run's length, resuming,
+    crashes and the machine").
     Stage lengths given on the command line are kept; a run too short to reach stage 3 with them is refused in
-    one line (exit code 2). Runs when ``ns-train`` builds the config; a config read from config.yml is as saved."""
+    one line (exit code 2). Runs when ``ns-train`` builds the config; a config read from config.yml is as saved.
+    Its trainer is :class:`~pvdal_ns.trainer.PVDTrainer` (atomic checkpoints, checked resume, non-finite guard);
+    a checkpoint is saved at least every tenth of the run."""
+
+    _target: Type = field(default_factory=lambda: PVDTrainer)
+    max_nonfinite_steps: int = 10
+    """Steps in a row whose gradients hold a NaN or an Inf (each skipped) after which the run stops."""
 
     def __post_init__(self) -> None:
+        self.steps_per_save = min(self.steps_per_save, max(1, self.max_num_iterations // 10))  # a kill loses ≤ 10 %
         planned = {group["scheduler"].max_steps for group in self.optimizers.values() if group.get("scheduler")}
         pipeline, steps = self.pipeline, self.max_num_iterations
         if len(planned) != 1 or not isinstance(pipeline, DistillationPipelineConfig):

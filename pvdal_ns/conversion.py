@@ -38,10 +38,12 @@ def dataparser_for(data: Path) -> DataParserConfig:
     ``colmap`` for a COLMAP model in sparse/0 or colmap/sparse/0.
 
     Raises:
-        UserError: the folder holds none of them."""
+        UserError: the folder holds none of them, or images its transforms files name are missing."""
     if (data / "transforms_train.json").is_file():
+        _check_images(data, ("transforms_train.json", "transforms_val.json", "transforms_test.json"), ".png")
         return BlenderDataParserConfig(data=data)
     if (data / "transforms.json").is_file():
+        _check_images(data, ("transforms.json",), "")
         return NerfstudioDataParserConfig(data=data)
     for model in ("sparse/0", "colmap/sparse/0"):
         if (data / model).is_dir():
@@ -50,6 +52,21 @@ def dataparser_for(data: Path) -> DataParserConfig:
                                           or (data / model / "points3D.bin").is_file())
     raise UserError(f"--data {data} is not a scene folder nerfstudio reads: it has no transforms_train.json (blender), "
                     "transforms.json (nerfstudio-data, from ns-process-data) or sparse/0 (colmap)")
+
+
+def _check_images(data: Path, transforms: Sequence[str], suffix: str) -> None:
+    """Raise :class:`UserError` when images that ``transforms`` files of ``data`` name (``file_path``, ``suffix``
+    added where it has none, as blender's) are not on disk; unreadable transforms are left to nerfstudio."""
+    names = []
+    for name in transforms:
+        try:
+            names += [frame["file_path"] for frame in json.loads((data / name).read_text())["frames"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    missing = [n for n in names if not (data / (n if Path(n).suffix else n + suffix)).exists()]
+    if missing:
+        raise UserError(f"--data {data}: {len(missing)} of the {len(names)} images its transforms files name are missing "
+                        f"(first: {missing[0]}): copy them in, or pass the whole scene folder")
 
 
 def count_parameters(pipeline) -> int:
@@ -69,6 +86,13 @@ def student_config(architecture: str, size: Size, data: Path, output_dir: Path, 
     config.pipeline.teacher_config = teacher
     config.steps_per_eval_image = config.steps_per_eval_batch = 10**9  # evaluated once at the end
     return set_steps(config, steps) if steps else config
+
+
+def _kind(dataparser: DataParserConfig) -> str:
+    """The dataparser's name on the ns-train command line (``blender-data``, ``nerfstudio-data``, ``colmap``)."""
+    names = {BlenderDataParserConfig: "blender-data", NerfstudioDataParserConfig: "nerfstudio-data",
+             ColmapDataParserConfig: "colmap"}
+    return names.get(type(dataparser), type(dataparser).__name__)
 
 
 def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path]) -> Path:
@@ -117,7 +141,7 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
     model.eval_num_rays_per_chunk = 1 << 13
     config.output_dir, config.experiment_name = output_dir, experiment
     config.max_num_iterations = steps
-    config.steps_per_save = steps
+    config.steps_per_save = max(1, steps // 10)  # a killed run loses at most a tenth (issue #19)
     config.steps_per_eval_image = config.steps_per_eval_batch = config.steps_per_eval_all_images = 10**9
     config.mixed_precision = False
     for group in config.optimizers.values():
@@ -182,7 +206,12 @@ def distillation_config(teacher_path: Path, architecture: str, size: Size, data:
         model = teacher.pipeline.model
         teacher_grid = model.grid_resolution if isinstance(model, PVDModelConfig) else None
     config = student_config(architecture, size, data, output_dir, experiment, steps, teacher_path)
-    config.pipeline.datamanager.dataparser = copy.deepcopy(teacher.pipeline.datamanager.dataparser)
+    theirs = teacher.pipeline.datamanager.dataparser
+    if type(config.pipeline.datamanager.dataparser) is not type(theirs):
+        raise UserError(f"--data {data} is a {_kind(config.pipeline.datamanager.dataparser)} scene, but the teacher was "
+                        f"trained on a {_kind(theirs)} one: a student learns its teacher's scene; leave --data out or "
+                        "pass the teacher's scene folder")
+    config.pipeline.datamanager.dataparser = copy.deepcopy(theirs)
     if teacher_grid is not None:
         config.pipeline.model.grid_resolution = teacher_grid
     return config

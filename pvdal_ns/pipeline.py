@@ -331,7 +331,8 @@ class DistillationPipeline(VanillaPipeline):
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         """nerfstudio's (datamanager's and model's), and when distilling, before every step: the teacher cache
         written on the first (serial mode), then :meth:`set_step`. A run resumed with ``--load-dir`` ends at the
-        step it was planned to end at (nerfstudio would run ``max_num_iterations`` more; docs/design.md, "A run's length")."""
+        step it was planned to end at (nerfstudio would run ``max_num_iterations`` more; docs/design.md, "A run's
+        length, resuming, crashes and the machine")."""
         callbacks = super().get_training_callbacks(training_callback_attributes)
         trainer = training_callback_attributes.trainer
         planned = None if trainer is None else trainer.config.max_num_iterations

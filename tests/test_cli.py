@@ -155,6 +155,7 @@ def test_max_num_iterations_is_the_one_setting_of_a_runs_length(tiny_teacher):
     # the preset's stages (15 % and 25 % of 3000) and schedules follow the run's 700 steps: stage 3 from step 280
     assert (config.pipeline.stage1_steps, config.pipeline.stage2_steps) == (105, 175)
     assert {group["scheduler"].max_steps for group in config.optimizers.values()} == {700}
+    assert config.steps_per_save == 70  # a kill loses at most a tenth of the run
     # the registered method is left as it was
     from nerfstudio.configs.method_configs import all_methods
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -146,7 +147,9 @@ def _wait(condition, seconds: float, what: str):
 def test_the_viewer_in_a_browser_compares_the_student_with_its_teacher(viewed_student):
     sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra").sync_playwright
     config_path, pipeline = viewed_student
-    port = 7341
+    with socket.socket() as probe:  # a free port: a viewer left over from another run may hold any fixed one
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
     viewer = subprocess.Popen([str(Path(sys.executable).parent / "ns-distill"), "view", "--student", str(config_path),
                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -13,6 +13,7 @@ are fast. Bad input prints one line and exits with code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -282,6 +283,14 @@ Commands = Union[
 
 def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) -> None:
     """Checks that need no heavy import, so bad input fails in a moment."""
+    output_dir = getattr(command, "output_dir", None)
+    if output_dir is not None:
+        existing = output_dir.expanduser().absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise SystemExit(_error(f"--output-dir {output_dir} cannot be written ({existing} is "
+                                    f"{'a file' if not existing.is_dir() else 'not writable'}): choose another folder"))
     if isinstance(command, (Demo, Matrix)):
         for what in ("teacher_steps", "student_steps"):
             per_architecture = getattr(command, what)

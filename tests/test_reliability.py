@@ -1,0 +1,176 @@
+"""Crash safety (issue #19): checkpoints written whole or not at all, a checkpoint that cannot be read refused
+in one line, steps with non-finite gradients skipped and too many in a row stopping the run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import tiny_config
+
+
+def _hidden_files(folder):
+    return [p.name for p in folder.rglob(".*")]
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, monkeypatch):
+    from pvdal_ns.runner import _setup_trainer
+
+    trainer = _setup_trainer(tiny_config("hash", tmp_path, steps=10, teacher=tiny_teacher[0]))
+    trainer.save_checkpoint(1)
+    first = trainer.checkpoint_dir / "step-000000001.ckpt"
+    before = first.read_bytes()
+    save = torch.save
+
+    def disk_full(obj, path, *args, **kwargs):  # half a checkpoint, then the disk is full
+        save(obj, path, *args, **kwargs)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(2)
+    assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == [first.name]  # no part of step 2
+    assert first.read_bytes() == before
+    assert not _hidden_files(trainer.checkpoint_dir.parent)  # nor a temporary file
+
+
+@pytest.mark.parametrize("content", ["truncated", "callable", "empty folder"])
+def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(tiny_teacher, tmp_path, capsys, content):
+    from pvdal_ns.runner import _setup_trainer
+
+    folder = tmp_path / "nerfstudio_models"
+    folder.mkdir()
+    if content == "truncated":
+        torch.save({"step": 3, "pipeline": {"w": torch.zeros(1000)}}, folder / "step-000000003.ckpt")
+        data = (folder / "step-000000003.ckpt").read_bytes()
+        (folder / "step-000000003.ckpt").write_bytes(data[: len(data) // 2])
+    elif content == "callable":  # a pickle that would run code when loaded without weights_only
+        torch.save({"step": 3, "pipeline": os.system}, folder / "step-000000003.ckpt")
+    config = tiny_config("hash", tmp_path, steps=10, teacher=tiny_teacher[0])
+    config.load_dir = folder
+    with pytest.raises(SystemExit) as refused:
+        _setup_trainer(config)
+    assert refused.value.code == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    assert len(lines) == 1 and str(folder) in lines[0], lines
+
+
+def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teacher, tmp_path, monkeypatch, capsys):
+    from pvdal_ns.model import PVDModel
+    from pvdal_ns.runner import train
+
+    calls = {"n": 0}
+    get_loss_dict = PVDModel.get_loss_dict
+
+    def poisoned(self, *args, **kwargs):  # from the 7th step on, every loss is NaN
+        losses = get_loss_dict(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 6:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+    monkeypatch.setattr(PVDModel, "get_loss_dict", poisoned)
+    config = tiny_config("hash", tmp_path, steps=40, teacher=tiny_teacher[0])
+    config.steps_per_save, config.max_nonfinite_steps = 4, 5
+    with pytest.raises(SystemExit) as stopped:
+        train(config, "poisoned")
+    assert stopped.value.code == 2
+    out = capsys.readouterr().out
+    assert "step skipped" in out
+    lines = [line for line in out.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "5 steps in a row up to step 10" in lines[0], lines
+    saved = sorted(config.get_base_dir().glob("nerfstudio_models/step-*.ckpt"))
+    assert saved and saved[-1].name == "step-000000008.ckpt"  # saved during the streak: the model before it
+    from pvdal_ns.checkpoints import load_checkpoint
+
+    state = load_checkpoint(saved[-1])["pipeline"]
+    assert all(v.isfinite().all() for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
+
+
+RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from pvdal_ns.runner import train
+config = tiny_config("hash", {out!r}, steps=60, teacher={teacher!r}, experiment="killed")
+config.steps_per_save = 40
+train(config, "to be killed")
+"""
+
+
+def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an_uninterrupted_one(tiny_teacher, tmp_path):
+    """SIGKILL after the checkpoint of step 40 (of 60); ``--load-dir`` continues at step 41 with the checkpoint's
+    stage and pools and ends at step 59 within 0.3 dB of the same run uninterrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from pvdal_ns.checkpoints import load_checkpoint
+    from pvdal_ns.runner import _setup_trainer, evaluate, train
+
+    code = RUN.format(tests=str(Path(__file__).parent), out=str(tmp_path), teacher=str(tiny_teacher[0]))
+    killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(tmp_path.glob("killed/*/*/nerfstudio_models/step-000000040.ckpt")):
+        assert killed.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    models = next(tmp_path.glob("killed/*/*/nerfstudio_models"))
+    assert [p.name for p in models.iterdir()] == ["step-000000040.ckpt"]
+    saved = load_checkpoint(models / "step-000000040.ckpt")["pipeline"]
+
+    config = tiny_config("hash", tmp_path, steps=60, teacher=tiny_teacher[0], experiment="resumed")
+    config.steps_per_save, config.load_dir = 40, models
+    trainer = _setup_trainer(config)
+    assert trainer._start_step == 41
+    pool = trainer.pipeline.active_learning.hard_poses
+    assert torch.equal(pool.poses, saved["active_learning.hard_poses._extra_state"]["poses"]) and len(pool.poses) > 0
+    trainer.train()
+    assert trainer.pipeline.model.stage == 3
+    assert sorted(p.name for p in config.get_base_dir().glob("nerfstudio_models/*.ckpt")) == ["step-000000059.ckpt"]
+
+    whole = train(tiny_config("hash", tmp_path, steps=60, teacher=tiny_teacher[0], experiment="whole"), "uninterrupted")
+    resumed_psnr = evaluate(trainer.pipeline).psnr
+    whole_psnr = evaluate(whole.pipeline).psnr
+    assert abs(resumed_psnr - whole_psnr) < 0.3, (resumed_psnr, whole_psnr)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    from pvdal_ns.scripts.distill import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "--teacher", str(a_file), "--student", "hash", "--output-dir", str(a_file / "out")])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be written" in err and "a file" in err
+
+
+def test_a_scene_folder_with_missing_images_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    from pvdal_ns import EMBEDDED_SCENE
+    from pvdal_ns.conversion import UserError, dataparser_for
+
+    scene = tmp_path / "lego"
+    shutil.copytree(EMBEDDED_SCENE, scene)
+    dataparser_for(scene)  # whole: read as blender
+    (scene / "train" / "r_3.png").unlink()
+    with pytest.raises(UserError, match=r"1 of the \d+ images .* missing \(first: \./train/r_3\)"):
+        dataparser_for(scene)
+
+
+def test_a_teacher_of_another_kind_of_scene_than_data_is_refused(tiny_teacher, tmp_path):
+    from pvdal_ns import EMBEDDED_CAPTURE
+    from pvdal_ns.conversion import UserError, distillation_config
+
+    with pytest.raises(UserError, match="is a nerfstudio-data scene, but the teacher was trained on a blender-data one"):
+        distillation_config(tiny_teacher[0], "hash", "small", EMBEDDED_CAPTURE, tmp_path, "wrong", 10)
