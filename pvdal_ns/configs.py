@@ -78,7 +78,7 @@ class PVDTrainerConfig(TrainerConfig):
         if pipeline.distils and pipeline.blockwise and pipeline.stage1_steps + pipeline.stage2_steps >= steps:
             CONSOLE.print(f"[bold red]error:[/] --pipeline.stage1-steps {pipeline.stage1_steps} and --pipeline.stage2-steps "
                           f"{pipeline.stage2_steps} leave no step of stage 3 in a run of {steps} steps: shorten them, or "
-                          "leave them out to scale the preset's with --max-num-iterations")
+                          "leave them out to scale the preset's with --max-num-iterations", soft_wrap=True)
             sys.exit(2)
 
 

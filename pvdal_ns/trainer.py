@@ -17,11 +17,12 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.checkpoints import load_checkpoint
 from pvdal_ns.files import write_atomic
+from pvdal_ns.teachers import TeacherLoadError
 
 
 def refuse(message: str) -> None:
     """One line on the console, exit code 2 (bad input; docs/design.md)."""
-    CONSOLE.print(f"[bold red]error:[/] {message}")
+    CONSOLE.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow the terminal
     sys.exit(2)
 
 
@@ -67,6 +68,13 @@ class GuardedOptimizers(Optimizers):
 class PVDTrainer(Trainer):
     """nerfstudio's ``Trainer`` with atomic checkpoints, a checked resume and the non-finite guard
     (``PVDTrainerConfig.max_nonfinite_steps``)."""
+
+    def setup(self, test_mode="val") -> None:
+        """nerfstudio's set-up; a teacher that cannot be loaded (``--pipeline.teacher-config``) is refused in one line."""
+        try:
+            super().setup(test_mode=test_mode)
+        except TeacherLoadError as error:
+            refuse(str(error))
 
     def setup_optimizers(self) -> Optimizers:
         return GuardedOptimizers(self.config.optimizers.copy(), self.pipeline.get_param_groups(),

@@ -174,3 +174,14 @@ def test_a_teacher_of_another_kind_of_scene_than_data_is_refused(tiny_teacher, t
 
     with pytest.raises(UserError, match="is a nerfstudio-data scene, but the teacher was trained on a blender-data one"):
         distillation_config(tiny_teacher[0], "hash", "small", EMBEDDED_CAPTURE, tmp_path, "wrong", 10)
+
+
+def test_ns_train_with_a_teacher_that_cannot_be_loaded_is_refused_in_one_line(tmp_path, capsys):
+    from pvdal_ns.runner import _setup_trainer
+
+    config = tiny_config("hash", tmp_path, steps=10, teacher=tmp_path / "missing" / "config.yml")
+    with pytest.raises(SystemExit) as refused:
+        _setup_trainer(config)
+    assert refused.value.code == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "does not exist" in lines[0], lines
