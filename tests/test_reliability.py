@@ -185,3 +185,13 @@ def test_ns_train_with_a_teacher_that_cannot_be_loaded_is_refused_in_one_line(tm
     assert refused.value.code == 2
     lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
     assert len(lines) == 1 and "does not exist" in lines[0], lines
+
+
+def test_a_teacher_config_of_a_plugin_not_installed_is_refused_in_one_line(tiny_teacher, tmp_path):
+    from pvdal_ns.teachers import TeacherLoadError
+    from pvdal_ns.teachers.registry import read_trainer_config
+
+    other = tmp_path / "config.yml"
+    other.write_text(tiny_teacher[0].read_text().replace("pvdal_ns.model.PVDModelConfig", "my_plugin.MyModelConfig"))
+    with pytest.raises(TeacherLoadError, match="names my_plugin, which cannot be imported here: install the nerfstudio"):
+        read_trainer_config(other)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+import re
 from pathlib import Path
 from typing import Callable, Optional, Tuple, Type, Union
 
@@ -70,7 +71,11 @@ def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConf
         )
     try:
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    except Exception as err:  # yaml errors, unknown classes of another plugin, unreadable files
+    except yaml.constructor.ConstructorError as err:  # a class of a plugin that is not installed here
+        named = re.search(r"'([^']+)'", err.problem or "")
+        raise TeacherLoadError(f"{role} config {config_path} names {named.group(1) if named else 'a class'}, which cannot "
+                               "be imported here: install the nerfstudio plugin that trained it") from None
+    except Exception as err:  # yaml errors, unreadable files
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TeacherLoadError(f"{role} config {config_path} is not a readable nerfstudio config: {first}") from None
     if not isinstance(config, TrainerConfig):
