@@ -9,7 +9,6 @@ is. Registered through the ``nerfstudio.method_configs`` entry-point group.
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Type
 
@@ -20,7 +19,6 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
 from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
-from nerfstudio.utils.rich_utils import CONSOLE
 from torch.optim import SparseAdam
 
 from pvdal_ns.checkpoints import allow_numpy_scalars
@@ -29,7 +27,7 @@ from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, Ten
 from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.pipeline import DistillationPipelineConfig
 from pvdal_ns.presets import LR_FINAL, PRESETS, Size, method_name
-from pvdal_ns.trainer import PVDTrainer
+from pvdal_ns.trainer import PVDTrainer, refuse
 
 allow_numpy_scalars()  # lets ns-eval / ns-render / ns-viewer read checkpoints with weights_only=True
 
@@ -76,10 +74,9 @@ class PVDTrainerConfig(TrainerConfig):
             if (pipeline.stage1_steps, pipeline.stage2_steps) == defaults:
                 pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in preset.stage_fractions)
         if pipeline.distils and pipeline.blockwise and pipeline.stage1_steps + pipeline.stage2_steps >= steps:
-            CONSOLE.print(f"[bold red]error:[/] --pipeline.stage1-steps {pipeline.stage1_steps} and --pipeline.stage2-steps "
-                          f"{pipeline.stage2_steps} leave no step of stage 3 in a run of {steps} steps: shorten them, or "
-                          "leave them out to scale the preset's with --max-num-iterations", soft_wrap=True)
-            sys.exit(2)
+            refuse(f"--pipeline.stage1-steps {pipeline.stage1_steps} and --pipeline.stage2-steps {pipeline.stage2_steps} "
+                   f"leave no step of stage 3 in a run of {steps} steps: shorten them, or leave them out to scale the "
+                   "preset's with --max-num-iterations")
 
 
 def pvdal_trainer_config(

@@ -89,10 +89,10 @@ def student_config(architecture: str, size: Size, data: Path, output_dir: Path, 
 
 
 def _kind(dataparser: DataParserConfig) -> str:
-    """The dataparser's name on the ns-train command line (``blender-data``, ``nerfstudio-data``, ``colmap``)."""
-    names = {BlenderDataParserConfig: "blender-data", NerfstudioDataParserConfig: "nerfstudio-data",
-             ColmapDataParserConfig: "colmap"}
-    return names.get(type(dataparser), type(dataparser).__name__)
+    """The dataparser's name on the ns-train command line (nerfstudio's registry: ``blender-data``, …)."""
+    from nerfstudio.configs.dataparser_configs import all_dataparsers  # on use: it imports every dataparser
+
+    return next((name for name, c in all_dataparsers.items() if type(c) is type(dataparser)), type(dataparser).__name__)
 
 
 def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path]) -> Path:

@@ -330,15 +330,11 @@ class DistillationPipeline(VanillaPipeline):
     # --- training -------------------------------------------------------------------------------------
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         """nerfstudio's (datamanager's and model's), and when distilling, before every step: the teacher cache
-        written on the first (serial mode), then :meth:`set_step`. A run resumed with ``--load-dir`` ends at the
-        step it was planned to end at (nerfstudio would run ``max_num_iterations`` more; docs/design.md, "A run's
-        length, resuming, crashes and the machine")."""
+        written on the first (serial mode), then :meth:`set_step`. The run's last step is where the trainer stops
+        (a resumed run: its start plus the steps left; :class:`~pvdal_ns.trainer.PVDTrainer`)."""
         callbacks = super().get_training_callbacks(training_callback_attributes)
         trainer = training_callback_attributes.trainer
-        planned = None if trainer is None else trainer.config.max_num_iterations
-        if trainer is not None and trainer._start_step > 0:  # resumed (--load-dir): end at the planned step, where
-            trainer.config.max_num_iterations = max(0, planned - trainer._start_step)  # nerfstudio runs all again
-            CONSOLE.log(f"Resuming at step {trainer._start_step}: {trainer.config.max_num_iterations} more, to step {planned}")
+        planned = None if trainer is None else trainer._start_step + trainer.config.max_num_iterations
         if self.model.distillation is not None:
             if trainer is not None:  # a teacher cache holds one batch per step of the run
                 self._run_steps = planned

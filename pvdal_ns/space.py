@@ -19,7 +19,6 @@ from nerfstudio.field_components.spatial_distortions import SceneContraction
 from torch import Tensor
 
 
-
 class LInfSceneContraction(SceneContraction):
     """nerfstudio's ``SceneContraction(order=inf)`` (nerfacto's), its L∞ norm taken as ``max_i |x_i|``: the same
     values (tested against nerfstudio's), but torch's ``linalg.norm(ord=inf)`` is about 80 times slower on a CPU
@@ -30,6 +29,8 @@ class LInfSceneContraction(SceneContraction):
         super().__init__(order=float("inf"))
 
     def forward(self, positions):
+        """Float[Tensor, "*bs 3"] positions (the box as [−1, 1]³) → contracted, in [−2, 2]³ (nerfstudio's
+        ``SceneContraction.forward``; Gaussians go through it unchanged)."""
         if not isinstance(positions, Tensor):
             return super().forward(positions)
         mag = positions.abs().amax(dim=-1, keepdim=True)

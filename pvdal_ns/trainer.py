@@ -21,7 +21,11 @@ from pvdal_ns.teachers import TeacherLoadError
 
 
 def refuse(message: str) -> None:
-    """One line on the console, exit code 2 (bad input; docs/design.md)."""
+    """Print ``message`` as one ``error:`` line on nerfstudio's console (not wrapped) and exit.
+
+    Raises:
+        SystemExit: always, with code 2 (bad input; docs/design.md, "A run's length, resuming, crashes and the
+            machine")."""
     CONSOLE.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow the terminal
     sys.exit(2)
 
@@ -48,6 +52,10 @@ class GuardedOptimizers(Optimizers):
         self.step, self.skipped, self._in_a_row = 0, 0, 0
 
     def optimizer_scaler_step_some(self, grad_scaler, param_groups: List[str]) -> None:
+        """nerfstudio's step of ``param_groups`` when all their gradients are finite; else skip it and log it.
+
+        Raises:
+            SystemExit: code 2, at the ``max_in_a_row``-th skipped step in a row (:func:`refuse`)."""
         if _finite([p for group in param_groups for p in self.parameters[group]]):
             self._in_a_row = 0
             super().optimizer_scaler_step_some(grad_scaler, param_groups)
@@ -60,9 +68,6 @@ class GuardedOptimizers(Optimizers):
             last = f"the last checkpoint, {saved[-1]}, holds the model before them" if saved else "no checkpoint was saved"
             refuse(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients, so training stopped; "
                    f"{last}. Lower the learning rates or check the teacher")
-
-    def optimizer_scaler_step_all(self, grad_scaler) -> None:
-        self.optimizer_scaler_step_some(grad_scaler, list(self.optimizers))
 
 
 class PVDTrainer(Trainer):
@@ -77,12 +82,13 @@ class PVDTrainer(Trainer):
             refuse(str(error))
 
     def setup_optimizers(self) -> Optimizers:
+        """nerfstudio's optimisers and schedulers, as :class:`GuardedOptimizers`."""
         return GuardedOptimizers(self.config.optimizers.copy(), self.pipeline.get_param_groups(),
                                  getattr(self.config, "max_nonfinite_steps", 10), self.checkpoint_dir)
 
     def train_iteration(self, step: int):
-        if isinstance(self.optimizers, GuardedOptimizers):
-            self.optimizers.step = step
+        """nerfstudio's training step; the optimisers learn its number for their log lines."""
+        self.optimizers.step = step  # type: ignore[attr-defined]  # GuardedOptimizers names it when it stops
         return super().train_iteration(step)
 
     def _resume_path(self) -> Optional[Path]:
@@ -100,6 +106,9 @@ class PVDTrainer(Trainer):
         return None if self.config.load_checkpoint is None else Path(self.config.load_checkpoint)
 
     def _load_checkpoint(self) -> None:
+        """nerfstudio's, after reading the checkpoint once with ``weights_only=True`` (an unreadable one is refused in
+        one line; nerfstudio then reads it again). A resumed run ends at the step it was planned to end at:
+        nerfstudio would run ``max_num_iterations`` more, so the run is shortened to the steps left."""
         path = self._resume_path()
         if path is not None:
             try:
@@ -108,6 +117,10 @@ class PVDTrainer(Trainer):
                 reason = "is not there" if not path.exists() else f"cannot be read as a checkpoint ({type(error).__name__})"
                 refuse(f"checkpoint {path} {reason}: resume from another one (--load-step) or start again")
         super()._load_checkpoint()
+        if self._start_step > 0:
+            planned = self.config.max_num_iterations
+            self.config.max_num_iterations = max(0, planned - self._start_step)
+            CONSOLE.log(f"Resuming at step {self._start_step}: {self.config.max_num_iterations} more, to step {planned}")
 
     def save_checkpoint(self, step: int) -> None:
         """nerfstudio's checkpoint (the same keys), written to a hidden name beside the folder and renamed into it:

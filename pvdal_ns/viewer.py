@@ -144,6 +144,8 @@ class ConversionPanel(nn.Module):
     def __init__(self, cameras: Cameras, centre: Float[Tensor, "3"], distilling: bool) -> None:
         super().__init__()
         self.cameras, self.centre = cameras, centre.cpu()
+        distance = float((cameras.camera_to_worlds[:, :3, 3].cpu() - self.centre).norm(dim=-1).median())
+        self._frustum_depth = 0.08 * distance * VISER_SCALE  # nerfstudio's 0.1 viser units: a speck from that far
         self.teacher: Optional[Teacher] = None
         """The teacher the viewer compares the student with (:meth:`compare_with`)."""
         self.ray_fraction = 0.1
@@ -213,7 +215,8 @@ class ConversionPanel(nn.Module):
 
     def draw_hard_poses(self, pool: HardPosePool) -> None:
         """The pool's poses as camera frustums (as nerfstudio draws the training cameras, with their intrinsics,
-        each 8 % of the training cameras' distance to the scene centre deep), coloured by their error when they entered (turbo, from the pool's least to its largest)."""
+        each 8 % of the training cameras' distance to the scene centre deep), coloured by their error when they
+        entered (turbo, from the pool's least to its largest)."""
         if self.viewer is None:
             return
         drawn = (len(pool.poses), pool.next_slot, float(pool.errors.sum()) if len(pool.errors) else 0.0)
@@ -234,12 +237,10 @@ class ConversionPanel(nn.Module):
         aspect = float(camera.cx[0] / camera.cy[0])
         visible = self.show_hard_poses is None or bool(self.show_hard_poses.value)
         server = self.viewer.viser_server
-        distance = float((self.cameras.camera_to_worlds[:, :3, 3].cpu() - self.centre).norm(dim=-1).median())
-        scale = 0.08 * distance * VISER_SCALE  # nerfstudio's 0.1 viser units are a speck from a camera's distance
         for i, (c2w, colour) in enumerate(zip(pool.poses.numpy(), colours.numpy())):
             rotation = vtf.SO3.from_matrix(c2w[:3, :3]) @ vtf.SO3.from_x_radians(np.pi)
             self._frustums.append(server.scene.add_camera_frustum(
-                f"/hard_poses/pose_{i:03d}", fov=fov, aspect=aspect, scale=scale,
+                f"/hard_poses/pose_{i:03d}", fov=fov, aspect=aspect, scale=self._frustum_depth,
                 color=tuple(int(255 * c) for c in colour), wxyz=rotation.wxyz, position=c2w[:3, 3] * VISER_SCALE,
                 visible=visible))
 

@@ -8,9 +8,9 @@ is the whole list.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import partial
-import re
 from pathlib import Path
 from typing import Callable, Optional, Tuple, Type, Union
 
