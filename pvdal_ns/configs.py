@@ -27,9 +27,10 @@ from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, Ten
 from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.pipeline import DistillationPipelineConfig
 from pvdal_ns.presets import LR_FINAL, PRESETS, Size, method_name
-from pvdal_ns.trainer import PVDTrainer, refuse
+from pvdal_ns.trainer import PVDTrainer, install_refusal_hook, refuse
 
 allow_numpy_scalars()  # lets ns-eval / ns-render / ns-viewer read checkpoints with weights_only=True
+install_refusal_hook()  # ns-train: a teacher it cannot load is one line, exit code 2
 
 FIELD_CONFIGS = {"hash": HashFieldConfig, "vm": VMFieldConfig, "mlp": MLPFieldConfig, "tensors": TensorsFieldConfig}
 

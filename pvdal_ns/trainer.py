@@ -6,6 +6,7 @@ not finite skipped and counted, the run stopped after too many in a row.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -28,6 +29,27 @@ def refuse(message: str) -> None:
             machine")."""
     CONSOLE.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow the terminal
     sys.exit(2)
+
+
+def install_refusal_hook() -> None:
+    """Make a :class:`~pvdal_ns.teachers.TeacherLoadError` that no caller catches (``ns-train`` with a teacher it
+    cannot load) one ``error:`` line and exit code 2 instead of a traceback; every other exception goes to the
+    previous ``sys.excepthook``. Callers that catch it (``ns-distill``, tests) are unaffected."""
+    if getattr(sys.excepthook, "pvdal_refusal", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, error, traceback) -> None:
+        if not issubclass(kind, TeacherLoadError):
+            previous(kind, error, traceback)
+            return
+        CONSOLE.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)  # an exception hook cannot set the exit code otherwise
+
+    hook.pvdal_refusal = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _finite(parameters: List[torch.nn.Parameter]) -> bool:
@@ -73,13 +95,6 @@ class GuardedOptimizers(Optimizers):
 class PVDTrainer(Trainer):
     """nerfstudio's ``Trainer`` with atomic checkpoints, a checked resume and the non-finite guard
     (``PVDTrainerConfig.max_nonfinite_steps``)."""
-
-    def setup(self, test_mode="val") -> None:
-        """nerfstudio's set-up; a teacher that cannot be loaded (``--pipeline.teacher-config``) is refused in one line."""
-        try:
-            super().setup(test_mode=test_mode)
-        except TeacherLoadError as error:
-            refuse(str(error))
 
     def setup_optimizers(self) -> Optimizers:
         """nerfstudio's optimisers and schedulers, as :class:`GuardedOptimizers`."""
