@@ -61,6 +61,19 @@ def make_cases(teacher: Path, work: Path) -> list:
     a_file = work / "a-file"
     a_file.write_text("")
     cuda = teacher_copy("cuda-teacher", text.replace("device_type: cpu", "device_type: cuda"))
+    other_scene = _turned_copy(EMBEDDED_SCENE, work / "other-blender-scene")
+    cache = work / "cache"
+    if not cache.exists():  # a teacher cache of this teacher, for the cache cases
+        subprocess.run([str(BIN / "ns-distill"), "run", "--teacher", str(teacher), "--student", "hash", "--steps", "2",
+                        "--output-dir", str(work / "cache-run"), "--teacher-cache", str(cache)], check=True,
+                       capture_output=True)
+    other_teacher = teacher_copy("other-teacher")  # another run folder: another teacher for the cache
+    cut_cache = work / "truncated-cache"
+    shutil.rmtree(cut_cache, ignore_errors=True)
+    shutil.copytree(cache, cut_cache)
+    outputs = next(p for p in cut_cache.iterdir() if p.name.startswith("outputs"))
+    outputs.write_bytes(outputs.read_bytes()[: outputs.stat().st_size // 3])
+    full_ckpt, full_cache = _small_disk(work / "full-disk-checkpoint"), _small_disk(work / "full-disk-cache")
 
     distill = [str(BIN / "ns-distill"), "run", "--student", "hash", "--steps", "2", "--output-dir", str(work / "out")]
     cases = [
@@ -82,6 +95,15 @@ def make_cases(teacher: Path, work: Path) -> list:
         ("data folder with no cameras", distill + ["--teacher", str(teacher), "--data", str(no_cameras)]),
         ("data folder with its images missing", distill + ["--teacher", str(teacher), "--data", str(no_images)]),
         ("CUDA teacher (device_type cuda) without CUDA", distill + ["--teacher", str(cuda)]),
+        ("another scene of the same kind (blender, other cameras)",
+         distill + ["--teacher", str(teacher), "--data", str(other_scene)]),
+        ("teacher cache of another teacher", distill + ["--teacher", str(other_teacher), "--teacher-cache", str(cache)]),
+        ("teacher cache truncated", distill + ["--teacher", str(teacher), "--teacher-cache", str(cut_cache)]),
+        ("disk full while the teacher cache is written (2 MiB tmpfs)",
+         distill + ["--teacher", str(teacher), "--teacher-cache", str(full_cache / "cache")]),
+        ("ns-train: disk full while a checkpoint is written (2 MiB tmpfs)", [
+            str(BIN / "ns-train"), "pvdal-hash-small", "--max-num-iterations", "2", "--output-dir", str(full_ckpt),
+            "--vis", "tensorboard", "--pipeline.teacher-config", str(teacher), "blender-data", "--data", str(EMBEDDED_SCENE)]),
         ("ns-train: teacher config missing", [str(BIN / "ns-train"), "pvdal-hash-small", "--max-num-iterations", "2",
                                               "--output-dir", str(work / "out"), "--vis", "tensorboard",
                                               "--pipeline.teacher-config", str(work / "missing.yml"), "blender-data", "--data", str(EMBEDDED_SCENE)]),
@@ -96,16 +118,47 @@ def make_cases(teacher: Path, work: Path) -> list:
     return cases
 
 
+def _turned_copy(scene: Path, folder: Path) -> Path:
+    """A blender scene whose cameras are turned by half a radian about the vertical: another scene of the same kind
+    (same box, other cameras)."""
+    import math
+
+    import numpy as np
+
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(scene, folder)
+    c, s = math.cos(0.5), math.sin(0.5)
+    turn = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    for name in ("transforms_train.json", "transforms_val.json", "transforms_test.json"):
+        meta = json.loads((folder / name).read_text())
+        for frame in meta["frames"]:
+            frame["transform_matrix"] = (turn @ np.array(frame["transform_matrix"])).tolist()
+        (folder / name).write_text(json.dumps(meta))
+    return folder
+
+
+def _small_disk(folder: Path) -> Path:
+    """``folder`` as a fresh 2 MiB tmpfs (needs root; the case then fails to write, as on a full disk), or the
+    plain folder where it cannot be mounted (the case then says so by succeeding)."""
+    subprocess.run(["umount", str(folder)], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        print(f"note: {folder} is not a small disk ({mounted.stderr.decode().strip()})", file=sys.stderr)
+    return folder
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-bad"))
-    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--only", nargs="*", default=[], help="run the cases whose name contains one of these")
     args = parser.parse_args()
     work = args.output_dir.resolve()
     rows, full = [], {}
     for name, argv in make_cases(args.teacher.resolve(), work / "inputs"):
-        if args.only not in name:
+        if args.only and not any(part in name for part in args.only):
             continue
         start = time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
@@ -117,6 +170,11 @@ def main() -> int:
         print(f"| {name} | {done.returncode} | {'yes' if 'Traceback' in out else 'no'} | {said[:220]} |", flush=True)
     table = ["| bad input | exit code | traceback | what it says |", "|---|---:|---|---|"]
     table += [f"| {n} | {rc} | {'yes' if tb else 'no'} | {said.replace('|', '/')} |" for n, rc, tb, said, _ in rows]
+    for disk in ("full-disk-checkpoint", "full-disk-cache"):
+        left = sorted(f"{p.relative_to(work / 'inputs' / disk)} ({p.stat().st_size} B)"
+                      for p in (work / "inputs" / disk).rglob("*") if p.is_file())
+        print(f"files left on {disk} after its case: {left}")
+        subprocess.run(["umount", str(work / "inputs" / disk)], capture_output=True)
     (work / "bad_inputs.md").write_text("\n".join(table) + "\n")
     (work / "bad_inputs.json").write_text(json.dumps(full, indent=2) + "\n")
     print("\n".join(table))

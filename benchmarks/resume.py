@@ -2,6 +2,12 @@
 step 300, resumed with ``--load-dir``, against the same run uninterrupted.
 
     .venv/bin/python benchmarks/resume.py --teacher <config.yml> [--steps 700] [--kill-after 300]
+    .venv/bin/python benchmarks/resume.py --teacher <config.yml> --ns-distill   # ns-distill run … --resume
+
+With ``--ns-distill``: ``ns-distill run --student hash --steps 700`` killed 2 s after its first checkpoint at or past
+``--kill-after`` − a tenth of the steps, rerun with ``--resume`` (it continues in the killed run's folder), rerun
+with ``--resume`` again (it finds the run finished and only evaluates), and run uninterrupted; the figures come
+from each run's report.json.
 
 The killed run is ``ns-train`` in a subprocess (on the embedded lego, its checkpoint every tenth of the run, the
 default); it is killed once its step log passes ``--kill-after``. The resumed and the uninterrupted runs are
@@ -44,14 +50,52 @@ def psnr(config: Path) -> float:
     return evaluate(pipeline).psnr
 
 
+def ns_distill(teacher: Path, steps: int, out: Path, kill_after: int) -> dict:
+    """The ``--ns-distill`` figures: killed, resumed, rerun once finished, and uninterrupted."""
+    def command(folder: str, *extra: str) -> list:
+        return [str(BIN / "ns-distill"), "run", "--teacher", str(teacher), "--student", "hash", "--steps", str(steps),
+                "--output-dir", str(out / folder), *extra]
+
+    def report(folder: str) -> dict:
+        return json.loads((out / folder / "report.json").read_text())["models"][0]
+
+    start = time.monotonic()
+    killed = subprocess.Popen(command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threshold = kill_after - steps // 10
+    while not [p for p in out.glob("killed/*/*/*/nerfstudio_models/step-*.ckpt") if int(p.stem[5:]) >= threshold]:
+        assert killed.poll() is None, "the run ended before the checkpoint"
+        time.sleep(0.2)
+    time.sleep(2.0)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    record: dict = {"killed_after_s": round(time.monotonic() - start, 1),
+                    "checkpoint_left": last_checkpoint(next(out.glob("killed/*/*/*"))).name}
+    for name, argv, folder in (("resumed", command("killed", "--resume"), "killed"),
+                               ("rerun once finished", command("killed", "--resume"), "killed"),
+                               ("uninterrupted", command("whole"), "whole")):
+        start = time.monotonic()
+        subprocess.run(argv, check=True, capture_output=True)
+        model = report(folder)
+        record[name] = {"process_s": round(time.monotonic() - start, 1), "psnr": model["psnr"], "steps": model["steps"],
+                        "resumed_at": model["resumed_at"], "cached": model["cached"],
+                        "train_seconds": model["train_seconds"], "config": model["config"]}
+    return record
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--kill-after", type=int, default=300)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-resume"))
+    parser.add_argument("--ns-distill", action="store_true", help="kill and resume ns-distill run instead of ns-train")
     args = parser.parse_args()
     out, teacher = args.output_dir.resolve(), args.teacher.resolve()
+    if args.ns_distill:
+        record = ns_distill(teacher, args.steps, out, args.kill_after)
+        (out / "resume-ns-distill.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps(record, indent=2))
+        return 0
     run = out / "killed" / "pvdal-hash-small" / "run"
     start = time.monotonic()
     killed = subprocess.Popen(ns_train(teacher, args.steps, out, "killed", []), stdout=subprocess.PIPE,

@@ -2,7 +2,8 @@
 steps and seed; and Fig. 6's per-view PSNR distributions (active learning should raise the minimum).
 
 Each finished run is appended to ``ablation.json`` at once (atomically), so an interrupted ablation
-keeps its rows and a rerun with the same settings only runs the missing ones.
+keeps its rows and a rerun with the same settings only runs the missing ones; a row killed mid-run continues
+from its last checkpoint (:func:`~pvdal_ns.resume.reuse_or_resume`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from nerfstudio.engine.trainer import TrainerConfig
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.conversion import distillation_config
+from pvdal_ns.conversion import distillation_config, run_and_evaluate
 from pvdal_ns.files import write_atomic
 from pvdal_ns.presets import size_of
 from pvdal_ns.report import device_description, versions
-from pvdal_ns.runner import evaluate, train
 
 
 def _off(*names: str) -> Callable[[TrainerConfig], None]:
@@ -101,15 +101,16 @@ def _run_row(settings: AblationSettings, row: str, seed: int, output_dir: Path) 
                                  output_dir, experiment, settings.steps)
     config.machine.seed = seed
     ROWS[row](config)
-    run = train(config, f"{row} (seed {seed})")
-    result = evaluate(run.pipeline, f"{row}: evaluating")
+    trained = run_and_evaluate(config, f"{row} (seed {seed})", "student", resume=True)  # a killed row continues
+    result, report = trained.result, trained.report
     psnr = [float(v["psnr"]) for v in result.per_view]  # type: ignore[arg-type]
     ssim = [float(v["ssim"]) for v in result.per_view]  # type: ignore[arg-type]
     return {
         "row": row, "seed": seed, "psnr": statistics.mean(psnr), "psnr_min": min(psnr), "psnr_max": max(psnr),
         "ssim": statistics.mean(ssim), "ssim_min": min(ssim), "ssim_max": max(ssim),
-        "per_view_psnr": [round(p, 3) for p in psnr], "train_seconds": round(run.seconds, 1),
-        "seconds_per_step": round(run.seconds / run.steps, 4), "config": str(run.config_path),
+        "per_view_psnr": [round(p, 3) for p in psnr], "train_seconds": report.train_seconds,
+        "seconds_per_step": round(report.train_seconds / max(1, report.steps - report.resumed_at), 4),
+        "resumed_at": report.resumed_at, "config": report.config,
     }
 
 

@@ -134,8 +134,8 @@ def pvdal_trainer_config(
 
 
 def set_steps(config: TrainerConfig, steps: int, stage_fractions: Optional[Tuple[float, float]] = None) -> TrainerConfig:
-    """Set the number of steps, and with it the learning-rate schedules and the stage lengths (scaled
-    with the steps: the fractions the config has now, unless ``stage_fractions`` is given)."""
+    """Set the number of steps, and with it the learning-rate schedules, the stage lengths (scaled with the steps:
+    the fractions the config has now, unless ``stage_fractions`` is given) and a checkpoint at least every tenth."""
     pipeline = config.pipeline
     assert isinstance(pipeline, DistillationPipelineConfig)
     if stage_fractions is None:
@@ -145,6 +145,7 @@ def set_steps(config: TrainerConfig, steps: int, stage_fractions: Optional[Tuple
         if group["scheduler"] is not None:
             group["scheduler"].max_steps = steps
     pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in stage_fractions)
+    config.steps_per_save = min(config.steps_per_save, max(1, steps // 10))  # a kill loses ≤ 10 %
     return config
 
 

@@ -7,8 +7,9 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
+import torch
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
@@ -24,6 +25,7 @@ from pvdal_ns.files import write_atomic
 from pvdal_ns.model import PVDModelConfig
 from pvdal_ns.presets import Size, method_name
 from pvdal_ns.report import ModelReport, model_report, print_table, save_comparison, write_json
+from pvdal_ns.resume import FinishedRun, mark_finished, reuse_or_resume
 from pvdal_ns.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
 from pvdal_ns.teachers import TeacherLoadError, load_teacher, read_trainer_config
 
@@ -159,12 +161,30 @@ class Trained:
     result: EvalResult
 
 
-def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Optional[TrainResult] = None) -> Trained:
-    """Train ``config`` in-process (unless ``run`` already did), then evaluate it on the test views."""
-    run = run or train(config, f"{name}: training")
+def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[TrainResult, FinishedRun, None] = None,
+                     resume: bool = False) -> Trained:
+    """Train ``config`` in-process (unless ``run`` already did) and mark it finished (``run.json``), or reopen a
+    finished ``run``; then evaluate it on the test views. With ``resume``, a finished run of the same settings is
+    reopened instead of training and a killed one continues from its last checkpoint
+    (:func:`~pvdal_ns.resume.reuse_or_resume`)."""
+    if run is None and resume:
+        run = reuse_or_resume(config)
+    cached = isinstance(run, FinishedRun)
+    if isinstance(run, FinishedRun):
+        run = _reopen(run)
+    else:
+        run = run or train(config, f"{name}: training")
+        mark_finished(run.config_path, run.seconds, run.steps, run.start_step)
     result = evaluate(run.pipeline, f"{name}: evaluating")
-    report = model_report(name, role, config.method_name, result, run.seconds, count_parameters(run.pipeline), run.steps, run.config_path)
+    report = model_report(name, role, config.method_name, result, run.seconds, count_parameters(run.pipeline), run.steps,
+                          run.config_path, cached=cached, resumed_at=run.start_step)
     return Trained(report, result)
+
+
+def _reopen(finished: FinishedRun) -> TrainResult:
+    """A finished run loaded from its last checkpoint (nerfstudio's ``eval_setup``), as training left it."""
+    _, pipeline, _, _ = eval_setup(finished.config_path, test_mode="test")
+    return TrainResult(finished.config_path, finished.seconds, finished.steps, pipeline, start_step=finished.start_step)
 
 
 def cached_teacher(architecture: str, size: Size, data: Path, output_dir: Path, steps: int) -> Trained:
@@ -186,7 +206,7 @@ def cached_teacher(architecture: str, size: Size, data: Path, output_dir: Path, 
                                   count_parameters(pipeline), steps, config_path, cached=True)
             return Trained(report, result)
     trained = run_and_evaluate(student_config(architecture, size, data, output_dir, key, steps, None),
-                               f"teacher ({architecture})", "teacher")
+                               f"teacher ({architecture})", "teacher", resume=True)  # a killed teacher continues
     info = {"config": trained.report.config, "method": trained.report.method, "seconds": trained.report.train_seconds, "data": str(data)}
     write_atomic(record, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return trained
@@ -212,21 +232,53 @@ def distillation_config(teacher_path: Path, architecture: str, size: Size, data:
                         f"trained on a {_kind(theirs)} one: a student learns its teacher's scene; leave --data out or "
                         "pass the teacher's scene folder")
     config.pipeline.datamanager.dataparser = copy.deepcopy(theirs)
+    _check_shared_cameras(teacher, teacher_path, data)
     if teacher_grid is not None:
         config.pipeline.model.grid_resolution = teacher_grid
     return config
 
 
+def _check_shared_cameras(teacher: TrainerConfig, teacher_path: Path, data: Path) -> None:
+    """Refuse ``data`` when none of its training cameras is one of the teacher's (both read with the teacher's
+    dataparser settings, so in one world frame): another scene of the same kind (two blender scenes share their
+    box but not their cameras). A copy of the teacher's scene at another resolution keeps its cameras. Skipped when
+    the teacher's scene folder is not on this machine or ``data`` is that folder.
+
+    Raises:
+        UserError: no training camera centre of ``data`` lies within 1e-4 of the scene box's size of the teacher's."""
+    try:
+        recorded = resolve_data(teacher, teacher_path, None)
+    except UserError:
+        return
+    if recorded.resolve() == data.resolve():
+        return
+
+    def centres(folder: Path):
+        parser = copy.deepcopy(teacher.pipeline.datamanager.dataparser)
+        parser.data = folder
+        outputs = parser.setup().get_dataparser_outputs(split="train")
+        return outputs.cameras.camera_to_worlds[:, :3, 3], outputs.scene_box.aabb
+
+    theirs, box = centres(recorded)
+    ours, _ = centres(data)
+    tolerance = 1e-4 * float((box[1] - box[0]).norm())
+    if not bool((torch.cdist(ours, theirs).min(dim=1).values < tolerance).any()):
+        raise UserError(f"--data {data} shares no training camera with the teacher's scene {recorded}: it is another "
+                        "scene; a student learns its teacher's scene, so leave --data out or pass that scene's folder")
+
+
 def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path, output_dir: Path,
             steps: Dict[str, Optional[int]], experiment: str, together: bool = False,
             teacher_cache: Optional[Path] = None, teacher_cache_gib: float = 4.0,
-            renders_only: bool = False, finetune_steps: int = 0) -> List[Trained]:
+            renders_only: bool = False, finetune_steps: int = 0, resume: bool = False) -> List[Trained]:
     """Distil the teacher at ``teacher_path`` into each of ``students`` (``steps`` per architecture, None or
     missing for the preset's): one run after another, or with ``together`` all in one lockstep run that
     renders the teacher once per batch (:func:`~pvdal_ns.runner.train_together`). With ``teacher_cache``
     (serial mode) the first run writes the teacher's batches there (at most ``teacher_cache_gib`` GiB)
     and every run distils from them. ``renders_only``: distil from the teacher's images alone (L_rgb).
-    ``finetune_steps``: the last N steps of every run train on the real images (paper Table 6)."""
+    ``finetune_steps``: the last N steps of every run train on the real images (paper Table 6). ``resume``: a
+    student whose run of the same settings finished is evaluated, not trained; a killed one continues from its
+    last checkpoint (:func:`~pvdal_ns.resume.reuse_or_resume`)."""
     configs = [distillation_config(teacher_path, arch, size, data, output_dir, experiment, steps.get(arch))
                for arch in students]
     for config in configs:
@@ -236,9 +288,12 @@ def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path,
         if finetune_steps >= config.max_num_iterations:
             raise UserError(f"--finetune-steps {finetune_steps} leaves none of the {config.max_num_iterations} steps of "
                             f"{config.method_name} to distil: make it smaller")
-    runs: List[Optional[TrainResult]] = [None] * len(configs)
-    if together and len(configs) > 1:
-        runs = list(train_together(configs, f"students ({', '.join(students)}): training"))
+    runs: List[Union[TrainResult, FinishedRun, None]] = [reuse_or_resume(c) if resume else None for c in configs]
+    todo = [i for i, run in enumerate(runs) if run is None]
+    if together and len(todo) > 1:
+        trained = train_together([configs[i] for i in todo], f"students ({', '.join(students[i] for i in todo)}): training")
+        for i, run in zip(todo, trained):
+            runs[i] = run
     return [run_and_evaluate(config, f"student ({arch})", "student", run) for config, arch, run in zip(configs, students, runs)]
 
 

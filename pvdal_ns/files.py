@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
+
+import torch
 
 
 def write_atomic(path: Path, write: Callable[[Path], None], staging: Optional[Path] = None) -> None:
@@ -26,3 +29,16 @@ def write_atomic(path: Path, write: Callable[[Path], None], staging: Optional[Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)``, with a write that fails part-way (torch's zip writer raises ``RuntimeError``
+    "unexpected pos" when the disk fills) raised as an ``OSError`` that says how much space is left.
+
+    Raises:
+        OSError: the file could not be written whole (a part may remain: write through :func:`write_atomic`)."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as error:
+        free = shutil.disk_usage(Path(path).parent).free
+        raise OSError(f"{free / 2**20:.1f} MiB free on its disk; torch.save: {str(error).splitlines()[0]}") from error

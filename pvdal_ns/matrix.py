@@ -46,7 +46,7 @@ class MatrixSettings:
 
 def _record(trained: Trained) -> dict:
     report = asdict(trained.report)
-    keys = ("psnr", "ssim", "lpips", "train_seconds", "parameters", "steps", "config", "per_view_psnr")
+    keys = ("psnr", "ssim", "lpips", "train_seconds", "resumed_at", "parameters", "steps", "config", "per_view_psnr")
     return {k: report[k] for k in keys}
 
 
@@ -87,7 +87,8 @@ def run_matrix(settings: MatrixSettings, teachers: Sequence[str], students: Sequ
                                  settings.teacher_steps[teacher_arch])
         record["teachers"][teacher_arch] = {**_record(teacher), "steps": settings.teacher_steps[teacher_arch]}
         trained = convert(Path(teacher.report.config), missing, size, Path(settings.scene), output_dir,
-                          {s: settings.student_steps[s] for s in missing}, f"from-{teacher_arch}", together=True)
+                          {s: settings.student_steps[s] for s in missing}, f"from-{teacher_arch}", together=True,
+                          resume=True)  # a student killed mid-run continues from its last checkpoint
         record["pairs"] = [p for p in record["pairs"] if not (p["teacher"] == teacher_arch and p["student"] in missing)]
         for student_arch, student in zip(missing, trained):
             pair = {"teacher": teacher_arch, "student": student_arch, "teacher_psnr": teacher.report.psnr,

@@ -41,15 +41,17 @@ class ModelReport:
     config: str
     per_view_psnr: List[float] = field(default_factory=list)
     cached: bool = False
+    resumed_at: int = 0
+    """The step a killed run continued from (0: trained in one go); ``train_seconds`` cover the steps from it."""
 
 
 def model_report(name: str, role: str, method: str, result: EvalResult, seconds: float, parameters: int, steps: int,
-                 config: Path, cached: bool = False) -> ModelReport:
+                 config: Path, cached: bool = False, resumed_at: int = 0) -> ModelReport:
     """Collect one model's numbers (``method`` like "pvdal-vm-small" gives the architecture)."""
     architecture = method.removeprefix("pvdal-").removesuffix("-small").removesuffix("-compressed")
     per_view = [round(float(v["psnr"]), 3) for v in result.per_view]  # type: ignore[arg-type]
     return ModelReport(name, role, architecture, method, result.psnr, result.ssim, result.lpips, round(seconds, 1),
-                       parameters, steps, str(config), per_view, cached)
+                       parameters, steps, str(config), per_view, cached, resumed_at)
 
 
 def device_description() -> str:
@@ -102,7 +104,7 @@ def print_table(models: List[ModelReport]) -> None:
     for m in models:
         delta = "" if teacher is None or m is teacher else f"{m.psnr - teacher.psnr:+.2f}"
         lpips = "n/a" if m.lpips is None else f"{m.lpips:.3f}"
-        seconds = f"{m.train_seconds:.0f}" + (" cached" if m.cached else "")
+        seconds = f"{m.train_seconds:.0f}" + (f" from step {m.resumed_at}" if m.resumed_at else "") + (" cached" if m.cached else "")
         table.add_row(m.name, f"{m.psnr:.2f}", delta, f"{m.ssim:.3f}", lpips, seconds, _short_count(m.parameters), str(m.steps))
     CONSOLE.print(table)
 

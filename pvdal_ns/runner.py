@@ -50,6 +50,8 @@ class TrainResult:
         pipeline: the trained pipeline, in memory.
         step_seconds: wall time (s) from the end of each step to the end of the next (:func:`train` only; the
             first step is left out).
+        start_step: the first step trained here: 0, or where a resumed run (``load_dir``) continued; ``seconds``
+            cover the steps from it.
     """
 
     config_path: Path
@@ -57,6 +59,7 @@ class TrainResult:
     steps: int
     pipeline: Pipeline
     step_seconds: List[float] = field(default_factory=list)
+    start_step: int = 0
 
 
 def set_seed(seed: int) -> None:
@@ -85,7 +88,7 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
     before the model is built, as ``ns-train`` does.
     """
     trainer = _setup_trainer(config)
-    steps = config.max_num_iterations
+    first, steps = _span(trainer)
     ends: List[float] = []
 
     def after_step(step: int) -> None:
@@ -93,14 +96,20 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
         progress.update(task, completed=step + 1)
 
     with get_progress(description) as progress:
-        task = progress.add_task("", total=steps)
+        task = progress.add_task("", total=steps, completed=first)
         trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step))
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
     trainer.shutdown()
     step_seconds = [b - a for a, b in zip(ends, ends[1:])]
-    return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline, step_seconds)
+    return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline, step_seconds, first)
+
+
+def _span(trainer: Trainer) -> Tuple[int, int]:
+    """The first step a set-up trainer runs (past its checkpoint when resumed) and the step its run ends at
+    (:class:`~pvdal_ns.trainer.PVDTrainer` has shortened a resumed run's ``max_num_iterations`` to the steps left)."""
+    return trainer._start_step, trainer._start_step + trainer.config.max_num_iterations
 
 
 def _train_step(trainer: Trainer, step: int) -> None:
@@ -147,7 +156,7 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
     (:func:`~pvdal_ns.pipeline.batch_key`) train on one source of pseudo-label batches, led by the one with
     the most steps (its errors drive active learning); students with other batch settings get their own
     batches from the same teacher. Every step, the students train one after another, leaders first; a
-    student with fewer steps stops early.
+    student with fewer steps stops early, and a resumed one (``load_dir``) joins at the step after its checkpoint.
 
     Each step is nerfstudio's loop body (:func:`_train_step`), each end its ``_after_train`` (:func:`_finish`).
 
@@ -164,13 +173,14 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
             trainers[i] = _setup_trainer(configs[i])
             writers[i] = list(writer.EVENT_WRITERS)
     seconds = dict.fromkeys(order, 0.0)
-    total = max(c.max_num_iterations for c in configs)
+    spans = {i: _span(trainers[i]) for i in order}
+    first, total = min(s for s, _ in spans.values()), max(e for _, e in spans.values())
     with get_progress(description) as progress:
-        task = progress.add_task("", total=total)
-        for step in range(total):
+        task = progress.add_task("", total=total, completed=first)
+        for step in range(first, total):
             for i in order:
                 trainer = trainers[i]
-                if step >= trainer.config.max_num_iterations:
+                if not spans[i][0] <= step < spans[i][1]:
                     continue
                 writer.EVENT_WRITERS[:] = writers[i]
                 started = time.perf_counter()
@@ -182,7 +192,8 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
         trainer = trainers[i]
         writer.EVENT_WRITERS[:] = writers[i]
         _finish(trainer)
-        results.append(TrainResult(config.get_base_dir() / "config.yml", seconds[i], config.max_num_iterations, trainer.pipeline))
+        results.append(TrainResult(config.get_base_dir() / "config.yml", seconds[i], spans[i][1], trainer.pipeline,
+                                   start_step=spans[i][0]))
     writer.EVENT_WRITERS.clear()
     return results
 

@@ -17,7 +17,7 @@ from nerfstudio.engine.trainer import Trainer
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.checkpoints import load_checkpoint
-from pvdal_ns.files import write_atomic
+from pvdal_ns.files import save_torch, write_atomic
 from pvdal_ns.teachers import TeacherLoadError
 
 
@@ -133,13 +133,15 @@ class PVDTrainer(Trainer):
                 refuse(f"checkpoint {path} {reason}: resume from another one (--load-step) or start again")
         super()._load_checkpoint()
         if self._start_step > 0:
+            self.step = self._start_step - 1  # the checkpoint's step, what a run with no step left saves again at its end
             planned = self.config.max_num_iterations
             self.config.max_num_iterations = max(0, planned - self._start_step)
             CONSOLE.log(f"Resuming at step {self._start_step}: {self.config.max_num_iterations} more, to step {planned}")
 
     def save_checkpoint(self, step: int) -> None:
         """nerfstudio's checkpoint (the same keys), written to a hidden name beside the folder and renamed into it:
-        a kill leaves the previous checkpoints and no part of this one in ``nerfstudio_models``."""
+        a kill leaves the previous checkpoints and no part of this one in ``nerfstudio_models``; a full disk stops
+        the run in one line (exit code 2) with the earlier checkpoints intact."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
@@ -150,7 +152,13 @@ class PVDTrainer(Trainer):
             "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
         }
-        write_atomic(path, lambda tmp: torch.save(state, tmp), staging=self.checkpoint_dir.parent)
+        try:
+            write_atomic(path, lambda tmp: save_torch(state, tmp), staging=self.checkpoint_dir.parent)
+        except OSError as error:  # a full disk: the earlier checkpoints stay as they were
+            saved = sorted(self.checkpoint_dir.glob("step-*.ckpt"))
+            then = (f"{saved[-1].name} is kept; free space and resume with --load-dir {self.checkpoint_dir}" if saved
+                    else "no checkpoint was saved before; free space and start again")
+            refuse(f"checkpoint {path} could not be written ({error.strerror or error}): {then}")
         if self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("*.ckpt"):
                 if old != path:

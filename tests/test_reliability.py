@@ -15,7 +15,7 @@ def _hidden_files(folder):
     return [p.name for p in folder.rglob(".*")]
 
 
-def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, monkeypatch):
+def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, monkeypatch, capsys):
     from pvdal_ns.runner import _setup_trainer
 
     trainer = _setup_trainer(tiny_config("hash", tmp_path, steps=10, teacher=tiny_teacher[0]))
@@ -31,8 +31,11 @@ def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(SystemExit) as stopped:
         trainer.save_checkpoint(2)
+    assert stopped.value.code == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and f"{first.name} is kept" in lines[0], lines
     assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == [first.name]  # no part of step 2
     assert first.read_bytes() == before
     assert not _hidden_files(trainer.checkpoint_dir.parent)  # nor a temporary file
@@ -176,6 +179,31 @@ def test_a_teacher_of_another_kind_of_scene_than_data_is_refused(tiny_teacher, t
         distillation_config(tiny_teacher[0], "hash", "small", EMBEDDED_CAPTURE, tmp_path, "wrong", 10)
 
 
+def test_another_scene_of_the_same_kind_is_refused_and_a_copy_of_the_teachers_scene_is_not(tiny_teacher, tmp_path):
+    """Two blender scenes share their box, not their cameras: a copy of the teacher's scene whose cameras are turned
+    by half a radian about the vertical stands for another one."""
+    import json
+    import math
+    import shutil
+
+    from pvdal_ns import EMBEDDED_SCENE
+    from pvdal_ns.conversion import UserError, distillation_config
+
+    copy, other = tmp_path / "copy", tmp_path / "other"
+    shutil.copytree(EMBEDDED_SCENE, copy)
+    distillation_config(tiny_teacher[0], "hash", "small", copy, tmp_path, "copy", 10)  # same cameras: accepted
+
+    shutil.copytree(EMBEDDED_SCENE, other)
+    turn = torch.tensor([[math.cos(0.5), -math.sin(0.5), 0, 0], [math.sin(0.5), math.cos(0.5), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    for name in ("transforms_train.json", "transforms_val.json", "transforms_test.json"):
+        meta = json.loads((other / name).read_text())
+        for frame in meta["frames"]:
+            frame["transform_matrix"] = (turn @ torch.tensor(frame["transform_matrix"])).tolist()
+        (other / name).write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="shares no training camera with the teacher's scene"):
+        distillation_config(tiny_teacher[0], "hash", "small", other, tmp_path, "other", 10)
+
+
 def test_ns_train_with_a_teacher_that_cannot_be_loaded_is_refused_in_one_line(tmp_path):
     import subprocess
     import sys
@@ -201,3 +229,51 @@ def test_a_teacher_config_of_a_plugin_not_installed_is_refused_in_one_line(tiny_
     other.write_text(tiny_teacher[0].read_text().replace("pvdal_ns.model.PVDModelConfig", "my_plugin.MyModelConfig"))
     with pytest.raises(TeacherLoadError, match="names my_plugin, which cannot be imported here: install the nerfstudio"):
         read_trainer_config(other)
+
+
+def test_ns_distill_reruns_continue_killed_students_and_reuse_finished_ones(tiny_teacher, tmp_path, monkeypatch):
+    """Two students trained together are killed at step 15 (checkpoints every tenth: VM of 30 steps at 12, hash of
+    20 at 14). The rerun continues each in its own folder from the step after its checkpoint to its planned end; the
+    next rerun trains nothing and gives the same figures; another step count is another run."""
+    from pvdal_ns import EMBEDDED_SCENE
+    from pvdal_ns.conversion import convert
+    from pvdal_ns.trainer import PVDTrainer
+
+    def rerun(steps):
+        return convert(tiny_teacher[0], ["hash", "vm"], "small", EMBEDDED_SCENE, tmp_path, steps, "students",
+                       together=True, resume=True)
+
+    steps = {"hash": 20, "vm": 30}
+    iteration = PVDTrainer.train_iteration
+
+    def killed_at_15(self, step):
+        if step == 15:
+            raise KeyboardInterrupt
+        return iteration(self, step)
+
+    monkeypatch.setattr(PVDTrainer, "train_iteration", killed_at_15)
+    with pytest.raises(KeyboardInterrupt):
+        rerun(steps)
+    monkeypatch.setattr(PVDTrainer, "train_iteration", iteration)
+    runs = {arch: next(tmp_path.glob(f"students/pvdal-{arch}-small/*")) for arch in steps}
+    assert [p.name for p in (runs["vm"] / "nerfstudio_models").iterdir()] == ["step-000000012.ckpt"]
+    assert not (runs["hash"] / "run.json").exists()
+
+    resumed = {m.report.architecture: m.report for m in rerun(steps)}
+    assert (resumed["hash"].resumed_at, resumed["vm"].resumed_at) == (15, 13)
+    for arch, run in runs.items():
+        assert resumed[arch].config == str(run / "config.yml") and not resumed[arch].cached
+        assert [p.name for p in (run / "nerfstudio_models").iterdir()] == [f"step-{steps[arch] - 1:09d}.ckpt"]
+        assert (run / "run.json").is_file()
+
+    again = {m.report.architecture: m.report for m in rerun(steps)}
+    for arch in steps:
+        assert again[arch].cached and again[arch].config == resumed[arch].config
+        assert again[arch].psnr == pytest.approx(resumed[arch].psnr, abs=1e-4)
+        assert again[arch].train_seconds == resumed[arch].train_seconds
+    assert len(list(tmp_path.glob("students/pvdal-*-small/*"))) == 2
+
+    other = convert(tiny_teacher[0], ["hash", "vm"], "small", EMBEDDED_SCENE, tmp_path, {"hash": 10, "vm": 10}, "students",
+                    resume=True)  # one after another
+    assert not any(m.report.cached or m.report.resumed_at for m in other)
+    assert len(list(tmp_path.glob("students/pvdal-*-small/*"))) == 4

@@ -1,9 +1,10 @@
-"""Teacher cache (serial mode): what is read back is what the live teacher rendered, the size bound and
-interrupted writes leave nothing half-written, a student distils from the cache with no teacher loaded,
+"""Teacher cache (serial mode): what is read back is what the live teacher rendered, the size bound,
+interrupted writes and a full disk leave nothing half-written, a student distils from the cache with no teacher loaded,
 and a cache of another run is refused."""
 
 import gc
 import os
+import shutil
 import subprocess
 import weakref
 
@@ -47,6 +48,14 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
         assert (cached.rgb - live.rgb).abs().max() < 5e-3  # recomposited on the same background
         assert (cached.weights - live.weights).abs().max() < 5e-3
 
+    # a cache cut short (a copy interrupted, a disk that filled after it was written) is refused in one line
+    shutil.copytree(tmp_path / "c", tmp_path / "cut-short")
+    outputs = tmp_path / "cut-short" / "outputs.f16"
+    outputs.write_bytes(outputs.read_bytes()[: outputs.stat().st_size // 3])
+    with pytest.raises(TeacherLoadError, match=r"cut-short is damaged \(outputs.f16 has \d+ bytes, not \d+\)"):
+        TeacherCache(tmp_path / "cut-short")
+    shutil.rmtree(tmp_path / "cut-short")
+
     # the bound keeps whole batches; below one batch it refuses and leaves nothing behind
     sizes = [batch_nbytes(1024, b["teacher"].mask.shape[1], len(b["teacher"].points.raw_density), 20) for _, b in batches]
     assert len(write_cache(tmp_path / "two", teacher, batches, pipeline.batch_key, sizes[0] + sizes[1] + 1)) == 2
@@ -59,7 +68,14 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
 
     with pytest.raises(KeyboardInterrupt):
         write_cache(tmp_path / "cut", teacher, interrupted(), pipeline.batch_key, 1 << 30)
-    assert not list(tmp_path.glob("none*")) and not list(tmp_path.glob("cut*"))
+
+    def disk_full():
+        yield batches[0]
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(TeacherLoadError, match="No space left on device.*nothing of it is kept"):
+        write_cache(tmp_path / "full", teacher, disk_full(), pipeline.batch_key, 1 << 30)
+    assert not list(tmp_path.glob("none*")) and not list(tmp_path.glob("cut*")) and not list(tmp_path.glob("full*"))
 
     # what a killed writer left is removed by the next write; a running writer's folder is kept
     ended = subprocess.Popen(["true"])

@@ -33,7 +33,8 @@ Architecture = Literal["hash", "vm", "mlp", "tensors"]
 class Demo:
     """On the embedded 100×100 lego scene: train a teacher (cached; a rerun reuses it), distil it into
     all four architectures, evaluate everything on the 10 test views and write report.json and
-    comparison.png."""
+    comparison.png. A rerun with the same settings reuses the runs that finished and continues killed ones
+    from their last checkpoint."""
 
     output_dir: Path = Path("outputs/demo")
     """Where runs, report.json and comparison.png go."""
@@ -60,7 +61,8 @@ class Demo:
         size = size_of(self.small)
         teacher = cached_teacher(self.teacher, size, EMBEDDED_SCENE, out, self.teacher_steps)
         steps = {**demo_steps(), **self.student_steps}
-        students = convert(Path(teacher.report.config), self.students, size, EMBEDDED_SCENE, out, steps, "students")
+        students = convert(Path(teacher.report.config), self.students, size, EMBEDDED_SCENE, out, steps, "students",
+                           resume=True)
         finish(out, [teacher, *students], started, {"command": command, "scene": str(EMBEDDED_SCENE)})
 
 
@@ -92,6 +94,9 @@ class Run:
     """Distil from the teacher's rendered images only (no point losses); always so for splatfacto."""
     finetune_steps: int = 0
     """Fine-tune on the real training images for the last N of the steps, after distillation (paper Table 6)."""
+    resume: bool = False
+    """Continue the newest run of the same settings under --output-dir: a student that finished is evaluated again,
+    not retrained; one that was killed continues from its last checkpoint; any other trains afresh."""
 
     def main(self, command: str) -> None:
         """Run the conversion; raises UserError / TeacherLoadError for bad input."""
@@ -106,7 +111,7 @@ class Run:
         students = convert(teacher_path, list(self.student), size_of(self.small), data, out, {a: self.steps for a in self.student},
                            f"from-{teacher_config.method_name}", together=not self.separately,
                            teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib, renders_only=self.renders_only,
-                           finetune_steps=self.finetune_steps)
+                           finetune_steps=self.finetune_steps, resume=self.resume)
         extra = {"command": command, "teacher_config": str(teacher_path), "scene": str(data)}
         if cache is not None:
             from pvdal_ns.teachers import cache_nbytes

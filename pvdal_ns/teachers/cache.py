@@ -29,7 +29,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from nerfstudio.model_components.renderers import RGBRenderer
 from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
+from pvdal_ns.files import save_torch
 from pvdal_ns.occupancy import OccupancyGrid
 from pvdal_ns.space import SceneSpace
 from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, TeacherLoadError, points_batch
@@ -70,6 +71,20 @@ class _Mapped:
         del view
         self._map.madvise(mmap.MADV_DONTNEED)  # a few µs: only mapped pages are visited
         return rows
+
+
+def _check_sizes(path: Path, meta: Dict[str, Any], index: np.ndarray) -> None:
+    """Raise ValueError when a file of the cache at ``path`` is not the size its ``meta`` and ``index`` give (a cache
+    cut short or altered after it was written)."""
+    batches, points = int(meta["batches"]), int(index[-1]) if len(index) else -1
+    expected = {"rays": batches * int(meta["rays_per_batch"]) * 7 * 4, "masks": batches * int(meta["mask_bytes"]),
+                "spans": points * 2 * 4, "outputs": points * int(meta["output_width"]) * 2}
+    if len(index) != batches + 1:
+        raise ValueError(f"index.i64 lists {len(index) - 1} batches, meta.json {batches}")
+    for key, size in expected.items():
+        actual = (path / _FILES[key]).stat().st_size
+        if actual != size:
+            raise ValueError(f"{_FILES[key]} has {actual} bytes, not {size}")
 
 
 class TeacherCache(Teacher):
@@ -108,12 +123,16 @@ class TeacherCache(Teacher):
         if meta["has_volume_feature"]:
             self.capabilities |= Capability.VOLUME_FEATURE
         self.num_samples, self.rays_per_batch = int(meta["num_samples"]), int(meta["rays_per_batch"])
-        grid_state = torch.load(self.path / "occupancy.pt", map_location="cpu", weights_only=True)
+        try:
+            self.index = np.fromfile(self.path / "index.i64", dtype=np.int64)
+            _check_sizes(self.path, meta, self.index)
+            grid_state = torch.load(self.path / "occupancy.pt", map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 — a damaged cache gets one line, whatever is damaged
+            raise TeacherLoadError(f"teacher cache {path} is damaged ({error}): delete it to write a new one") from None
         aabb = torch.tensor(meta["written_for"]["scene_box"], dtype=torch.float32).view(2, 3)
         space = SceneSpace(aabb, bool(meta["written_for"].get("contracted", False)))
         self.occupancy_grid = OccupancyGrid(space, int(meta["written_for"]["grid_resolution"]))
         self.occupancy_grid.load_state_dict(grid_state)
-        self.index = np.fromfile(self.path / "index.i64", dtype=np.int64)
         self._rays = _Mapped(self.path / _FILES["rays"], np.float32, 7)
         self._spans = _Mapped(self.path / _FILES["spans"], np.float32, 2)
         self._outputs = _Mapped(self.path / _FILES["outputs"], np.float16, int(meta["output_width"]))
@@ -210,7 +229,7 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
         progress: called with no argument after each batch (a progress-bar advance), or None.
 
     Raises:
-        TeacherLoadError: ``path`` already exists, or ``max_bytes`` is smaller than one batch.
+        TeacherLoadError: ``path`` already exists, ``max_bytes`` is smaller than one batch, or the disk is full.
     """
     path = Path(path)
     if path.exists():
@@ -249,19 +268,32 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
         for f in files.values():
             f.close()
         np.asarray(index, dtype=np.int64).tofile(partial / "index.i64")
-        torch.save(teacher.occupancy_grid.state_dict(), partial / "occupancy.pt")
+        save_torch(teacher.occupancy_grid.state_dict(), partial / "occupancy.pt")
         field_state = teacher.warm_start_state()
         if field_state is not None:  # students reading the cache warm-start as the one writing it
-            torch.save({k: v.cpu() for k, v in field_state.items()}, partial / "field.pt")
+            save_torch({k: v.cpu() for k, v in field_state.items()}, partial / "field.pt")
         meta = {"version": CACHE_VERSION, "written_for": written_for, "teacher_name": teacher.name,
                 "has_volume_feature": has_volume_feature, "num_samples": num_samples,
                 "rays_per_batch": num_rays, "output_width": output_width,
                 "mask_bytes": -(-num_rays * num_samples // 8), "batches": len(index) - 1}
         (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         partial.rename(path)
+    except OSError as error:  # a full disk: one line, nothing of the cache left
+        _discard(files, partial)
+        raise TeacherLoadError(f"teacher cache {path} could not be written after {total / 2**20:.0f} MiB "
+                               f"({error.strerror or error}): nothing of it is kept; free space or lower "
+                               "--teacher-cache-gib") from None
     except BaseException:
-        for f in files.values():
-            f.close()
-        shutil.rmtree(partial, ignore_errors=True)
+        _discard(files, partial)
         raise
     return TeacherCache(path)
+
+
+def _discard(files: Dict[str, Any], partial: Path) -> None:
+    """Close the files of a cache being written and remove its partial folder (closing may fail on a full disk)."""
+    for f in files.values():
+        try:
+            f.close()
+        except OSError:
+            pass
+    shutil.rmtree(partial, ignore_errors=True)

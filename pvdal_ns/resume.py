@@ -1,0 +1,89 @@
+"""Reruns of ``ns-distill`` (issue #19): a run of the same settings that finished is reused, one that was killed
+continues from its last checkpoint in its own folder; anything else trains afresh.
+
+A run is found under ``<output_dir>/<experiment>/<method>/<timestamp>/`` by its ``config.yml``: the newest one
+whose every setting equals the new run's (nerfstudio's ``TrainerConfig`` dataclasses compared whole, timestamp
+and ``load_dir`` aside). It finished when ``run.json`` (:func:`mark_finished`, written once training ends) is beside
+it; it was killed when it has a checkpoint and no ``run.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from pvdal_ns.files import write_atomic
+from pvdal_ns.teachers import TeacherLoadError, read_trainer_config
+
+RECORD = "run.json"
+"""Written beside ``config.yml`` once a run's training ends: its training seconds and steps."""
+
+
+@dataclass
+class FinishedRun:
+    """A run that finished training (``run.json``).
+
+    Attributes:
+        config_path: its ``config.yml``.
+        seconds: training wall time (s) of the process that ended it (from ``start_step``).
+        steps: the run's planned steps (its last checkpoint is step ``steps - 1``).
+        start_step: the first step that process trained (0 unless it was resumed)."""
+
+    config_path: Path
+    seconds: float
+    steps: int
+    start_step: int = 0
+
+
+def same_settings(old: TrainerConfig, new: TrainerConfig) -> bool:
+    """Whether two runs have every setting equal, their timestamp and ``load_dir`` (where a resume reads) aside."""
+    return dataclasses.replace(new, timestamp=old.timestamp, load_dir=old.load_dir) == old
+
+
+def previous_run(config: TrainerConfig) -> Optional[Path]:
+    """The folder of the newest run of ``config``'s settings under its output folder, or None. Folders whose
+    ``config.yml`` cannot be read (another version, a plugin not installed) are passed over."""
+    method_dir = Path(config.output_dir) / config.experiment_name / config.method_name
+    for path in sorted(method_dir.glob("*/config.yml"), reverse=True):  # timestamps sort by time
+        try:
+            old = read_trainer_config(path, role="earlier run")
+        except TeacherLoadError:
+            continue
+        if same_settings(old, config):
+            return path.parent
+    return None
+
+
+def reuse_or_resume(config: TrainerConfig) -> Optional[FinishedRun]:
+    """The finished run of ``config``'s settings, if there is one. Otherwise None, and ``config`` is set to continue
+    a killed run of the same settings in its folder (``timestamp``, ``load_dir``; nerfstudio's resume, checked and
+    ended at the planned step by :class:`~pvdal_ns.trainer.PVDTrainer`), or left to start afresh. One log line says
+    which."""
+    folder = previous_run(config)
+    if folder is None:
+        return None
+    record = folder / RECORD
+    if record.is_file():
+        info = json.loads(record.read_text())
+        CONSOLE.log(f"Reusing the finished run {folder} (delete it to train again)")
+        return FinishedRun(folder / "config.yml", info["seconds"], info["steps"], info.get("start_step", 0))
+    checkpoints = sorted((folder / "nerfstudio_models").glob("step-*.ckpt"))
+    if not checkpoints:
+        CONSOLE.log(f"{folder} stopped before its first checkpoint: training afresh")
+        return None
+    config.timestamp = folder.name
+    config.load_dir = folder / "nerfstudio_models"
+    CONSOLE.log(f"Resuming the killed run {folder} from {checkpoints[-1].name}")
+    return None
+
+
+def mark_finished(config_path: Path, seconds: float, steps: int, start_step: int) -> None:
+    """Write ``run.json`` beside ``config_path``: the run's training ended (:class:`FinishedRun`'s fields)."""
+    info = {"seconds": round(seconds, 1), "steps": steps, "start_step": start_step}
+    write_atomic(config_path.parent / RECORD, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
