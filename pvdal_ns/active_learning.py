@@ -145,10 +145,13 @@ class HardPosePool(nn.Module):
         return torch.cat([rotation @ picked[:, :, :3], new_centres[:, :, None]], dim=-1)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        return {"poses": self.poses, "errors": self.errors, "next_slot": self.next_slot}
+        return {"poses": self.poses, "errors": self.errors, "next_slot": self.next_slot,
+                "error_sum": self.error_sum, "ray_count": self.ray_count}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.poses, self.errors, self.next_slot = state["poses"].cpu(), state["errors"].cpu(), int(state["next_slot"])
+        if "error_sum" in state:  # the epoch's measurements so far (checkpoints before 2026-12-03 lack them)
+            self.error_sum, self.ray_count = state["error_sum"].cpu(), state["ray_count"].cpu()
 
 
 RAY_FIELDS = ("origins", "directions", "pixel_area", "pixels")
@@ -343,6 +346,15 @@ class ActiveLearning(nn.Module):
                 "al_pose_pool_size": torch.tensor(float(len(self.hard_poses.poses)))}
 
     # --- the epoch's statistics, for the figures --------------------------------------------------------
+    def get_extra_state(self) -> Dict[str, Any]:
+        """This epoch's figure statistics (the pools save their own state), for an exact resume."""
+        return {"from_pool": self.from_pool, "image_size": list(self.image_size), "heat": self.heat,
+                "hard_ray_ids": torch.cat(self.hard_ray_ids) if self.hard_ray_ids else torch.zeros(0, dtype=torch.long)}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.from_pool, self.image_size, self.heat = state["from_pool"].cpu(), tuple(state["image_size"]), state["heat"].cpu()
+        self.hard_ray_ids = [state["hard_ray_ids"].cpu()]
+
     def start_epoch(self, num_poses: int, image_size) -> None:
         """Reset the per-epoch statistics for ``num_poses`` poses of ``image_size`` (H, W) pixels."""
         self.hard_poses.reset_epoch(num_poses)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
@@ -167,7 +167,12 @@ class PseudoLabels:
         self.epoch += 1
         n, cam = self.config.poses_per_epoch, self._intrinsics
         self._image_size = (int(cam.height), int(cam.width))
-        c2w = self.active_learning.epoch_poses(n, self._image_size, self.pose_sampler.sample, self.pose_sampler.pivot)
+        self._use_poses(self.active_learning.epoch_poses(n, self._image_size, self.pose_sampler.sample,
+                                                         self.pose_sampler.pivot))
+
+    def _use_poses(self, c2w: Float[Tensor, "N 3 4"]) -> None:
+        """Make the epoch's cameras (the training intrinsics) at ``c2w`` and start its steps."""
+        n, cam = len(c2w), self._intrinsics
         self.cameras = Cameras(
             camera_to_worlds=c2w,
             fx=cam.fx.expand(n, 1),
@@ -185,6 +190,21 @@ class PseudoLabels:
         self._epoch_step = 0
         self.images: Optional[TeacherImages] = self.teacher.render_images(self.cameras) if self.from_images else None
         """Renders only: the teacher's images of this epoch's poses."""
+
+    def epoch_state(self) -> Dict[str, Any]:
+        """Where this epoch stands (its number, the steps it made, its poses), for an exact resume; empty for
+        recorded batches, which have no epochs."""
+        if Capability.RECORDED in self.teacher.capabilities:
+            return {}
+        return {"epoch": self.epoch, "epoch_step": self._epoch_step, "poses": self.cameras.camera_to_worlds.cpu()}
+
+    def restore_epoch(self, state: Dict[str, Any]) -> None:
+        """Go on with the epoch of :meth:`epoch_state` (its renders-only images rendered again)."""
+        if not state or Capability.RECORDED in self.teacher.capabilities:
+            return
+        self.epoch = int(state["epoch"])
+        self._use_poses(state["poses"].to(self.cameras.device))
+        self._epoch_step = int(state["epoch_step"])
 
     def _end_epoch(self, step: int) -> None:
         """Hard poses of the finished epoch into the pool; images of the hard poses and rays."""
@@ -281,6 +301,27 @@ class DistillationDataManager(VanillaDataManager):
         if self.pseudo_labels is not None:
             raise RuntimeError("the pseudo-labels of a datamanager are set once, at setup")
         self.pseudo_labels, self.leads = pseudo_labels, leads
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """What an exact resume needs beyond the pools (docs/design.md, "What a resume restores"): torch's random
+        streams at the checkpoint and, for the student that leads its pseudo-labels, where their epoch stands."""
+        state: Dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        labels = getattr(self, "pseudo_labels", None)
+        if labels is not None and self.leads:
+            state["epoch"] = labels.epoch_state()
+        return state
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        labels = getattr(self, "pseudo_labels", None)
+        if labels is None:  # evaluation and the viewer: the training stream is not theirs to set
+            return
+        if self.leads:
+            labels.restore_epoch(state.get("epoch", {}))
+        torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         trainer = training_callback_attributes.trainer

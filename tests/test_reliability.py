@@ -97,8 +97,10 @@ def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teach
 RUN = """
 import sys
 sys.path.insert(0, {tests!r})
+import torch
 from conftest import tiny_config
 from pvdal_ns.runner import train
+torch.set_num_threads(1)
 config = tiny_config("hash", {out!r}, steps=60, teacher={teacher!r}, experiment="killed")
 config.steps_per_save = 40
 train(config, "to be killed")
@@ -107,7 +109,17 @@ train(config, "to be killed")
 
 def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an_uninterrupted_one(tiny_teacher, tmp_path):
     """SIGKILL after the checkpoint of step 40 (of 60); ``--load-dir`` continues at step 41 with the checkpoint's
-    stage and pools and ends at step 59 within 0.3 dB of the same run uninterrupted."""
+    stage, pools, epoch and random stream, and ends at step 59 with the weights of the same run uninterrupted. On one
+    thread: on two, torch's CPU sums are in no fixed order and two uninterrupted runs differ by ~1e-3."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _kill_resume_and_compare(tiny_teacher[0], tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _kill_resume_and_compare(teacher, tmp_path):
     import signal
     import subprocess
     import sys
@@ -117,7 +129,7 @@ def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an
     from pvdal_ns.checkpoints import load_checkpoint
     from pvdal_ns.runner import _setup_trainer, evaluate, train
 
-    code = RUN.format(tests=str(Path(__file__).parent), out=str(tmp_path), teacher=str(tiny_teacher[0]))
+    code = RUN.format(tests=str(Path(__file__).parent), out=str(tmp_path), teacher=str(teacher))
     killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while not list(tmp_path.glob("killed/*/*/nerfstudio_models/step-000000040.ckpt")):
@@ -129,7 +141,7 @@ def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an
     assert [p.name for p in models.iterdir()] == ["step-000000040.ckpt"]
     saved = load_checkpoint(models / "step-000000040.ckpt")["pipeline"]
 
-    config = tiny_config("hash", tmp_path, steps=60, teacher=tiny_teacher[0], experiment="resumed")
+    config = tiny_config("hash", tmp_path, steps=60, teacher=teacher, experiment="resumed")
     config.steps_per_save, config.load_dir = 40, models
     trainer = _setup_trainer(config)
     assert trainer._start_step == 41
@@ -139,10 +151,12 @@ def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an
     assert trainer.pipeline.model.stage == 3
     assert sorted(p.name for p in config.get_base_dir().glob("nerfstudio_models/*.ckpt")) == ["step-000000059.ckpt"]
 
-    whole = train(tiny_config("hash", tmp_path, steps=60, teacher=tiny_teacher[0], experiment="whole"), "uninterrupted")
-    resumed_psnr = evaluate(trainer.pipeline).psnr
-    whole_psnr = evaluate(whole.pipeline).psnr
-    assert abs(resumed_psnr - whole_psnr) < 0.3, (resumed_psnr, whole_psnr)
+    whole = train(tiny_config("hash", tmp_path, steps=60, teacher=teacher, experiment="whole"), "uninterrupted")
+    resumed, uninterrupted = trainer.pipeline.model.state_dict(), whole.pipeline.model.state_dict()
+    largest = max(float((resumed[k] - uninterrupted[k]).abs().max()) for k in uninterrupted
+                  if uninterrupted[k].is_floating_point() and uninterrupted[k].numel())
+    psnrs = evaluate(trainer.pipeline).psnr, evaluate(whole.pipeline).psnr
+    assert largest < 1e-6 and abs(psnrs[0] - psnrs[1]) < 1e-4, (largest, psnrs)
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
