@@ -170,8 +170,8 @@ def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[Tra
     if run is None and resume:
         run = reuse_or_resume(config)
     cached = isinstance(run, FinishedRun)
-    if isinstance(run, FinishedRun):
-        run = _reopen(run)
+    if cached:
+        run = _reopen(run)  # type: ignore[arg-type]
     else:
         run = run or train(config, f"{name}: training")
         mark_finished(run.config_path, run.seconds, run.steps, run.start_step)
@@ -195,18 +195,14 @@ def cached_teacher(architecture: str, size: Size, data: Path, output_dir: Path, 
     """
     key = f"teacher-{method_name(architecture, size).removeprefix('pvdal-')}-{steps}"
     record = output_dir / f"{key}.json"
+    config, name = student_config(architecture, size, data, output_dir, key, steps, None), f"teacher ({architecture})"
     if record.is_file():
         info = json.loads(record.read_text())
         config_path = Path(info["config"])
         if config_path.is_file() and info.get("data") == str(data):
             CONSOLE.log(f"Reusing the cached teacher {config_path} (delete {record} to retrain)")
-            _, pipeline, _, _ = eval_setup(config_path, test_mode="test")
-            result = evaluate(pipeline, "teacher: evaluating")
-            report = model_report(f"teacher ({architecture})", "teacher", info["method"], result, info["seconds"],
-                                  count_parameters(pipeline), steps, config_path, cached=True)
-            return Trained(report, result)
-    trained = run_and_evaluate(student_config(architecture, size, data, output_dir, key, steps, None),
-                               f"teacher ({architecture})", "teacher", resume=True)  # a killed teacher continues
+            return run_and_evaluate(config, name, "teacher", FinishedRun(config_path, info["seconds"], steps))
+    trained = run_and_evaluate(config, name, "teacher", resume=True)  # a killed teacher continues
     info = {"config": trained.report.config, "method": trained.report.method, "seconds": trained.report.train_seconds, "data": str(data)}
     write_atomic(record, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return trained

@@ -21,13 +21,18 @@ from pvdal_ns.files import save_torch, write_atomic
 from pvdal_ns.teachers import TeacherLoadError
 
 
+def _say_error(message: object) -> None:
+    """``message`` as one ``error:`` line on nerfstudio's console, however narrow the terminal."""
+    CONSOLE.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+
+
 def refuse(message: str) -> None:
     """Print ``message`` as one ``error:`` line on nerfstudio's console (not wrapped) and exit.
 
     Raises:
         SystemExit: always, with code 2 (bad input; docs/design.md, "A run's length, resuming, crashes and the
             machine")."""
-    CONSOLE.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow the terminal
+    _say_error(message)
     sys.exit(2)
 
 
@@ -43,7 +48,7 @@ def install_refusal_hook() -> None:
         if not issubclass(kind, TeacherLoadError):
             previous(kind, error, traceback)
             return
-        CONSOLE.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        _say_error(error)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(2)  # an exception hook cannot set the exit code otherwise
