@@ -192,14 +192,16 @@ class PseudoLabels:
         """Renders only: the teacher's images of this epoch's poses."""
 
     def epoch_state(self) -> Dict[str, Any]:
-        """Where this epoch stands (its number, the steps it made, its poses), for an exact resume; empty for
+        """Where this epoch stands, for an exact resume (docs/design.md, "What a resume restores"): ``epoch`` and
+        ``epoch_step`` (ints) and ``poses`` Float[Tensor, "N 3 4"] (camera-to-world, world units, CPU); empty for
         recorded batches, which have no epochs."""
         if Capability.RECORDED in self.teacher.capabilities:
             return {}
         return {"epoch": self.epoch, "epoch_step": self._epoch_step, "poses": self.cameras.camera_to_worlds.cpu()}
 
     def restore_epoch(self, state: Dict[str, Any]) -> None:
-        """Go on with the epoch of :meth:`epoch_state` (its renders-only images rendered again)."""
+        """Go on with the epoch of :meth:`epoch_state` (its renders-only images rendered again); an empty ``state``
+        (an older checkpoint, a teacher cache) leaves the epoch drawn at setup."""
         if not state or Capability.RECORDED in self.teacher.capabilities:
             return
         self.epoch = int(state["epoch"])

@@ -4,7 +4,7 @@ continues from its last checkpoint in its own folder; anything else trains afres
 A run is found under ``<output_dir>/<experiment>/<method>/<timestamp>/`` by its ``config.yml``: the newest one
 whose every setting equals the new run's (nerfstudio's ``TrainerConfig`` dataclasses compared whole, timestamp
 and ``load_dir`` aside). It finished when ``run.json`` (:func:`mark_finished`, written once training ends) is beside
-it; it was killed when it has a checkpoint and no ``run.json``.
+it; it was killed when it has a checkpoint and no ``run.json`` (docs/design.md, "Reruns of `ns-distill`").
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def reuse_or_resume(config: TrainerConfig) -> Optional[FinishedRun]:
     """The finished run of ``config``'s settings, if there is one. Otherwise None, and ``config`` is set to continue
     a killed run of the same settings in its folder (``timestamp``, ``load_dir``; nerfstudio's resume, checked and
     ended at the planned step by :class:`~pvdal_ns.trainer.PVDTrainer`), or left to start afresh. One log line says
-    which."""
+    which.
+
+    Raises:
+        ValueError: the run's ``run.json`` is not JSON (it is written atomically, so only by hand)."""
     folder = previous_run(config)
     if folder is None:
         return None
@@ -84,6 +87,10 @@ def reuse_or_resume(config: TrainerConfig) -> Optional[FinishedRun]:
 
 
 def mark_finished(config_path: Path, seconds: float, steps: int, start_step: int) -> None:
-    """Write ``run.json`` beside ``config_path``: the run's training ended (:class:`FinishedRun`'s fields)."""
+    """Write ``run.json`` beside ``config_path``: the run's training ended (:class:`FinishedRun`'s fields; seconds in
+    s), atomically (:func:`~pvdal_ns.files.write_atomic`).
+
+    Raises:
+        OSError: the file cannot be written."""
     info = {"seconds": round(seconds, 1), "steps": steps, "start_step": start_step}
     write_atomic(config_path.parent / RECORD, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
