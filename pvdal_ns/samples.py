@@ -118,11 +118,17 @@ def visible(ray_samples: RaySamples, mask: Bool[Tensor, "R S"], density: Float[T
 
     Args:
         ray_samples: RaySamples [R, S]; mask: the M samples ``density`` (σ, 1/scene units) is given at.
+        density: Float[Tensor, "M 1"] of any floating dtype (16 bits under mixed precision); the transmittance is
+            computed in float32.
+
+    Returns:
+        Bool[Tensor, "R S"], a subset of ``mask``.
     """
-    sigmas = torch.zeros(mask.shape, device=mask.device, dtype=density.dtype)
-    sigmas[mask] = density.detach().squeeze(-1)
-    seen = render_visibility_from_density(ray_samples.frustums.starts.squeeze(-1), ray_samples.frustums.ends.squeeze(-1),
-                                          sigmas, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre)
+    sigmas = torch.zeros(mask.shape, device=mask.device, dtype=torch.float32)
+    sigmas[mask] = density.detach().squeeze(-1).float()
+    frustums = ray_samples.frustums
+    seen = render_visibility_from_density(frustums.starts.squeeze(-1), frustums.ends.squeeze(-1), sigmas,
+                                          early_stop_eps=early_stop_eps, alpha_thre=alpha_thre)
     return mask & seen
 
 
@@ -138,23 +144,31 @@ def composite(
 ) -> Dict[str, Tensor]:
     """Volume rendering (paper Eq. 1) of point outputs given at the masked samples, with nerfstudio's renderers.
 
-    Shared by students and every teacher, so both render the same samples the same way.
+    Shared by students and every teacher, so both render the same samples the same way. The compositing is done
+    in float32 whatever dtype the points come in (float16 or bfloat16 from a field under ``torch.autocast``, i.e.
+    ``--mixed-precision``): their values are cast when scattered into the dense [R, S] arrays, and
+    ``RaySamples.get_weights`` and the renderers then work in float32, as in nerfstudio's models (a cumulative sum
+    of densities and its exponential lose too much in 16 bits).
 
     Args:
         ray_samples: RaySamples [R, S]; mask: which of them ``points`` holds (M = mask.sum()).
-        points: density and colour at the M samples (``rgb`` required).
+        points: density and colour at the M samples (``rgb`` required), Float[Tensor, "M 1"] and
+            Float[Tensor, "M 3"] of any floating dtype.
         renderer_rgb: nerfstudio ``RGBRenderer``; ``background`` overrides its background colour.
 
     Returns:
-        rgb Float[Tensor, "R 3"], accumulation and depth Float[Tensor, "R 1"] (depth in scene units),
-        weights Float[Tensor, "R S 1"] (Eq. 12 terms).
+        float32 tensors: rgb Float[Tensor, "R 3"], accumulation and depth Float[Tensor, "R 1"] (depth in scene
+        units), weights Float[Tensor, "R S 1"] (Eq. 12 terms).
+
+    Raises:
+        AssertionError: ``points.rgb`` is None.
     """
-    density = torch.zeros((*mask.shape, 1), device=mask.device, dtype=points.raw_density.dtype)
-    density[mask] = points.density
-    weights = ray_samples.get_weights(density)
-    rgb_samples = torch.zeros((*mask.shape, 3), device=mask.device, dtype=density.dtype)
     assert points.rgb is not None
-    rgb_samples[mask] = points.rgb.to(density.dtype)
+    density = torch.zeros((*mask.shape, 1), device=mask.device, dtype=torch.float32)
+    density[mask] = points.density.float()
+    weights = ray_samples.get_weights(density)
+    rgb_samples = torch.zeros((*mask.shape, 3), device=mask.device, dtype=torch.float32)
+    rgb_samples[mask] = points.rgb.float()
     return {
         "rgb": renderer_rgb(rgb_samples, weights, background_color=background),
         "accumulation": _ACCUMULATION(weights),

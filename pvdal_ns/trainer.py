@@ -15,6 +15,7 @@ import torch
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import Trainer
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch.amp import GradScaler
 
 from pvdal_ns.checkpoints import load_checkpoint
 from pvdal_ns.files import save_torch, write_atomic
@@ -57,10 +58,23 @@ def install_refusal_hook() -> None:
     sys.excepthook = hook
 
 
+AMP_SCALE_FLOOR = 2.0**-24
+"""Below this gradient scale a run under mixed precision is diverging (:class:`GuardedOptimizers`): float16's
+smallest positive (subnormal) number."""
+
+
+def _finite_flag(parameters: List[torch.nn.Parameter]) -> torch.Tensor:
+    """Bool[Tensor, ""]: whether every gradient of ``parameters`` is finite (sparse ones: their values), on their
+    device, without waiting for it."""
+    grads = [p.grad._values() if p.grad.is_sparse else p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.ones((), dtype=torch.bool)
+    return torch.stack([grad.isfinite().all() for grad in grads]).all()
+
+
 def _finite(parameters: List[torch.nn.Parameter]) -> bool:
     """Whether every gradient of ``parameters`` is finite (sparse ones: their values)."""
-    flags = [(p.grad._values() if p.grad.is_sparse else p.grad).isfinite().all() for p in parameters if p.grad is not None]
-    return bool(torch.stack(flags).all()) if flags else True
+    return bool(_finite_flag(parameters))
 
 
 class GuardedOptimizers(Optimizers):
@@ -68,33 +82,108 @@ class GuardedOptimizers(Optimizers):
     optimiser state stay as they were, so any checkpoint holds a finite model) and stop the run, in one line
     naming the step and the last checkpoint, after ``max_in_a_row`` such steps in a row.
 
+    Under mixed precision (an enabled ``GradScaler``) a step whose scaled gradients overflow is AMP's ordinary
+    business: the scaler skips it and halves its scale. Such steps are not counted as non-finite ones; the run is
+    stopped as diverging when the scale would fall below :data:`AMP_SCALE_FLOOR` (see
+    :meth:`optimizer_scaler_step_some`).
+
     Attributes:
         step: the trainer's current step (set by :class:`PVDTrainer` before each).
-        skipped: steps skipped so far in this run.
+        skipped: steps skipped so far in this run for non-finite gradients (the scaler's skips are not counted).
+        overflowed: steps in which AMP's grad scaler skipped an optimiser so far in this run.
     """
 
     def __init__(self, config: Dict, param_groups: Dict, max_in_a_row: int, checkpoint_dir: Path) -> None:
         super().__init__(config, param_groups)
         self.max_in_a_row, self.checkpoint_dir = max_in_a_row, checkpoint_dir
         self.step, self.skipped, self._in_a_row = 0, 0, 0
+        self.overflowed, self._overflowed_in_a_row = 0, 0
 
-    def optimizer_scaler_step_some(self, grad_scaler, param_groups: List[str]) -> None:
-        """nerfstudio's step of ``param_groups`` when all their gradients are finite; else skip it and log it.
+    def optimizer_scaler_step_some(self, grad_scaler: GradScaler, param_groups: List[str]) -> None:
+        """nerfstudio's ``Optimizers.optimizer_scaler_step_some``: step the optimisers of ``param_groups`` that have
+        gradients, through ``grad_scaler``, clipping the gradients of groups with an optimiser ``max_norm``.
+
+        Without a grad scaler (disabled: no ``--mixed-precision`` nor ``--use-grad-scaler``, or no CUDA): when a
+        gradient of these groups is NaN or Inf, no group is stepped; the step is logged and counted, and the
+        ``max_in_a_row``-th such step in a row stops the run.
+
+        With an enabled grad scaler, every optimiser's gradients are unscaled first, once (``grad_scaler.unscale_``,
+        which records the scaler's inf check; clipping then works on unscaled gradients, as nerfstudio's does), and
+        the skipping is left to ``grad_scaler.step``: it skips an optimiser whose scaled gradients hold an Inf or a
+        NaN, and the trainer's ``grad_scaler.update()`` then halves the scale. Such overflow steps are not counted.
+        A step is counted only when the scaler would not skip it: finite scaled gradients that are not finite once
+        unscaled (a scale below 1 can make them so); then no group is stepped, as without a scaler.
+
+        A run diverging under AMP is one whose loss or gradients stay NaN or Inf: the scaler skips every step and
+        the scale halves each time, towards 0, whereas a healthy run's scale stops falling as soon as its scaled
+        gradients fit in float16. The run is stopped when an overflow would bring the scale below
+        :data:`AMP_SCALE_FLOOR` = 2**-24, float16's smallest positive number: there every scaled gradient below 1
+        underflows to zero, so no step can learn; from torch's initial scale, 2**16, that takes 40 overflowing
+        steps in a row. A count of skipped steps in a row is not the test: a healthy run whose float16 gradients
+        exceed 2**9 overflows in ten steps in a row at its start, as many as ``max_in_a_row`` (10 by default).
+
+        Args:
+            grad_scaler: the trainer's ``GradScaler`` (``torch.cuda.amp`` or ``torch.amp``, any device).
+            param_groups: names of the groups to step (keys of ``parameters``).
 
         Raises:
-            SystemExit: code 2, at the ``max_in_a_row``-th skipped step in a row (:func:`refuse`)."""
-        if _finite([p for group in param_groups for p in self.parameters[group]]):
-            self._in_a_row = 0
-            super().optimizer_scaler_step_some(grad_scaler, param_groups)
+            SystemExit: code 2 (:func:`refuse`, one line naming the step and the last checkpoint) at the
+                ``max_in_a_row``-th counted skipped step in a row, or, with a scaler, when the scale would fall
+                below :data:`AMP_SCALE_FLOOR`."""
+        if not grad_scaler.is_enabled():
+            if _finite([p for group in param_groups for p in self.parameters[group]]):
+                self._in_a_row = 0
+                super().optimizer_scaler_step_some(grad_scaler, param_groups)
+            else:
+                self._skip()
             return
+        stepping = [group for group in param_groups
+                    if any(p.grad is not None for g in self.optimizers[group].param_groups for p in g["params"])]
+        checks = []
+        for group in stepping:
+            parameters = self.parameters[group]
+            scaled = _finite_flag(parameters)  # what the scaler's own inf check finds
+            grad_scaler.unscale_(self.optimizers[group])
+            checks.append(torch.stack([scaled, _finite_flag(parameters)]))
+            max_norm = self.config[group]["optimizer"].max_norm
+            if max_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        flags = torch.stack(checks).tolist() if checks else []  # the one wait for the device
+        if any(scaled and not unscaled for scaled, unscaled in flags):  # the scaler would step them
+            self._skip()
+            return
+        self._in_a_row = 0
+        for group in stepping:
+            grad_scaler.step(self.optimizers[group])  # skips an optimiser whose scaled gradients overflowed
+        if all(scaled for scaled, _ in flags):
+            self._overflowed_in_a_row = 0
+            return
+        self.overflowed += 1
+        self._overflowed_in_a_row += 1
+        scale = grad_scaler.get_scale() * grad_scaler.get_backoff_factor()  # after the trainer's update()
+        if scale < AMP_SCALE_FLOOR:
+            refuse(f"{self._overflowed_in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients under "
+                   f"mixed precision, bringing the gradient scale to {scale:.3g}, so training stopped; "
+                   f"{self._last_checkpoint()}. Lower the learning rates, check the teacher or train without mixed "
+                   "precision")
+
+    def _skip(self) -> None:
+        """Count and log a step skipped for non-finite gradients; stop the run at the ``max_in_a_row``-th in a row."""
         self.skipped += 1
         self._in_a_row += 1
-        CONSOLE.log(f"Step {self.step}: a gradient is NaN or Inf, step skipped ({self.skipped} so far, {self._in_a_row} in a row)")
+        CONSOLE.log(f"Step {self.step}: a gradient is NaN or Inf, step skipped "
+                    f"({self.skipped} so far, {self._in_a_row} in a row)")
         if self._in_a_row >= self.max_in_a_row:
             saved = sorted(self.checkpoint_dir.glob("step-*.ckpt"))
-            last = f"the last checkpoint, {saved[-1]}, holds the model before them" if saved else "no checkpoint was saved"
-            refuse(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients, so training stopped; "
-                   f"{last}. Lower the learning rates or check the teacher")
+            last = (f"the last checkpoint, {saved[-1]}, holds the model before them" if saved
+                    else "no checkpoint was saved")
+            refuse(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients, so training "
+                   f"stopped; {last}. Lower the learning rates or check the teacher")
+
+    def _last_checkpoint(self) -> str:
+        """Where the last checkpoint of the run is, in words."""
+        saved = sorted(self.checkpoint_dir.glob("step-*.ckpt"))
+        return f"the last checkpoint is {saved[-1]}" if saved else "no checkpoint was saved"
 
 
 class PVDTrainer(Trainer):

@@ -291,3 +291,136 @@ def test_ns_distill_reruns_continue_killed_students_and_reuse_finished_ones(tiny
                     resume=True)  # one after another
     assert not any(m.report.cached or m.report.resumed_at for m in other)
     assert len(list(tmp_path.glob("students/pvdal-*-small/*"))) == 4
+
+
+def _guarded(tmp_path, max_norm=None, max_in_a_row=10):
+    """Two parameter groups ("grids", "networks") of plain SGD (lr 0.1, so a step shows the gradient it used) behind
+    :class:`~pvdal_ns.trainer.GuardedOptimizers`."""
+    from nerfstudio.engine.optimizers import OptimizerConfig
+
+    from pvdal_ns.trainer import GuardedOptimizers
+
+    sgd = OptimizerConfig(_target=lambda params, lr, eps: torch.optim.SGD(params, lr=lr), lr=0.1, max_norm=max_norm)
+    groups = {"grids": [torch.nn.Parameter(torch.ones(4))], "networks": [torch.nn.Parameter(torch.ones(3))]}
+    config = {group: {"optimizer": sgd, "scheduler": None} for group in groups}
+    return GuardedOptimizers(config, groups, max_in_a_row, tmp_path)
+
+
+def _scaled_step(optimizers, grad_scaler, loss_of):
+    """One step as nerfstudio's ``Trainer.train_iteration`` takes it: zero, scaled backward, the optimisers' step
+    through the scaler, the scaler's update."""
+    optimizers.zero_grad_all()
+    params = [p for group in optimizers.parameters.values() for p in group]
+    grad_scaler.scale(loss_of(*params)).backward()
+    optimizers.optimizer_scaler_step_some(grad_scaler, list(optimizers.parameters))
+    grad_scaler.update()
+
+
+def test_an_overflowing_step_under_mixed_precision_is_the_grad_scalers_to_skip_and_is_not_counted(tmp_path):
+    """Under ``--mixed-precision`` an Inf in the scaled gradients is AMP's ordinary business: the scaler skips the
+    step of that optimiser and halves its scale; the run goes on (max_in_a_row=1 would stop at a counted step)."""
+    optimizers = _guarded(tmp_path, max_in_a_row=1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    grids, networks = (group[0] for group in optimizers.parameters.values())
+    for step in range(3):
+        optimizers.step = step
+        _scaled_step(optimizers, scaler, lambda g, n: (g * float("inf")).sum() + (n * 2.0).sum())
+        assert scaler.get_scale() == 2.0 ** (9 - step)
+    assert torch.equal(grids.detach(), torch.ones(4))  # the overflowing optimiser never stepped
+    assert torch.allclose(networks.detach(), torch.full((3,), 1 - 3 * 0.1 * 2.0))  # the other one did, unscaled
+    assert optimizers.skipped == 0 and optimizers.overflowed == 3
+
+    before = networks.detach().clone()
+    _scaled_step(optimizers, scaler, lambda g, n: (g * float("nan")).sum() + (n * float("nan")).sum())
+    assert torch.equal(networks.detach(), before) and torch.equal(grids.detach(), torch.ones(4))  # NaN everywhere
+    assert optimizers.skipped == 0 and scaler.get_scale() == 2.0**6
+
+
+def test_a_finite_step_under_mixed_precision_is_the_unscaled_step_and_clips_unscaled_gradients(tmp_path):
+    """The gradients are unscaled once before clipping (nerfstudio unscales before clipping; a second unscale would
+    raise) and the step is the one without a scaler."""
+    loss = lambda g, n: (g * torch.arange(4.0)).sum() + (n * 3.0).sum()  # noqa: E731 — gradient norms 3.7 and 5.2
+    for max_norm in (None, 1.0):
+        steps = {}
+        for enabled in (True, False):
+            optimizers = _guarded(tmp_path, max_norm=max_norm)
+            _scaled_step(optimizers, torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=enabled), loss)
+            steps[enabled] = [group[0].detach() for group in optimizers.parameters.values()]
+        clip = (lambda g: g) if max_norm is None else (lambda g: g / g.norm())  # noqa: E731
+        expected = [1 - 0.1 * clip(torch.arange(4.0)), 1 - 0.1 * clip(torch.full((3,), 3.0))]
+        for scaled, unscaled, want in zip(steps[True], steps[False], expected):
+            assert torch.allclose(scaled, unscaled) and torch.allclose(scaled, want, atol=1e-6), (max_norm, scaled)
+
+
+def test_a_run_whose_gradients_stay_nan_under_mixed_precision_stops_when_the_scale_falls_below_the_floor(
+        tmp_path, capsys):
+    from pvdal_ns.trainer import AMP_SCALE_FLOOR
+
+    optimizers = _guarded(tmp_path)
+    (tmp_path / "step-000000002.ckpt").write_bytes(b"")
+    scaler = torch.amp.GradScaler("cpu", init_scale=AMP_SCALE_FLOOR * 2**12)
+    with pytest.raises(SystemExit) as stopped:
+        for step in range(100):
+            optimizers.step = step
+            _scaled_step(optimizers, scaler, lambda g, n: (g * float("nan")).sum() + n.sum())
+    assert stopped.value.code == 2 and step == 12  # the 13th overflow would halve the scale below the floor
+    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "13 steps in a row up to step 12" in lines[0], lines
+    assert "step-000000002.ckpt" in lines[0]
+
+
+def test_without_a_grad_scaler_a_non_finite_step_is_skipped_for_every_group_and_counted(tmp_path, capsys):
+    optimizers = _guarded(tmp_path, max_in_a_row=2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # as nerfstudio's Trainer without --mixed-precision
+    _scaled_step(optimizers, scaler, lambda g, n: (g * float("inf")).sum() + n.sum())
+    assert all(torch.equal(group[0].detach(), torch.ones_like(group[0])) for group in optimizers.parameters.values())
+    assert optimizers.skipped == 1
+    with pytest.raises(SystemExit) as stopped:
+        _scaled_step(optimizers, scaler, lambda g, n: (g * float("inf")).sum() + n.sum())
+    assert stopped.value.code == 2
+    assert "2 steps in a row" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
+    """Under ``--mixed-precision`` a field's MLPs compute in 16 bits: the fields still give float32 outputs, and
+    points of 16-bit values are composited in float32, as their float32 values would be."""
+    from nerfstudio.cameras.rays import RayBundle
+    from nerfstudio.data.scene_box import SceneBox
+    from nerfstudio.model_components.renderers import RGBRenderer
+
+    from pvdal_ns.configs import field_config
+    from pvdal_ns.fields import PointOutputs
+    from pvdal_ns.samples import Sampling, composite, visible
+
+    aabb = torch.tensor([[-1.5] * 3, [1.5] * 3])
+    sampling = Sampling(SceneBox(aabb=aabb), num_samples=64)
+    torch.manual_seed(0)
+    origins = torch.nn.functional.normalize(torch.randn(32, 3), dim=-1) * 4.0
+    directions = torch.nn.functional.normalize(-origins + 0.3 * torch.randn(32, 3), dim=-1)
+    rays = sampling.collider()(RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(32, 1)))
+    samples = sampling.sampler(stratified=False)(rays)
+    mask = torch.rand(32, 64) < 0.8
+    positions, view = samples.frustums.get_positions()[mask], samples.frustums.directions[mask]
+    renderer = RGBRenderer(background_color="white")
+    for architecture in ("hash", "vm", "mlp", "tensors"):
+        field = field_config(architecture, "small").setup(aabb=aabb)
+        with torch.no_grad():
+            exact = field.query(positions, view)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast computes in bfloat16 only
+                autocast = field.query(positions, view)
+                rendered = composite(samples, mask, autocast, renderer)
+            reference = composite(samples, mask, exact, renderer)
+        low = [autocast.raw_density, autocast.rgb] + ([] if autocast.phi1 is None else [autocast.phi1])
+        assert all(t.dtype == torch.float32 for t in low), architecture
+        for key, value in rendered.items():
+            assert value.dtype == torch.float32, (architecture, key)
+            assert torch.allclose(value, reference[key], atol=2e-3), (architecture, key)
+
+        points = PointOutputs(raw_density=exact.raw_density.to(dtype), rgb=exact.rgb.to(dtype))
+        rounded = PointOutputs(raw_density=points.raw_density.float(), rgb=points.rgb.float())
+        out, expected = composite(samples, mask, points, renderer), composite(samples, mask, rounded, renderer)
+        for key, value in out.items():
+            assert value.dtype == torch.float32 and torch.allclose(value, expected[key], atol=1e-6), (architecture, key)
+        assert torch.equal(visible(samples, mask, points.density.to(dtype), 1e-4),
+                           visible(samples, mask, rounded.density, 1e-4))

@@ -45,8 +45,9 @@ class PointOutputs:
 
     @property
     def density(self) -> Tensor:
-        """Float[Tensor, "*bs 1"]: σ = trunc_exp(raw density), in 1/scene units."""
-        return trunc_exp(self.raw_density)
+        """Float32[Tensor, "*bs 1"]: σ = trunc_exp(raw density), in 1/scene units; computed in float32 whatever
+        the raw density's dtype (exp overflows float16 above a raw density of 11)."""
+        return trunc_exp(self.raw_density.float())
 
     def select(self, keep: Tensor) -> "PointOutputs":
         """The outputs at the points where ``keep`` (Bool[Tensor, "M"]) is True."""
@@ -126,8 +127,10 @@ class PVDField(SpaceBuffers, Field):
         raise NotImplementedError
 
     def phi1(self, x: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs C"]:
-        """ϕ¹: normalised positions in [0, 1]^3 → ``[raw density, features…]``."""
-        h = self.encode(x)
+        """ϕ¹: normalised positions in [0, 1]^3 → ``[raw density, features…]``, float32 whatever the encoding
+        computed in (under ``torch.autocast`` an MLP's output is float16 or bfloat16; the density bias is added
+        in float32)."""
+        h = self.encode(x).float()
         return torch.cat([h[..., :1] + self.config.density_bias, h[..., 1:]], dim=-1)
 
     def phi2(self, h: Float[Tensor, "*bs C"], directions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
@@ -153,11 +156,19 @@ class PVDField(SpaceBuffers, Field):
     ) -> PointOutputs:
         """Evaluate the field at world positions; ϕ² runs only when ``directions`` is given.
 
+        Every output is float32, also under ``torch.autocast`` (mixed precision), where the MLPs compute in
+        float16 or bfloat16: losses and compositing (:func:`pvdal_ns.samples.composite`) work in float32, as
+        nerfstudio's renderers do (its ``NerfactoField`` casts its density and colour to the positions' dtype).
+
+        Args:
+            positions: Float[Tensor, "*bs 3"] world positions; directions: Float[Tensor, "*bs 3"] unit vectors.
+
         Returns:
-            PointOutputs with raw density, colour (or None) and the volume feature (or None).
+            PointOutputs with raw density Float32[Tensor, "*bs 1"], colour Float32[Tensor, "*bs 3"] (or None)
+            and the volume feature Float32[Tensor, "*bs 16"] (or None).
         """
         h = self.phi1(self.normalize(positions))
-        rgb = None if directions is None else self.phi2(h, directions)
+        rgb = None if directions is None else self.phi2(h, directions).float()
         return PointOutputs(raw_density=h[..., :1], rgb=rgb, phi1=h if self.has_volume_feature else None)
 
     def density_at(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 1"]:
@@ -166,11 +177,12 @@ class PVDField(SpaceBuffers, Field):
 
     # --- nerfstudio Field API ----------------------------------------------------------------------
     def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
-        """nerfstudio ``Field`` API: σ Float[Tensor, "*bs 1"] (1/scene units) and ϕ¹ output as embedding."""
+        """nerfstudio ``Field`` API: σ Float32[Tensor, "*bs 1"] (1/scene units) and ϕ¹ output as embedding (float32,
+        as :meth:`query`'s)."""
         h = self.phi1(self.normalize(ray_samples.frustums.get_positions()))
         return trunc_exp(h[..., :1]), h
 
     def get_outputs(self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None) -> Dict:
-        """nerfstudio ``Field`` API: ``{FieldHeadNames.RGB: Float[Tensor, "*bs 3"]}`` from ϕ² of the embedding."""
+        """nerfstudio ``Field`` API: ``{FieldHeadNames.RGB: Float32[Tensor, "*bs 3"]}`` from ϕ² of the embedding."""
         assert density_embedding is not None
-        return {FieldHeadNames.RGB: self.phi2(density_embedding, ray_samples.frustums.directions)}
+        return {FieldHeadNames.RGB: self.phi2(density_embedding, ray_samples.frustums.directions).float()}
