@@ -16,12 +16,25 @@ import numpy as np
 import torch
 
 
-def allow_numpy_scalars() -> None:
-    """Allow-list the NumPy scalar reconstructors that nerfstudio checkpoints contain."""
-    from numpy.core.multiarray import scalar  # the name nerfstudio checkpoints pickle (numpy < 2)
+NUMPY_SCALAR_NAMES = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+"""The names a pickled NumPy scalar's reconstructor goes by: numpy < 2 writes the first, numpy ≥ 2 the second
+(its ``numpy.core`` became ``numpy._core``)."""
 
-    safe = [scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.int64))]
-    torch.serialization.add_safe_globals(safe)
+
+def allow_numpy_scalars() -> None:
+    """Allow-list the NumPy scalar reconstructors that nerfstudio checkpoints contain, under both names
+    (:data:`NUMPY_SCALAR_NAMES`), so that a checkpoint written with numpy 1 loads with numpy 2 and the reverse.
+
+    torch's weights-only unpickler matches a pickled global by its ``module.name`` string; the
+    ``(callable, "module.name")`` form of ``add_safe_globals`` (torch ≥ 2.6) binds both names to the one function.
+    Each name is resolved here from ``numpy._core`` (numpy ≥ 1.26 ships it; numpy 2 warns on ``numpy.core``).
+    """
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 1.26
+        from numpy.core.multiarray import scalar
+    safe = [(scalar, name) for name in NUMPY_SCALAR_NAMES]
+    torch.serialization.add_safe_globals(safe + [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.int64))])
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -48,14 +61,17 @@ def model_state(loaded: Dict[str, Any]) -> Dict[str, torch.Tensor]:
 def fill_missing_defaults(config: Any) -> Any:
     """Give a config read from an older ``config.yml`` the fields added since, with their defaults.
 
-    YAML-loaded dataclasses skip ``__init__``, so a field the file does not name would be missing.
-    Recurses into nested dataclass configs; returns ``config``.
+    YAML-loaded dataclasses skip ``__init__``, so a field the file does not name would be missing. A field whose
+    value for such files differs from its default for new configs names it in its metadata, ``"when_missing"``
+    (e.g. ``HashFieldConfig.implementation``: "torch"). Recurses into nested dataclass configs; returns ``config``.
     """
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         return config
     for f in dataclasses.fields(config):
         if f.name not in vars(config):
-            if f.default is not dataclasses.MISSING:
+            if "when_missing" in f.metadata:
+                setattr(config, f.name, f.metadata["when_missing"])
+            elif f.default is not dataclasses.MISSING:
                 setattr(config, f.name, f.default)
             elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
                 setattr(config, f.name, f.default_factory())  # type: ignore[misc]

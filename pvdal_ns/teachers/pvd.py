@@ -11,7 +11,8 @@ from jaxtyping import Float
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
 
-from pvdal_ns.fields import PointOutputs
+from pvdal_ns.fields import HashFieldConfig, PointOutputs
+from pvdal_ns.fields.hash import TCNN_EXISTS, hash_layout, layout_mismatch
 from pvdal_ns.model import PVDModel
 from pvdal_ns.samples import Sampling
 from pvdal_ns.teachers.base import Capability, ModelTeacher, TeacherLoadError
@@ -49,11 +50,20 @@ def load_pvd_teacher(config, state: Dict[str, Tensor], step: int, device: Union[
     """The pvdal-* model of ``config`` filled from its checkpoint ``state`` (its own scene box and grid: the
     student's ``sampling`` is not used).
 
+    A pvdal-hash teacher is built with the hash grid its checkpoint holds (tiny-cuda-nn's or torch's: the state's
+    keys say, whatever its config.yml says, which may predate the field recording it; ``pvdal_ns.fields.hash``).
+
     Raises:
-        TeacherLoadError: the checkpoint has no field box or does not match its config.yml."""
+        TeacherLoadError: the checkpoint has no field box, holds tiny-cuda-nn's hash grid where tinycudann is not
+            importable, or does not match its config.yml."""
     aabb = state.get("field.aabb")
     if aabb is None:
         raise TeacherLoadError(f"checkpoint of {source} has no field.aabb: it was not written by a pvdal-* model")
+    field = config.pipeline.model.field
+    if isinstance(field, HashFieldConfig):
+        field.implementation = hash_layout(state, "field.") or field.implementation
+        if field.implementation == "tcnn" and not TCNN_EXISTS:
+            raise TeacherLoadError(f"checkpoint of {source}: {layout_mismatch('tcnn', 'torch')}")
     model = config.pipeline.model.setup(scene_box=SceneBox(aabb=aabb), num_train_data=1, metadata={})
     try:
         model.load_state_dict(state)
