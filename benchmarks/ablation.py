@@ -47,8 +47,8 @@ def report(output_dir: Path) -> None:
 
 
 def merge(output_dir: Path, parts: list) -> None:
-    from pvdal_ns.ablation import ROWS, AblationSettings, markdown_table, plot_per_view, summarise
-    from pvdal_ns.files import write_atomic
+    from pvdal_ns.experiments.ablation import ROWS, AblationSettings, markdown_table, plot_per_view, summarise
+    from pvdal_ns.utils.files import write_atomic
 
     records = [json.loads((Path(p) / "ablation.json").read_text()) for p in parts]
     if any(r["settings"] != records[0]["settings"] for r in records):

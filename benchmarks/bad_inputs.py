@@ -42,7 +42,7 @@ def make_cases(teacher: Path, work: Path) -> list:
     not_yaml = work / "not-yaml.yml"
     not_yaml.write_bytes(b"\x89PNG\r\n\x1a\n{{{: [")
     unknown = teacher_copy("unknown-method", re.sub(r"method_name: \S+", "method_name: my-method", text).replace(
-        "pvdal_ns.model.PVDModelConfig", "my_plugin.MyModelConfig"))
+        "pvdal_ns.models.pvd_model.PVDModelConfig", "my_plugin.MyModelConfig"))
     vanilla = teacher_copy("vanilla-pipeline", re.sub(r"pvdal_ns\.pipeline\.DistillationPipelineConfig",
                                                       "nerfstudio.pipelines.base_pipeline.VanillaPipelineConfig", text))
     no_ckpt = teacher_copy("no-checkpoint", checkpoints=False)

@@ -32,8 +32,8 @@ CAPTURE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "s
 
 def step_time(args) -> dict:
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.conversion import student_config
-    from pvdal_ns.runner import train
+    from pvdal_ns.experiments.convert import student_config
+    from pvdal_ns.engine.runner import train
 
     out = {}
     for name, data in (("lego", EMBEDDED_SCENE), ("capture", args.capture.resolve())):
@@ -53,7 +53,7 @@ def step_time(args) -> dict:
 
 
 def teacher(args) -> dict:
-    from pvdal_ns.conversion import run_and_evaluate, student_config
+    from pvdal_ns.experiments.convert import run_and_evaluate, student_config
 
     config = student_config(args.arch, "small", args.capture.resolve(), args.output_dir.resolve(),
                             f"teacher-{args.arch}-{args.contraction}-{args.background}", args.steps, None)
@@ -75,7 +75,7 @@ def evaluate_small(config: Path, downscale: int) -> dict:
 def evaluate_run(config: Path, downscale: int) -> dict:
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from pvdal_ns.runner import evaluate
+    from pvdal_ns.engine.runner import evaluate
 
     _, pipeline, _, _ = eval_setup(config, test_mode="test")
     result = evaluate(pipeline, f"{config.parent.name}: evaluating at 1/{downscale} size", downscale=downscale)
@@ -88,8 +88,8 @@ def evaluate_runs(args) -> dict:
 
 
 def stock(args) -> dict:
-    from pvdal_ns.conversion import stock_config
-    from pvdal_ns.runner import train_timed
+    from pvdal_ns.experiments.convert import stock_config
+    from pvdal_ns.engine.runner import train_timed
 
     config = stock_config(args.method, args.capture.resolve(), args.output_dir.resolve(), f"stock-{args.method}", 10**6,
                           rays_per_batch=args.rays)
@@ -107,8 +107,8 @@ def novel_view_psnr(teacher_config: Path, student_config: Path, count: int, down
     import torch
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from pvdal_ns.metrics import image_metrics
-    from pvdal_ns.poses import PoseSampler
+    from pvdal_ns.utils.metrics import image_metrics
+    from pvdal_ns.cameras.poses import PoseSampler
     from pvdal_ns.teachers import load_teacher
 
     _, pipeline, _, _ = eval_setup(student_config, test_mode="test")
@@ -132,7 +132,7 @@ def novel_view_psnr(teacher_config: Path, student_config: Path, count: int, down
 
 
 def convert_capture(args) -> dict:
-    from pvdal_ns.conversion import convert
+    from pvdal_ns.experiments.convert import convert
 
     steps = {arch: s for arch, s in zip(args.students, args.steps_each)} if args.steps_each else {}
     students = convert(args.teacher.resolve(), args.students, "small", args.capture.resolve(), args.output_dir.resolve(),

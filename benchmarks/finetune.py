@@ -27,8 +27,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.conversion import cached_teacher, distillation_config, run_and_evaluate
-    from pvdal_ns.files import write_atomic
+    from pvdal_ns.experiments.convert import cached_teacher, distillation_config, run_and_evaluate
+    from pvdal_ns.utils.files import write_atomic
 
     out = args.output_dir.resolve()
     record = out / "results.json"

@@ -44,7 +44,7 @@ def last_checkpoint(run: Path) -> Path:
 def psnr(config: Path) -> float:
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from pvdal_ns.runner import evaluate
+    from pvdal_ns.engine.runner import evaluate
 
     _, pipeline, _, _ = eval_setup(config, test_mode="test")
     return evaluate(pipeline).psnr

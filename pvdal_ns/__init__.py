@@ -9,9 +9,9 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-EMBEDDED_SCENE = Path(__file__).parent / "data" / "lego_100"
+EMBEDDED_SCENE = Path(__file__).parent / "scenes" / "lego_100"
 """The embedded 100×100 lego scene (blender format; r_0–r_89 train, r_90–r_99 val and test)."""
 
-EMBEDDED_CAPTURE = Path(__file__).parent / "data" / "axe_162"
+EMBEDDED_CAPTURE = Path(__file__).parent / "scenes" / "axe_162"
 """The embedded socketed-axe capture: 48 real photographs at 162×108 with a backdrop (nerfstudio-data format,
 OPENCV distortion; the dataparser holds out every tenth view). Made by ``scripts/make_embedded_capture.py``."""

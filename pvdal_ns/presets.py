@@ -6,7 +6,7 @@ CPU) and ``compressed`` (``pvdal-<arch>-compressed``, MLP and tensors only: the 
 parameters, paper Table 7).
 
 Plain numbers only (no torch or nerfstudio import), so that ``ns-distill --help`` can show them at once;
-:func:`pvdal_ns.configs.method_config` turns a row into a nerfstudio ``TrainerConfig``. Why each CPU-sized
+:func:`pvdal_ns.method_configs.method_config` turns a row into a nerfstudio ``TrainerConfig``. Why each CPU-sized
 number is what it is: docs/benchmarks.md.
 """
 

@@ -57,7 +57,7 @@ def write_colmap_model(src: Path, dst: Path, factor: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "socketed_axe")
-    parser.add_argument("--dst", type=Path, default=REPO_ROOT / "pvdal_ns" / "data" / "axe_162")
+    parser.add_argument("--dst", type=Path, default=REPO_ROOT / "pvdal_ns" / "scenes" / "axe_162")
     parser.add_argument("--factor", type=int, default=4, help="integer downsampling factor (648×432 → 162×108 at 4)")
     args = parser.parse_args()
     source = args.src / "transforms.json"

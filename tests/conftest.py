@@ -15,7 +15,7 @@ def tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path |
                 data: Path | None = None):
     """A CPU-small config with fewer rays, for tests (on the embedded lego unless ``data`` is given)."""
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.conversion import student_config
+    from pvdal_ns.experiments.convert import student_config
 
     config = student_config(architecture, "small", data or EMBEDDED_SCENE, output_dir, experiment, steps, teacher)
     config.pipeline.datamanager.train_num_rays_per_batch = 1024
@@ -47,7 +47,7 @@ def _fresh_event_writers():
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
     """A pvdal-vm-small teacher trained for 200 steps: (config.yml path, trained pipeline)."""
-    from pvdal_ns.runner import train
+    from pvdal_ns.engine.runner import train
 
     out = tmp_path_factory.mktemp("teacher")
     config = tiny_config("vm", out, steps=200, experiment="teacher")

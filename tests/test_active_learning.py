@@ -5,10 +5,10 @@ import math
 
 import torch
 
-from pvdal_ns.active_learning import ActiveLearning, ActiveLearningConfig, HardPosePool, HardRayPool
-from pvdal_ns.checkpoints import load_checkpoint
+from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearningConfig, HardPosePool, HardRayPool
+from pvdal_ns.utils.checkpoints import load_checkpoint
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.losses import PVDLossConfig, hard_point_mask, point_losses, top_fraction_per_ray
+from pvdal_ns.model_components.losses import PVDLossConfig, hard_point_mask, point_losses, top_fraction_per_ray
 
 
 def test_top_fraction_counts_only_occupied_samples():
@@ -146,7 +146,7 @@ def test_hard_pose_figure_of_a_student_equal_to_its_teacher():
     the epoch's figure must still be drawn (it divided by the largest error)."""
     from nerfstudio.cameras.cameras import Cameras
 
-    from pvdal_ns.al_images import hard_poses_figure
+    from pvdal_ns.active_learning.images import hard_poses_figure
 
     angles = torch.linspace(0, 2 * math.pi, 5)[:-1]
     c2w = torch.zeros(4, 3, 4)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pvdal_ns import EMBEDDED_CAPTURE, EMBEDDED_SCENE
-from pvdal_ns.conversion import UserError, dataparser_for
+from pvdal_ns.experiments.convert import UserError, dataparser_for
 
 TEACHER_STEPS = 300
 NERFACTO_STEPS = 150
@@ -21,7 +21,7 @@ def axe_teacher(tmp_path_factory):
     pipeline, its evaluation on the views the dataparser holds out)."""
     from conftest import tiny_config
 
-    from pvdal_ns.runner import evaluate, train
+    from pvdal_ns.engine.runner import evaluate, train
 
     config = tiny_config("vm", tmp_path_factory.mktemp("axe"), TEACHER_STEPS, experiment="axe-teacher",
                          data=EMBEDDED_CAPTURE)
@@ -35,7 +35,7 @@ def test_a_capture_trains_in_contracted_space_on_its_photographs(axe_teacher):
     assert bool(model.field.contracted) and bool(model.occupancy_grid.contracted)  # auto: cameras inside the box
     assert result.psnr > 15.0
     # rays go on beyond the scene box (to nerfstudio's far plane), and samples lie out there, in the contracted shell
-    from pvdal_ns.runner import split_dataloader
+    from pvdal_ns.engine.runner import split_dataloader
 
     camera, _ = next(iter(split_dataloader(pipeline.datamanager, "test")))
     rays = camera.generate_rays(camera_indices=0).flatten()[:512]
@@ -48,7 +48,7 @@ def test_a_capture_trains_in_contracted_space_on_its_photographs(axe_teacher):
 def test_a_student_of_a_contracted_teacher_samples_in_its_teachers_space(axe_teacher, tmp_path):
     from conftest import tiny_config
 
-    from pvdal_ns.runner import evaluate, train
+    from pvdal_ns.engine.runner import evaluate, train
 
     teacher_path, teacher, teacher_result = axe_teacher
     config = tiny_config("hash", tmp_path, 150, teacher=teacher_path, data=EMBEDDED_CAPTURE)
@@ -64,7 +64,7 @@ def test_a_student_of_a_contracted_teacher_samples_in_its_teachers_space(axe_tea
 def test_contraction_set_against_a_pvdal_teacher_is_refused(axe_teacher, tmp_path):
     from conftest import tiny_config
 
-    from pvdal_ns.runner import train
+    from pvdal_ns.engine.runner import train
     from pvdal_ns.teachers import TeacherLoadError
 
     config = tiny_config("hash", tmp_path, 5, teacher=axe_teacher[0], data=EMBEDDED_CAPTURE)
@@ -120,8 +120,8 @@ def test_a_student_of_a_nerfacto_capture_renders_the_background_its_teacher_rend
 
     from torchmetrics.functional import peak_signal_noise_ratio
 
-    from pvdal_ns.conversion import stock_config
-    from pvdal_ns.runner import split_dataloader, train
+    from pvdal_ns.experiments.convert import stock_config
+    from pvdal_ns.engine.runner import split_dataloader, train
     from pvdal_ns.teachers import load_teacher
 
     teacher_path = train(stock_config("nerfacto", EMBEDDED_CAPTURE, tmp_path, "nerfacto", NERFACTO_STEPS,

@@ -1,4 +1,4 @@
-"""Checkpoints written with numpy 1 or numpy 2 load with either (pvdal_ns.checkpoints)."""
+"""Checkpoints written with numpy 1 or numpy 2 load with either (pvdal_ns.utils.checkpoints)."""
 
 import pickle
 import types
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pvdal_ns.checkpoints import NUMPY_SCALAR_NAMES, load_checkpoint
+from pvdal_ns.utils.checkpoints import NUMPY_SCALAR_NAMES, load_checkpoint
 
 
 def _pickle_module(scalar_name: str) -> types.ModuleType:

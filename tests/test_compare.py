@@ -13,8 +13,8 @@ BIN = Path(sys.executable).parent
 
 
 def test_time_to_reach_interpolates_between_evaluations():
-    from pvdal_ns.compare import time_to_reach
-    from pvdal_ns.runner import CurvePoint
+    from pvdal_ns.experiments.compare import time_to_reach
+    from pvdal_ns.engine.runner import CurvePoint
 
     curve = [CurvePoint(1.0, 10, 20.0, 0.8), CurvePoint(3.0, 30, 24.0, 0.9), CurvePoint(9.0, 90, 25.0, 0.92)]
     assert time_to_reach(curve, 22.0) == pytest.approx(2.0)
@@ -74,7 +74,7 @@ def test_compare_bad_input_is_one_line(tiny_teacher, tmp_path):
 @pytest.mark.parametrize("architecture", ["mlp", "tensors"])
 def test_compressed_students_have_fewer_parameters(architecture):
     """Paper Table 7: the compressed preset is the small one with fewer parameters."""
-    from pvdal_ns.configs import field_config
+    from pvdal_ns.method_configs import field_config
 
     aabb = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, train_step_losses
-from pvdal_ns.runner import evaluate
+from pvdal_ns.engine.runner import evaluate
 from pvdal_ns.teachers import TeacherLoadError, load_teacher
 
 
@@ -112,7 +112,7 @@ def test_student_of_tensors_skips_stage_one(tiny_teacher, tmp_path):
 
 
 def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path):
-    from pvdal_ns.runner import train_together
+    from pvdal_ns.engine.runner import train_together
 
     teacher_path, _ = tiny_teacher
     configs = [tiny_config(arch, tmp_path, steps=steps, teacher=teacher_path, experiment="together")
@@ -140,10 +140,10 @@ def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, m
     """``ns-render interpolate`` (video) and ``ns-render spiral`` (images) on a student's config.yml, with
     teacher loading made impossible; ffmpeg is the binary of the imageio-ffmpeg wheel."""
     import imageio_ffmpeg
-    import pvdal_ns.pipeline
+    import pvdal_ns.pipelines.distillation_pipeline
     from nerfstudio.scripts.render import RenderInterpolated, SpiralRender
 
-    from pvdal_ns.runner import train
+    from pvdal_ns.engine.runner import train
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -154,7 +154,7 @@ def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, m
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was loaded")
 
-    monkeypatch.setattr(pvdal_ns.pipeline, "load_teacher", no_teacher)
+    monkeypatch.setattr(pvdal_ns.pipelines.distillation_pipeline, "load_teacher", no_teacher)
     video = tmp_path / "interpolate.mp4"
     RenderInterpolated(load_config=run.config_path, output_path=video, interpolation_steps=1, frame_rate=4).main()
     reader = imageio_ffmpeg.read_frames(str(video))

@@ -39,7 +39,7 @@ def test_a_same_architecture_student_starts_as_the_teacher(tiny_teacher, tmp_pat
 def test_a_cross_architecture_student_takes_what_matches_by_name_and_shape(tiny_teacher, capsys):
     from nerfstudio.data.scene_box import SceneBox
 
-    from pvdal_ns.configs import method_config
+    from pvdal_ns.method_configs import method_config
 
     _, teacher_pipeline = tiny_teacher
     teacher = teacher_pipeline.model.field.state_dict()  # VM: colour head of width 64 on PE directions
@@ -86,8 +86,8 @@ def test_figures_of_active_learning_draw_no_random_numbers(tiny_teacher):
 
 
 def test_ablation_rows_switch_off_one_thing_and_keep_the_stage_three_budget():
-    from pvdal_ns.ablation import DEFAULT_ROWS, ROWS
-    from pvdal_ns.configs import method_config
+    from pvdal_ns.experiments.ablation import DEFAULT_ROWS, ROWS
+    from pvdal_ns.method_configs import method_config
     from pvdal_ns.scripts.distill import AblationRow
 
     assert set(typing.get_args(AblationRow)) == set(ROWS)
@@ -111,7 +111,7 @@ def test_ablation_rows_switch_off_one_thing_and_keep_the_stage_three_budget():
 
 def test_the_embedded_scene_tunes_on_views_it_neither_trains_on_nor_reports(tiny_teacher):
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.runner import split_dataloader
+    from pvdal_ns.engine.runner import split_dataloader
 
     frames = {s: {f["file_path"] for f in json.loads((EMBEDDED_SCENE / f"transforms_{s}.json").read_text())["frames"]}
               for s in ("train", "val", "test")}
@@ -142,7 +142,7 @@ def test_the_authors_forward_clamp_trains(tiny_teacher, tmp_path):
 
 
 def test_the_ablation_table_gives_the_spread_over_seeds():
-    from pvdal_ns.ablation import AblationSettings, markdown_table, summarise
+    from pvdal_ns.experiments.ablation import AblationSettings, markdown_table, summarise
 
     def run(row, seed, psnr):
         return {"row": row, "seed": seed, "psnr": psnr, "psnr_min": psnr - 1, "psnr_max": psnr + 1, "ssim": 0.9,

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from pvdal_ns.configs import field_config
+from pvdal_ns.method_configs import field_config
 from pvdal_ns.fields import VOLUME_FEATURE_DIM
 from pvdal_ns.fields.tensors import trilinear
 
@@ -56,7 +56,7 @@ def test_hash_field_records_the_implementation_it_uses():
     import yaml
     from nerfstudio.utils.external import TCNN_EXISTS
 
-    from pvdal_ns.configs import pvdal_hash_small
+    from pvdal_ns.method_configs import pvdal_hash_small
 
     config = pvdal_hash_small.config.pipeline.model.field
     assert config.implementation == ("tcnn" if TCNN_EXISTS else "torch")
@@ -68,8 +68,8 @@ def test_hash_field_records_the_implementation_it_uses():
 def test_old_hash_config_without_implementation_reads_as_torch():
     import yaml
 
-    from pvdal_ns.checkpoints import fill_missing_defaults
-    from pvdal_ns.configs import pvdal_hash_small
+    from pvdal_ns.utils.checkpoints import fill_missing_defaults
+    from pvdal_ns.method_configs import pvdal_hash_small
 
     text = yaml.dump(pvdal_hash_small.config)
     old = "\n".join(line for line in text.splitlines() if "implementation:" not in line)  # written before the field
@@ -96,7 +96,7 @@ def test_tcnn_hash_teacher_is_refused_naming_the_layout(tmp_path):
     from nerfstudio.data.scene_box import SceneBox
     from nerfstudio.utils.external import TCNN_EXISTS
 
-    from pvdal_ns.configs import pvdal_hash_small
+    from pvdal_ns.method_configs import pvdal_hash_small
     from pvdal_ns.teachers.base import TeacherLoadError
     from pvdal_ns.teachers.pvd import load_pvd_teacher
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.losses import (
+from pvdal_ns.model_components.losses import (
     PVDLossConfig,
     StageSchedule,
     clamp_density,

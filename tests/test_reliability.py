@@ -16,7 +16,7 @@ def _hidden_files(folder):
 
 
 def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, monkeypatch, capsys):
-    from pvdal_ns.runner import _setup_trainer
+    from pvdal_ns.engine.runner import _setup_trainer
 
     trainer = _setup_trainer(tiny_config("hash", tmp_path, steps=10, teacher=tiny_teacher[0]))
     trainer.save_checkpoint(1)
@@ -43,7 +43,7 @@ def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, mon
 
 @pytest.mark.parametrize("content", ["truncated", "callable", "empty folder"])
 def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(tiny_teacher, tmp_path, capsys, content):
-    from pvdal_ns.runner import _setup_trainer
+    from pvdal_ns.engine.runner import _setup_trainer
 
     folder = tmp_path / "nerfstudio_models"
     folder.mkdir()
@@ -63,8 +63,8 @@ def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(tiny_teacher, t
 
 
 def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teacher, tmp_path, monkeypatch, capsys):
-    from pvdal_ns.model import PVDModel
-    from pvdal_ns.runner import train
+    from pvdal_ns.models.pvd_model import PVDModel
+    from pvdal_ns.engine.runner import train
 
     calls = {"n": 0}
     get_loss_dict = PVDModel.get_loss_dict
@@ -88,7 +88,7 @@ def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teach
     assert len(lines) == 1 and "5 steps in a row up to step 10" in lines[0], lines
     saved = sorted(config.get_base_dir().glob("nerfstudio_models/step-*.ckpt"))
     assert saved and saved[-1].name == "step-000000008.ckpt"  # saved during the streak: the model before it
-    from pvdal_ns.checkpoints import load_checkpoint
+    from pvdal_ns.utils.checkpoints import load_checkpoint
 
     state = load_checkpoint(saved[-1])["pipeline"]
     assert all(v.isfinite().all() for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
@@ -99,7 +99,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import torch
 from conftest import tiny_config
-from pvdal_ns.runner import train
+from pvdal_ns.engine.runner import train
 torch.set_num_threads(1)
 config = tiny_config("hash", {out!r}, steps=60, teacher={teacher!r}, experiment="killed")
 config.steps_per_save = 40
@@ -126,8 +126,8 @@ def _kill_resume_and_compare(teacher, tmp_path):
     import time
     from pathlib import Path
 
-    from pvdal_ns.checkpoints import load_checkpoint
-    from pvdal_ns.runner import _setup_trainer, evaluate, train
+    from pvdal_ns.utils.checkpoints import load_checkpoint
+    from pvdal_ns.engine.runner import _setup_trainer, evaluate, train
 
     code = RUN.format(tests=str(Path(__file__).parent), out=str(tmp_path), teacher=str(teacher))
     killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -175,7 +175,7 @@ def test_a_scene_folder_with_missing_images_is_refused_in_one_line(tmp_path):
     import shutil
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.conversion import UserError, dataparser_for
+    from pvdal_ns.experiments.convert import UserError, dataparser_for
 
     scene = tmp_path / "lego"
     shutil.copytree(EMBEDDED_SCENE, scene)
@@ -187,7 +187,7 @@ def test_a_scene_folder_with_missing_images_is_refused_in_one_line(tmp_path):
 
 def test_a_teacher_of_another_kind_of_scene_than_data_is_refused(tiny_teacher, tmp_path):
     from pvdal_ns import EMBEDDED_CAPTURE
-    from pvdal_ns.conversion import UserError, distillation_config
+    from pvdal_ns.experiments.convert import UserError, distillation_config
 
     with pytest.raises(UserError, match="is a nerfstudio-data scene, but the teacher was trained on a blender-data one"):
         distillation_config(tiny_teacher[0], "hash", "small", EMBEDDED_CAPTURE, tmp_path, "wrong", 10)
@@ -201,7 +201,7 @@ def test_another_scene_of_the_same_kind_is_refused_and_a_copy_of_the_teachers_sc
     import shutil
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.conversion import UserError, distillation_config
+    from pvdal_ns.experiments.convert import UserError, distillation_config
 
     copy, other = tmp_path / "copy", tmp_path / "other"
     shutil.copytree(EMBEDDED_SCENE, copy)
@@ -240,7 +240,7 @@ def test_a_teacher_config_of_a_plugin_not_installed_is_refused_in_one_line(tiny_
     from pvdal_ns.teachers.registry import read_trainer_config
 
     other = tmp_path / "config.yml"
-    other.write_text(tiny_teacher[0].read_text().replace("pvdal_ns.model.PVDModelConfig", "my_plugin.MyModelConfig"))
+    other.write_text(tiny_teacher[0].read_text().replace("pvdal_ns.models.pvd_model.PVDModelConfig", "my_plugin.MyModelConfig"))
     with pytest.raises(TeacherLoadError, match="names my_plugin, which cannot be imported here: install the nerfstudio"):
         read_trainer_config(other)
 
@@ -250,8 +250,8 @@ def test_ns_distill_reruns_continue_killed_students_and_reuse_finished_ones(tiny
     20 at 14). The rerun continues each in its own folder from the step after its checkpoint to its planned end; the
     next rerun trains nothing and gives the same figures; another step count is another run."""
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.conversion import convert
-    from pvdal_ns.trainer import PVDTrainer
+    from pvdal_ns.experiments.convert import convert
+    from pvdal_ns.engine.trainer import PVDTrainer
 
     def rerun(steps):
         return convert(tiny_teacher[0], ["hash", "vm"], "small", EMBEDDED_SCENE, tmp_path, steps, "students",
@@ -295,10 +295,10 @@ def test_ns_distill_reruns_continue_killed_students_and_reuse_finished_ones(tiny
 
 def _guarded(tmp_path, max_norm=None, max_in_a_row=10):
     """Two parameter groups ("grids", "networks") of plain SGD (lr 0.1, so a step shows the gradient it used) behind
-    :class:`~pvdal_ns.trainer.GuardedOptimizers`."""
+    :class:`~pvdal_ns.engine.trainer.GuardedOptimizers`."""
     from nerfstudio.engine.optimizers import OptimizerConfig
 
-    from pvdal_ns.trainer import GuardedOptimizers
+    from pvdal_ns.engine.trainer import GuardedOptimizers
 
     sgd = OptimizerConfig(_target=lambda params, lr, eps: torch.optim.SGD(params, lr=lr), lr=0.1, max_norm=max_norm)
     groups = {"grids": [torch.nn.Parameter(torch.ones(4))], "networks": [torch.nn.Parameter(torch.ones(3))]}
@@ -354,7 +354,7 @@ def test_a_finite_step_under_mixed_precision_is_the_unscaled_step_and_clips_unsc
 
 def test_a_run_whose_gradients_stay_nan_under_mixed_precision_stops_when_the_scale_falls_below_the_floor(
         tmp_path, capsys):
-    from pvdal_ns.trainer import AMP_SCALE_FLOOR
+    from pvdal_ns.engine.trainer import AMP_SCALE_FLOOR
 
     optimizers = _guarded(tmp_path)
     (tmp_path / "step-000000002.ckpt").write_bytes(b"")
@@ -389,9 +389,9 @@ def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
     from nerfstudio.data.scene_box import SceneBox
     from nerfstudio.model_components.renderers import RGBRenderer
 
-    from pvdal_ns.configs import field_config
+    from pvdal_ns.method_configs import field_config
     from pvdal_ns.fields import PointOutputs
-    from pvdal_ns.samples import Sampling, composite, visible
+    from pvdal_ns.model_components.sampling import Sampling, composite, visible
 
     aabb = torch.tensor([[-1.5] * 3, [1.5] * 3])
     sampling = Sampling(SceneBox(aabb=aabb), num_samples=64)

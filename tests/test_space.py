@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from pvdal_ns import EMBEDDED_CAPTURE, EMBEDDED_SCENE
-from pvdal_ns.space import LInfSceneContraction, SceneSpace, cameras_inside_box
+from pvdal_ns.field_components.scene_space import LInfSceneContraction, SceneSpace, cameras_inside_box
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
@@ -54,7 +54,7 @@ def test_auto_contracts_captures_whose_cameras_stand_inside_the_box():
 def test_early_stop_leaves_out_the_samples_behind_a_wall():
     from nerfstudio.cameras.rays import RayBundle
 
-    from pvdal_ns.samples import visible
+    from pvdal_ns.model_components.sampling import visible
 
     bundle = RayBundle(origins=torch.zeros(2, 3), directions=torch.tensor([[0.0, 0.0, 1.0]] * 2),
                        pixel_area=torch.ones(2, 1), nears=torch.zeros(2, 1), fars=torch.full((2, 1), 10.0))

@@ -16,7 +16,7 @@ from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 
 from conftest import tiny_config, train_step_losses
 from pvdal_ns import EMBEDDED_SCENE
-from pvdal_ns.samples import Sampling
+from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.teachers import Capability, TeacherLoadError, load_teacher
 
 SAMPLING = Sampling(SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), grid_resolution=32, num_samples=256)
@@ -26,7 +26,7 @@ TRAINED = {"tensorf": 3, "nerfacto": 2, "vanilla-nerf": 2}  # steps of ns-train'
 def _untrained_checkpoint(config) -> Path:
     """Write ``config``'s config.yml and a checkpoint of its untrained model (for models nerfstudio
     cannot train on a CPU); returns the config.yml path."""
-    from pvdal_ns.metrics import offline_lpips
+    from pvdal_ns.utils.metrics import offline_lpips
 
     config.set_timestamp()
     config.save_config()
@@ -41,8 +41,8 @@ def _untrained_checkpoint(config) -> Path:
 @pytest.fixture(scope="module")
 def stock_teachers(tmp_path_factory):
     """config.yml of each stock family: trained for a few steps by ns-train's trainer, or untrained."""
-    from pvdal_ns.conversion import stock_config
-    from pvdal_ns.runner import train
+    from pvdal_ns.experiments.convert import stock_config
+    from pvdal_ns.engine.runner import train
 
     out = tmp_path_factory.mktemp("stock")
     paths = {m: train(stock_config(m, EMBEDDED_SCENE, out, m, steps, rays_per_batch=256), m).config_path
@@ -184,7 +184,7 @@ def test_checkpoint_layouts_and_moved_data(stock_teachers, tmp_path):
 
 def test_chain_nerfacto_to_tensors_to_mlp(stock_teachers, tmp_path):
     """A student is a normal checkpoint: it can teach the next conversion, with no teacher of its own loaded."""
-    from pvdal_ns.runner import train
+    from pvdal_ns.engine.runner import train
 
     first = train(tiny_config("tensors", tmp_path, steps=6, teacher=stock_teachers["nerfacto"], experiment="tensors"), "nerfacto → tensors")
     assert first.pipeline.teacher.name == "nerfacto"
@@ -213,7 +213,7 @@ def _splatfacto_checkpoint(out: Path, num_gaussians: int = 500) -> Path:
 def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_path, capsys):
     """splatfacto loads through the same option, renders only; on a CPU it is refused in one line. Its
     shared sample points lie in the cells of its visible Gaussians."""
-    from pvdal_ns.checkpoints import load_checkpoint, model_state
+    from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
     from pvdal_ns.teachers import newest_checkpoint, read_trainer_config
     from pvdal_ns.teachers.stock import SplatfactoTeacher, build_stock_model
 

@@ -31,7 +31,7 @@ def _student(teacher_path, out: Path, steps: int):
 @pytest.fixture(scope="module")
 def viewed_student(tiny_teacher, tmp_path_factory):
     """A VM student distilled for 60 steps (two epochs of active learning): (config.yml path, pipeline)."""
-    from pvdal_ns.runner import train
+    from pvdal_ns.engine.runner import train
 
     run = train(_student(tiny_teacher[0], tmp_path_factory.mktemp("viewed"), 60), "student")
     assert len(run.pipeline.active_learning.hard_poses.poses) > 0
@@ -44,7 +44,7 @@ def _camera(pipeline):
 
 
 def test_viewer_outputs_put_the_teacher_beside_the_student(tiny_teacher, viewed_student):
-    from pvdal_ns.viewer import COMPARISON_OUTPUTS, TeacherComparison
+    from pvdal_ns.viewer.conversion_panel import COMPARISON_OUTPUTS, TeacherComparison
 
     _, teacher_pipeline = tiny_teacher
     _, pipeline = viewed_student
@@ -89,8 +89,8 @@ def test_viewer_outputs_put_the_teacher_beside_the_student(tiny_teacher, viewed_
 
 
 def test_viewer_renders_leave_the_training_batches_and_the_teacher_as_they_were(tiny_teacher, tmp_path):
-    from pvdal_ns.runner import _setup_trainer
-    from pvdal_ns.viewer import TeacherComparison
+    from pvdal_ns.engine.runner import _setup_trainer
+    from pvdal_ns.viewer.conversion_panel import TeacherComparison
 
     def losses(viewer_renders: bool):
         config = _student(tiny_teacher[0], tmp_path / str(viewer_renders), 30)

@@ -23,7 +23,7 @@ from nerfstudio.field_components.mlp import MLP
 from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
 
-from pvdal_ns.space import SpaceBuffers
+from pvdal_ns.field_components.scene_space import SpaceBuffers
 
 VOLUME_FEATURE_DIM = 16
 """Width of the aligned ϕ¹ output: 1 raw density + 15 geometry features (docs/design.md, "Method")."""
@@ -110,7 +110,7 @@ class PVDField(SpaceBuffers, Field):
 
     Attributes:
         contracted: Bool[Tensor, ""] buffer, False at construction: whether positions go through the scene
-            contraction (:class:`~pvdal_ns.space.SceneSpace`); set by the model, kept in checkpoints.
+            contraction (:class:`~pvdal_ns.field_components.scene_space.SceneSpace`); set by the model, kept in checkpoints.
     """
 
     has_volume_feature: bool = True
@@ -148,7 +148,7 @@ class PVDField(SpaceBuffers, Field):
     # --- queries -----------------------------------------------------------------------------------
     def normalize(self, positions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
         """World positions → field coordinates in [0, 1]^3: the scene box (clamped outside), or all of space
-        contracted (:class:`~pvdal_ns.space.SceneSpace`)."""
+        contracted (:class:`~pvdal_ns.field_components.scene_space.SceneSpace`)."""
         return self.space.to_unit(positions).clamp(0.0, 1.0)
 
     def query(
@@ -157,7 +157,7 @@ class PVDField(SpaceBuffers, Field):
         """Evaluate the field at world positions; ϕ² runs only when ``directions`` is given.
 
         Every output is float32, also under ``torch.autocast`` (mixed precision), where the MLPs compute in
-        float16 or bfloat16: losses and compositing (:func:`pvdal_ns.samples.composite`) work in float32, as
+        float16 or bfloat16: losses and compositing (:func:`pvdal_ns.model_components.sampling.composite`) work in float32, as
         nerfstudio's renderers do (its ``NerfactoField`` casts its density and colour to the positions' dtype).
 
         Args:

@@ -54,7 +54,7 @@ class Demo:
     def main(self, command: str) -> None:
         """Run the demo; ``command`` is recorded in report.json."""
         from pvdal_ns import EMBEDDED_SCENE
-        from pvdal_ns.conversion import cached_teacher, convert, finish
+        from pvdal_ns.experiments.convert import cached_teacher, convert, finish
 
         started = time.perf_counter()
         out = self.output_dir.resolve()
@@ -100,7 +100,7 @@ class Run:
 
     def main(self, command: str) -> None:
         """Run the conversion; raises UserError / TeacherLoadError for bad input."""
-        from pvdal_ns.conversion import check_teacher, convert, finish, resolve_data
+        from pvdal_ns.experiments.convert import check_teacher, convert, finish, resolve_data
 
         started = time.perf_counter()
         teacher_path = self.teacher.expanduser().resolve()
@@ -156,8 +156,8 @@ class Ablation:
     def main(self, command: str) -> None:
         """Run the missing rows and write the table."""
         from pvdal_ns import EMBEDDED_SCENE
-        from pvdal_ns.ablation import AblationSettings, run_ablation
-        from pvdal_ns.conversion import cached_teacher, check_teacher
+        from pvdal_ns.experiments.ablation import AblationSettings, run_ablation
+        from pvdal_ns.experiments.convert import cached_teacher, check_teacher
 
         if self.teacher is None:
             teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, self.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
@@ -198,8 +198,8 @@ class Matrix:
     def main(self, command: str) -> None:
         """Run the missing pairs and write the table."""
         from pvdal_ns import EMBEDDED_SCENE
-        from pvdal_ns.conversion import dataparser_for
-        from pvdal_ns.matrix import MatrixSettings, run_matrix
+        from pvdal_ns.experiments.convert import dataparser_for
+        from pvdal_ns.experiments.matrix import MatrixSettings, run_matrix
         from pvdal_ns.presets import matrix_steps
 
         data = (self.data or EMBEDDED_SCENE).expanduser().resolve()
@@ -242,8 +242,8 @@ class Compare:
 
     def main(self, command: str) -> None:
         """Run the comparison."""
-        from pvdal_ns.compare import CompareSettings, run_compare
-        from pvdal_ns.conversion import check_teacher, resolve_data
+        from pvdal_ns.experiments.compare import CompareSettings, run_compare
+        from pvdal_ns.experiments.convert import check_teacher, resolve_data
 
         teacher_path = self.teacher.expanduser().resolve()
         data = resolve_data(check_teacher(teacher_path), teacher_path, self.data)
@@ -268,7 +268,7 @@ class View:
 
     def main(self, command: str) -> None:
         """Serve the viewer until interrupted; raises UserError / TeacherLoadError for bad input."""
-        from pvdal_ns.conversion import view
+        from pvdal_ns.experiments.convert import view
 
         try:
             view(self.student, self.teacher, self.port)
@@ -355,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _quick_checks(command)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/nerfstudio deprecations at import
     warnings.filterwarnings("ignore", category=UserWarning)
-    from pvdal_ns.conversion import UserError
+    from pvdal_ns.experiments.convert import UserError
     from pvdal_ns.teachers import TeacherLoadError
 
     try:

@@ -24,8 +24,8 @@ from nerfstudio.model_components.renderers import DepthRenderer, RGBRenderer
 from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
-from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.samples import Sampling, composite, sample_occupied, visible
+from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.model_components.sampling import Sampling, composite, sample_occupied, visible
 
 _DEPTH = DepthRenderer(method="expected")
 
@@ -81,7 +81,7 @@ class TeacherBatch:
 def points_batch(ray_samples: RaySamples, mask: Bool[Tensor, "R S"], points: PointOutputs,
                  background: Float[Tensor, "R 3"], stage: int, renderer_rgb: RGBRenderer) -> TeacherBatch:
     """The :class:`TeacherBatch` of a teacher that knows ``points`` at the M = mask.sum() masked samples, as
-    far as ``stage`` (1–3) needs it: composited on ``background`` (:func:`~pvdal_ns.samples.composite`, with
+    far as ``stage`` (1–3) needs it: composited on ``background`` (:func:`~pvdal_ns.model_components.sampling.composite`, with
     ``renderer_rgb``) in stage 3 only. Shared by live teachers and the teacher cache."""
     if stage < 3:
         return TeacherBatch(ray_samples, mask, points, None, None, None, background)

@@ -4,7 +4,7 @@ in memory together, let the teacher generate the data first, then distil the stu
 A run's pseudo-label batches are rendered once by the live teacher and written to a folder; the student
 then distils from the memory-mapped files with no teacher in memory: the cache is a :class:`Teacher` of
 recorded batches. Only the teacher's field outputs at the occupied sample points are stored (the render is
-recomposited on each step's random background with the same :func:`~pvdal_ns.samples.composite` the live
+recomposited on each step's random background with the same :func:`~pvdal_ns.model_components.sampling.composite` the live
 teacher uses):
 
 - ``rays.f32``     [B·R, 7] float32: origin, direction, pixel area of every ray;
@@ -39,9 +39,9 @@ from nerfstudio.model_components.renderers import RGBRenderer
 from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.files import save_torch
-from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.space import SceneSpace
+from pvdal_ns.utils.files import save_torch
+from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.field_components.scene_space import SceneSpace
 from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, TeacherLoadError, points_batch
 
 CACHE_VERSION = 1
@@ -94,7 +94,7 @@ class TeacherCache(Teacher):
 
     Args:
         path: the cache folder (as written by :func:`write_cache`).
-        expected: the reading run's :func:`~pvdal_ns.pipeline.batch_key`; entries that are None (e.g. no
+        expected: the reading run's :func:`~pvdal_ns.pipelines.distillation_pipeline.batch_key`; entries that are None (e.g. no
             teacher config given) are not compared. None: no check.
 
     Raises:
@@ -217,7 +217,7 @@ def _remove_abandoned_partials(path: Path) -> None:
 
 def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle, Dict]], written_for: Dict,
                 max_bytes: int, progress: Optional[Callable[[], None]] = None) -> TeacherCache:
-    """Write the teacher's pseudo-label ``batches`` (from :meth:`pvdal_ns.datamanager.PseudoLabels.render_batches`)
+    """Write the teacher's pseudo-label ``batches`` (from :meth:`pvdal_ns.data.datamanager.PseudoLabels.render_batches`)
     to a new cache at ``path`` and open it. Stops before the batch that would pass ``max_bytes``.
 
     Args:

@@ -13,13 +13,13 @@ from torch import Tensor
 
 from pvdal_ns.fields import HashFieldConfig, PointOutputs
 from pvdal_ns.fields.hash import TCNN_EXISTS, hash_layout, layout_mismatch
-from pvdal_ns.model import PVDModel
-from pvdal_ns.samples import Sampling
+from pvdal_ns.models.pvd_model import PVDModel
+from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.teachers.base import Capability, ModelTeacher, TeacherLoadError
 
 
 class PVDTeacher(ModelTeacher):
-    """A trained :class:`~pvdal_ns.model.PVDModel` as teacher.
+    """A trained :class:`~pvdal_ns.models.pvd_model.PVDModel` as teacher.
 
     Args:
         model: the model (frozen here).

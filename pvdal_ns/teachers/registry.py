@@ -23,9 +23,9 @@ from nerfstudio.models.splatfacto import SplatfactoModelConfig
 from nerfstudio.models.tensorf import TensoRFModelConfig
 from nerfstudio.models.vanilla_nerf import VanillaModelConfig
 
-from pvdal_ns.checkpoints import fill_missing_defaults, load_checkpoint, model_state
-from pvdal_ns.model import PVDModelConfig
-from pvdal_ns.samples import Sampling
+from pvdal_ns.utils.checkpoints import fill_missing_defaults, load_checkpoint, model_state
+from pvdal_ns.models.pvd_model import PVDModelConfig
+from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.teachers.base import Teacher, TeacherLoadError
 from pvdal_ns.teachers.pvd import load_pvd_teacher
 from pvdal_ns.teachers.stock import load_field_teacher, load_splatfacto_teacher

@@ -14,7 +14,7 @@ vanilla-nerf  ``model.field_fine``        no (256-d base features)
 ============  ==========================  =====================================================
 
 None of them has an occupancy grid the student can share, so the teacher builds one from its own
-density on the student's grid (:class:`~pvdal_ns.samples.Sampling`). The raw density compared by L_σ
+density on the student's grid (:class:`~pvdal_ns.model_components.sampling.Sampling`). The raw density compared by L_σ
 is log σ (Eq. 8 compares log-space densities of teachers with other activations).
 
 splatfacto (3D Gaussians) has no density field: it is distilled from its renders only
@@ -39,9 +39,9 @@ from nerfstudio.utils.external import TCNN_EXISTS
 from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
-from pvdal_ns.metrics import offline_lpips
-from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.samples import Sampling
+from pvdal_ns.utils.metrics import offline_lpips
+from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.teachers.base import Capability, ModelTeacher, TeacherImages, TeacherLoadError
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
@@ -202,7 +202,7 @@ def build_stock_model(config, state: Dict[str, Tensor], source: Path, sampling: 
 
     The scene box comes from the field's stored aabb (nerfacto, instant-ngp, tensorf) or from the
     student's (vanilla-nerf); the number of training images (appearance embeddings, camera optimiser)
-    from the state's shapes. LPIPS is not downloaded (:func:`~pvdal_ns.metrics.offline_lpips`).
+    from the state's shapes. LPIPS is not downloaded (:func:`~pvdal_ns.utils.metrics.offline_lpips`).
 
     Raises:
         TeacherLoadError: tcnn checkpoint without tinycudann, no scene box, or a state that does not match.

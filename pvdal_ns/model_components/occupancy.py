@@ -1,7 +1,7 @@
 """The occupancy grid: nerfacc's ``OccGridEstimator`` over the field coordinates of a :class:`SceneSpace` (the
 scene box, or all of space contracted; its EMA update runs on the CPU).
 
-Its occupied cells decide the shared sample points of teacher and student (:mod:`pvdal_ns.samples`).
+Its occupied cells decide the shared sample points of teacher and student (:mod:`pvdal_ns.model_components.sampling`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from jaxtyping import Bool, Float, Int
 from nerfacc import OccGridEstimator
 from torch import Tensor
 
-from pvdal_ns.space import SceneSpace, SpaceBuffers
+from pvdal_ns.field_components.scene_space import SceneSpace, SpaceBuffers
 
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 1"]]
 
@@ -29,7 +29,7 @@ class OccupancyGrid(SpaceBuffers, OccGridEstimator):
     ~66 MB at 128³).
 
     Args:
-        space: where the grid lies (:class:`~pvdal_ns.space.SceneSpace`).
+        space: where the grid lies (:class:`~pvdal_ns.field_components.scene_space.SceneSpace`).
         resolution: cells per axis.
     """
 

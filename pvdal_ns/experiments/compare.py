@@ -1,6 +1,6 @@
 """``ns-distill compare``: one architecture trained two ways under the same wall-clock budget — from the scene's
 images (from scratch) and distilled from a teacher — and stock nerfstudio methods a user would train instead,
-each evaluated on the test views at fixed training times (:func:`~pvdal_ns.runner.train_timed`).
+each evaluated on the test views at fixed training times (:func:`~pvdal_ns.engine.runner.train_timed`).
 
 The distilled run's clock starts with the teacher already trained: what a user who has the model pays.
 """
@@ -19,11 +19,11 @@ import torch
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.conversion import STOCK_METHODS, UserError, count_parameters, distillation_config, stock_config, student_config
-from pvdal_ns.files import write_atomic
+from pvdal_ns.experiments.convert import STOCK_METHODS, UserError, count_parameters, distillation_config, stock_config, student_config
+from pvdal_ns.utils.files import write_atomic
 from pvdal_ns.presets import Size, method_name
-from pvdal_ns.report import device_description, versions
-from pvdal_ns.runner import CurvePoint, train_timed
+from pvdal_ns.experiments.report import device_description, versions
+from pvdal_ns.engine.runner import CurvePoint, train_timed
 
 CUDA_ONLY = {"instant-ngp": "its nerfacc sampling (packed ray marching) needs CUDA"}
 """Stock methods that cannot train without a GPU, and why."""

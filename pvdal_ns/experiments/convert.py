@@ -20,13 +20,13 @@ from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.external import TCNN_EXISTS
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.configs import method_config, set_steps
-from pvdal_ns.files import write_atomic
-from pvdal_ns.model import PVDModelConfig
+from pvdal_ns.method_configs import method_config, set_steps
+from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.presets import Size, method_name
-from pvdal_ns.report import ModelReport, model_report, print_table, save_comparison, write_json
-from pvdal_ns.resume import FinishedRun, mark_finished, reuse_or_resume
-from pvdal_ns.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
+from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_json
+from pvdal_ns.engine.resume import FinishedRun, mark_finished, reuse_or_resume
+from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
 from pvdal_ns.teachers import TeacherLoadError, load_teacher, read_trainer_config
 
 
@@ -123,7 +123,7 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
     for a scene on this machine: its dataparser (:func:`dataparser_for`), the single-process ``VanillaDataManager``,
     the torch implementation where tiny-cuda-nn is missing, no eval during training.
 
-    Build and train it inside :func:`~pvdal_ns.metrics.offline_lpips` (``runner.train`` does) so the
+    Build and train it inside :func:`~pvdal_ns.utils.metrics.offline_lpips` (``runner.train`` does) so the
     model does not try to download LPIPS weights.
 
     Raises:
@@ -166,7 +166,7 @@ def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[Tra
     """Train ``config`` in-process (unless ``run`` already did) and mark it finished (``run.json``), or reopen a
     finished ``run``; then evaluate it on the test views. With ``resume``, a finished run of the same settings is
     reopened instead of training and a killed one continues from its last checkpoint
-    (:func:`~pvdal_ns.resume.reuse_or_resume`)."""
+    (:func:`~pvdal_ns.engine.resume.reuse_or_resume`)."""
     if run is None and resume:
         run = reuse_or_resume(config)
     cached = isinstance(run, FinishedRun)
@@ -269,12 +269,12 @@ def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path,
             renders_only: bool = False, finetune_steps: int = 0, resume: bool = False) -> List[Trained]:
     """Distil the teacher at ``teacher_path`` into each of ``students`` (``steps`` per architecture, None or
     missing for the preset's): one run after another, or with ``together`` all in one lockstep run that
-    renders the teacher once per batch (:func:`~pvdal_ns.runner.train_together`). With ``teacher_cache``
+    renders the teacher once per batch (:func:`~pvdal_ns.engine.runner.train_together`). With ``teacher_cache``
     (serial mode) the first run writes the teacher's batches there (at most ``teacher_cache_gib`` GiB)
     and every run distils from them. ``renders_only``: distil from the teacher's images alone (L_rgb).
     ``finetune_steps``: the last N steps of every run train on the real images (paper Table 6). ``resume``: a
     student whose run of the same settings finished is evaluated, not trained; a killed one continues from its
-    last checkpoint (:func:`~pvdal_ns.resume.reuse_or_resume`)."""
+    last checkpoint (:func:`~pvdal_ns.engine.resume.reuse_or_resume`)."""
     configs = [distillation_config(teacher_path, arch, size, data, output_dir, experiment, steps.get(arch))
                for arch in students]
     for config in configs:
@@ -324,7 +324,7 @@ def view(student: Path, teacher: Optional[Path], port: Optional[int]) -> None:
         TeacherLoadError: the teacher cannot be loaded."""
     from nerfstudio.scripts.viewer.run_viewer import _start_viewer
 
-    from pvdal_ns.pipeline import DistillationPipelineConfig
+    from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
 
     student = student.expanduser().resolve()
     config = check_teacher(student, role="student")

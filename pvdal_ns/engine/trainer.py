@@ -17,8 +17,8 @@ from nerfstudio.engine.trainer import Trainer
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.amp import GradScaler
 
-from pvdal_ns.checkpoints import load_checkpoint
-from pvdal_ns.files import save_torch, write_atomic
+from pvdal_ns.utils.checkpoints import load_checkpoint
+from pvdal_ns.utils.files import save_torch, write_atomic
 from pvdal_ns.teachers import TeacherLoadError
 
 

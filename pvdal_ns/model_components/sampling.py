@@ -2,7 +2,7 @@
 and how they are rendered.
 
 A bounded scene: nerfstudio's ``UniformSampler`` places ``S`` samples on every ray's segment inside the scene
-box. An unbounded one (contracted, :mod:`pvdal_ns.space`): nerfstudio's ``UniformLinDispPiecewiseSampler``
+box. An unbounded one (contracted, :mod:`pvdal_ns.field_components.scene_space`): nerfstudio's ``UniformLinDispPiecewiseSampler``
 (nerfacto's initial sampler) places half of them in the first world unit and half linearly in disparity out
 to the far plane. The samples in empty cells of the occupancy grid are masked out, and, where the sampling
 says so, so are the samples behind an opaque surface (transmittance below ``early_stop_eps``; on by default
@@ -29,8 +29,8 @@ from nerfstudio.model_components.scene_colliders import AABBBoxCollider, NearFar
 from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.space import SceneSpace
+from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.field_components.scene_space import SceneSpace
 
 NEAR_PLANE, FAR_PLANE = 0.05, 1000.0
 """Contracted scenes: where rays start and end (world units; nerfacto's collider)."""
@@ -48,7 +48,7 @@ class Sampling:
         grid_resolution: cells per axis of the occupancy grid.
         num_samples: samples per ray before masking.
         grid_threshold: occupancy threshold on σ·Δt.
-        contracted: all of space through ``SceneContraction`` (:mod:`pvdal_ns.space`), rays from
+        contracted: all of space through ``SceneContraction`` (:mod:`pvdal_ns.field_components.scene_space`), rays from
             :data:`NEAR_PLANE` to :data:`FAR_PLANE`; False: the box only.
         early_stop_eps: samples where the transmittance has fallen below it are not evaluated; 0: all are.
         alpha_thre: nor are samples whose opacity is below it (:func:`visible`); 0: all are.

@@ -4,7 +4,7 @@ schedule (§3.2.3).
 Every term reduces the residuals over the shared sample points or rays in one of two forms
 (``PVDLossConfig.form``): their mean square ("mse", the default), or their L2 norm ("norm", the authors'
 ``normL2``: ``torch.norm(pred - gt)`` over all elements, docs/design.md "Method"). The model applies them
-(:meth:`pvdal_ns.model.PVDModel.get_loss_dict`); active learning decides when hard points apply.
+(:meth:`pvdal_ns.models.pvd_model.PVDModel.get_loss_dict`); active learning decides when hard points apply.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class HardPoints:
     """Hard points (TSP, Eq. 11) as the model applies them: of each ray's occupied samples, the top ``fraction``
     by the teacher's weight (on rays the teacher renders at least ``min_opacity`` opaque) or by the student's
     (on rays the student does) carry L_σ and L_c. Active learning hands one to the model while the level is
-    active (:attr:`pvdal_ns.active_learning.ActiveLearning.hard_points`)."""
+    active (:attr:`pvdal_ns.active_learning.active_learning.ActiveLearning.hard_points`)."""
 
     fraction: float = 0.3
     min_opacity: float = 0.5

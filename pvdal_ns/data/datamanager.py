@@ -25,10 +25,10 @@ from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from torch import Tensor
 
-from pvdal_ns.active_learning import ActiveLearning
-from pvdal_ns.al_images import write_epoch_images
-from pvdal_ns.losses import StageSchedule
-from pvdal_ns.poses import PoseSampler
+from pvdal_ns.active_learning.active_learning import ActiveLearning
+from pvdal_ns.active_learning.images import write_epoch_images
+from pvdal_ns.model_components.losses import StageSchedule
+from pvdal_ns.cameras.poses import PoseSampler
 from pvdal_ns.teachers import Capability, Teacher, TeacherBatch, TeacherCache, TeacherImages, write_cache
 
 __all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PseudoLabels", "float32_intrinsics"]

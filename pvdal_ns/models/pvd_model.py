@@ -26,11 +26,11 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfig
-from pvdal_ns.losses import (HardPoints, PVDLossConfig, StageSchedule, clamp_density, point_losses, ray_rgb_errors,
+from pvdal_ns.model_components.losses import (HardPoints, PVDLossConfig, StageSchedule, clamp_density, point_losses, ray_rgb_errors,
                              rgb_loss)
-from pvdal_ns.metrics import image_metrics
-from pvdal_ns.occupancy import OccupancyGrid
-from pvdal_ns.samples import Sampling, composite, sample_occupied, visible
+from pvdal_ns.utils.metrics import image_metrics
+from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.model_components.sampling import Sampling, composite, sample_occupied, visible
 
 
 @dataclass
@@ -60,7 +60,7 @@ class PVDModelConfig(ModelConfig):
     """ω₅ of Eq. 7: scales the field's own L1 + TV terms."""
     enable_collider: bool = False
     """nerfstudio's collider stays off: rays are clipped to the scene box, or to the near and far planes of a
-    contracted scene, by :meth:`~pvdal_ns.samples.Sampling.collider`."""
+    contracted scene, by :meth:`~pvdal_ns.model_components.sampling.Sampling.collider`."""
     scene_contraction: Literal["auto", "on", "off"] = "auto"
     """Unbounded scenes: "on" maps all of space into the fields and the grid with nerfstudio's
     ``SceneContraction`` (L∞, as nerfacto); "off" keeps the scene box; "auto": as the teacher does (a
@@ -135,12 +135,12 @@ class PVDModel(Model):
         self.regularize_distillation = True
         """ω₅·L_reg in distillation; off once :meth:`warm_start` made the student its teacher."""
         self.comparison: Optional[Callable[[RayBundle, Dict[str, Tensor]], Dict[str, Tensor]]] = None
-        """Set while a viewer holds a teacher (``pvdal_ns.viewer.TeacherComparison``): the outputs it adds to
+        """Set while a viewer holds a teacher (``pvdal_ns.viewer.conversion_panel.TeacherComparison``): the outputs it adds to
         each camera's render (:meth:`get_outputs_for_camera_ray_bundle`)."""
 
     def set_space(self, contracted: bool) -> None:
-        """Contract space or not (:mod:`pvdal_ns.space`): the field's and the grid's coordinates, the collider
-        and the sampler (:class:`~pvdal_ns.samples.Sampling`). Runs at setup and after a checkpoint is loaded,
+        """Contract space or not (:mod:`pvdal_ns.field_components.scene_space`): the field's and the grid's coordinates, the collider
+        and the sampler (:class:`~pvdal_ns.model_components.sampling.Sampling`). Runs at setup and after a checkpoint is loaded,
         whose setting wins."""
         self.sampling = self.config.sampling(self.scene_box, contracted)
         self.field.set_contracted(contracted)
@@ -229,8 +229,8 @@ class PVDModel(Model):
     def sample(
         self, ray_bundle: RayBundle, sampler: Optional[SpacedSampler] = None
     ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-        """Occupancy-masked samples of the rays (:class:`~pvdal_ns.samples.Sampling`), less those hidden or (except
-        while training from images) nearly transparent where the sampling culls (:func:`~pvdal_ns.samples.visible`;
+        """Occupancy-masked samples of the rays (:class:`~pvdal_ns.model_components.sampling.Sampling`), less those hidden or (except
+        while training from images) nearly transparent where the sampling culls (:func:`~pvdal_ns.model_components.sampling.visible`;
         a density pass without gradients).
 
         Args:
@@ -258,7 +258,7 @@ class PVDModel(Model):
         points: PointOutputs,
         background: Optional[Union[str, Float[Tensor, "R 3"]]] = None,
     ) -> Dict[str, Tensor]:
-        """:func:`~pvdal_ns.samples.composite` with this model's RGB renderer (its background when None)."""
+        """:func:`~pvdal_ns.model_components.sampling.composite` with this model's RGB renderer (its background when None)."""
         return composite(ray_samples, mask, points, self.renderer_rgb, background)
 
     def forward(self, ray_bundle: RayBundle, teacher: Optional[Any] = None) -> Dict[str, Any]:

@@ -31,8 +31,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerControl, ViewerElement
 from torch import Tensor, nn
 
-from pvdal_ns.active_learning import HardPosePool
-from pvdal_ns.losses import ray_rgb_errors
+from pvdal_ns.active_learning.active_learning import HardPosePool
+from pvdal_ns.model_components.losses import ray_rgb_errors
 from pvdal_ns.teachers import Capability, Teacher
 
 if TYPE_CHECKING:

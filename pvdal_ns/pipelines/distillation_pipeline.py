@@ -3,8 +3,8 @@
 With no ``teacher_config`` (and no ``teacher_cache``) it is nerfstudio's ``VanillaPipeline``: the student
 trains on images (these are the teachers and the from-scratch baselines). With one, setup opens the teacher,
 decides once from its capabilities what the distillation has (stages, losses, active-learning levels),
-hands the student a :class:`~pvdal_ns.model.Distillation` and the datamanager its
-:class:`~pvdal_ns.datamanager.PseudoLabels`; a training step is then plumbing, as ``VanillaPipeline``'s
+hands the student a :class:`~pvdal_ns.models.pvd_model.Distillation` and the datamanager its
+:class:`~pvdal_ns.data.datamanager.PseudoLabels`; a training step is then plumbing, as ``VanillaPipeline``'s
 (docs/design.md, "One distillation step"). The teacher is loaded only for training (``test_mode="val"``),
 so ``ns-eval``, ``ns-render`` and ``ns-viewer`` work on a student checkpoint alone.
 """
@@ -29,16 +29,16 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pvdal_ns.active_learning import ActiveLearning, ActiveLearningConfig
-from pvdal_ns.checkpoints import fill_missing_defaults
-from pvdal_ns.datamanager import DistillationDataManager, DistillationDataManagerConfig, PseudoLabels
-from pvdal_ns.losses import PVDLossConfig, StageSchedule
-from pvdal_ns.model import Distillation, PVDModel, PVDModelConfig
-from pvdal_ns.samples import Sampling
-from pvdal_ns.space import cameras_inside_box
+from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearningConfig
+from pvdal_ns.utils.checkpoints import fill_missing_defaults
+from pvdal_ns.data.datamanager import DistillationDataManager, DistillationDataManagerConfig, PseudoLabels
+from pvdal_ns.model_components.losses import PVDLossConfig, StageSchedule
+from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
+from pvdal_ns.model_components.sampling import Sampling
+from pvdal_ns.field_components.scene_space import cameras_inside_box
 from pvdal_ns.teachers import (Capability, Teacher, TeacherCache, TeacherLoadError, load_teacher, newest_checkpoint,
                                read_trainer_config, teacher_contraction)
-from pvdal_ns.viewer import ConversionPanel
+from pvdal_ns.viewer.conversion_panel import ConversionPanel
 
 
 @dataclass
@@ -231,7 +231,7 @@ class DistillationPipeline(VanillaPipeline):
     def _contraction(self, dataset, distilling: bool) -> bool:
         """Whether the student contracts space (``--pipeline.model.scene-contraction``): "on" / "off" as
         given; "auto" as a teacher whose config says (nerfacto, instant-ngp), else when most training cameras
-        stand inside the scene box (:func:`~pvdal_ns.space.cameras_inside_box`). A teacher with a grid of its
+        stand inside the scene box (:func:`~pvdal_ns.field_components.scene_space.cameras_inside_box`). A teacher with a grid of its
         own decides again once it is open (:meth:`_teacher_space`). One log line says which and why."""
         option = self.config.model.scene_contraction
         if option != "auto":
@@ -331,7 +331,7 @@ class DistillationPipeline(VanillaPipeline):
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         """nerfstudio's (datamanager's and model's), and when distilling, before every step: the teacher cache
         written on the first (serial mode), then :meth:`set_step`. The run's last step is where the trainer stops
-        (a resumed run: its start plus the steps left; :class:`~pvdal_ns.trainer.PVDTrainer`)."""
+        (a resumed run: its start plus the steps left; :class:`~pvdal_ns.engine.trainer.PVDTrainer`)."""
         callbacks = super().get_training_callbacks(training_callback_attributes)
         trainer = training_callback_attributes.trainer
         planned = None if trainer is None else trainer._start_step + trainer.config.max_num_iterations

@@ -21,13 +21,13 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 from torch.optim import SparseAdam
 
-from pvdal_ns.checkpoints import allow_numpy_scalars
-from pvdal_ns.datamanager import DistillationDataManagerConfig
+from pvdal_ns.utils.checkpoints import allow_numpy_scalars
+from pvdal_ns.data.datamanager import DistillationDataManagerConfig
 from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
-from pvdal_ns.model import PVDModelConfig
-from pvdal_ns.pipeline import DistillationPipelineConfig
+from pvdal_ns.models.pvd_model import PVDModelConfig
+from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
 from pvdal_ns.presets import LR_FINAL, PRESETS, Size, method_name
-from pvdal_ns.trainer import PVDTrainer, install_refusal_hook, refuse
+from pvdal_ns.engine.trainer import PVDTrainer, install_refusal_hook, refuse
 
 allow_numpy_scalars()  # lets ns-eval / ns-render / ns-viewer read checkpoints with weights_only=True
 install_refusal_hook()  # ns-train: a teacher it cannot load is one line, exit code 2
@@ -51,7 +51,7 @@ class PVDTrainerConfig(TrainerConfig):
     crashes and the machine").
     Stage lengths given on the command line are kept; a run too short to reach stage 3 with them is refused in
     one line (exit code 2). Runs when ``ns-train`` builds the config; a config read from config.yml is as saved.
-    Its trainer is :class:`~pvdal_ns.trainer.PVDTrainer` (atomic checkpoints, checked resume, non-finite guard);
+    Its trainer is :class:`~pvdal_ns.engine.trainer.PVDTrainer` (atomic checkpoints, checked resume, non-finite guard);
     a checkpoint is saved at least every tenth of the run."""
 
     _target: Type = field(default_factory=lambda: PVDTrainer)

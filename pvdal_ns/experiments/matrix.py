@@ -1,8 +1,8 @@
 """``ns-distill matrix``: every teacher architecture into every student architecture (paper Table 2).
 
-Each teacher is trained from the scene's images once and cached (:func:`~pvdal_ns.conversion.cached_teacher`,
+Each teacher is trained from the scene's images once and cached (:func:`~pvdal_ns.experiments.convert.cached_teacher`,
 as the demo's); its students train together from one teacher pass per batch where their batch settings agree
-(:func:`~pvdal_ns.conversion.convert` with ``together``). Every finished pair is added to ``matrix.json`` at
+(:func:`~pvdal_ns.experiments.convert.convert` with ``together``). Every finished pair is added to ``matrix.json`` at
 once (atomically), so an interrupted matrix keeps what it measured and a rerun with the same settings only
 runs the missing pairs.
 """
@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.conversion import Trained, cached_teacher, convert
-from pvdal_ns.files import write_atomic
+from pvdal_ns.experiments.convert import Trained, cached_teacher, convert
+from pvdal_ns.utils.files import write_atomic
 from pvdal_ns.presets import size_of
-from pvdal_ns.report import device_description, versions
+from pvdal_ns.experiments.report import device_description, versions
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Optional
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.files import write_atomic
+from pvdal_ns.utils.files import write_atomic
 from pvdal_ns.teachers import TeacherLoadError, read_trainer_config
 
 RECORD = "run.json"
@@ -63,7 +63,7 @@ def previous_run(config: TrainerConfig) -> Optional[Path]:
 def reuse_or_resume(config: TrainerConfig) -> Optional[FinishedRun]:
     """The finished run of ``config``'s settings, if there is one. Otherwise None, and ``config`` is set to continue
     a killed run of the same settings in its folder (``timestamp``, ``load_dir``; nerfstudio's resume, checked and
-    ended at the planned step by :class:`~pvdal_ns.trainer.PVDTrainer`), or left to start afresh. One log line says
+    ended at the planned step by :class:`~pvdal_ns.engine.trainer.PVDTrainer`), or left to start afresh. One log line says
     which.
 
     Raises:
@@ -88,7 +88,7 @@ def reuse_or_resume(config: TrainerConfig) -> Optional[FinishedRun]:
 
 def mark_finished(config_path: Path, seconds: float, steps: int, start_step: int) -> None:
     """Write ``run.json`` beside ``config_path``: the run's training ended (:class:`FinishedRun`'s fields; seconds in
-    s), atomically (:func:`~pvdal_ns.files.write_atomic`).
+    s), atomically (:func:`~pvdal_ns.utils.files.write_atomic`).
 
     Raises:
         OSError: the file cannot be written."""

@@ -1,6 +1,6 @@
 """What active learning picked, as images (paper Fig. 7): the hard poses' frustums among the epoch's
 poses, and a per-pixel heat map of the hard rays. Drawn from the epoch's cameras and the plain tensors
-:class:`~pvdal_ns.active_learning.ActiveLearning` keeps, written as PNGs beside the run's checkpoints
+:class:`~pvdal_ns.active_learning.active_learning.ActiveLearning` keeps, written as PNGs beside the run's checkpoints
 (``<run>/active_learning/epoch-NNNN-{poses,rays}.png``) and logged to tensorboard through nerfstudio's
 writer."""
 
@@ -16,8 +16,8 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.utils import writer
 from torch import Tensor
 
-from pvdal_ns.active_learning import ActiveLearning
-from pvdal_ns.files import write_atomic
+from pvdal_ns.active_learning.active_learning import ActiveLearning
+from pvdal_ns.utils.files import write_atomic
 
 
 def _pyplot():

@@ -3,7 +3,7 @@ steps and seed; and Fig. 6's per-view PSNR distributions (active learning should
 
 Each finished run is appended to ``ablation.json`` at once (atomically), so an interrupted ablation
 keeps its rows and a rerun with the same settings only runs the missing ones; a row killed mid-run continues
-from its last checkpoint (:func:`~pvdal_ns.resume.reuse_or_resume`).
+from its last checkpoint (:func:`~pvdal_ns.engine.resume.reuse_or_resume`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from nerfstudio.engine.trainer import TrainerConfig
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.conversion import distillation_config, run_and_evaluate
-from pvdal_ns.files import write_atomic
+from pvdal_ns.experiments.convert import distillation_config, run_and_evaluate
+from pvdal_ns.utils.files import write_atomic
 from pvdal_ns.presets import size_of
-from pvdal_ns.report import device_description, versions
+from pvdal_ns.experiments.report import device_description, versions
 
 
 def _off(*names: str) -> Callable[[TrainerConfig], None]:
