@@ -8,9 +8,7 @@ is. Registered through the ``nerfstudio.method_configs`` entry-point group.
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, Optional, Tuple
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -21,16 +19,13 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 from torch.optim import SparseAdam
 
-from pvdal_ns.utils.checkpoints import allow_numpy_scalars
 from pvdal_ns.data.datamanager import DistillationDataManagerConfig
 from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
 from pvdal_ns.presets import LR_FINAL, PRESETS, Size, method_name
-from pvdal_ns.engine.trainer import PVDTrainer, install_refusal_hook, refuse
+from pvdal_ns.engine.trainer import PVDTrainerConfig
 
-allow_numpy_scalars()  # lets ns-eval / ns-render / ns-viewer read checkpoints with weights_only=True
-install_refusal_hook()  # ns-train: a teacher it cannot load is one line, exit code 2
 
 FIELD_CONFIGS = {"hash": HashFieldConfig, "vm": VMFieldConfig, "mlp": MLPFieldConfig, "tensors": TensorsFieldConfig}
 
@@ -41,43 +36,6 @@ def field_config(architecture: str, size: Size) -> PVDFieldConfig:
     Raises:
         KeyError: ``architecture`` is not one of hash, vm, mlp, tensors, or has no preset of that size."""
     return FIELD_CONFIGS[architecture](**PRESETS[architecture, size].field)
-
-
-@dataclass
-class PVDTrainerConfig(TrainerConfig):
-    """nerfstudio's ``TrainerConfig`` for the pvdal-* methods, where ``--max-num-iterations`` is the one setting of
-    a run's length: the stage lengths and learning-rate schedules written for the preset's steps (those of the
-    schedules) follow it, as :func:`set_steps` does for ``ns-distill`` (docs/design.md, "A run's length, resuming,
-    crashes and the machine").
-    Stage lengths given on the command line are kept; a run too short to reach stage 3 with them is refused in
-    one line (exit code 2). Runs when ``ns-train`` builds the config; a config read from config.yml is as saved.
-    Its trainer is :class:`~pvdal_ns.engine.trainer.PVDTrainer` (atomic checkpoints, checked resume, non-finite guard);
-    a checkpoint is saved at least every tenth of the run."""
-
-    _target: Type = field(default_factory=lambda: PVDTrainer)
-    max_nonfinite_steps: int = 10
-    """Steps in a row whose gradients hold a NaN or an Inf (each skipped) after which the run stops."""
-
-    def __post_init__(self) -> None:
-        self.steps_per_save = min(self.steps_per_save, max(1, self.max_num_iterations // 10))  # a kill loses ≤ 10 %
-        planned = {group["scheduler"].max_steps for group in self.optimizers.values() if group.get("scheduler")}
-        pipeline, steps = self.pipeline, self.max_num_iterations
-        if len(planned) != 1 or not isinstance(pipeline, DistillationPipelineConfig):
-            return
-        written_for = planned.pop()
-        preset = next((PRESETS[key] for key in PRESETS if method_name(*key) == self.method_name), None)
-        if steps != written_for and preset is not None:
-            defaults = tuple(round(f * written_for) for f in preset.stage_fractions)
-            self.optimizers = copy.deepcopy(self.optimizers)  # tyro may share them with the registered method
-            for group in self.optimizers.values():
-                if group.get("scheduler") is not None:
-                    group["scheduler"].max_steps = steps
-            if (pipeline.stage1_steps, pipeline.stage2_steps) == defaults:
-                pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in preset.stage_fractions)
-        if pipeline.distils and pipeline.blockwise and pipeline.stage1_steps + pipeline.stage2_steps >= steps:
-            refuse(f"--pipeline.stage1-steps {pipeline.stage1_steps} and --pipeline.stage2-steps {pipeline.stage2_steps} "
-                   f"leave no step of stage 3 in a run of {steps} steps: shorten them, or leave them out to scale the "
-                   "preset's with --max-num-iterations")
 
 
 def pvdal_trainer_config(

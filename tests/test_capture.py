@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pvdal_ns import EMBEDDED_CAPTURE, EMBEDDED_SCENE
-from pvdal_ns.experiments.convert import UserError, dataparser_for
+from pvdal_ns.experiments.convert import dataparser_for
+from pvdal_ns.utils.errors import BadInputError
 
 TEACHER_STEPS = 300
 NERFACTO_STEPS = 150
@@ -65,7 +66,7 @@ def test_contraction_set_against_a_pvdal_teacher_is_refused(axe_teacher, tmp_pat
     from conftest import tiny_config
 
     from pvdal_ns.engine.runner import train
-    from pvdal_ns.teachers import TeacherLoadError
+    from pvdal_ns.utils.errors import TeacherLoadError
 
     config = tiny_config("hash", tmp_path, 5, teacher=axe_teacher[0], data=EMBEDDED_CAPTURE)
     config.pipeline.model.scene_contraction = "off"
@@ -83,7 +84,7 @@ def test_each_scene_folder_gets_its_dataparser(tmp_path):
     colmap = tmp_path / "colmap"
     (colmap / "sparse" / "0").mkdir(parents=True)
     assert isinstance(dataparser_for(colmap), ColmapDataParserConfig)
-    with pytest.raises(UserError, match="no transforms_train.json"):
+    with pytest.raises(BadInputError, match="no transforms_train.json"):
         dataparser_for(tmp_path / "colmap" / "sparse")
 
 

@@ -8,7 +8,8 @@ import torch
 
 from conftest import tiny_config, train_step_losses
 from pvdal_ns.engine.runner import evaluate
-from pvdal_ns.teachers import TeacherLoadError, load_teacher
+from pvdal_ns.teachers import load_teacher
+from pvdal_ns.utils.errors import TeacherLoadError
 
 
 def _psnr(a, b):

@@ -97,7 +97,7 @@ def test_tcnn_hash_teacher_is_refused_naming_the_layout(tmp_path):
     from nerfstudio.utils.external import TCNN_EXISTS
 
     from pvdal_ns.method_configs import pvdal_hash_small
-    from pvdal_ns.teachers.base import TeacherLoadError
+    from pvdal_ns.utils.errors import TeacherLoadError
     from pvdal_ns.teachers.pvd import load_pvd_teacher
 
     config = copy.deepcopy(pvdal_hash_small.config)  # the method's config is shared

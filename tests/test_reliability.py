@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError
+
 from conftest import tiny_config
 
 
@@ -31,10 +33,9 @@ def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(StorageError) as stopped:
         trainer.save_checkpoint(2)
-    assert stopped.value.code == 2
-    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    lines = str(stopped.value).splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0] and f"{first.name} is kept" in lines[0], lines
     assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == [first.name]  # no part of step 2
     assert first.read_bytes() == before
@@ -55,10 +56,9 @@ def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(tiny_teacher, t
         torch.save({"step": 3, "pipeline": os.system}, folder / "step-000000003.ckpt")
     config = tiny_config("hash", tmp_path, steps=10, teacher=tiny_teacher[0])
     config.load_dir = folder
-    with pytest.raises(SystemExit) as refused:
+    with pytest.raises(BadInputError) as refused:
         _setup_trainer(config)
-    assert refused.value.code == 2
-    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    lines = str(refused.value).splitlines()
     assert len(lines) == 1 and str(folder) in lines[0], lines
 
 
@@ -79,12 +79,11 @@ def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teach
     monkeypatch.setattr(PVDModel, "get_loss_dict", poisoned)
     config = tiny_config("hash", tmp_path, steps=40, teacher=tiny_teacher[0])
     config.steps_per_save, config.max_nonfinite_steps = 4, 5
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(TrainingStoppedError) as stopped:
         train(config, "poisoned")
-    assert stopped.value.code == 2
     out = capsys.readouterr().out
     assert "step skipped" in out
-    lines = [line for line in out.splitlines() if "error:" in line]
+    lines = str(stopped.value).splitlines()
     assert len(lines) == 1 and "5 steps in a row up to step 10" in lines[0], lines
     saved = sorted(config.get_base_dir().glob("nerfstudio_models/step-*.ckpt"))
     assert saved and saved[-1].name == "step-000000008.ckpt"  # saved during the streak: the model before it
@@ -175,21 +174,23 @@ def test_a_scene_folder_with_missing_images_is_refused_in_one_line(tmp_path):
     import shutil
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import UserError, dataparser_for
+    from pvdal_ns.experiments.convert import dataparser_for
+    from pvdal_ns.utils.errors import BadInputError
 
     scene = tmp_path / "lego"
     shutil.copytree(EMBEDDED_SCENE, scene)
     dataparser_for(scene)  # whole: read as blender
     (scene / "train" / "r_3.png").unlink()
-    with pytest.raises(UserError, match=r"1 of the \d+ images .* missing \(first: \./train/r_3\)"):
+    with pytest.raises(BadInputError, match=r"1 of the \d+ images .* missing \(first: \./train/r_3\)"):
         dataparser_for(scene)
 
 
 def test_a_teacher_of_another_kind_of_scene_than_data_is_refused(tiny_teacher, tmp_path):
     from pvdal_ns import EMBEDDED_CAPTURE
-    from pvdal_ns.experiments.convert import UserError, distillation_config
+    from pvdal_ns.experiments.convert import distillation_config
+    from pvdal_ns.utils.errors import BadInputError
 
-    with pytest.raises(UserError, match="is a nerfstudio-data scene, but the teacher was trained on a blender-data one"):
+    with pytest.raises(BadInputError, match="is a nerfstudio-data scene, but the teacher was trained on a blender-data one"):
         distillation_config(tiny_teacher[0], "hash", "small", EMBEDDED_CAPTURE, tmp_path, "wrong", 10)
 
 
@@ -201,7 +202,8 @@ def test_another_scene_of_the_same_kind_is_refused_and_a_copy_of_the_teachers_sc
     import shutil
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import UserError, distillation_config
+    from pvdal_ns.experiments.convert import distillation_config
+    from pvdal_ns.utils.errors import BadInputError
 
     copy, other = tmp_path / "copy", tmp_path / "other"
     shutil.copytree(EMBEDDED_SCENE, copy)
@@ -214,7 +216,7 @@ def test_another_scene_of_the_same_kind_is_refused_and_a_copy_of_the_teachers_sc
         for frame in meta["frames"]:
             frame["transform_matrix"] = (turn @ torch.tensor(frame["transform_matrix"])).tolist()
         (other / name).write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="shares no training camera with the teacher's scene"):
+    with pytest.raises(BadInputError, match="shares no training camera with the teacher's scene"):
         distillation_config(tiny_teacher[0], "hash", "small", other, tmp_path, "other", 10)
 
 
@@ -236,7 +238,7 @@ def test_ns_train_with_a_teacher_that_cannot_be_loaded_is_refused_in_one_line(tm
 
 
 def test_a_teacher_config_of_a_plugin_not_installed_is_refused_in_one_line(tiny_teacher, tmp_path):
-    from pvdal_ns.teachers import TeacherLoadError
+    from pvdal_ns.utils.errors import TeacherLoadError
     from pvdal_ns.teachers.registry import read_trainer_config
 
     other = tmp_path / "config.yml"
@@ -359,12 +361,12 @@ def test_a_run_whose_gradients_stay_nan_under_mixed_precision_stops_when_the_sca
     optimizers = _guarded(tmp_path)
     (tmp_path / "step-000000002.ckpt").write_bytes(b"")
     scaler = torch.amp.GradScaler("cpu", init_scale=AMP_SCALE_FLOOR * 2**12)
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(TrainingStoppedError) as stopped:
         for step in range(100):
             optimizers.step = step
             _scaled_step(optimizers, scaler, lambda g, n: (g * float("nan")).sum() + n.sum())
-    assert stopped.value.code == 2 and step == 12  # the 13th overflow would halve the scale below the floor
-    lines = [line for line in capsys.readouterr().out.splitlines() if "error:" in line]
+    assert step == 12  # the 13th overflow would halve the scale below the floor
+    lines = str(stopped.value).splitlines()
     assert len(lines) == 1 and "13 steps in a row up to step 12" in lines[0], lines
     assert "step-000000002.ckpt" in lines[0]
 
@@ -375,10 +377,8 @@ def test_without_a_grad_scaler_a_non_finite_step_is_skipped_for_every_group_and_
     _scaled_step(optimizers, scaler, lambda g, n: (g * float("inf")).sum() + n.sum())
     assert all(torch.equal(group[0].detach(), torch.ones_like(group[0])) for group in optimizers.parameters.values())
     assert optimizers.skipped == 1
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(TrainingStoppedError, match="2 steps in a row"):
         _scaled_step(optimizers, scaler, lambda g, n: (g * float("inf")).sum() + n.sum())
-    assert stopped.value.code == 2
-    assert "2 steps in a row" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -424,3 +424,45 @@ def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
             assert value.dtype == torch.float32 and torch.allclose(value, expected[key], atol=1e-6), (architecture, key)
         assert torch.equal(visible(samples, mask, points.density.to(dtype), 1e-4),
                            visible(samples, mask, rounded.density, 1e-4))
+
+
+def test_a_config_yml_of_pvdal_ns_before_its_layer_folders_is_refused_in_one_line(tmp_path):
+    """Nothing was released before the modules moved into layer folders: such a run is refused, not aliased."""
+    from pvdal_ns.teachers import read_trainer_config
+    from pvdal_ns.utils.errors import TeacherLoadError
+
+    config = tmp_path / "config.yml"
+    config.write_text("!!python/object:nerfstudio.engine.trainer.TrainerConfig\npipeline: !!python/object:"
+                      "pvdal_ns.pipeline.DistillationPipelineConfig\n  teacher_config: null\n")
+    with pytest.raises(TeacherLoadError, match=r"names pvdal_ns\.pipeline.*before its modules moved into layer "
+                                               r"folders.*train the run again") as refused:
+        read_trainer_config(config)
+    assert "\n" not in str(refused.value)
+
+
+def test_importing_the_method_configs_installs_no_hook_and_allows_no_pickles():
+    """nerfstudio imports every plugin's method configs whenever ns-train starts: that changes neither
+    sys.excepthook nor torch's weights-only allow-list; setting up a pvdal trainer or pipeline does."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; hook = sys.excepthook; safe = list(torch.serialization.get_safe_globals()); "
+            "from nerfstudio.configs.method_configs import all_methods; assert 'pvdal-vm-small' in all_methods; "
+            "assert sys.excepthook is hook, 'hook'; assert list(torch.serialization.get_safe_globals()) == safe, 'safe'; "
+            "from pvdal_ns.utils.errors import install_refusal_hook; install_refusal_hook(); "
+            "assert sys.excepthook is not hook; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_a_pvd_error_nobody_catches_is_one_line_and_exit_code_2():
+    """Under ns-train (no caller catches it) the hook prints a PVDError as one error line, exit code 2."""
+    import subprocess
+    import sys
+
+    code = ("from pvdal_ns.utils.errors import BadInputError, install_refusal_hook; install_refusal_hook(); "
+            "raise BadInputError('--pipeline.stage1-steps 400 leaves no step of stage 3: shorten it')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert "Traceback" not in result.stderr

@@ -17,7 +17,8 @@ from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 from conftest import tiny_config, train_step_losses
 from pvdal_ns import EMBEDDED_SCENE
 from pvdal_ns.model_components.sampling import Sampling
-from pvdal_ns.teachers import Capability, TeacherLoadError, load_teacher
+from pvdal_ns.teachers import Capability, load_teacher
+from pvdal_ns.utils.errors import TeacherLoadError
 
 SAMPLING = Sampling(SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), grid_resolution=32, num_samples=256)
 TRAINED = {"tensorf": 3, "nerfacto": 2, "vanilla-nerf": 2}  # steps of ns-train's own trainer

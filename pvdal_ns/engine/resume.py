@@ -19,7 +19,8 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.utils.files import write_atomic
-from pvdal_ns.teachers import TeacherLoadError, read_trainer_config
+from pvdal_ns.teachers import read_trainer_config
+from pvdal_ns.utils.errors import TeacherLoadError
 
 RECORD = "run.json"
 """Written beside ``config.yml`` once a run's training ends: its training seconds and steps."""

@@ -6,56 +6,22 @@ not finite skipped and counted, the run stopped after too many in a row.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Type
 
 import torch
 from nerfstudio.engine.optimizers import Optimizers
-from nerfstudio.engine.trainer import Trainer
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.amp import GradScaler
 
-from pvdal_ns.utils.checkpoints import load_checkpoint
+from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
+from pvdal_ns.presets import PRESETS, method_name
+from pvdal_ns.utils.checkpoints import allow_numpy_scalars, load_checkpoint
 from pvdal_ns.utils.files import save_torch, write_atomic
-from pvdal_ns.teachers import TeacherLoadError
-
-
-def _say_error(message: object) -> None:
-    """``message`` as one ``error:`` line on nerfstudio's console, however narrow the terminal."""
-    CONSOLE.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-
-
-def refuse(message: str) -> None:
-    """Print ``message`` as one ``error:`` line on nerfstudio's console (not wrapped) and exit.
-
-    Raises:
-        SystemExit: always, with code 2 (bad input; docs/design.md, "A run's length, resuming, crashes and the
-            machine")."""
-    _say_error(message)
-    sys.exit(2)
-
-
-def install_refusal_hook() -> None:
-    """Make a :class:`~pvdal_ns.teachers.TeacherLoadError` that no caller catches (``ns-train`` with a teacher it
-    cannot load) one ``error:`` line and exit code 2 instead of a traceback; every other exception goes to the
-    previous ``sys.excepthook``. Callers that catch it (``ns-distill``, tests) are unaffected."""
-    if getattr(sys.excepthook, "pvdal_refusal", False):
-        return
-    previous = sys.excepthook
-
-    def hook(kind, error, traceback) -> None:
-        if not issubclass(kind, TeacherLoadError):
-            previous(kind, error, traceback)
-            return
-        _say_error(error)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(2)  # an exception hook cannot set the exit code otherwise
-
-    hook.pvdal_refusal = True  # type: ignore[attr-defined]
-    sys.excepthook = hook
+from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError, install_refusal_hook
 
 
 AMP_SCALE_FLOOR = 2.0**-24
@@ -127,7 +93,7 @@ class GuardedOptimizers(Optimizers):
             param_groups: names of the groups to step (keys of ``parameters``).
 
         Raises:
-            SystemExit: code 2 (:func:`refuse`, one line naming the step and the last checkpoint) at the
+            TrainingStoppedError: one line naming the step and the last checkpoint, at the
                 ``max_in_a_row``-th counted skipped step in a row, or, with a scaler, when the scale would fall
                 below :data:`AMP_SCALE_FLOOR`."""
         if not grad_scaler.is_enabled():
@@ -162,7 +128,7 @@ class GuardedOptimizers(Optimizers):
         self._overflowed_in_a_row += 1
         scale = grad_scaler.get_scale() * grad_scaler.get_backoff_factor()  # after the trainer's update()
         if scale < AMP_SCALE_FLOOR:
-            refuse(f"{self._overflowed_in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients under "
+            raise TrainingStoppedError(f"{self._overflowed_in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients under "
                    f"mixed precision, bringing the gradient scale to {scale:.3g}, so training stopped; "
                    f"{self._last_checkpoint()}. Lower the learning rates, check the teacher or train without mixed "
                    "precision")
@@ -177,7 +143,7 @@ class GuardedOptimizers(Optimizers):
             saved = sorted(self.checkpoint_dir.glob("step-*.ckpt"))
             last = (f"the last checkpoint, {saved[-1]}, holds the model before them" if saved
                     else "no checkpoint was saved")
-            refuse(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients, so training "
+            raise TrainingStoppedError(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients, so training "
                    f"stopped; {last}. Lower the learning rates or check the teacher")
 
     def _last_checkpoint(self) -> str:
@@ -186,9 +152,69 @@ class GuardedOptimizers(Optimizers):
         return f"the last checkpoint is {saved[-1]}" if saved else "no checkpoint was saved"
 
 
+@dataclass
+class PVDTrainerConfig(TrainerConfig):
+    """nerfstudio's ``TrainerConfig`` for the pvdal-* methods, where ``--max-num-iterations`` is the one setting of
+    a run's length: the stage lengths and learning-rate schedules written for the preset's steps (those of the
+    schedules) follow it, as :func:`set_steps` does for ``ns-distill`` (docs/design.md, "A run's length, resuming,
+    crashes and the machine").
+    Stage lengths given on the command line are kept; a run too short to reach stage 3 with them is refused when its
+    trainer is set up (:meth:`check`). Runs when ``ns-train`` builds the config; a config read from config.yml is as
+    saved.
+    Its trainer is :class:`~pvdal_ns.engine.trainer.PVDTrainer` (atomic checkpoints, checked resume, non-finite guard);
+    a checkpoint is saved at least every tenth of the run."""
+
+    _target: Type = field(default_factory=lambda: PVDTrainer)
+    max_nonfinite_steps: int = 10
+    """Steps in a row whose gradients hold a NaN or an Inf (each skipped) after which the run stops."""
+
+    def __post_init__(self) -> None:
+        self.steps_per_save = min(self.steps_per_save, max(1, self.max_num_iterations // 10))  # a kill loses ≤ 10 %
+        planned = {group["scheduler"].max_steps for group in self.optimizers.values() if group.get("scheduler")}
+        pipeline, steps = self.pipeline, self.max_num_iterations
+        if len(planned) != 1 or not isinstance(pipeline, DistillationPipelineConfig):
+            return
+        written_for = planned.pop()
+        preset = next((PRESETS[key] for key in PRESETS if method_name(*key) == self.method_name), None)
+        if steps != written_for and preset is not None:
+            defaults = tuple(round(f * written_for) for f in preset.stage_fractions)
+            self.optimizers = copy.deepcopy(self.optimizers)  # tyro may share them with the registered method
+            for group in self.optimizers.values():
+                if group.get("scheduler") is not None:
+                    group["scheduler"].max_steps = steps
+            if (pipeline.stage1_steps, pipeline.stage2_steps) == defaults:
+                pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in preset.stage_fractions)
+
+    def check(self) -> None:
+        """Refuse settings that cannot train as asked.
+
+        Raises:
+            BadInputError: the stage lengths leave no step of stage 3."""
+        pipeline, steps = self.pipeline, self.max_num_iterations
+        if not isinstance(pipeline, DistillationPipelineConfig):
+            return
+        if pipeline.distils and pipeline.blockwise and pipeline.stage1_steps + pipeline.stage2_steps >= steps:
+            raise BadInputError(f"--pipeline.stage1-steps {pipeline.stage1_steps} and --pipeline.stage2-steps "
+                                f"{pipeline.stage2_steps} leave no step of stage 3 in a run of {steps} steps: shorten them, "
+                                "or leave them out to scale the preset's with --max-num-iterations")
+
+
 class PVDTrainer(Trainer):
     """nerfstudio's ``Trainer`` with atomic checkpoints, a checked resume and the non-finite guard
     (``PVDTrainerConfig.max_nonfinite_steps``)."""
+
+    def __init__(self, config: PVDTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        """nerfstudio's; first the command-line policy of a pvdal run (docs/design.md, "Errors"): a
+        :class:`~pvdal_ns.utils.errors.PVDError` nobody catches is one line (:func:`install_refusal_hook`), checkpoints
+        with NumPy scalars load with ``weights_only=True`` (:func:`allow_numpy_scalars`).
+
+        Raises:
+            BadInputError: the config cannot train as asked (:meth:`PVDTrainerConfig.check`)."""
+        install_refusal_hook()
+        allow_numpy_scalars()
+        if isinstance(config, PVDTrainerConfig):
+            config.check()
+        super().__init__(config, local_rank, world_size)
 
     def setup_optimizers(self) -> Optimizers:
         """nerfstudio's optimisers and schedulers, as :class:`GuardedOptimizers`."""
@@ -205,12 +231,12 @@ class PVDTrainer(Trainer):
         if self.config.load_dir is not None:
             folder = Path(self.config.load_dir)
             if not folder.is_dir():
-                refuse(f"--load-dir {folder} is not a folder: give the run's nerfstudio_models folder")
+                raise BadInputError(f"--load-dir {folder} is not a folder: give the run's nerfstudio_models folder")
             if self.config.load_step is not None:
                 return folder / f"step-{self.config.load_step:09d}.ckpt"
             saved = sorted(folder.glob("step-*.ckpt"))
             if not saved:
-                refuse(f"--load-dir {folder} holds no step-*.ckpt checkpoint: give the run's nerfstudio_models folder")
+                raise BadInputError(f"--load-dir {folder} holds no step-*.ckpt checkpoint: give the run's nerfstudio_models folder")
             return saved[-1]
         return None if self.config.load_checkpoint is None else Path(self.config.load_checkpoint)
 
@@ -224,7 +250,8 @@ class PVDTrainer(Trainer):
                 load_checkpoint(path)
             except Exception as error:  # noqa: BLE001 — every unreadable file gets the same one line
                 reason = "is not there" if not path.exists() else f"cannot be read as a checkpoint ({type(error).__name__})"
-                refuse(f"checkpoint {path} {reason}: resume from another one (--load-step) or start again")
+                raise BadInputError(f"checkpoint {path} {reason}: resume from another one (--load-step) or start "
+                                    "again") from None
         super()._load_checkpoint()
         if self._start_step > 0:
             self.step = self._start_step - 1  # the checkpoint's step, what a run with no step left saves again at its end
@@ -252,7 +279,7 @@ class PVDTrainer(Trainer):
             saved = sorted(self.checkpoint_dir.glob("step-*.ckpt"))
             then = (f"{saved[-1].name} is kept; free space and resume with --load-dir {self.checkpoint_dir}" if saved
                     else "no checkpoint was saved before; free space and start again")
-            refuse(f"checkpoint {path} could not be written ({error.strerror or error}): {then}")
+            raise StorageError(f"checkpoint {path} could not be written ({error.strerror or error}): {then}") from None
         if self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("*.ckpt"):
                 if old != path:

@@ -19,7 +19,8 @@ import torch
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.experiments.convert import STOCK_METHODS, UserError, count_parameters, distillation_config, stock_config, student_config
+from pvdal_ns.experiments.convert import STOCK_METHODS, count_parameters, distillation_config, stock_config, student_config
+from pvdal_ns.utils.errors import BadInputError
 from pvdal_ns.utils.files import write_atomic
 from pvdal_ns.presets import Size, method_name
 from pvdal_ns.experiments.report import device_description, versions
@@ -105,12 +106,12 @@ def run_compare(settings: CompareSettings, output_dir: Path) -> dict:
         ``throughput_ratio`` (distilled over from-scratch rays per second).
 
     Raises:
-        UserError: a stock method pvdal-ns cannot train.
+        BadInputError: a stock method pvdal-ns cannot train.
         TeacherLoadError: the teacher's config cannot be read.
     """
     unknown = [m for m in settings.stock if m not in STOCK_METHODS and m not in CUDA_ONLY]
     if unknown:
-        raise UserError(f"--stock {' '.join(unknown)}: not a stock method pvdal-ns can train; choose from "
+        raise BadInputError(f"--stock {' '.join(unknown)}: not a stock method pvdal-ns can train; choose from "
                         f"{', '.join(STOCK_METHODS)}")
     configs, skipped = _configs(settings, output_dir)
     runs: Dict[str, dict] = {}

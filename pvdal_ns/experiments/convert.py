@@ -27,11 +27,8 @@ from pvdal_ns.presets import Size, method_name
 from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_json
 from pvdal_ns.engine.resume import FinishedRun, mark_finished, reuse_or_resume
 from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
-from pvdal_ns.teachers import TeacherLoadError, load_teacher, read_trainer_config
-
-
-class UserError(Exception):
-    """Bad input from the user; ``ns-distill`` prints the message as one line and exits with code 2."""
+from pvdal_ns.teachers import load_teacher, read_trainer_config
+from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 
 
 def dataparser_for(data: Path) -> DataParserConfig:
@@ -40,7 +37,7 @@ def dataparser_for(data: Path) -> DataParserConfig:
     ``colmap`` for a COLMAP model in sparse/0 or colmap/sparse/0.
 
     Raises:
-        UserError: the folder holds none of them, or images its transforms files name are missing."""
+        BadInputError: the folder holds none of them, or images its transforms files name are missing."""
     if (data / "transforms_train.json").is_file():
         _check_images(data, ("transforms_train.json", "transforms_val.json", "transforms_test.json"), ".png")
         return BlenderDataParserConfig(data=data)
@@ -52,12 +49,12 @@ def dataparser_for(data: Path) -> DataParserConfig:
             return ColmapDataParserConfig(data=data, colmap_path=Path(model),
                                           load_3D_points=(data / model / "points3D.txt").is_file()
                                           or (data / model / "points3D.bin").is_file())
-    raise UserError(f"--data {data} is not a scene folder nerfstudio reads: it has no transforms_train.json (blender), "
+    raise BadInputError(f"--data {data} is not a scene folder nerfstudio reads: it has no transforms_train.json (blender), "
                     "transforms.json (nerfstudio-data, from ns-process-data) or sparse/0 (colmap)")
 
 
 def _check_images(data: Path, transforms: Sequence[str], suffix: str) -> None:
-    """Raise :class:`UserError` when images that ``transforms`` files of ``data`` name (``file_path``, ``suffix``
+    """Raise :class:`BadInputError` when images that ``transforms`` files of ``data`` name (``file_path``, ``suffix``
     added where it has none, as blender's) are not on disk; unreadable transforms are left to nerfstudio."""
     names = []
     for name in transforms:
@@ -67,7 +64,7 @@ def _check_images(data: Path, transforms: Sequence[str], suffix: str) -> None:
             continue
     missing = [n for n in names if not (data / (n if Path(n).suffix else n + suffix)).exists()]
     if missing:
-        raise UserError(f"--data {data}: {len(missing)} of the {len(names)} images its transforms files name are missing "
+        raise BadInputError(f"--data {data}: {len(missing)} of the {len(names)} images its transforms files name are missing "
                         f"(first: {missing[0]}): copy them in, or pass the whole scene folder")
 
 
@@ -102,14 +99,14 @@ def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path
     relative to the working directory or to the teacher's output folders."""
     if data is not None:
         if not data.exists():
-            raise UserError(f"--data {data} does not exist")
+            raise BadInputError(f"--data {data} does not exist")
         return data
     recorded = Path(teacher.pipeline.datamanager.data or teacher.pipeline.datamanager.dataparser.data)
     candidates = [recorded] if recorded.is_absolute() else [Path.cwd() / recorded, *(p / recorded for p in teacher_path.parents)]
     for candidate in candidates:
         if candidate.exists():
             return candidate.resolve()
-    raise UserError(f"the teacher's scene {recorded} was not found; pass --data <scene folder> (the student needs "
+    raise BadInputError(f"the teacher's scene {recorded} was not found; pass --data <scene folder> (the student needs "
                     "the training cameras and the test images)")
 
 
@@ -127,12 +124,12 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
     model does not try to download LPIPS weights.
 
     Raises:
-        UserError: ``method`` is not one of :data:`STOCK_METHODS`.
+        BadInputError: ``method`` is not one of :data:`STOCK_METHODS`.
     """
     from nerfstudio.configs.method_configs import method_configs  # on use: it loads every registered method
 
     if method not in STOCK_METHODS:
-        raise UserError(f"unknown stock method {method!r}; choose one of {', '.join(STOCK_METHODS)}")
+        raise BadInputError(f"unknown stock method {method!r}; choose one of {', '.join(STOCK_METHODS)}")
     config = quiet(copy.deepcopy(method_configs[method]))
     config.pipeline.datamanager = VanillaDataManagerConfig(
         data=data, dataparser=dataparser_for(data), train_num_rays_per_batch=rays_per_batch,
@@ -224,7 +221,7 @@ def distillation_config(teacher_path: Path, architecture: str, size: Size, data:
     config = student_config(architecture, size, data, output_dir, experiment, steps, teacher_path)
     theirs = teacher.pipeline.datamanager.dataparser
     if type(config.pipeline.datamanager.dataparser) is not type(theirs):
-        raise UserError(f"--data {data} is a {_kind(config.pipeline.datamanager.dataparser)} scene, but the teacher was "
+        raise BadInputError(f"--data {data} is a {_kind(config.pipeline.datamanager.dataparser)} scene, but the teacher was "
                         f"trained on a {_kind(theirs)} one: a student learns its teacher's scene; leave --data out or "
                         "pass the teacher's scene folder")
     config.pipeline.datamanager.dataparser = copy.deepcopy(theirs)
@@ -241,10 +238,10 @@ def _check_shared_cameras(teacher: TrainerConfig, teacher_path: Path, data: Path
     the teacher's scene folder is not on this machine or ``data`` is that folder.
 
     Raises:
-        UserError: no training camera centre of ``data`` lies within 1e-4 of the scene box's size of the teacher's."""
+        BadInputError: no training camera centre of ``data`` lies within 1e-4 of the scene box's size of the teacher's."""
     try:
         recorded = resolve_data(teacher, teacher_path, None)
-    except UserError:
+    except BadInputError:
         return
     if recorded.resolve() == data.resolve():
         return
@@ -259,7 +256,7 @@ def _check_shared_cameras(teacher: TrainerConfig, teacher_path: Path, data: Path
     ours, _ = centres(data)
     tolerance = 1e-4 * float((box[1] - box[0]).norm())
     if not bool((torch.cdist(ours, theirs).min(dim=1).values < tolerance).any()):
-        raise UserError(f"--data {data} shares no training camera with the teacher's scene {recorded}: it is another "
+        raise BadInputError(f"--data {data} shares no training camera with the teacher's scene {recorded}: it is another "
                         "scene; a student learns its teacher's scene, so leave --data out or pass that scene's folder")
 
 
@@ -282,7 +279,7 @@ def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path,
         config.pipeline.teacher_renders_only = renders_only
         config.pipeline.finetune_steps = finetune_steps
         if finetune_steps >= config.max_num_iterations:
-            raise UserError(f"--finetune-steps {finetune_steps} leaves none of the {config.max_num_iterations} steps of "
+            raise BadInputError(f"--finetune-steps {finetune_steps} leaves none of the {config.max_num_iterations} steps of "
                             f"{config.method_name} to distil: make it smaller")
     runs: List[Union[TrainResult, FinishedRun, None]] = [reuse_or_resume(c) if resume else None for c in configs]
     todo = [i for i, run in enumerate(runs) if run is None]
@@ -307,11 +304,11 @@ def finish(output_dir: Path, models: List[Trained], started: float, extra: dict)
 
 
 def check_teacher(path: Path, role: str = "teacher") -> TrainerConfig:
-    """Read a teacher's (or another ``role``'s) config or raise :class:`UserError` with the loader's one-line reason."""
+    """Read a teacher's (or another ``role``'s) config or raise :class:`BadInputError` with the loader's one-line reason."""
     try:
         return read_trainer_config(path.expanduser().resolve(), role)
     except TeacherLoadError as err:
-        raise UserError(str(err)) from None
+        raise BadInputError(str(err)) from None
 
 
 def view(student: Path, teacher: Optional[Path], port: Optional[int]) -> None:
@@ -320,7 +317,7 @@ def view(student: Path, teacher: Optional[Path], port: Optional[int]) -> None:
     student's hard-pose pool drawn (docs/design.md, "The viewer"). Serves until interrupted.
 
     Raises:
-        UserError: the student config is unreadable or not a pvdal-* run, or there is no teacher to load.
+        BadInputError: the student config is unreadable or not a pvdal-* run, or there is no teacher to load.
         TeacherLoadError: the teacher cannot be loaded."""
     from nerfstudio.scripts.viewer.run_viewer import _start_viewer
 
@@ -329,11 +326,11 @@ def view(student: Path, teacher: Optional[Path], port: Optional[int]) -> None:
     student = student.expanduser().resolve()
     config = check_teacher(student, role="student")
     if not isinstance(config.pipeline, DistillationPipelineConfig):
-        raise UserError(f"student {student} is a '{config.method_name}' run, not a pvdal-* one: open it with "
+        raise BadInputError(f"student {student} is a '{config.method_name}' run, not a pvdal-* one: open it with "
                         f"ns-viewer --load-config {student}")
     teacher = teacher or config.pipeline.teacher_config
     if teacher is None:
-        raise UserError(f"student {student} was trained from images, with no teacher: pass --teacher <config.yml>")
+        raise BadInputError(f"student {student} was trained from images, with no teacher: pass --teacher <config.yml>")
     teacher = Path(teacher).expanduser().resolve()
     check_teacher(teacher)
     config, pipeline, _, step = eval_setup(student, test_mode="test")

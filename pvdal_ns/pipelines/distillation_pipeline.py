@@ -30,14 +30,14 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearningConfig
-from pvdal_ns.utils.checkpoints import fill_missing_defaults
+from pvdal_ns.utils.checkpoints import allow_numpy_scalars, fill_missing_defaults
 from pvdal_ns.data.datamanager import DistillationDataManager, DistillationDataManagerConfig, PseudoLabels
 from pvdal_ns.model_components.losses import PVDLossConfig, StageSchedule
 from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.field_components.scene_space import cameras_inside_box
-from pvdal_ns.teachers import (Capability, Teacher, TeacherCache, TeacherLoadError, load_teacher, newest_checkpoint,
-                               read_trainer_config, teacher_contraction)
+from pvdal_ns.teachers import Capability, Teacher, TeacherCache, load_teacher, newest_checkpoint, read_trainer_config, teacher_contraction
+from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
 from pvdal_ns.viewer.conversion_panel import ConversionPanel
 
 
@@ -170,6 +170,8 @@ class DistillationPipeline(VanillaPipeline):
         grad_scaler: Optional[GradScaler] = None,
     ) -> None:
         fill_missing_defaults(config)  # a config.yml written before a field was added
+        install_refusal_hook()  # ns-train / ns-eval / ns-render / ns-viewer: a PVDError is one line, exit code 2
+        allow_numpy_scalars()  # nerfstudio's own torch.load of a pvdal checkpoint (weights_only=True)
         Pipeline.__init__(self)  # VanillaPipeline.__init__'s steps, with the teacher between datamanager and model
         self.config, self.test_mode, self.world_size = config, test_mode, world_size
         self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=world_size,
@@ -254,11 +256,11 @@ class DistillationPipeline(VanillaPipeline):
         lie in its cells; a pvdal-* teacher or a cache brings its own).
 
         Raises:
-            TeacherLoadError: ``scene_contraction`` was set against the teacher's."""
+            BadInputError: ``scene_contraction`` was set against the teacher's."""
         own = bool(teacher.occupancy_grid.contracted)
         option = self.config.model.scene_contraction
         if option != "auto" and own != (option == "on"):
-            raise TeacherLoadError(f"teacher {teacher.name} ({teacher.source}) {'contracts' if own else 'does not contract'} "
+            raise BadInputError(f"teacher {teacher.name} ({teacher.source}) {'contracts' if own else 'does not contract'} "
                                    f"space, and --pipeline.model.scene-contraction {option} asks the opposite: the "
                                    "student samples in its teacher's grid; leave the option at auto")
         if own != contracted:
@@ -271,11 +273,12 @@ class DistillationPipeline(VanillaPipeline):
         gives the same grid to every student, and the student's initialisation does not depend on it.
 
         Raises:
-            TeacherLoadError: no teacher to load, a cache of another run, renders only from a cache."""
+            TeacherLoadError: no teacher to load, a cache of another run.
+            BadInputError: renders only from a cache."""
         config = self.config
         cache = None if config.teacher_cache is None else Path(config.teacher_cache)
         if cache is not None and config.teacher_renders_only:
-            raise TeacherLoadError("a teacher cache holds the teacher at sample points, which distillation from renders "
+            raise BadInputError("a teacher cache holds the teacher at sample points, which distillation from renders "
                                    "only does not use: leave out --pipeline.teacher-cache (or renders-only)")
         if cache is not None and cache.exists():
             return TeacherCache(cache, self.batch_key)
@@ -310,11 +313,11 @@ class DistillationPipeline(VanillaPipeline):
         """What the student distils with: the teacher's grid, the stages, the losses and whether ϕ¹ is aligned.
 
         Raises:
-            TeacherLoadError: the teacher's occupancy grid has another resolution than the student's."""
+            BadInputError: the teacher's occupancy grid has another resolution than the student's."""
         config, field_class = self.config, self.config.model.field._target
         grid, resolution = teacher.occupancy_grid, config.model.grid_resolution
         if tuple(grid.binaries.shape[1:]) != (resolution,) * 3:
-            raise TeacherLoadError(f"teacher occupancy grid {tuple(grid.binaries.shape[1:])} differs from the student's "
+            raise BadInputError(f"teacher occupancy grid {tuple(grid.binaries.shape[1:])} differs from the student's "
                                    f"{(resolution,) * 3}: set --pipeline.model.grid-resolution")
         points = Capability.POINTS in capabilities
         align = field_class.has_volume_feature and Capability.VOLUME_FEATURE in capabilities
@@ -348,10 +351,10 @@ class DistillationPipeline(VanillaPipeline):
         """The first fine-tuning step of a run of ``steps`` steps.
 
         Raises:
-            ValueError: ``finetune_steps`` leaves no step to distil."""
+            BadInputError: ``finetune_steps`` leaves no step to distil."""
         if self.config.finetune_steps >= steps:
-            raise ValueError(f"--pipeline.finetune-steps {self.config.finetune_steps} leaves none of the run's {steps} "
-                             "steps to distil: make it smaller than --max-num-iterations")
+            raise BadInputError(f"--pipeline.finetune-steps {self.config.finetune_steps} leaves none of the run's "
+                                f"{steps} steps to distil: make it smaller than --max-num-iterations")
         start = steps - self.config.finetune_steps
         CONSOLE.log(f"Fine-tuning on the training images from step {start} ({self.config.finetune_steps} steps)")
         return start
@@ -362,7 +365,8 @@ class DistillationPipeline(VanillaPipeline):
         A student sharing the batches of another finds the cache written already.
 
         Raises:
-            TeacherLoadError: the cache path exists already, or ``teacher_cache_gib`` is below one batch."""
+            BadInputError: the cache path exists already, or ``teacher_cache_gib`` is below one batch.
+            StorageError: the disk filled up while writing it."""
         labels = self.datamanager.pseudo_labels
         if self._cache_to_write is None or labels is None:
             return

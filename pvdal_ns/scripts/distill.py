@@ -99,7 +99,7 @@ class Run:
     not retrained; one that was killed continues from its last checkpoint; any other trains afresh."""
 
     def main(self, command: str) -> None:
-        """Run the conversion; raises UserError / TeacherLoadError for bad input."""
+        """Run the conversion; raises BadInputError / TeacherLoadError for bad input."""
         from pvdal_ns.experiments.convert import check_teacher, convert, finish, resolve_data
 
         started = time.perf_counter()
@@ -267,7 +267,7 @@ class View:
     """Websocket port of the viewer (default: nerfstudio's, 7007, or the next free one)."""
 
     def main(self, command: str) -> None:
-        """Serve the viewer until interrupted; raises UserError / TeacherLoadError for bad input."""
+        """Serve the viewer until interrupted; raises BadInputError / TeacherLoadError for bad input."""
         from pvdal_ns.experiments.convert import view
 
         try:
@@ -355,12 +355,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     _quick_checks(command)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/nerfstudio deprecations at import
     warnings.filterwarnings("ignore", category=UserWarning)
-    from pvdal_ns.experiments.convert import UserError
-    from pvdal_ns.teachers import TeacherLoadError
+    from pvdal_ns.utils.errors import PVDError
 
     try:
         command.main(" ".join(["ns-distill", *args]))
-    except (UserError, TeacherLoadError) as err:
+    except PVDError as err:  # the library's one error class (docs/design.md, "Errors")
         return _error(str(err))
     except KeyboardInterrupt:
         return _error("interrupted; finished runs and their checkpoints are kept under the output folder")

@@ -6,7 +6,7 @@ splatfacto; :mod:`.cache` the teacher cache (serial mode); :mod:`.registry` the 
 :func:`load_teacher`.
 """
 
-from pvdal_ns.teachers.base import Capability, ModelTeacher, Teacher, TeacherBatch, TeacherImages, TeacherLoadError
+from pvdal_ns.teachers.base import Capability, ModelTeacher, Teacher, TeacherBatch, TeacherImages
 from pvdal_ns.teachers.cache import TeacherCache, cache_nbytes, write_cache
 from pvdal_ns.teachers.registry import (TEACHER_FAMILIES, load_teacher, newest_checkpoint, read_trainer_config,
                                         teacher_contraction)
@@ -17,7 +17,6 @@ __all__ = [
     "Teacher",
     "TeacherBatch",
     "TeacherImages",
-    "TeacherLoadError",
     "TeacherCache",
     "cache_nbytes",
     "write_cache",

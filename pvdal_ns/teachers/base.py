@@ -30,10 +30,6 @@ from pvdal_ns.model_components.sampling import Sampling, composite, sample_occup
 _DEPTH = DepthRenderer(method="expected")
 
 
-class TeacherLoadError(Exception):
-    """A teacher config, checkpoint or cache that cannot be used; the message is one line for the user."""
-
-
 class Capability(enum.Flag):
     """What a teacher can give; the pipeline derives from them which losses, stages and active-learning
     levels a distillation has (docs/design.md, "Teachers")."""

@@ -42,7 +42,8 @@ from pvdal_ns.fields import PointOutputs
 from pvdal_ns.utils.files import save_torch
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.field_components.scene_space import SceneSpace
-from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, TeacherLoadError, points_batch
+from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, points_batch
+from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
 
 CACHE_VERSION = 1
 _FILES = {"rays": "rays.f32", "masks": "masks.u8", "spans": "spans.f32", "outputs": "outputs.f16"}
@@ -229,11 +230,12 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
         progress: called with no argument after each batch (a progress-bar advance), or None.
 
     Raises:
-        TeacherLoadError: ``path`` already exists, ``max_bytes`` is smaller than one batch, or the disk is full.
+        BadInputError: ``path`` already exists, or ``max_bytes`` is smaller than one batch.
+        StorageError: the disk is full (nothing of the cache is kept).
     """
     path = Path(path)
     if path.exists():
-        raise TeacherLoadError(f"teacher cache {path} already exists: delete it or choose another path")
+        raise BadInputError(f"teacher cache {path} already exists: delete it or choose another path")
     _remove_abandoned_partials(path)
     partial = _partial_path(path, os.getpid())
     shutil.rmtree(partial, ignore_errors=True)
@@ -249,7 +251,7 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
             size = batch_nbytes(num_rays, num_samples, len(tb.points.raw_density), output_width)
             if total + size > max_bytes:
                 if len(index) == 1:
-                    raise TeacherLoadError(f"the teacher cache bound ({max_bytes / 2**30:.2f} GiB) is smaller than one "
+                    raise BadInputError(f"the teacher cache bound ({max_bytes / 2**30:.2f} GiB) is smaller than one "
                                            f"batch ({size / 2**20:.1f} MiB): raise --teacher-cache-gib")
                 break
             rays = torch.cat([ray_bundle.origins, ray_bundle.directions, ray_bundle.pixel_area], dim=-1)
@@ -280,7 +282,7 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
         partial.rename(path)
     except OSError as error:  # a full disk: one line, nothing of the cache left
         _discard(files, partial)
-        raise TeacherLoadError(f"teacher cache {path} could not be written after {total / 2**20:.0f} MiB "
+        raise StorageError(f"teacher cache {path} could not be written after {total / 2**20:.0f} MiB "
                                f"({error.strerror or error}): nothing of it is kept; free space or lower "
                                "--teacher-cache-gib") from None
     except BaseException:

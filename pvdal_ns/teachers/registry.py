@@ -26,7 +26,8 @@ from nerfstudio.models.vanilla_nerf import VanillaModelConfig
 from pvdal_ns.utils.checkpoints import fill_missing_defaults, load_checkpoint, model_state
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.model_components.sampling import Sampling
-from pvdal_ns.teachers.base import Teacher, TeacherLoadError
+from pvdal_ns.teachers.base import Teacher
+from pvdal_ns.utils.errors import TeacherLoadError
 from pvdal_ns.teachers.pvd import load_pvd_teacher
 from pvdal_ns.teachers.stock import load_field_teacher, load_splatfacto_teacher
 
@@ -73,6 +74,10 @@ def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConf
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     except yaml.constructor.ConstructorError as err:  # a class of a plugin that is not installed here
         named = re.search(r"'([^']+)'", err.problem or "")
+        if named and named.group(1).split(".")[0] == "pvdal_ns":  # a run of pvdal-ns before its layers had folders
+            raise TeacherLoadError(f"{role} config {config_path} names {named.group(1)}, a class path of pvdal-ns from "
+                                   "before its modules moved into layer folders (0.1.0 at commit 03773f9): train the run "
+                                   "again with this version") from None
         raise TeacherLoadError(f"{role} config {config_path} names {named.group(1) if named else 'a class'}, which cannot "
                                "be imported here: install the nerfstudio plugin that trained it") from None
     except Exception as err:  # yaml errors, unreadable files

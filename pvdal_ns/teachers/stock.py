@@ -42,7 +42,8 @@ from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.utils.metrics import offline_lpips
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.sampling import Sampling
-from pvdal_ns.teachers.base import Capability, ModelTeacher, TeacherImages, TeacherLoadError
+from pvdal_ns.teachers.base import Capability, ModelTeacher, TeacherImages
+from pvdal_ns.utils.errors import TeacherLoadError
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
 """log σ of stock teachers is clamped here (σ = 0 outside nerfacto's contracted box, ReLU zeros of
