@@ -53,3 +53,16 @@ def tiny_teacher(tmp_path_factory):
     config = tiny_config("vm", out, steps=200, experiment="teacher")
     run = train(config, "tiny teacher")
     return run.config_path, run.pipeline
+
+
+SLOW_FIXTURES = {"tiny_teacher", "axe_teacher", "stock_teachers", "viewed_student"}
+"""Fixtures that train a model before the test can run."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs a trained teacher (a fixture of :data:`SLOW_FIXTURES`) or trains one itself
+    (``TRAINS`` in its module) ``slow``, so ``pytest -m "not slow"`` runs the quick ones."""
+    for item in items:
+        trains = item.name.split("[")[0] in getattr(item.module, "TRAINS", ())
+        if trains or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
