@@ -27,6 +27,7 @@ browser:
 		|| echo "chromium could not be installed with apt-get: the viewer's browser test will skip"
 
 test: $(STAMP) browser
+	$(BIN)/ruff check pvdal_ns tests benchmarks scripts
 	$(BIN)/python -m pytest -q tests
 
 clean:

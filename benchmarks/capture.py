@@ -32,8 +32,8 @@ CAPTURE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "s
 
 def step_time(args) -> dict:
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import student_config
     from pvdal_ns.engine.runner import train
+    from pvdal_ns.experiments.convert import student_config
 
     out = {}
     for name, data in (("lego", EMBEDDED_SCENE), ("capture", args.capture.resolve())):
@@ -88,8 +88,8 @@ def evaluate_runs(args) -> dict:
 
 
 def stock(args) -> dict:
-    from pvdal_ns.experiments.convert import stock_config
     from pvdal_ns.engine.runner import train_timed
+    from pvdal_ns.experiments.convert import stock_config
 
     config = stock_config(args.method, args.capture.resolve(), args.output_dir.resolve(), f"stock-{args.method}", 10**6,
                           rays_per_batch=args.rays)
@@ -107,9 +107,9 @@ def novel_view_psnr(teacher_config: Path, student_config: Path, count: int, down
     import torch
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from pvdal_ns.utils.metrics import image_metrics
     from pvdal_ns.cameras.poses import PoseSampler
     from pvdal_ns.teachers import load_teacher
+    from pvdal_ns.utils.metrics import image_metrics
 
     _, pipeline, _, _ = eval_setup(student_config, test_mode="test")
     model = pipeline.model.eval()

@@ -33,8 +33,8 @@ def targets(record: dict) -> None:
 
 
 def merge(output_dir: Path, parts: list) -> dict:
-    from pvdal_ns.utils.files import write_atomic
     from pvdal_ns.experiments.matrix import markdown_table, plot_matrix
+    from pvdal_ns.utils.files import write_atomic
 
     records = [json.loads((Path(p) / "matrix.json").read_text()) for p in parts]
     merged = {**records[0], "teachers": {}, "pairs": [], "merged_from": [str(p) for p in parts]}

@@ -33,10 +33,10 @@ def main() -> None:
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import cached_teacher, distillation_config
     from pvdal_ns.data.datamanager import PseudoLabels
-    from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS
     from pvdal_ns.engine.runner import set_seed
+    from pvdal_ns.experiments.convert import cached_teacher, distillation_config
+    from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS
 
     teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(), DEMO_TEACHER_STEPS).report
     staged_stage_at = PseudoLabels.stage_at

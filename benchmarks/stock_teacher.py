@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from pvdal_ns import EMBEDDED_SCENE
-from pvdal_ns.experiments.convert import distillation_config, stock_config
 from pvdal_ns.engine.runner import evaluate, train, train_together
+from pvdal_ns.experiments.convert import distillation_config, stock_config
 from pvdal_ns.presets import demo_steps
 
 STUDENTS = ("hash", "vm", "mlp", "tensors")

@@ -41,9 +41,9 @@ def child(teacher: Path, student: str, mode: str, out: Path, seed: Optional[int]
     import torch
 
     from pvdal_ns import EMBEDDED_SCENE
+    from pvdal_ns.engine.runner import evaluate, train
     from pvdal_ns.experiments.convert import distillation_config
     from pvdal_ns.experiments.report import peak_memory_gib
-    from pvdal_ns.engine.runner import evaluate, train
     from pvdal_ns.presets import demo_steps
     from pvdal_ns.teachers import cache_nbytes
 

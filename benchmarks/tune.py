@@ -42,8 +42,8 @@ def parse_variant(text: str) -> Dict[str, str]:
 
 def build(teacher: Path, student: str, steps: int, seed: int, settings: Dict[str, str], output_dir: Path, name: str):
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.method_configs import set_steps
     from pvdal_ns.experiments.convert import distillation_config
+    from pvdal_ns.method_configs import set_steps
 
     config = distillation_config(teacher, student, "small", EMBEDDED_SCENE, output_dir, name, steps)
     config.machine.seed = seed
@@ -72,10 +72,10 @@ def main() -> None:
     parsed = [parse_variant(v) for v in variants]
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import cached_teacher
-    from pvdal_ns.utils.files import write_atomic
-    from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS
     from pvdal_ns.engine.runner import evaluate, train
+    from pvdal_ns.experiments.convert import cached_teacher
+    from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS
+    from pvdal_ns.utils.files import write_atomic
 
     steps = args.steps or PRESETS[args.student, "small"].steps
     out = (args.output_dir or Path(f"outputs/bench-tune-{args.student}")).resolve()

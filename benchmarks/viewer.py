@@ -81,8 +81,8 @@ def distil(teacher: Path, student: str, steps: int, output_dir: Path, viewer: bo
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import distillation_config
     from pvdal_ns.engine.runner import _setup_trainer
+    from pvdal_ns.experiments.convert import distillation_config
 
     config = distillation_config(teacher, student, "small", EMBEDDED_SCENE, output_dir, "viewer" if viewer else "plain", steps)
     browser = None

@@ -28,8 +28,8 @@ def main() -> None:
 
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.experiments.convert import cached_teacher, distillation_config, run_and_evaluate
-    from pvdal_ns.utils.files import write_atomic
     from pvdal_ns.presets import DEMO_TEACHER_STEPS, demo_steps
+    from pvdal_ns.utils.files import write_atomic
 
     out = args.output_dir.resolve()
     record = out / "results.json"

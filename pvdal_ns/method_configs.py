@@ -20,12 +20,11 @@ from nerfstudio.plugins.types import MethodSpecification
 from torch.optim import SparseAdam
 
 from pvdal_ns.data.datamanager import DistillationDataManagerConfig
+from pvdal_ns.engine.trainer import PVDTrainerConfig
 from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
 from pvdal_ns.presets import LR_FINAL, PRESETS, Size, method_name
-from pvdal_ns.engine.trainer import PVDTrainerConfig
-
 
 FIELD_CONFIGS = {"hash": HashFieldConfig, "vm": VMFieldConfig, "mlp": MLPFieldConfig, "tensors": TensorsFieldConfig}
 

@@ -6,9 +6,9 @@ import math
 import torch
 
 from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearningConfig, HardPosePool, HardRayPool
-from pvdal_ns.utils.checkpoints import load_checkpoint
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.model_components.losses import PVDLossConfig, hard_point_mask, point_losses, top_fraction_per_ray
+from pvdal_ns.utils.checkpoints import load_checkpoint
 
 
 def test_top_fraction_counts_only_occupied_samples():

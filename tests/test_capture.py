@@ -70,7 +70,7 @@ def test_contraction_set_against_a_pvdal_teacher_is_refused(axe_teacher, tmp_pat
 
     config = tiny_config("hash", tmp_path, 5, teacher=axe_teacher[0], data=EMBEDDED_CAPTURE)
     config.pipeline.model.scene_contraction = "off"
-    with pytest.raises(TeacherLoadError, match="contracts space.*leave the option at auto"):
+    with pytest.raises(BadInputError, match="contracts space.*leave the option at auto"):
         train(config, "refused")
 
 
@@ -118,11 +118,10 @@ def test_a_student_of_a_nerfacto_capture_renders_the_background_its_teacher_rend
     """Issue #17: a tiny stock nerfacto (torch, CPU) trained on the capture's photographs; its student lives in the
     contracted space nerfacto implies and, on a held-out view, renders the backdrop and block as the teacher does."""
     from conftest import tiny_config
-
     from torchmetrics.functional import peak_signal_noise_ratio
 
-    from pvdal_ns.experiments.convert import stock_config
     from pvdal_ns.engine.runner import split_dataloader, train
+    from pvdal_ns.experiments.convert import stock_config
     from pvdal_ns.teachers import load_teacher
 
     teacher_path = train(stock_config("nerfacto", EMBEDDED_CAPTURE, tmp_path, "nerfacto", NERFACTO_STEPS,

@@ -13,8 +13,8 @@ BIN = Path(sys.executable).parent
 
 
 def test_time_to_reach_interpolates_between_evaluations():
-    from pvdal_ns.experiments.compare import time_to_reach
     from pvdal_ns.engine.runner import CurvePoint
+    from pvdal_ns.experiments.compare import time_to_reach
 
     curve = [CurvePoint(1.0, 10, 20.0, 0.8), CurvePoint(3.0, 30, 24.0, 0.9), CurvePoint(9.0, 90, 25.0, 0.92)]
     assert time_to_reach(curve, 22.0) == pytest.approx(2.0)

@@ -5,11 +5,11 @@ import os
 
 import pytest
 import torch
-
 from conftest import tiny_config, train_step_losses
+
 from pvdal_ns.engine.runner import evaluate
 from pvdal_ns.teachers import load_teacher
-from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 
 
 def _psnr(a, b):
@@ -141,9 +141,9 @@ def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, m
     """``ns-render interpolate`` (video) and ``ns-render spiral`` (images) on a student's config.yml, with
     teacher loading made impossible; ffmpeg is the binary of the imageio-ffmpeg wheel."""
     import imageio_ffmpeg
-    import pvdal_ns.pipelines.distillation_pipeline
     from nerfstudio.scripts.render import RenderInterpolated, SpiralRender
 
+    import pvdal_ns.pipelines.distillation_pipeline
     from pvdal_ns.engine.runner import train
 
     bindir = tmp_path / "bin"
@@ -206,7 +206,7 @@ def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, c
     # a teacher cache stores the teacher at points, which renders-only distillation has no use for
     config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="renders-only-cache")
     config.pipeline.teacher_renders_only, config.pipeline.teacher_cache = True, tmp_path / "cache"
-    with pytest.raises(TeacherLoadError, match="renders only does not use"):
+    with pytest.raises(BadInputError, match="renders only does not use"):
         config.setup(local_rank=0, world_size=1).setup()
     assert not (tmp_path / "cache").exists()
 

@@ -6,8 +6,9 @@ import json
 import typing
 
 import pytest
-import torch
 
+from pvdal_ns.utils.errors import BadInputError
+import torch
 from conftest import tiny_config, train_step_losses
 
 
@@ -180,5 +181,5 @@ def test_fine_tuning_trains_the_last_steps_on_the_real_images(tiny_teacher, tmp_
     assert set(finetuning) <= {"rgb_loss", "regularization"} and "rgb_loss" in finetuning
 
     config.pipeline.finetune_steps = 12
-    with pytest.raises(ValueError, match="leaves none of the run's 12 steps to distil"):
+    with pytest.raises(BadInputError, match="leaves none of the run's 12 steps to distil"):
         config.setup(local_rank=0, world_size=1).setup()

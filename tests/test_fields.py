@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from pvdal_ns.method_configs import field_config
 from pvdal_ns.fields import VOLUME_FEATURE_DIM
 from pvdal_ns.fields.tensors import trilinear
+from pvdal_ns.method_configs import field_config
 
 AABB = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
 
@@ -68,8 +68,8 @@ def test_hash_field_records_the_implementation_it_uses():
 def test_old_hash_config_without_implementation_reads_as_torch():
     import yaml
 
-    from pvdal_ns.utils.checkpoints import fill_missing_defaults
     from pvdal_ns.method_configs import pvdal_hash_small
+    from pvdal_ns.utils.checkpoints import fill_missing_defaults
 
     text = yaml.dump(pvdal_hash_small.config)
     old = "\n".join(line for line in text.splitlines() if "implementation:" not in line)  # written before the field
@@ -97,8 +97,8 @@ def test_tcnn_hash_teacher_is_refused_naming_the_layout(tmp_path):
     from nerfstudio.utils.external import TCNN_EXISTS
 
     from pvdal_ns.method_configs import pvdal_hash_small
-    from pvdal_ns.utils.errors import TeacherLoadError
     from pvdal_ns.teachers.pvd import load_pvd_teacher
+    from pvdal_ns.utils.errors import TeacherLoadError
 
     config = copy.deepcopy(pvdal_hash_small.config)  # the method's config is shared
     model = config.pipeline.model.setup(scene_box=SceneBox(aabb=AABB), num_train_data=1, metadata={})

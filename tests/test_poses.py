@@ -5,8 +5,8 @@ import json
 import torch
 
 from pvdal_ns import EMBEDDED_SCENE
-from pvdal_ns.data.datamanager import DistillationDataManagerConfig
 from pvdal_ns.cameras.poses import PoseSampler
+from pvdal_ns.data.datamanager import DistillationDataManagerConfig
 
 
 def _lego_poses():

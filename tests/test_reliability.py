@@ -7,10 +7,9 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError
-
-from conftest import tiny_config
 
 
 def _hidden_files(folder):
@@ -63,8 +62,8 @@ def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(tiny_teacher, t
 
 
 def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teacher, tmp_path, monkeypatch, capsys):
-    from pvdal_ns.models.pvd_model import PVDModel
     from pvdal_ns.engine.runner import train
+    from pvdal_ns.models.pvd_model import PVDModel
 
     calls = {"n": 0}
     get_loss_dict = PVDModel.get_loss_dict
@@ -125,8 +124,8 @@ def _kill_resume_and_compare(teacher, tmp_path):
     import time
     from pathlib import Path
 
-    from pvdal_ns.utils.checkpoints import load_checkpoint
     from pvdal_ns.engine.runner import _setup_trainer, evaluate, train
+    from pvdal_ns.utils.checkpoints import load_checkpoint
 
     code = RUN.format(tests=str(Path(__file__).parent), out=str(tmp_path), teacher=str(teacher))
     killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -238,8 +237,8 @@ def test_ns_train_with_a_teacher_that_cannot_be_loaded_is_refused_in_one_line(tm
 
 
 def test_a_teacher_config_of_a_plugin_not_installed_is_refused_in_one_line(tiny_teacher, tmp_path):
-    from pvdal_ns.utils.errors import TeacherLoadError
     from pvdal_ns.teachers.registry import read_trainer_config
+    from pvdal_ns.utils.errors import TeacherLoadError
 
     other = tmp_path / "config.yml"
     other.write_text(tiny_teacher[0].read_text().replace("pvdal_ns.models.pvd_model.PVDModelConfig", "my_plugin.MyModelConfig"))
@@ -252,8 +251,8 @@ def test_ns_distill_reruns_continue_killed_students_and_reuse_finished_ones(tiny
     20 at 14). The rerun continues each in its own folder from the step after its checkpoint to its planned end; the
     next rerun trains nothing and gives the same figures; another step count is another run."""
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import convert
     from pvdal_ns.engine.trainer import PVDTrainer
+    from pvdal_ns.experiments.convert import convert
 
     def rerun(steps):
         return convert(tiny_teacher[0], ["hash", "vm"], "small", EMBEDDED_SCENE, tmp_path, steps, "students",
@@ -389,8 +388,8 @@ def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
     from nerfstudio.data.scene_box import SceneBox
     from nerfstudio.model_components.renderers import RGBRenderer
 
-    from pvdal_ns.method_configs import field_config
     from pvdal_ns.fields import PointOutputs
+    from pvdal_ns.method_configs import field_config
     from pvdal_ns.model_components.sampling import Sampling, composite, visible
 
     aabb = torch.tensor([[-1.5] * 3, [1.5] * 3])

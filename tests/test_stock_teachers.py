@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config, train_step_losses
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 
-from conftest import tiny_config, train_step_losses
 from pvdal_ns import EMBEDDED_SCENE
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.teachers import Capability, load_teacher
@@ -42,8 +42,8 @@ def _untrained_checkpoint(config) -> Path:
 @pytest.fixture(scope="module")
 def stock_teachers(tmp_path_factory):
     """config.yml of each stock family: trained for a few steps by ns-train's trainer, or untrained."""
-    from pvdal_ns.experiments.convert import stock_config
     from pvdal_ns.engine.runner import train
+    from pvdal_ns.experiments.convert import stock_config
 
     out = tmp_path_factory.mktemp("stock")
     paths = {m: train(stock_config(m, EMBEDDED_SCENE, out, m, steps, rays_per_batch=256), m).config_path
@@ -214,9 +214,9 @@ def _splatfacto_checkpoint(out: Path, num_gaussians: int = 500) -> Path:
 def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_path, capsys):
     """splatfacto loads through the same option, renders only; on a CPU it is refused in one line. Its
     shared sample points lie in the cells of its visible Gaussians."""
-    from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
     from pvdal_ns.teachers import newest_checkpoint, read_trainer_config
     from pvdal_ns.teachers.stock import SplatfactoTeacher, build_stock_model
+    from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
 
     path = _splatfacto_checkpoint(tmp_path)
     with pytest.raises(TeacherLoadError, match="splatfacto model: it renders with gsplat, which needs CUDA"):

@@ -10,11 +10,11 @@ import weakref
 
 import pytest
 import torch
-
 from conftest import tiny_config, train_step_losses
+
 from pvdal_ns.teachers import Capability
-from pvdal_ns.utils.errors import TeacherLoadError
 from pvdal_ns.teachers.cache import TeacherCache, _partial_path, batch_nbytes, write_cache
+from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
 
 
 def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="cache", with_teacher=True, rays=None):
@@ -60,7 +60,7 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
     # the bound keeps whole batches; below one batch it refuses and leaves nothing behind
     sizes = [batch_nbytes(1024, b["teacher"].mask.shape[1], len(b["teacher"].points.raw_density), 20) for _, b in batches]
     assert len(write_cache(tmp_path / "two", teacher, batches, pipeline.batch_key, sizes[0] + sizes[1] + 1)) == 2
-    with pytest.raises(TeacherLoadError, match="smaller than one batch"):
+    with pytest.raises(BadInputError, match="smaller than one batch"):
         write_cache(tmp_path / "none", teacher, batches, pipeline.batch_key, sizes[0] - 1)
 
     def interrupted():
@@ -74,7 +74,7 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
         yield batches[0]
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(TeacherLoadError, match="No space left on device.*nothing of it is kept"):
+    with pytest.raises(StorageError, match="No space left on device.*nothing of it is kept"):
         write_cache(tmp_path / "full", teacher, disk_full(), pipeline.batch_key, 1 << 30)
     assert not list(tmp_path.glob("none*")) and not list(tmp_path.glob("cut*")) and not list(tmp_path.glob("full*"))
 
@@ -85,7 +85,7 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
     abandoned.mkdir(), running.mkdir()
     write_cache(tmp_path / "w", teacher, batches[:1], pipeline.batch_key, 1 << 30)
     assert not abandoned.exists() and running.exists()
-    with pytest.raises(TeacherLoadError, match="already exists"):
+    with pytest.raises(BadInputError, match="already exists"):
         write_cache(tmp_path / "c", teacher, batches, pipeline.batch_key, 1 << 30)
 
 

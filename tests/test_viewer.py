@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config, train_step_losses
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

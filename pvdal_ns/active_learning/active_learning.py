@@ -28,8 +28,8 @@ from jaxtyping import Float, Int
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
-from pvdal_ns.model_components.losses import HardPoints
 from pvdal_ns.cameras.poses import random_rotations
+from pvdal_ns.model_components.losses import HardPoints
 from pvdal_ns.teachers import Capability
 
 
@@ -87,7 +87,7 @@ class HardPosePool(nn.Module):
         self.poses = torch.zeros(0, 3, 4)
         """Float[Tensor, "P 3 4"] camera-to-world matrices of the pool (world units)."""
         self.errors = torch.zeros(0)
-        """Float[Tensor, "P"] mean squared RGB error of each pool pose when it entered."""
+        """Float[Tensor, " P"] mean squared RGB error of each pool pose when it entered."""
         self.next_slot = 0
         self.reset_epoch(0)
 
@@ -96,18 +96,18 @@ class HardPosePool(nn.Module):
         self.error_sum = torch.zeros(num_poses, dtype=torch.float64)
         self.ray_count = torch.zeros(num_poses, dtype=torch.float64)
 
-    def record(self, pose_ids: Int[Tensor, "R"], errors: Float[Tensor, "R"]) -> None:
+    def record(self, pose_ids: Int[Tensor, " R"], errors: Float[Tensor, " R"]) -> None:
         """Add per-ray squared errors to their poses; ids < 0 (rays from the ray pool) are ignored."""
         valid = pose_ids >= 0
         ids = pose_ids[valid].cpu()
         self.error_sum.index_add_(0, ids, errors.detach()[valid].double().cpu())
         self.ray_count.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
 
-    def pose_errors(self) -> Float[Tensor, "N"]:
+    def pose_errors(self) -> Float[Tensor, " N"]:
         """Mean squared error of each pose of the epoch; NaN where none of its rays was measured."""
         return (self.error_sum / self.ray_count).float()
 
-    def end_epoch(self, camera_to_worlds: Float[Tensor, "N 3 4"]) -> Int[Tensor, "K"]:
+    def end_epoch(self, camera_to_worlds: Float[Tensor, "N 3 4"]) -> Int[Tensor, " K"]:
         """Move the worst ``fraction`` of the epoch's measured poses into the pool.
 
         Returns:
@@ -197,7 +197,7 @@ class HardRayPool(nn.Module):
         self._drawn = torch.randperm(len(self), generator=generator, device="cpu")[:n].to(self.rays["origins"].device)
         return {k: v[self._drawn] for k, v in self.rays.items()}
 
-    def update(self, errors: Float[Tensor, "R"], rays: Dict[str, Tensor]) -> Int[Tensor, "K"]:
+    def update(self, errors: Float[Tensor, " R"], rays: Dict[str, Tensor]) -> Int[Tensor, " K"]:
         """Put the hardest rays of a batch into the pool.
 
         Args:
@@ -247,7 +247,7 @@ class ActiveLearning(nn.Module):
     off is logged once); they act from :attr:`start` on, and :meth:`set_step` (the pipeline's
     ``BEFORE_TRAIN_ITERATION`` callback) switches them on there. The pools are saved in the pipeline's
     checkpoint and restored on resume. Besides them it keeps this epoch's statistics for the figures
-    (Fig. 7): ``from_pool`` Bool[Tensor, "N"] (which poses were re-injected), the pose errors of
+    (Fig. 7): ``from_pool`` Bool[Tensor, " N"] (which poses were re-injected), the pose errors of
     :attr:`hard_poses`, ``heat`` Float[Tensor, "H W"] (every ray that entered the ray pool, by pixel) and
     ``hard_ray_ids`` (the flat (pose, row, column) ids of the fresh ones).
 
@@ -319,7 +319,7 @@ class ActiveLearning(nn.Module):
             return None
         return self.hard_rays.draw(self.hard_rays.per_batch(num_rays))
 
-    def feedback(self, pixels: Int[Tensor, "R 3"], rays: Dict[str, Tensor], errors: Float[Tensor, "R"]) -> None:
+    def feedback(self, pixels: Int[Tensor, "R 3"], rays: Dict[str, Tensor], errors: Float[Tensor, " R"]) -> None:
         """One step's per-ray squared RGB errors (student vs teacher) of the batch's rays: to the pose
         statistics (TCP) and the ray pool (TSR).
 
@@ -335,7 +335,7 @@ class ActiveLearning(nn.Module):
             entered = self.hard_rays.update(errors, {**rays, "pixels": pixels[:, 1:].to(errors.device)})
             self.record_hard_rays(pixels[entered.cpu()])
 
-    def end_epoch(self, camera_to_worlds: Float[Tensor, "N 3 4"]) -> Optional[Int[Tensor, "K"]]:
+    def end_epoch(self, camera_to_worlds: Float[Tensor, "N 3 4"]) -> Optional[Int[Tensor, " K"]]:
         """The epoch's hardest poses into the pool (hard poses on); returns their epoch ids, hardest first,
         or None with hard poses off."""
         return self.hard_poses.end_epoch(camera_to_worlds.cpu()) if self._on("poses") else None

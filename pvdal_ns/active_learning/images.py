@@ -49,7 +49,7 @@ def frustum_lines(c2w: Float[Tensor, "N 3 4"], fx: float, fy: float, width: floa
     return torch.cat([edges, rim], dim=1)
 
 
-def hard_poses_figure(cameras: Cameras, centre: Float[Tensor, "3"], from_pool: Bool[Tensor, "N"], hardest: Tensor,
+def hard_poses_figure(cameras: Cameras, centre: Float[Tensor, "3"], from_pool: Bool[Tensor, " N"], hardest: Tensor,
                       errors: Tensor, epoch: int):
     """Frustums of the epoch's poses: grey fresh, blue re-injected from the pool, red the hardest that
     entered the pool (darker = larger error). Fig. 7a.
@@ -58,8 +58,8 @@ def hard_poses_figure(cameras: Cameras, centre: Float[Tensor, "3"], from_pool: B
         cameras: the epoch's N cameras (poses and intrinsics).
         centre: the scene centre (world units).
         from_pool: which poses were re-injected from the pool.
-        hardest: Int[Tensor, "K"] epoch pose ids that entered the pool.
-        errors: Float[Tensor, "N"] mean squared RGB error of each epoch pose (NaN: not measured).
+        hardest: Int[Tensor, " K"] epoch pose ids that entered the pool.
+        errors: Float[Tensor, " N"] mean squared RGB error of each epoch pose (NaN: not measured).
 
     Returns:
         a matplotlib figure.

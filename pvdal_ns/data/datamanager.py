@@ -27,8 +27,8 @@ from torch import Tensor
 
 from pvdal_ns.active_learning.active_learning import ActiveLearning
 from pvdal_ns.active_learning.images import write_epoch_images
-from pvdal_ns.model_components.losses import StageSchedule
 from pvdal_ns.cameras.poses import PoseSampler
+from pvdal_ns.model_components.losses import StageSchedule
 from pvdal_ns.teachers import Capability, Teacher, TeacherBatch, TeacherCache, TeacherImages, write_cache
 
 __all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PseudoLabels", "float32_intrinsics"]
@@ -150,7 +150,7 @@ class PseudoLabels:
         self._log_recorded()
         return cache
 
-    def feedback(self, ray_bundle: RayBundle, batch: Dict, errors: Float[Tensor, "R"]) -> Dict[str, Tensor]:
+    def feedback(self, ray_bundle: RayBundle, batch: Dict, errors: Float[Tensor, " R"]) -> Dict[str, Tensor]:
         """Hand one step's per-ray squared RGB errors of the student against the teacher (the batch's R rays)
         to active learning (TCP statistics, TSR pool); returns its metrics (pool fill, ``al_overhead_ms``)."""
         al = self.active_learning

@@ -18,9 +18,9 @@ from typing import Optional
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.utils.files import write_atomic
 from pvdal_ns.teachers import read_trainer_config
 from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.files import write_atomic
 
 RECORD = "run.json"
 """Written beside ``config.yml`` once a run's training ends: its training seconds and steps."""

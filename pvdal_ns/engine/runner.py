@@ -7,7 +7,6 @@ exactly as ``ns-train``) and evaluates on the full images of a split (the test v
 from __future__ import annotations
 
 import copy
-
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,8 +25,8 @@ from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import get_progress
 
 from pvdal_ns.data.datamanager import float32_intrinsics
-from pvdal_ns.utils.metrics import image_metrics, offline_lpips
 from pvdal_ns.pipelines.distillation_pipeline import sharing
+from pvdal_ns.utils.metrics import image_metrics, offline_lpips
 
 
 def quiet(config: TrainerConfig) -> TrainerConfig:

@@ -6,9 +6,9 @@ not finite skipped and counted, the run stopped after too many in a row.
 
 from __future__ import annotations
 
-from pathlib import Path
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Type
 
 import torch
@@ -20,9 +20,8 @@ from torch.amp import GradScaler
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
 from pvdal_ns.presets import PRESETS, method_name
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars, load_checkpoint
-from pvdal_ns.utils.files import save_torch, write_atomic
 from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError, install_refusal_hook
-
+from pvdal_ns.utils.files import save_torch, write_atomic
 
 AMP_SCALE_FLOOR = 2.0**-24
 """Below this gradient scale a run under mixed precision is diverging (:class:`GuardedOptimizers`): float16's

@@ -17,13 +17,12 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 from nerfstudio.engine.trainer import TrainerConfig
-
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.experiments.convert import distillation_config, run_and_evaluate
-from pvdal_ns.utils.files import write_atomic
-from pvdal_ns.presets import size_of
 from pvdal_ns.experiments.report import device_description, versions
+from pvdal_ns.presets import size_of
+from pvdal_ns.utils.files import write_atomic
 
 
 def _off(*names: str) -> Callable[[TrainerConfig], None]:

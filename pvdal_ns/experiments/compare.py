@@ -19,12 +19,18 @@ import torch
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.experiments.convert import STOCK_METHODS, count_parameters, distillation_config, stock_config, student_config
+from pvdal_ns.engine.runner import CurvePoint, train_timed
+from pvdal_ns.experiments.convert import (
+    STOCK_METHODS,
+    count_parameters,
+    distillation_config,
+    stock_config,
+    student_config,
+)
+from pvdal_ns.experiments.report import device_description, versions
+from pvdal_ns.presets import Size, method_name
 from pvdal_ns.utils.errors import BadInputError
 from pvdal_ns.utils.files import write_atomic
-from pvdal_ns.presets import Size, method_name
-from pvdal_ns.experiments.report import device_description, versions
-from pvdal_ns.engine.runner import CurvePoint, train_timed
 
 CUDA_ONLY = {"instant-ngp": "its nerfacc sampling (packed ray marching) needs CUDA"}
 """Stock methods that cannot train without a GPU, and why."""

@@ -20,15 +20,15 @@ from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.external import TCNN_EXISTS
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.method_configs import method_config, set_steps
-from pvdal_ns.utils.files import write_atomic
-from pvdal_ns.models.pvd_model import PVDModelConfig
-from pvdal_ns.presets import Size, method_name
-from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_json
 from pvdal_ns.engine.resume import FinishedRun, mark_finished, reuse_or_resume
 from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
+from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_json
+from pvdal_ns.method_configs import method_config, set_steps
+from pvdal_ns.models.pvd_model import PVDModelConfig
+from pvdal_ns.presets import Size, method_name
 from pvdal_ns.teachers import load_teacher, read_trainer_config
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
+from pvdal_ns.utils.files import write_atomic
 
 
 def dataparser_for(data: Path) -> DataParserConfig:

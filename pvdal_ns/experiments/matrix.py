@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.experiments.convert import Trained, cached_teacher, convert
-from pvdal_ns.utils.files import write_atomic
-from pvdal_ns.presets import size_of
 from pvdal_ns.experiments.report import device_description, versions
+from pvdal_ns.presets import size_of
+from pvdal_ns.utils.files import write_atomic
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from rich import box
 from rich.table import Table
 
 from pvdal_ns import __version__
-from pvdal_ns.utils.files import write_atomic
 from pvdal_ns.engine.runner import EvalResult
+from pvdal_ns.utils.files import write_atomic
 
 
 @dataclass

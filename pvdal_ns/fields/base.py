@@ -50,7 +50,7 @@ class PointOutputs:
         return trunc_exp(self.raw_density.float())
 
     def select(self, keep: Tensor) -> "PointOutputs":
-        """The outputs at the points where ``keep`` (Bool[Tensor, "M"]) is True."""
+        """The outputs at the points where ``keep`` (Bool[Tensor, " M"]) is True."""
         pick = lambda t: None if t is None else t[keep]  # noqa: E731
         return PointOutputs(raw_density=self.raw_density[keep], rgb=pick(self.rgb), phi1=pick(self.phi1))
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Type
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from nerfstudio.utils.math import components_from_spherical_harmonics
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pvdal_ns.fields.base import PVDField, PVDFieldConfig

@@ -113,13 +113,13 @@ def colour_loss(student: Float[Tensor, "N 3"], teacher: Float[Tensor, "N 3"], fo
     return reduce((student - teacher) ** 2, form)
 
 
-def ray_rgb_errors(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Float[Tensor, "R"]:
+def ray_rgb_errors(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Float[Tensor, " R"]:
     """Per-ray squared error of rendered colours, averaged over RGB; they give L_rgb (:func:`rgb_loss`), and
     they rank the hard rays and poses of active learning (Eq. 9–10)."""
     return ((student - teacher) ** 2).mean(dim=-1)
 
 
-def rgb_loss(errors: Float[Tensor, "R"], form: str = "mse") -> Tensor:
+def rgb_loss(errors: Float[Tensor, " R"], form: str = "mse") -> Tensor:
     """L_rgb from the per-ray errors of :func:`ray_rgb_errors`: their mean, or the norm of the R × 3 residuals."""
     return reduce(errors, form, channels=3)
 
@@ -130,7 +130,7 @@ def point_losses(
     stage: int,
     config: PVDLossConfig,
     align_volume: bool,
-    hard_points: Optional[Bool[Tensor, "M"]] = None,
+    hard_points: Optional[Bool[Tensor, " M"]] = None,
     step: int = 0,
 ) -> Dict[str, Tensor]:
     """Weighted per-point losses for a stage: L_v from stage 1, L_σ and L_c from stage 2, with the density
@@ -170,7 +170,7 @@ def _select(points: PointOutputs, keep: Tensor) -> PointOutputs:
     return PointOutputs(points.raw_density[keep], None if points.rgb is None else points.rgb[keep])
 
 
-def top_fraction_per_ray(weights: Float[Tensor, "M"], ray_ids: Int[Tensor, "M"], fraction: float) -> Bool[Tensor, "M"]:
+def top_fraction_per_ray(weights: Float[Tensor, " M"], ray_ids: Int[Tensor, " M"], fraction: float) -> Bool[Tensor, " M"]:
     """The ``ceil(fraction · n)`` largest of each ray's n weights, on packed samples (the per-ray
     selection f_sp of Eq. 11; Algorithm 1's ``sortedPW[:Nsp]``).
 
@@ -180,7 +180,7 @@ def top_fraction_per_ray(weights: Float[Tensor, "M"], ray_ids: Int[Tensor, "M"],
         fraction: in [0, 1]; a ray with n ≥ 1 samples keeps at least one.
 
     Returns:
-        Bool[Tensor, "M"], True for the kept samples.
+        Bool[Tensor, " M"], True for the kept samples.
     """
     if len(weights) == 0:
         return torch.zeros(0, dtype=torch.bool, device=weights.device)
@@ -204,7 +204,7 @@ def hard_point_mask(
     student_accumulation: Float[Tensor, "R 1"],
     fraction: float = 0.3,
     min_opacity: float = 0.5,
-) -> Bool[Tensor, "M"]:
+) -> Bool[Tensor, " M"]:
     """TSP (Eq. 11): which of the M = mask.sum() occupied samples carry the σ and colour losses.
 
     Each model nominates the top ``fraction`` of each ray's occupied samples by its own weight, on the rays
@@ -214,7 +214,7 @@ def hard_point_mask(
     hard point.
 
     Returns:
-        Bool[Tensor, "M"] in the order of ``positions[mask]``.
+        Bool[Tensor, " M"] in the order of ``positions[mask]``.
     """
     ray_ids = torch.nonzero(mask)[:, 0]
 
@@ -237,7 +237,7 @@ class HardPoints:
 
     def select(self, teacher_weights: Float[Tensor, "R S 1"], student_weights: Float[Tensor, "R S 1"],
                mask: Bool[Tensor, "R S"], teacher_accumulation: Float[Tensor, "R 1"],
-               student_accumulation: Float[Tensor, "R 1"]) -> Bool[Tensor, "M"]:
+               student_accumulation: Float[Tensor, "R 1"]) -> Bool[Tensor, " M"]:
         """:func:`hard_point_mask` with this rule's fraction and opacity."""
         return hard_point_mask(teacher_weights, student_weights, mask, teacher_accumulation, student_accumulation,
                                self.fraction, self.min_opacity)

@@ -20,17 +20,17 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 from jaxtyping import Bool, Float
+from nerfacc import render_visibility_from_density
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
-from nerfacc import render_visibility_from_density
 from nerfstudio.model_components.ray_samplers import SpacedSampler, UniformLinDispPiecewiseSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.model_components.scene_colliders import AABBBoxCollider, NearFarCollider, SceneCollider
 from torch import Tensor
 
+from pvdal_ns.field_components.scene_space import SceneSpace
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.model_components.occupancy import OccupancyGrid
-from pvdal_ns.field_components.scene_space import SceneSpace
 
 NEAR_PLANE, FAR_PLANE = 0.05, 1000.0
 """Contracted scenes: where rays start and end (world units; nerfacto's collider)."""

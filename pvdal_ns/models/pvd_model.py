@@ -26,11 +26,18 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfig
-from pvdal_ns.model_components.losses import (HardPoints, PVDLossConfig, StageSchedule, clamp_density, point_losses, ray_rgb_errors,
-                             rgb_loss)
-from pvdal_ns.utils.metrics import image_metrics
+from pvdal_ns.model_components.losses import (
+    HardPoints,
+    PVDLossConfig,
+    StageSchedule,
+    clamp_density,
+    point_losses,
+    ray_rgb_errors,
+    rgb_loss,
+)
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.sampling import Sampling, composite, sample_occupied, visible
+from pvdal_ns.utils.metrics import image_metrics
 
 
 @dataclass
@@ -297,9 +304,9 @@ class PVDModel(Model):
             ``points``: :class:`PointOutputs` at the M occupied samples (colour from stage 2); ``teacher_points``,
             the teacher's as the losses see them (clamped in "forward" clip mode); from stage 3 also
             ``rgb`` Float[Tensor, "R 3"] on the batch's background, ``accumulation``, ``depth``, ``weights``
-            Float[Tensor, "R S 1"], ``rgb_errors`` Float[Tensor, "R"] (each ray's squared error against the
+            Float[Tensor, "R S 1"], ``rgb_errors`` Float[Tensor, " R"] (each ray's squared error against the
             teacher's render: L_rgb, the PSNR metric and active learning's feedback all read it) and, while
-            active learning selects them, ``hard_points`` Bool[Tensor, "M"].
+            active learning selects them, ``hard_points`` Bool[Tensor, " M"].
         """
         assert self.stage > 0 and self.distillation is not None, "no distillation stage: set_step sets it"
         points = self.query(teacher.ray_samples, teacher.mask, with_rgb=self.stage >= 2)

@@ -30,13 +30,21 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearningConfig
-from pvdal_ns.utils.checkpoints import allow_numpy_scalars, fill_missing_defaults
 from pvdal_ns.data.datamanager import DistillationDataManager, DistillationDataManagerConfig, PseudoLabels
-from pvdal_ns.model_components.losses import PVDLossConfig, StageSchedule
-from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
-from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.field_components.scene_space import cameras_inside_box
-from pvdal_ns.teachers import Capability, Teacher, TeacherCache, load_teacher, newest_checkpoint, read_trainer_config, teacher_contraction
+from pvdal_ns.model_components.losses import PVDLossConfig, StageSchedule
+from pvdal_ns.model_components.sampling import Sampling
+from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
+from pvdal_ns.teachers import (
+    Capability,
+    Teacher,
+    TeacherCache,
+    load_teacher,
+    newest_checkpoint,
+    read_trainer_config,
+    teacher_contraction,
+)
+from pvdal_ns.utils.checkpoints import allow_numpy_scalars, fill_missing_defaults
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
 from pvdal_ns.viewer.conversion_panel import ConversionPanel
 

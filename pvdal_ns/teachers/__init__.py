@@ -8,8 +8,13 @@ splatfacto; :mod:`.cache` the teacher cache (serial mode); :mod:`.registry` the 
 
 from pvdal_ns.teachers.base import Capability, ModelTeacher, Teacher, TeacherBatch, TeacherImages
 from pvdal_ns.teachers.cache import TeacherCache, cache_nbytes, write_cache
-from pvdal_ns.teachers.registry import (TEACHER_FAMILIES, load_teacher, newest_checkpoint, read_trainer_config,
-                                        teacher_contraction)
+from pvdal_ns.teachers.registry import (
+                                        TEACHER_FAMILIES,
+                                        load_teacher,
+                                        newest_checkpoint,
+                                        read_trainer_config,
+                                        teacher_contraction,
+)
 
 __all__ = [
     "Capability",

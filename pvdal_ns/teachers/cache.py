@@ -38,12 +38,12 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.model_components.renderers import RGBRenderer
 from torch import Tensor
 
-from pvdal_ns.fields import PointOutputs
-from pvdal_ns.utils.files import save_torch
-from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.field_components.scene_space import SceneSpace
+from pvdal_ns.fields import PointOutputs
+from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.teachers.base import Capability, Teacher, TeacherBatch, points_batch
 from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
+from pvdal_ns.utils.files import save_torch
 
 CACHE_VERSION = 1
 _FILES = {"rays": "rays.f32", "masks": "masks.u8", "spans": "spans.f32", "outputs": "outputs.f16"}

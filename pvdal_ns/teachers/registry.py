@@ -23,13 +23,13 @@ from nerfstudio.models.splatfacto import SplatfactoModelConfig
 from nerfstudio.models.tensorf import TensoRFModelConfig
 from nerfstudio.models.vanilla_nerf import VanillaModelConfig
 
-from pvdal_ns.utils.checkpoints import fill_missing_defaults, load_checkpoint, model_state
-from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.model_components.sampling import Sampling
+from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.teachers.base import Teacher
-from pvdal_ns.utils.errors import TeacherLoadError
 from pvdal_ns.teachers.pvd import load_pvd_teacher
 from pvdal_ns.teachers.stock import load_field_teacher, load_splatfacto_teacher
+from pvdal_ns.utils.checkpoints import fill_missing_defaults, load_checkpoint, model_state
+from pvdal_ns.utils.errors import TeacherLoadError
 
 Loader = Callable[..., Teacher]
 """(trainer config, model state, step, device, source path, student Sampling or None) → Teacher."""

@@ -39,11 +39,11 @@ from nerfstudio.utils.external import TCNN_EXISTS
 from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
-from pvdal_ns.utils.metrics import offline_lpips
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.teachers.base import Capability, ModelTeacher, TeacherImages
 from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.metrics import offline_lpips
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
 """log σ of stock teachers is clamped here (σ = 0 outside nerfacto's contracted box, ReLU zeros of

@@ -15,7 +15,6 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-
 NUMPY_SCALAR_NAMES = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
 """The names a pickled NumPy scalar's reconstructor goes by: numpy < 2 writes the first, numpy ≥ 2 the second
 (its ``numpy.core`` became ``numpy._core``)."""
