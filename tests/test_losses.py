@@ -4,17 +4,8 @@ import pytest
 import torch
 
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.model_components.losses import (
-    PVDLossConfig,
-    StageSchedule,
-    clamp_density,
-    clipped_density_loss,
-    colour_loss,
-    point_losses,
-    ray_rgb_errors,
-    rgb_loss,
-    volume_aligned_loss,
-)
+from pvdal_ns.model_components.losses import PVDLossConfig, clamp_density, clipped_density_loss, colour_loss, point_losses, ray_rgb_errors, rgb_loss, volume_aligned_loss
+from pvdal_ns.model_components.stages import StageSchedule
 
 
 def test_volume_colour_rgb_losses_are_mean_squared_errors():

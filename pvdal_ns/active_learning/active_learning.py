@@ -6,7 +6,7 @@
 * **Hard rays (TSR)**: :class:`HardRayPool` — the hardest fraction of every batch by RGB error enters a
   bounded pool; once the pool is full, that fraction of every batch is drawn from it and the drawn slots
   are overwritten in place by the batch's new hardest rays.
-* **Hard points (TSP)**: :class:`~pvdal_ns.model_components.losses.HardPoints` — the σ and colour losses use only the top
+* **Hard points (TSP)**: :class:`~pvdal_ns.model_components.hard_points.HardPoints` — the σ and colour losses use only the top
   fraction of each ray's sample weights (teacher ∪ student), leaving out rays of low opacity; the model
   applies it (it holds the weights), :attr:`ActiveLearning.hard_points` says when.
 
@@ -29,7 +29,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from pvdal_ns.cameras.poses import random_rotations
-from pvdal_ns.model_components.losses import HardPoints
+from pvdal_ns.model_components.hard_points import HardPoints
 from pvdal_ns.teachers import Capability
 
 

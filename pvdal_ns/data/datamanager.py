@@ -28,7 +28,7 @@ from torch import Tensor
 from pvdal_ns.active_learning.active_learning import ActiveLearning
 from pvdal_ns.active_learning.images import write_epoch_images
 from pvdal_ns.cameras.poses import PoseSampler
-from pvdal_ns.model_components.losses import StageSchedule
+from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.teachers import Capability, Teacher, TeacherBatch, TeacherCache, TeacherImages, write_cache
 
 __all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PseudoLabels", "float32_intrinsics"]

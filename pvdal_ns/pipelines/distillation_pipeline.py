@@ -32,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearningConfig
 from pvdal_ns.data.datamanager import DistillationDataManager, DistillationDataManagerConfig, PseudoLabels
 from pvdal_ns.field_components.scene_space import cameras_inside_box
-from pvdal_ns.model_components.losses import PVDLossConfig, StageSchedule
+from pvdal_ns.model_components.losses import PVDLossConfig
+from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
 from pvdal_ns.teachers import (
