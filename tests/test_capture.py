@@ -66,7 +66,6 @@ def test_contraction_set_against_a_pvdal_teacher_is_refused(axe_teacher, tmp_pat
     from conftest import tiny_config
 
     from pvdal_ns.engine.runner import train
-    from pvdal_ns.utils.errors import TeacherLoadError
 
     config = tiny_config("hash", tmp_path, 5, teacher=axe_teacher[0], data=EMBEDDED_CAPTURE)
     config.pipeline.model.scene_contraction = "off"

@@ -9,7 +9,7 @@ from conftest import tiny_config, train_step_losses
 
 from pvdal_ns.engine.runner import evaluate
 from pvdal_ns.teachers import load_teacher
-from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
+from pvdal_ns.utils.errors import BadInputError
 
 
 def _psnr(a, b):

@@ -17,7 +17,8 @@ from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 
 from pvdal_ns import EMBEDDED_SCENE
 from pvdal_ns.model_components.sampling import Sampling
-from pvdal_ns.teachers import Capability, load_teacher
+from pvdal_ns.teachers import load_teacher
+from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.utils.errors import TeacherLoadError
 
 SAMPLING = Sampling(SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), grid_resolution=32, num_samples=256)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tiny_config, train_step_losses
 
-from pvdal_ns.teachers import Capability
+from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.teachers.cache import TeacherCache, _partial_path, batch_nbytes, write_cache
 from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from pvdal_ns.cameras.poses import random_rotations
 from pvdal_ns.model_components.hard_points import HardPoints
-from pvdal_ns.teachers import Capability
+from pvdal_ns.model_components.teacher_batch import Capability
 
 
 @dataclass

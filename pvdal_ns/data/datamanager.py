@@ -29,7 +29,8 @@ from pvdal_ns.active_learning.active_learning import ActiveLearning
 from pvdal_ns.active_learning.images import write_epoch_images
 from pvdal_ns.cameras.poses import PoseSampler
 from pvdal_ns.model_components.stages import StageSchedule
-from pvdal_ns.teachers import Capability, Teacher, TeacherBatch, TeacherCache, TeacherImages, write_cache
+from pvdal_ns.teachers import Teacher, TeacherCache, write_cache
+from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, TeacherImages
 
 __all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PseudoLabels", "float32_intrinsics"]
 

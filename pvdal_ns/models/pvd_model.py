@@ -29,6 +29,7 @@ from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfi
 from pvdal_ns.model_components.losses import PVDLossConfig, clamp_density, point_losses, ray_rgb_errors, rgb_loss
 from pvdal_ns.model_components.hard_points import HardPoints
 from pvdal_ns.model_components.stages import StageSchedule
+from pvdal_ns.model_components.teacher_batch import TeacherBatch
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.sampling import Sampling, composite, sample_occupied, visible
 from pvdal_ns.utils.metrics import image_metrics
@@ -262,7 +263,7 @@ class PVDModel(Model):
         """:func:`~pvdal_ns.model_components.sampling.composite` with this model's RGB renderer (its background when None)."""
         return composite(ray_samples, mask, points, self.renderer_rgb, background)
 
-    def forward(self, ray_bundle: RayBundle, teacher: Optional[Any] = None) -> Dict[str, Any]:
+    def forward(self, ray_bundle: RayBundle, teacher: Optional[TeacherBatch] = None) -> Dict[str, Any]:
         """nerfstudio's ``Model.forward`` (render ``ray_bundle``), or, given the batch's
         :class:`~pvdal_ns.teachers.TeacherBatch` of the same rays, the student at the teacher's sample points
         (:meth:`get_distillation_outputs`)."""
@@ -288,7 +289,7 @@ class PVDModel(Model):
             outputs.update(self.comparison(camera_ray_bundle, outputs))
         return outputs
 
-    def get_distillation_outputs(self, teacher: Any) -> Dict[str, Any]:
+    def get_distillation_outputs(self, teacher: TeacherBatch) -> Dict[str, Any]:
         """The student at the teacher's sample points, as far as the current stage needs it.
 
         Args:
@@ -316,7 +317,7 @@ class PVDModel(Model):
                                                                  teacher.accumulation, outputs["accumulation"])
         return outputs
 
-    def _clamped_teacher(self, teacher: Any, clip: Tuple[float, float]) -> Any:
+    def _clamped_teacher(self, teacher: TeacherBatch, clip: Tuple[float, float]) -> TeacherBatch:
         """The "forward" clip mode (authors' code, docs/design.md "Method"): the teacher's raw densities
         clamped to [a, b] as the student's are, and from stage 3 re-rendered with them (the teacher's render,
         weights and opacity are what a clamped teacher gives). The student's own renders outside distillation

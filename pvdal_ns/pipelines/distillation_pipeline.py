@@ -36,15 +36,8 @@ from pvdal_ns.model_components.losses import PVDLossConfig
 from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
-from pvdal_ns.teachers import (
-    Capability,
-    Teacher,
-    TeacherCache,
-    load_teacher,
-    newest_checkpoint,
-    read_trainer_config,
-    teacher_contraction,
-)
+from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, newest_checkpoint, read_trainer_config, teacher_contraction
+from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars, fill_missing_defaults
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
 from pvdal_ns.viewer.conversion_panel import ConversionPanel

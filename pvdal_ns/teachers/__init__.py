@@ -1,27 +1,24 @@
 """Teachers: every source of distillation targets behind one interface (docs/design.md, "Teachers").
 
-:mod:`.base` the interface (:class:`Teacher`, its :class:`Capability` flags, the :class:`TeacherBatch` it
-gives); :mod:`.pvd` pvdal-* teachers; :mod:`.stock` nerfacto, instant-ngp, tensorf, vanilla-nerf and
-splatfacto; :mod:`.cache` the teacher cache (serial mode); :mod:`.registry` the table of families and
-:func:`load_teacher`.
+:mod:`.base` the interface (:class:`Teacher`; the :class:`~pvdal_ns.model_components.teacher_batch.TeacherBatch` it
+gives and its capability flags are data types below the model); :mod:`.pvd` pvdal-* teachers; :mod:`.stock` nerfacto,
+instant-ngp, tensorf, vanilla-nerf and splatfacto; :mod:`.cache` the teacher cache (serial mode); :mod:`.registry`
+the table of families and :func:`load_teacher`.
 """
 
-from pvdal_ns.teachers.base import Capability, ModelTeacher, Teacher, TeacherBatch, TeacherImages
+from pvdal_ns.teachers.base import ModelTeacher, Teacher
 from pvdal_ns.teachers.cache import TeacherCache, cache_nbytes, write_cache
 from pvdal_ns.teachers.registry import (
-                                        TEACHER_FAMILIES,
-                                        load_teacher,
-                                        newest_checkpoint,
-                                        read_trainer_config,
-                                        teacher_contraction,
+    TEACHER_FAMILIES,
+    load_teacher,
+    newest_checkpoint,
+    read_trainer_config,
+    teacher_contraction,
 )
 
 __all__ = [
-    "Capability",
     "ModelTeacher",
     "Teacher",
-    "TeacherBatch",
-    "TeacherImages",
     "TeacherCache",
     "cache_nbytes",
     "write_cache",
