@@ -69,7 +69,7 @@ def test_old_hash_config_without_implementation_reads_as_torch():
     import yaml
 
     from pvdal_ns.method_configs import pvdal_hash_small
-    from pvdal_ns.utils.checkpoints import fill_missing_defaults
+    from pvdal_ns.utils.run_config import fill_missing_defaults
 
     text = yaml.dump(pvdal_hash_small.config)
     old = "\n".join(line for line in text.splitlines() if "implementation:" not in line)  # written before the field

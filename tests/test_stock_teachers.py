@@ -215,7 +215,7 @@ def _splatfacto_checkpoint(out: Path, num_gaussians: int = 500) -> Path:
 def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_path, capsys):
     """splatfacto loads through the same option, renders only; on a CPU it is refused in one line. Its
     shared sample points lie in the cells of its visible Gaussians."""
-    from pvdal_ns.teachers import newest_checkpoint, read_trainer_config
+    from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
     from pvdal_ns.teachers.stock import SplatfactoTeacher, build_stock_model
     from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
 

@@ -18,7 +18,7 @@ from typing import Optional
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.teachers import read_trainer_config
+from pvdal_ns.utils.run_config import read_trainer_config
 from pvdal_ns.utils.errors import TeacherLoadError
 from pvdal_ns.utils.files import write_atomic
 

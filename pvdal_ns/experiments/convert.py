@@ -26,7 +26,8 @@ from pvdal_ns.experiments.report import ModelReport, model_report, print_table, 
 from pvdal_ns.method_configs import method_config, set_steps
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.presets import Size, method_name
-from pvdal_ns.teachers import load_teacher, read_trainer_config
+from pvdal_ns.teachers import load_teacher
+from pvdal_ns.utils.run_config import read_trainer_config
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 from pvdal_ns.utils.files import write_atomic
 

@@ -36,9 +36,11 @@ from pvdal_ns.model_components.losses import PVDLossConfig
 from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
-from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, newest_checkpoint, read_trainer_config, teacher_contraction
+from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, teacher_contraction
+from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
 from pvdal_ns.model_components.teacher_batch import Capability
-from pvdal_ns.utils.checkpoints import allow_numpy_scalars, fill_missing_defaults
+from pvdal_ns.utils.checkpoints import allow_numpy_scalars
+from pvdal_ns.utils.run_config import fill_missing_defaults
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
 from pvdal_ns.viewer.conversion_panel import ConversionPanel
 

@@ -3,18 +3,13 @@
 :mod:`.base` the interface (:class:`Teacher`; the :class:`~pvdal_ns.model_components.teacher_batch.TeacherBatch` it
 gives and its capability flags are data types below the model); :mod:`.pvd` pvdal-* teachers; :mod:`.stock` nerfacto,
 instant-ngp, tensorf, vanilla-nerf and splatfacto; :mod:`.cache` the teacher cache (serial mode); :mod:`.registry`
-the table of families and :func:`load_teacher`.
+the table of families and :func:`load_teacher`. A run's config.yml is read by
+:mod:`pvdal_ns.utils.run_config`.
 """
 
 from pvdal_ns.teachers.base import ModelTeacher, Teacher
 from pvdal_ns.teachers.cache import TeacherCache, cache_nbytes, write_cache
-from pvdal_ns.teachers.registry import (
-    TEACHER_FAMILIES,
-    load_teacher,
-    newest_checkpoint,
-    read_trainer_config,
-    teacher_contraction,
-)
+from pvdal_ns.teachers.registry import TEACHER_FAMILIES, load_teacher, teacher_contraction
 
 __all__ = [
     "ModelTeacher",
@@ -24,7 +19,5 @@ __all__ = [
     "write_cache",
     "TEACHER_FAMILIES",
     "load_teacher",
-    "newest_checkpoint",
-    "read_trainer_config",
     "teacher_contraction",
 ]

@@ -41,8 +41,8 @@ from torch import Tensor
 from pvdal_ns.field_components.scene_space import SceneSpace
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.model_components.occupancy import OccupancyGrid
-from pvdal_ns.teachers.base import Teacher
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, points_batch
+from pvdal_ns.teachers.base import Teacher
 from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
 from pvdal_ns.utils.files import save_torch
 

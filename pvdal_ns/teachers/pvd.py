@@ -14,9 +14,9 @@ from torch import Tensor
 from pvdal_ns.fields import HashFieldConfig, PointOutputs
 from pvdal_ns.fields.hash import TCNN_EXISTS, hash_layout, layout_mismatch
 from pvdal_ns.model_components.sampling import Sampling
+from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.models.pvd_model import PVDModel
 from pvdal_ns.teachers.base import ModelTeacher
-from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.utils.errors import TeacherLoadError
 
 

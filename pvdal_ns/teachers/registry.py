@@ -8,15 +8,12 @@ is the whole list.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Tuple, Type, Union
 
 import torch
-import yaml
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.instant_ngp import InstantNGPModelConfig
 from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModelConfig
@@ -28,8 +25,9 @@ from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.teachers.base import Teacher
 from pvdal_ns.teachers.pvd import load_pvd_teacher
 from pvdal_ns.teachers.stock import load_field_teacher, load_splatfacto_teacher
-from pvdal_ns.utils.checkpoints import fill_missing_defaults, load_checkpoint, model_state
+from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
 from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
 
 Loader = Callable[..., Teacher]
 """(trainer config, model state, step, device, source path, student Sampling or None) → Teacher."""
@@ -59,45 +57,6 @@ TEACHER_FAMILIES: Tuple[TeacherFamily, ...] = (
     TeacherFamily("splatfacto", SplatfactoModelConfig, load_splatfacto_teacher),
 )
 """Every teacher family, in the order a run's model config is matched against them."""
-
-
-def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConfig:
-    """Read a nerfstudio ``config.yml``; raises TeacherLoadError with a one-line reason that names the run's
-    ``role`` ("teacher", "student")."""
-    if not config_path.is_file():
-        what = "is a directory" if config_path.is_dir() else "does not exist"
-        raise TeacherLoadError(
-            f"{role} config {config_path} {what}: pass the config.yml that ns-train wrote "
-            "(outputs/<experiment>/<method>/<timestamp>/config.yml)"
-        )
-    try:
-        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    except yaml.constructor.ConstructorError as err:  # a class of a plugin that is not installed here
-        named = re.search(r"'([^']+)'", err.problem or "")
-        if named and named.group(1).split(".")[0] == "pvdal_ns":  # a run of pvdal-ns before its layers had folders
-            raise TeacherLoadError(f"{role} config {config_path} names {named.group(1)}, a class path of pvdal-ns from "
-                                   "before its modules moved into layer folders (0.1.0 at commit 03773f9): train the run "
-                                   "again with this version") from None
-        raise TeacherLoadError(f"{role} config {config_path} names {named.group(1) if named else 'a class'}, which cannot "
-                               "be imported here: install the nerfstudio plugin that trained it") from None
-    except Exception as err:  # yaml errors, unreadable files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TeacherLoadError(f"{role} config {config_path} is not a readable nerfstudio config: {first}") from None
-    if not isinstance(config, TrainerConfig):
-        raise TeacherLoadError(f"{role} config {config_path} is not a nerfstudio training config (config.yml)")
-    return fill_missing_defaults(config)
-
-
-def newest_checkpoint(config_path: Path, config: TrainerConfig) -> Path:
-    """The newest ``step-*.ckpt`` of the run whose ``config.yml`` is ``config_path`` (the one a teacher loads).
-
-    Raises:
-        TeacherLoadError: the run has no checkpoint."""
-    ckpt_dir = config_path.parent / config.relative_model_dir
-    ckpts = sorted(ckpt_dir.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[-1]))
-    if not ckpts:
-        raise TeacherLoadError(f"teacher {config_path} has no checkpoint (no step-*.ckpt in {ckpt_dir})")
-    return ckpts[-1]
 
 
 def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device] = "cpu",

@@ -41,8 +41,8 @@ from torch import Tensor
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.sampling import Sampling
-from pvdal_ns.teachers.base import ModelTeacher
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherImages
+from pvdal_ns.teachers.base import ModelTeacher
 from pvdal_ns.utils.errors import TeacherLoadError
 from pvdal_ns.utils.metrics import offline_lpips
 

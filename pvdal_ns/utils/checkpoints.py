@@ -8,7 +8,6 @@ allow-listed — also for nerfstudio's own ``torch.load`` calls in ``ns-eval``/`
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Dict
 
@@ -55,25 +54,3 @@ def model_state(loaded: Dict[str, Any]) -> Dict[str, torch.Tensor]:
             key = key[len("_model.") :]
             out[key[len("module.") :] if key.startswith("module.") else key] = value
     return out
-
-
-def fill_missing_defaults(config: Any) -> Any:
-    """Give a config read from an older ``config.yml`` the fields added since, with their defaults.
-
-    YAML-loaded dataclasses skip ``__init__``, so a field the file does not name would be missing. A field whose
-    value for such files differs from its default for new configs names it in its metadata, ``"when_missing"``
-    (e.g. ``HashFieldConfig.implementation``: "torch"). Recurses into nested dataclass configs; returns ``config``.
-    """
-    if not dataclasses.is_dataclass(config) or isinstance(config, type):
-        return config
-    for f in dataclasses.fields(config):
-        if f.name not in vars(config):
-            if "when_missing" in f.metadata:
-                setattr(config, f.name, f.metadata["when_missing"])
-            elif f.default is not dataclasses.MISSING:
-                setattr(config, f.name, f.default)
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                setattr(config, f.name, f.default_factory())  # type: ignore[misc]
-        else:
-            fill_missing_defaults(getattr(config, f.name))
-    return config
