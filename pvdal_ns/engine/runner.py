@@ -25,7 +25,7 @@ from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import get_progress
 
 from pvdal_ns.data.datamanager import float32_intrinsics
-from pvdal_ns.pipelines.distillation_pipeline import sharing
+from pvdal_ns.pipelines.sharing import sharing
 from pvdal_ns.utils.metrics import image_metrics, offline_lpips
 
 
@@ -150,9 +150,9 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
     """Train several students of one teacher in lockstep, one teacher pass per batch.
 
     Each config gets its own nerfstudio ``Trainer`` (config.yml, checkpoints, tensorboard events and
-    callbacks as ``ns-train`` writes them). They are set up inside :func:`~pvdal_ns.pipelines.distillation_pipeline.sharing`, most
+    callbacks as ``ns-train`` writes them). They are set up inside :func:`~pvdal_ns.pipelines.sharing.sharing`, most
     steps first: they load the teacher once, and students whose batches agree
-    (:func:`~pvdal_ns.pipelines.distillation_pipeline.batch_key`) train on one source of pseudo-label batches, led by the one with
+    (:func:`~pvdal_ns.pipelines.sharing.batch_key`) train on one source of pseudo-label batches, led by the one with
     the most steps (its errors drive active learning); students with other batch settings get their own
     batches from the same teacher. Every step, the students train one after another, leaders first; a
     student with fewer steps stops early, and a resumed one (``load_dir``) joins at the step after its checkpoint.

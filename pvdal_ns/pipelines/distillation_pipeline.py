@@ -11,17 +11,13 @@ so ``ns-eval``, ``ns-render`` and ``ns-viewer`` work on a student checkpoint alo
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple, Type
+from typing import List, Literal, Optional, Type
 
 import torch
 import torch.distributed as dist
-from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
@@ -33,15 +29,15 @@ from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearn
 from pvdal_ns.data.datamanager import DistillationDataManager, DistillationDataManagerConfig, PseudoLabels
 from pvdal_ns.field_components.scene_space import cameras_inside_box
 from pvdal_ns.model_components.losses import PVDLossConfig
-from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.sampling import Sampling
-from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
-from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, teacher_contraction
-from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
+from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import Capability
+from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
+from pvdal_ns.pipelines.sharing import TEACHER_KEYS, batch_key, shared
+from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, teacher_contraction
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars
-from pvdal_ns.utils.run_config import fill_missing_defaults
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
+from pvdal_ns.utils.run_config import fill_missing_defaults
 from pvdal_ns.viewer.conversion_panel import ConversionPanel
 
 
@@ -89,73 +85,6 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
 
 TEACHER_SEED = 0
 """Seed of the random numbers a teacher draws while it loads (the jittered points of a stock teacher's grid)."""
-
-TEACHER_KEYS = ("teacher", "checkpoint", "scene_box", "grid_resolution", "num_samples", "grid_threshold", "contracted",
-                "early_stop_eps", "alpha_thre")
-"""The entries of :func:`batch_key` a loaded teacher depends on (its sample points included)."""
-
-
-def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: Cameras) -> Dict[str, Any]:
-    """What a pseudo-label batch depends on: the teacher (config.yml and its newest checkpoint), where the
-    shared samples lie (scene box, contraction, grid, samples per ray, threshold, early stop, alpha threshold), the rays per batch, the novel poses
-    (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the training cameras
-    (digest), renders-only distillation, and whether they come from a teacher cache (serial mode).
-
-    A teacher cache stores it (``written_for`` in meta.json) and refuses a run whose key differs; during
-    :func:`sharing`, students with equal keys train on one source of batches, and those with equal
-    :data:`TEACHER_KEYS` entries load one teacher.
-
-    Raises:
-        TeacherLoadError: the teacher's config.yml is unreadable or the run has no checkpoint.
-    """
-    teacher = checkpoint = None
-    if config.teacher_config is not None:
-        path = Path(config.teacher_config).expanduser().resolve()
-        ckpt = newest_checkpoint(path, read_trainer_config(path))
-        teacher, checkpoint = str(path), f"{ckpt.name} ({ckpt.stat().st_size} bytes)"
-    dm = config.datamanager
-    camera_values = [cameras.camera_to_worlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height]
-    digest = hashlib.sha1(torch.cat([v.flatten().double() for v in camera_values]).cpu().numpy().tobytes())
-    return {
-        "teacher": teacher, "checkpoint": checkpoint,
-        "scene_box": sampling.scene_box.aabb.flatten().tolist(), "grid_resolution": sampling.grid_resolution,
-        "num_samples": sampling.num_samples, "grid_threshold": sampling.grid_threshold,
-        "contracted": sampling.contracted, "early_stop_eps": sampling.early_stop_eps, "alpha_thre": sampling.alpha_thre,
-        "rays_per_batch": dm.train_num_rays_per_batch, "poses_per_epoch": dm.poses_per_epoch,
-        "steps_per_epoch": dm.steps_per_epoch, "elevation_percentiles": list(dm.elevation_percentiles),
-        "forward_facing_margin": dm.forward_facing_margin, "jitter_degrees": dm.jitter_degrees,
-        "cameras": digest.hexdigest(), "renders_only": config.teacher_renders_only,
-        "serial": config.teacher_cache is not None,
-    }
-
-
-_SHARED: Optional[Dict[str, Any]] = None
-
-
-@contextlib.contextmanager
-def sharing() -> Iterator[None]:
-    """While active, pipelines set up share what their :func:`batch_key` says they can: one loaded teacher
-    for equal teacher entries, one :class:`PseudoLabels` for equal keys (several students, one teacher pass
-    per batch). The first pipeline to make a source of batches leads it: its errors drive active learning."""
-    global _SHARED
-    _SHARED = {}
-    try:
-        yield
-    finally:
-        _SHARED = None
-
-
-def _shared(kind: str, key: Dict[str, Any], build: Callable[[], Any]) -> Tuple[Any, bool]:
-    """The object ``build`` makes for ``key``, made once while :func:`sharing` is active; and whether this
-    call made it."""
-    if _SHARED is None:
-        return build(), True
-    name = kind + json.dumps(key, sort_keys=True)
-    made = name not in _SHARED
-    if made:
-        _SHARED[name] = build()
-    return _SHARED[name], made
-
 
 class DistillationPipeline(VanillaPipeline):
     """nerfstudio ``VanillaPipeline`` that distils a frozen teacher into the student model."""
@@ -213,7 +142,7 @@ class DistillationPipeline(VanillaPipeline):
             else:
                 self.model.warm_start(state, teacher.name)
         if distillation is not None:
-            labels, leads = _shared("batches", self.batch_key, lambda: PseudoLabels(
+            labels, leads = shared("batches", self.batch_key, lambda: PseudoLabels(
                 teacher, self.active_learning, dataset.cameras, dataset.scene_box.get_center(), config.datamanager,
                 torch.device(device), from_images=capabilities == Capability.IMAGES))
             labels.serve(distillation.stages)
@@ -297,7 +226,7 @@ class DistillationPipeline(VanillaPipeline):
                 torch.manual_seed(TEACHER_SEED)
                 return load_teacher(config.teacher_config, device, sampling)  # type: ignore[arg-type]
 
-        return _shared("teacher", key, load)[0]
+        return shared("teacher", key, load)[0]
 
     def _capabilities(self, teacher: Teacher) -> Capability:
         """What of the teacher this run uses: all it gives, less the rays and images of a cache to be written

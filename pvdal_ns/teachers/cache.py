@@ -96,7 +96,7 @@ class TeacherCache(Teacher):
 
     Args:
         path: the cache folder (as written by :func:`write_cache`).
-        expected: the reading run's :func:`~pvdal_ns.pipelines.distillation_pipeline.batch_key`; entries that are None (e.g. no
+        expected: the reading run's :func:`~pvdal_ns.pipelines.sharing.batch_key`; entries that are None (e.g. no
             teacher config given) are not compared. None: no check.
 
     Raises:
