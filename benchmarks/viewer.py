@@ -1,7 +1,7 @@
 """A distillation with nerfstudio's viewer open in a browser against the same distillation without it (issue #18).
 
     .venv/bin/python benchmarks/viewer.py --teacher outputs/…/config.yml [--student hash] [--steps 300]
-        [--screenshot docs/viewer-split.png] [--max-res 512] [--pin] [--no-browser]
+        [--screenshot docs/viewer-hard-poses.png] [--max-res 512] [--pin] [--no-browser]
 
 Both runs distil the same student from the same teacher with the same seed, in this process, one after the
 other: first with ``vis=tensorboard``, then with ``vis=viewer`` and a headless Chromium (Debian's
@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--port", type=int, default=7351)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-viewer"))
-    parser.add_argument("--screenshot", type=Path, default=Path("docs/viewer-split.png"))
+    parser.add_argument("--screenshot", type=Path, default=Path("docs/viewer-hard-poses.png"))
     parser.add_argument("--max-res", type=int, default=512, help="the viewer's Max res (its default: 512)")
     parser.add_argument("--no-browser", action="store_true", help="the viewer's server alone, no browser connected")
     parser.add_argument("--hidden", action="store_true", help="another tab in front of the viewer's during training")

@@ -97,6 +97,9 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     config_path = config.get_base_dir() / "config.yml"
     _, student, _, _ = eval_setup(config_path, test_mode="test")
     assert student.teacher is None
+    camera = student.datamanager.eval_dataset.cameras[0:1].to(student.device)
+    first, second = (student.model.get_outputs_for_camera(camera)["rgb"] for _ in range(2))
+    assert torch.equal(first, second)  # the checkpoint's load left the sampler in eval mode: no jitter
     result = evaluate(student)
     assert abs(result.psnr - evaluate(pipeline).psnr) < 0.5
 

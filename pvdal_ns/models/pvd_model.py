@@ -143,12 +143,15 @@ class PVDModel(Model):
     def set_space(self, contracted: bool) -> None:
         """Contract space or not (:mod:`pvdal_ns.field_components.scene_space`): the field's and the grid's coordinates, the collider
         and the sampler (:class:`~pvdal_ns.model_components.sampling.Sampling`). Runs at setup and after a checkpoint is loaded,
-        whose setting wins."""
+        whose setting wins. The new sampler jitters only if the model is in training mode: nerfstudio's
+        ``eval_setup`` calls ``pipeline.eval()`` before it loads the checkpoint, so a sampler built by the load
+        in training mode would jitter every render of ``ns-render`` and ``ns-eval``."""
         self.sampling = self.config.sampling(self.scene_box, contracted)
         self.field.set_contracted(contracted)
         self.occupancy_grid.set_contracted(contracted)
         self.collider = self.sampling.collider()
         self.sampler = self.sampling.sampler()
+        self.sampler.train(self.training)
 
     def warm_start(self, state: Dict[str, Tensor], source: str) -> List[str]:
         """Start the field from a teacher's field weights (the authors load the teacher checkpoint into the

@@ -7,7 +7,7 @@
 * :class:`ConversionPanel`: nerfstudio viewer elements on the pipeline (scraped by the ``Viewer`` into "Custom
   Elements/conversion"): the stage, each loss term, PSNR against the teacher and the active-learning pools,
   refreshed at most twice a second; the hard-pose pool as camera frustums coloured by their error; and the
-  first camera of every browser tab placed as a training camera, looking at the scene centre.
+  first camera of every browser tab framing the scene (:func:`first_view`).
 
 Nothing here draws random numbers or switches the teacher's ``train()``/``eval()``: a render request of the
 viewer leaves the training batches and the random stream as they were.
@@ -16,6 +16,7 @@ viewer leaves the training batches and the random stream as they were.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from pvdal_ns.active_learning.active_learning import HardPosePool
 from pvdal_ns.model_components.losses import ray_rgb_errors
+from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.teachers import Teacher
 from pvdal_ns.model_components.teacher_batch import Capability
 
@@ -43,6 +45,8 @@ VISER_SCALE = 10.0
 """nerfstudio's ``VISER_NERFSTUDIO_SCALE_RATIO``: viewer units per world unit (imported by the viewer only)."""
 COMPARISON_OUTPUTS = ("teacher_rgb", "teacher_depth", "error", "split", "hard_rays")
 """The outputs a teacher adds to the student's render in the viewer."""
+DIVIDER = (0.133, 0.157, 0.192)
+"""The colour of ``split``'s middle column: nerfstudio's split-screen line."""
 LOSS_TERMS = {"volume_loss": "L_v", "density_loss": "L_σ", "colour_loss": "L_c", "rgb_loss": "L_rgb",
               "regularization": "L_reg"}
 """Loss-dict keys (``PVDModel.get_loss_dict``) and their names in the paper (Eq. 7)."""
@@ -71,7 +75,8 @@ class TeacherComparison:
             student: the student's outputs of it, ``rgb`` Float[Tensor, "H W 3"] among them.
 
         Returns:
-            ``teacher_rgb`` and ``split`` (teacher left of the middle column, student right of it)
+            ``teacher_rgb`` and ``split`` (teacher left of the middle column, student right of it, the column
+            itself :data:`DIVIDER`, as nerfstudio's "Split Screen" draws its line)
             Float[Tensor, "H W 3"]; ``teacher_depth`` (scene units), ``error`` (|student − teacher|, mean over
             RGB) and ``hard_rays`` (the squared error of the view's rays TSR would take as hard, the top
             ``ray_fraction`` of them, as of a batch; 0 elsewhere) Float[Tensor, "H W 1"].
@@ -89,11 +94,13 @@ class TeacherComparison:
         top = torch.topk(errors, k).indices
         hard[top] = errors[top]
         middle = width // 2
+        split = torch.cat([teacher_rgb[:, :middle], student_rgb[:, middle:]], dim=1)
+        split[:, middle] = torch.tensor(DIVIDER, device=split.device)
         return {
             "teacher_rgb": teacher_rgb,
             "teacher_depth": teacher["depth"].view(height, width, 1),
             "error": (student_rgb - teacher_rgb).abs().mean(dim=-1, keepdim=True),
-            "split": torch.cat([teacher_rgb[:, :middle], student_rgb[:, middle:]], dim=1),
+            "split": split,
             "hard_rays": hard.view(height, width, 1),
         }
 
@@ -131,13 +138,80 @@ class _OnViewer(ViewerControl):
         self.callback(viewer)
 
 
+@dataclass(frozen=True)
+class FirstView:
+    """A browser tab's first camera (world units; the viewer scales them by :data:`VISER_SCALE`)."""
+
+    position: np.ndarray
+    look_at: np.ndarray
+    up: np.ndarray
+    fov: float
+    """Vertical field of view (radians), as viser's and nerfstudio's viewer cameras take it."""
+
+
+FILL = 0.9
+"""The fraction of the first view's height the occupied region spans (:func:`first_view`)."""
+
+
+def first_view(cameras: Cameras, centre: Float[Tensor, "3"], grid: Optional[OccupancyGrid] = None) -> FirstView:
+    """The first camera of a browser tab: the scene large in the middle of the view, from where the training
+    cameras stand.
+
+    It stands half-way between the first training camera and its nearest neighbour (so neither frustum hides
+    the scene), up as the training cameras' mean up. Around an object (the training cameras outside the
+    scene box, ``grid`` not contracted) it looks at the middle of the occupied region of ``grid`` (its occupied
+    cells, the farthest 0.5 % on each axis left out as floaters) from the training cameras' median distance
+    to that point, with the vertical field of view in which the region spans :data:`FILL` of the view's
+    height. Otherwise (a capture with its cameras inside the box, an empty grid, no grid) it looks at
+    ``centre`` from the first training camera's distance, with the training cameras' vertical field of view.
+    nerfstudio's viewer keeps its own 75° otherwise, in which a blender object fills a small part of the view.
+
+    Args:
+        cameras: the training cameras.
+        centre: Float[Tensor, "3"] the scene box's centre (world units).
+        grid: the model's occupancy grid (world positions of its cells through its :class:`SceneSpace`).
+    """
+    c2ws = cameras.camera_to_worlds.detach().cpu().double()
+    centres = c2ws[:, :3, 3]
+    up = c2ws[:, :3, 1].mean(dim=0)
+    up = up / up.norm().clamp(min=1e-9)
+    camera = cameras[0]
+    fov = float(2 * torch.atan(camera.cy.cpu() / camera.fy.cpu()).flatten()[0])
+    target = centre.detach().cpu().double()
+    occupied = None
+    if grid is not None and not grid.space.contracted:
+        cells = grid.binaries[0].nonzero()
+        if len(cells) > 0:
+            occupied = grid.space.from_unit((cells.float() + 0.5) / grid.binaries.shape[-1]).detach().cpu().double()
+            if len(occupied) > 1 << 20:  # torch.quantile's limit; a strided sample is as good for the bounds
+                occupied = occupied[:: len(occupied) // (1 << 20) + 1]
+            lo, hi = torch.quantile(occupied, torch.tensor([0.005, 0.995], dtype=torch.float64), dim=0)
+            target = (lo + hi) / 2
+    if len(centres) > 1:
+        gaps = (centres - centres[0]).norm(dim=-1)
+        gaps[0] = float("inf")
+        middle = (centres[0] + centres[int(gaps.argmin())]) / 2 - target
+    else:
+        middle = centres[0] - target
+    distance = (centres - target).norm(dim=-1).median() if occupied is not None else (centres[0] - target).norm()
+    position = target + middle / middle.norm().clamp(min=1e-9) * distance
+    if occupied is not None:
+        axis = (target - position) / (target - position).norm()
+        rays = occupied - position
+        off_axis = torch.atan2(torch.linalg.cross(rays, axis.expand_as(rays)).norm(dim=-1), rays @ axis)
+        half = float(torch.quantile(off_axis, 0.995))
+        fov = 2 * float(np.arctan(np.tan(half) / FILL))
+        fov = min(max(fov, np.radians(5.0)), np.radians(120.0))
+    return FirstView(position.numpy(), target.numpy(), up.numpy(), fov)
+
+
 class ConversionPanel(nn.Module):
     """The conversion's viewer elements; an ``nn.Module`` without parameters only so that nerfstudio's
     ``Viewer`` scrapes its elements from the pipeline (``viewer.utils.parse_object``). Nothing of it is saved.
 
     Args:
-        cameras: the training cameras (the first browser camera is placed as the first of them, looking at
-            ``centre``; the hard-pose frustums take their intrinsics).
+        cameras: the training cameras (the first browser camera stands among them, :func:`first_view`; the
+            hard-pose frustums take their intrinsics).
         centre: Float[Tensor, "3"] the scene centre (world units).
         distilling: show the distillation's panel (stage, losses, pools) and the hard-pose frustums.
     """
@@ -180,23 +254,15 @@ class ConversionPanel(nn.Module):
             self.status.show(_pools_markdown(pool.metrics()))
 
     def _first_camera(self, client: viser.ClientHandle) -> None:
-        """A new browser tab looks at the scene centre from a training camera's distance: from half-way between
-        the first training camera and its nearest neighbour (so neither frustum hides the scene), up as the
-        training cameras' mean up."""
-        c2ws = self.cameras.camera_to_worlds.cpu()
-        centres, centre = c2ws[:, :3, 3], self.centre
-        if len(centres) > 1:
-            gaps = (centres - centres[0]).norm(dim=-1)
-            gaps[0] = float("inf")
-            middle = (centres[0] + centres[int(gaps.argmin())]) / 2 - centre
-            position = centre + middle / middle.norm().clamp(min=1e-9) * (centres[0] - centre).norm()
-        else:
-            position = centres[0]
-        up = c2ws[:, :3, 1].mean(dim=0).numpy()
+        """A new browser tab starts at :func:`first_view` of the training cameras and the model's occupancy grid as
+        it is now (a run from images grows its grid as it trains)."""
+        grid = getattr(self.viewer.get_model(), "occupancy_grid", None) if self.viewer is not None else None
+        view = first_view(self.cameras, self.centre, grid)
         with client.atomic():
-            client.camera.up_direction = up / max(float(np.linalg.norm(up)), 1e-9)
-            client.camera.position = position.numpy() * VISER_SCALE
-            client.camera.look_at = centre.numpy() * VISER_SCALE
+            client.camera.up_direction = view.up
+            client.camera.fov = view.fov
+            client.camera.position = view.position * VISER_SCALE
+            client.camera.look_at = view.look_at * VISER_SCALE
 
     def show(self, step: int, losses: Dict[str, Tensor], metrics: Dict[str, Tensor], hard_poses: HardPosePool) -> None:
         """After a training step: the panel's text (at most twice a second) and the hard-pose frustums (when the
