@@ -27,7 +27,8 @@ def report(output_dir: Path) -> None:
     runs = json.loads((output_dir / "ablation.json").read_text())["runs"]
     by = {(r["row"], r["seed"]): r for r in runs}
     seeds = sorted({s for (row, s) in by if row == "all" and ("w/o active learning", s) in by})
-    print(f"\n{'seed':>6s} {'all':>8s} {'no AL':>8s} {'Δ mean':>8s} {'min all':>8s} {'min noAL':>9s} {'s/step':>7s} {'noAL':>7s} {'AL cost':>8s}")
+    print(f"\n{'seed':>6s} {'all':>8s} {'no AL':>8s} {'Δ mean':>8s} {'min all':>8s} {'min noAL':>9s} "
+          f"{'s/step':>7s} {'noAL':>7s} {'AL cost':>8s}")
     deltas, mins, costs = [], [], []
     for s in seeds:
         a, b = by[("all", s)], by[("w/o active learning", s)]

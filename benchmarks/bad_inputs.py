@@ -1,7 +1,8 @@
 """What each bad input gets (issue #19): runs ``ns-distill run`` and ``ns-train`` on wrong files and folders and
 prints, per case, the exit code, whether a traceback was printed, and the line that names the problem.
 
-    .venv/bin/python benchmarks/bad_inputs.py --teacher <a pvdal-* teacher's config.yml> [--output-dir outputs/bench-bad]
+    .venv/bin/python benchmarks/bad_inputs.py --teacher <a pvdal-* teacher's config.yml>
+        [--output-dir outputs/bench-bad]
 
 Each case is a separate process with 2 distillation steps; the inputs are made in ``--output-dir``. Prints a
 markdown table (for docs/benchmarks.md) and writes it, with every case's full output, to ``--output-dir``.
@@ -85,31 +86,37 @@ def make_cases(teacher: Path, work: Path) -> list:
         ("teacher's checkpoint folder empty", distill + ["--teacher", str(no_ckpt)]),
         ("teacher's checkpoint truncated", distill + ["--teacher", str(truncated)]),
         ("teacher's checkpoint not a checkpoint", distill + ["--teacher", str(not_ckpt)]),
-        ("teacher of another scene than --data", distill + ["--teacher", str(teacher), "--data", str(EMBEDDED_CAPTURE)]),
+        ("teacher of another scene than --data",
+         distill + ["--teacher", str(teacher), "--data", str(EMBEDDED_CAPTURE)]),
         ("student architecture that does not exist", [str(BIN / "ns-distill"), "run", "--teacher", str(teacher),
                                                       "--student", "octree", "--steps", "2"]),
         ("--steps 0", [a if a != "2" else "0" for a in distill] + ["--teacher", str(teacher)]),
         ("--steps -5", [a if a != "2" else "-5" for a in distill] + ["--teacher", str(teacher)]),
-        ("output folder that cannot be written", [str(BIN / "ns-distill"), "run", "--teacher", str(teacher), "--student",
-                                                  "hash", "--steps", "2", "--output-dir", str(a_file / "out")]),
+        ("output folder that cannot be written", [str(BIN / "ns-distill"), "run", "--teacher", str(teacher),
+                                                  "--student", "hash", "--steps", "2", "--output-dir",
+                                                  str(a_file / "out")]),
         ("data folder with no cameras", distill + ["--teacher", str(teacher), "--data", str(no_cameras)]),
         ("data folder with its images missing", distill + ["--teacher", str(teacher), "--data", str(no_images)]),
         ("CUDA teacher (device_type cuda) without CUDA", distill + ["--teacher", str(cuda)]),
         ("another scene of the same kind (blender, other cameras)",
          distill + ["--teacher", str(teacher), "--data", str(other_scene)]),
-        ("teacher cache of another teacher", distill + ["--teacher", str(other_teacher), "--teacher-cache", str(cache)]),
+        ("teacher cache of another teacher",
+         distill + ["--teacher", str(other_teacher), "--teacher-cache", str(cache)]),
         ("teacher cache truncated", distill + ["--teacher", str(teacher), "--teacher-cache", str(cut_cache)]),
         ("disk full while the teacher cache is written (2 MiB tmpfs)",
          distill + ["--teacher", str(teacher), "--teacher-cache", str(full_cache / "cache")]),
         ("ns-train: disk full while a checkpoint is written (2 MiB tmpfs)", [
             str(BIN / "ns-train"), "pvdal-hash-small", "--max-num-iterations", "2", "--output-dir", str(full_ckpt),
-            "--vis", "tensorboard", "--pipeline.teacher-config", str(teacher), "blender-data", "--data", str(EMBEDDED_SCENE)]),
+            "--vis", "tensorboard", "--pipeline.teacher-config", str(teacher), "blender-data", "--data",
+            str(EMBEDDED_SCENE)]),
         ("ns-train: teacher config missing", [str(BIN / "ns-train"), "pvdal-hash-small", "--max-num-iterations", "2",
                                               "--output-dir", str(work / "out"), "--vis", "tensorboard",
-                                              "--pipeline.teacher-config", str(work / "missing.yml"), "blender-data", "--data", str(EMBEDDED_SCENE)]),
+                                              "--pipeline.teacher-config", str(work / "missing.yml"), "blender-data",
+                                              "--data", str(EMBEDDED_SCENE)]),
         ("ns-train: teacher config not YAML", [str(BIN / "ns-train"), "pvdal-hash-small", "--max-num-iterations", "2",
                                                "--output-dir", str(work / "out"), "--vis", "tensorboard",
-                                               "--pipeline.teacher-config", str(not_yaml), "blender-data", "--data", str(EMBEDDED_SCENE)]),
+                                               "--pipeline.teacher-config", str(not_yaml), "blender-data", "--data",
+                                               str(EMBEDDED_SCENE)]),
         ("ns-train: --load-dir with a truncated checkpoint", [
             str(BIN / "ns-train"), "pvdal-hash-small", "--max-num-iterations", "2", "--output-dir", str(work / "out"),
             "--vis", "tensorboard", "--pipeline.teacher-config", str(teacher), "--load-dir",
@@ -164,7 +171,8 @@ def main() -> int:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         out = done.stdout + done.stderr
         lines = [line.strip() for line in out.splitlines() if line.strip()]
-        said = next((line for line in lines if line.startswith("error:") or "error:" in line[:20]), lines[-1] if lines else "")
+        said = next((line for line in lines if line.startswith("error:") or "error:" in line[:20]),
+                    lines[-1] if lines else "")
         rows.append((name, done.returncode, "Traceback" in out, said[:220], time.monotonic() - start))
         full[name] = {"argv": argv, "returncode": done.returncode, "output": out[-6000:]}
         print(f"| {name} | {done.returncode} | {'yes' if 'Traceback' in out else 'no'} | {said[:220]} |", flush=True)

@@ -11,8 +11,9 @@ a white backdrop and a foam block beyond any box around the object).
 capture (same rays a step) and prints the median seconds a step over the last half of each run, the ratio, and
 the evaluated samples a ray. ``teacher`` / ``stock`` train a teacher from the capture's images and print its
 PSNR on the views the dataparser holds out (and its training seconds). ``convert`` distils the teacher into each
-student (together, as ``ns-distill run``) and prints each student's PSNR on the held-out real views and against the teacher's renders of
-``--novel`` novel poses (the pseudo-label pose sampler, seed 0). ``evaluate`` gives trained runs' held-out PSNR.
+student (together, as ``ns-distill run``) and prints each student's PSNR on the held-out real views and against
+the teacher's renders of ``--novel`` novel poses (the pseudo-label pose sampler, seed 0). ``evaluate`` gives
+trained runs' held-out PSNR.
 With ``--eval-downscale 2`` the held-out views are also rendered at half size (324×216) against the box-filtered
 photographs: a torch nerfacto takes many minutes a full-size view on a CPU. Results go to ``--output-dir`` as JSON.
 Run it alone on the machine: the figures are times.
@@ -37,15 +38,18 @@ def step_time(args) -> dict:
 
     out = {}
     for name, data in (("lego", EMBEDDED_SCENE), ("capture", args.capture.resolve())):
-        config = student_config(args.arch, "small", data, args.output_dir.resolve(), f"step-time-{name}", args.steps, None)
+        config = student_config(args.arch, "small", data, args.output_dir.resolve(), f"step-time-{name}", args.steps,
+                                None)
         config.steps_per_save = 10**6
         run = train(config, f"{name}: {args.steps} steps")
         seconds = run.step_seconds
         late = seconds[len(seconds) // 2:]
         samples = run.pipeline.model.occupancy_grid.occupied_fraction
         out[name] = {"median_s_per_step": statistics.median(late), "mean_s_per_step": statistics.mean(seconds),
-                     "occupied_fraction": samples, "rays_per_step": config.pipeline.datamanager.train_num_rays_per_batch}
-        print(f"{name}: median {out[name]['median_s_per_step']:.3f} s a step over steps {len(seconds) // 2}–{len(seconds)}, "
+                     "occupied_fraction": samples,
+                     "rays_per_step": config.pipeline.datamanager.train_num_rays_per_batch}
+        print(f"{name}: median {out[name]['median_s_per_step']:.3f} s a step over steps "
+              f"{len(seconds) // 2}–{len(seconds)}, "
               f"mean {out[name]['mean_s_per_step']:.3f} s, grid {samples:.1%} occupied")
     out["ratio"] = out["capture"]["median_s_per_step"] / out["lego"]["median_s_per_step"]
     print(f"capture / lego: {out['ratio']:.2f}×")
@@ -62,7 +66,8 @@ def teacher(args) -> dict:
     trained = run_and_evaluate(config, f"teacher ({args.arch}, contraction {args.contraction}, background "
                                f"{args.background})", "teacher")
     r = trained.report
-    print(f"{r.name}: {r.psnr:.2f} dB on the held-out views, {r.train_seconds:.0f} s, {r.steps} steps, config {r.config}")
+    print(f"{r.name}: {r.psnr:.2f} dB on the held-out views, {r.train_seconds:.0f} s, {r.steps} steps, "
+          f"config {r.config}")
     return {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "seconds": r.train_seconds, "steps": r.steps,
             **evaluate_small(Path(r.config), args.eval_downscale)}
 
@@ -97,7 +102,8 @@ def stock(args) -> dict:
     end = curve[-1]  # train_timed evaluates once at the end: evaluating again would double the slowest part
     print(f"{args.method}: {end.psnr:.2f} dB on the held-out views at 1/{args.eval_downscale} size after "
           f"{run.seconds:.0f} s ({run.steps} steps), config {run.config_path}")
-    return {"config": str(run.config_path), "psnr": end.psnr, "ssim": end.ssim, "seconds": run.seconds, "steps": run.steps}
+    return {"config": str(run.config_path), "psnr": end.psnr, "ssim": end.ssim, "seconds": run.seconds,
+            "steps": run.steps}
 
 
 def novel_view_psnr(teacher_config: Path, student_config: Path, count: int, downscale: int, renders: list) -> float:
@@ -135,16 +141,18 @@ def convert_capture(args) -> dict:
     from pvdal_ns.experiments.convert import convert
 
     steps = {arch: s for arch, s in zip(args.students, args.steps_each)} if args.steps_each else {}
-    students = convert(args.teacher.resolve(), args.students, "small", args.capture.resolve(), args.output_dir.resolve(),
-                       steps, "students", together=not args.separately)
+    students = convert(args.teacher.resolve(), args.students, "small", args.capture.resolve(),
+                       args.output_dir.resolve(), steps, "students", together=not args.separately)
     out, teacher_renders = {}, []
     for arch, trained in zip(args.students, students):
         r = trained.report
-        novel = novel_view_psnr(args.teacher.resolve(), Path(r.config), args.novel, args.eval_downscale, teacher_renders)
+        novel = novel_view_psnr(args.teacher.resolve(), Path(r.config), args.novel, args.eval_downscale,
+                                teacher_renders)
         out[arch] = {"config": r.config, "psnr": r.psnr, "ssim": r.ssim, "psnr_vs_teacher_novel": novel,
-                     "seconds": r.train_seconds, "steps": r.steps, **evaluate_small(Path(r.config), args.eval_downscale)}
-        print(f"{arch}: {r.psnr:.2f} dB on the held-out views, {novel:.2f} dB against the teacher on {args.novel} novel "
-              f"poses, {r.train_seconds:.0f} s, {r.steps} steps")
+                     "seconds": r.train_seconds, "steps": r.steps,
+                     **evaluate_small(Path(r.config), args.eval_downscale)}
+        print(f"{arch}: {r.psnr:.2f} dB on the held-out views, {novel:.2f} dB against the teacher on {args.novel} "
+              f"novel poses, {r.train_seconds:.0f} s, {r.steps} steps")
     return out
 
 
@@ -162,15 +170,18 @@ def main() -> None:
     parser.add_argument("--rays", type=int, default=1024)
     parser.add_argument("--teacher", type=Path)
     parser.add_argument("--students", nargs="+", default=["mlp", "hash", "vm", "tensors"])
-    parser.add_argument("--steps-each", type=int, nargs="*", help="distillation steps per student (default: the demo's)")
+    parser.add_argument("--steps-each", type=int, nargs="*",
+                        help="distillation steps per student (default: the demo's)")
     parser.add_argument("--configs", type=Path, nargs="*", default=[], help="evaluate: the runs' config.yml")
     parser.add_argument("--eval-downscale", type=int, default=1, choices=[1, 2, 4],
                         help="also evaluate at 1/N size (stock: only at 1/N)")
     parser.add_argument("--separately", action="store_true", help="convert: one student after another (default: "
                         "together, one teacher pass per batch, as ns-distill run)")
-    parser.add_argument("--novel", type=int, default=8, help="novel poses the students are compared with the teacher on")
+    parser.add_argument("--novel", type=int, default=8,
+                        help="novel poses the students are compared with the teacher on")
     args = parser.parse_args()
-    run = {"step-time": step_time, "teacher": teacher, "stock": stock, "convert": convert_capture, "evaluate": evaluate_runs}[args.mode]
+    run = {"step-time": step_time, "teacher": teacher, "stock": stock, "convert": convert_capture,
+           "evaluate": evaluate_runs}[args.mode]
     result = run(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     path = args.output_dir / f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"

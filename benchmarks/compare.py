@@ -1,6 +1,7 @@
 """Benchmark (issue #16): `ns-distill compare` and its targets.
 
-    .venv/bin/python benchmarks/compare.py --output-dir outputs/bench-compare-mlp -- --teacher <config.yml> --student mlp
+    .venv/bin/python benchmarks/compare.py --output-dir outputs/bench-compare-mlp --
+        --teacher <config.yml> --student mlp
     .venv/bin/python benchmarks/compare.py --output-dir outputs/bench-compare-mlp --report   # the targets again
 
 Runs the comparison (every option after ``--`` goes to ``ns-distill compare``), then prints each run's final
@@ -21,17 +22,23 @@ def targets(record: dict) -> None:
     runs = record["runs"]
     scratch, distilled, *stock = list(runs)
     s, d = runs[scratch], runs[distilled]
-    print(f"\n{record['device']}; budget {record['settings']['budget_seconds']:.0f} s, size {record['settings'].get('size')}")
+    print(f"\n{record['device']}; budget {record['settings']['budget_seconds']:.0f} s, "
+          f"size {record['settings'].get('size')}")
     for name, r in runs.items():
-        print(f"{name:36s} {r['psnr']:6.2f} dB  {r['steps']:6d} steps  {r['seconds']:7.1f} s  {r['rays_per_second']:8.0f} rays/s"
+        print(f"{name:36s} {r['psnr']:6.2f} dB  {r['steps']:6d} steps  {r['seconds']:7.1f} s  "
+              f"{r['rays_per_second']:8.0f} rays/s"
               f"  {r['parameters']:>10,} params")
     speedup = record["speedup"]
-    rows = [("distilled reaches from-scratch's final PSNR sooner (×)", speedup, "≥ 10", speedup is not None and speedup >= 10),
-            ("distilled − from scratch, final PSNR (dB)", d["psnr"] - s["psnr"], "≥ 0.8", d["psnr"] - s["psnr"] >= 0.8),
-            ("throughput distilled / from scratch", record["throughput_ratio"], "≥ 0.7", record["throughput_ratio"] >= 0.7)]
+    rows = [("distilled reaches from-scratch's final PSNR sooner (×)", speedup, "≥ 10",
+             speedup is not None and speedup >= 10),
+            ("distilled − from scratch, final PSNR (dB)", d["psnr"] - s["psnr"], "≥ 0.8",
+             d["psnr"] - s["psnr"] >= 0.8),
+            ("throughput distilled / from scratch", record["throughput_ratio"], "≥ 0.7",
+             record["throughput_ratio"] >= 0.7)]
     for name in stock:
         reach = d["time_to_reach"][name]
-        rows.append((f"distilled − {name}, final PSNR (dB)", d["psnr"] - runs[name]["psnr"], "> 0", d["psnr"] > runs[name]["psnr"]))
+        rows.append((f"distilled − {name}, final PSNR (dB)", d["psnr"] - runs[name]["psnr"], "> 0",
+                     d["psnr"] > runs[name]["psnr"]))
         rows.append((f"{name}'s final PSNR reached by distilled at (s)", reach, f"< {runs[name]['seconds']:.0f}",
                      reach is not None and reach < runs[name]["seconds"]))
     print(f"\n{'figure':58s} {'measured':>9s} {'target':>8s}  met")

@@ -35,7 +35,8 @@ def main() -> None:
     results = json.loads(record.read_text()) if record.is_file() else []
     for case in args.cases:
         teacher_arch, teacher_steps, student, steps, finetune = case.split(":")
-        teacher = cached_teacher(teacher_arch, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(), int(teacher_steps)).report
+        teacher = cached_teacher(teacher_arch, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
+                                 int(teacher_steps)).report
         for n in (0, int(finetune)):
             name = f"{teacher_arch}{teacher_steps}-to-{student}-{steps}-ft{n}-seed{args.seed}"
             if any(r["run"] == name for r in results):
@@ -43,13 +44,15 @@ def main() -> None:
             config = distillation_config(Path(teacher.config), student, "small", EMBEDDED_SCENE, out, name, int(steps))
             config.pipeline.finetune_steps, config.machine.seed = n, args.seed
             trained = run_and_evaluate(config, name, "student")
-            results.append({"run": name, "teacher": teacher_arch, "teacher_steps": int(teacher_steps), "student": student,
-                            "steps": int(steps), "finetune_steps": n, "seed": args.seed,
+            results.append({"run": name, "teacher": teacher_arch, "teacher_steps": int(teacher_steps),
+                            "student": student, "steps": int(steps), "finetune_steps": n, "seed": args.seed,
                             "teacher_psnr": round(teacher.psnr, 3), "psnr": round(trained.report.psnr, 3),
-                            "ssim": round(trained.report.ssim, 4), "vs_teacher": round(trained.report.psnr - teacher.psnr, 3),
+                            "ssim": round(trained.report.ssim, 4),
+                            "vs_teacher": round(trained.report.psnr - teacher.psnr, 3),
                             "train_seconds": round(trained.report.train_seconds, 1)})
             write_atomic(record, lambda p: p.write_text(json.dumps(results, indent=2) + "\n"))
-    print("| teacher (steps) | teacher PSNR | student | steps | of them fine-tuning | student PSNR | SSIM | vs teacher |")
+    print("| teacher (steps) | teacher PSNR | student | steps | of them fine-tuning | student PSNR | SSIM "
+          "| vs teacher |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['teacher']} ({r['teacher_steps']}) | {r['teacher_psnr']:.2f} | {r['student']} | {r['steps']} | "

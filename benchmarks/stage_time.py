@@ -38,15 +38,16 @@ def main() -> None:
     from pvdal_ns.experiments.convert import cached_teacher, distillation_config
     from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS
 
-    teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(), DEMO_TEACHER_STEPS).report
+    teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
+                             DEMO_TEACHER_STEPS).report
     staged_stage_at = PseudoLabels.stage_at
     n, skip = args.steps, 5
     times = {}
     for student in args.students:
         for repeat in range(args.repeats):
             for variant in ("full", "staged"):
-                config = distillation_config(Path(teacher.config), student, "small", EMBEDDED_SCENE, args.output_dir.resolve(),
-                                             f"{student}-{variant}-{repeat}", 2 * n)
+                config = distillation_config(Path(teacher.config), student, "small", EMBEDDED_SCENE,
+                                             args.output_dir.resolve(), f"{student}-{variant}-{repeat}", 2 * n)
                 config.pipeline.stage1_steps = config.pipeline.stage2_steps = n
                 config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_save = 10**6
                 PseudoLabels.stage_at = (lambda self, step: 3) if variant == "full" else staged_stage_at
@@ -55,14 +56,19 @@ def main() -> None:
                 trainer = config.setup(local_rank=0, world_size=1)
                 trainer.setup()
                 started, steps = {}, {}
-                before, after = [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], [TrainingCallbackLocation.AFTER_TRAIN_ITERATION]
-                trainer.callbacks.insert(0, TrainingCallback(before, lambda step: started.__setitem__(step, time.perf_counter())))
-                trainer.callbacks.append(TrainingCallback(after, lambda step: steps.__setitem__(step, time.perf_counter() - started[step])))
+                before, after = ([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                                 [TrainingCallbackLocation.AFTER_TRAIN_ITERATION])
+                trainer.callbacks.insert(0, TrainingCallback(
+                    before, lambda step: started.__setitem__(step, time.perf_counter())))
+                trainer.callbacks.append(TrainingCallback(
+                    after, lambda step: steps.__setitem__(step, time.perf_counter() - started[step])))
                 trainer.train()
                 trainer.shutdown()
                 for stage, first in ((1, 0), (2, n)):
-                    times.setdefault((student, variant, stage), []).extend(steps[s] for s in range(first + skip, first + n))
-                print(f"{student} {variant} #{repeat}: stage 1 {statistics.median(steps[s] for s in range(skip, n)):.4f} s, "
+                    times.setdefault((student, variant, stage), []).extend(
+                        steps[s] for s in range(first + skip, first + n))
+                print(f"{student} {variant} #{repeat}: "
+                      f"stage 1 {statistics.median(steps[s] for s in range(skip, n)):.4f} s, "
                       f"stage 2 {statistics.median(steps[s] for s in range(n + skip, 2 * n)):.4f} s a step", flush=True)
     PseudoLabels.stage_at = staged_stage_at
     print("| student | stage | full teacher (s/step) | staged teacher (s/step) | staged / full |")

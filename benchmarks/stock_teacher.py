@@ -31,10 +31,11 @@ def teacher(out: Path, steps: int) -> Path:
         info = json.loads(record.read_text())
         print(f"teacher (cached): {info}")
         return Path(info["config"])
-    run = train(stock_config("tensorf", EMBEDDED_SCENE, out, "teacher-tensorf", steps, rays_per_batch=1024), "tensorf teacher")
+    run = train(stock_config("tensorf", EMBEDDED_SCENE, out, "teacher-tensorf", steps, rays_per_batch=1024),
+                "tensorf teacher")
     result = evaluate(run.pipeline, "tensorf teacher: evaluating")
-    info = {"config": str(run.config_path), "seconds": round(run.seconds, 1), "steps": steps, "psnr": round(result.psnr, 3),
-            "ssim": round(result.ssim, 4)}
+    info = {"config": str(run.config_path), "seconds": round(run.seconds, 1), "steps": steps,
+            "psnr": round(result.psnr, 3), "ssim": round(result.ssim, 4)}
     record.write_text(json.dumps(info, indent=2) + "\n")
     print(f"teacher: {info}")
     return run.config_path
@@ -55,7 +56,8 @@ def main() -> None:
         configs = [distillation_config(teacher_path, arch, "small", EMBEDDED_SCENE, out, mode, demo_steps()[arch])
                    for arch in STUDENTS]
         started = time.perf_counter()
-        runs = train_together(configs, "together") if mode == "together" else [train(c, f"{c.method_name}") for c in configs]
+        runs = (train_together(configs, "together") if mode == "together"
+                else [train(c, f"{c.method_name}") for c in configs])
         wall = time.perf_counter() - started
         rows = {}
         for arch, run in zip(STUDENTS, runs):
@@ -69,7 +71,8 @@ def main() -> None:
         print(f"{mode}: {r['wall_seconds']:.0f} s (setup, teacher load and training)")
         for arch, row in r["students"].items():
             target = teacher_psnr - (3.0 if arch == "tensors" else 1.5)
-            print(f"  {arch:8s} {row['psnr']:6.2f} dB (target ≥ {target:.2f}: {'yes' if row['psnr'] >= target else 'NO'})"
+            print(f"  {arch:8s} {row['psnr']:6.2f} dB "
+                  f"(target ≥ {target:.2f}: {'yes' if row['psnr'] >= target else 'NO'})"
                   f"  {row['steps']} steps, {row['train_seconds']:.0f} s")
     if {"separately", "together"} <= set(results):
         ratio = results["together"]["wall_seconds"] / results["separately"]["wall_seconds"]

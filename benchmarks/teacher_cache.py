@@ -96,7 +96,8 @@ def main() -> None:
                                    "--output-dir", str(out), "--child", student, mode]
                                   + ([] if args.seed is None else ["--seed", str(args.seed)]),
                                   stdout=subprocess.PIPE, text=True, check=True)
-            line = next(json.loads(l[7:]) for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+            line = next(json.loads(out_line[7:]) for out_line in proc.stdout.splitlines()
+                        if out_line.startswith("RESULT "))
             print(line, flush=True)
             results[f"{student}/{mode}" + ("" if args.seed is None else f"/seed{args.seed}")] = line
             results_path.write_text(json.dumps(results, indent=2) + "\n")

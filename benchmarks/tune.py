@@ -49,7 +49,8 @@ def build(teacher: Path, student: str, steps: int, seed: int, settings: Dict[str
     config.machine.seed = seed
     if "rays" in settings:
         config.pipeline.datamanager.train_num_rays_per_batch = int(settings["rays"])
-    fractions: Tuple[float, float] = tuple(float(f) for f in settings["stages"].split(",")) if "stages" in settings else None  # type: ignore[assignment]
+    fractions: Tuple[float, float] = (  # type: ignore[assignment]
+        tuple(float(f) for f in settings["stages"].split(",")) if "stages" in settings else None)
     set_steps(config, int(settings.get("steps", steps)), fractions)
     for group in config.optimizers.values():
         scale = float(settings.get("lr_scale", 1.0))

@@ -60,7 +60,7 @@ with sync_playwright() as pw:
     page.screenshot(path=shot)
     browser.close()
 (flags / "done").touch()
-'''
+'''  # noqa: E501 (a script for a subprocess: its lines are string content)
 
 
 def _browser_cpu_seconds() -> float:
@@ -84,7 +84,8 @@ def distil(teacher: Path, student: str, steps: int, output_dir: Path, viewer: bo
     from pvdal_ns.engine.runner import _setup_trainer
     from pvdal_ns.experiments.convert import distillation_config
 
-    config = distillation_config(teacher, student, "small", EMBEDDED_SCENE, output_dir, "viewer" if viewer else "plain", steps)
+    config = distillation_config(teacher, student, "small", EMBEDDED_SCENE, output_dir,
+                                 "viewer" if viewer else "plain", steps)
     browser = None
     flags = output_dir / "flags"
     if viewer:
@@ -104,7 +105,8 @@ def distil(teacher: Path, student: str, steps: int, output_dir: Path, viewer: bo
             time.sleep(0.5)
         machines = trainer.viewer_state.render_statemachines
         while not machines or any(m.state != "high" or m.next_action is not None for m in machines.values()):
-            time.sleep(0.5)  # the first renders (at full resolution, before the first step: they hold the training lock)
+            # the first renders (at full resolution, before the first step: they hold the training lock)
+            time.sleep(0.5)
         time.sleep(1)
     times, renders = {}, []
     model = trainer.pipeline.model
@@ -143,7 +145,8 @@ def main() -> int:
     parser.add_argument("--max-res", type=int, default=512, help="the viewer's Max res (its default: 512)")
     parser.add_argument("--no-browser", action="store_true", help="the viewer's server alone, no browser connected")
     parser.add_argument("--hidden", action="store_true", help="another tab in front of the viewer's during training")
-    parser.add_argument("--pin", action="store_true", help="training on core 0 with one torch thread, the browser on core 1")
+    parser.add_argument("--pin", action="store_true",
+                        help="training on core 0 with one torch thread, the browser on core 1")
     args = parser.parse_args()
     if args.pin:
         import torch
@@ -154,8 +157,11 @@ def main() -> int:
     runs = [distil(args.teacher.resolve(), args.student, args.steps, out, viewer, args.port, args.screenshot.resolve(),
                    args.max_res, args.pin, args.hidden, not args.no_browser) for viewer in (False, True)]
     plain, viewed = runs
-    print(f"pvdal-{args.student}-small, {args.steps} distillation steps, max res {args.max_res}{', pinned' if args.pin else ''}{', tab hidden' if args.hidden else ''}: "
-          f"without the viewer {plain:.1f} s, with the viewer {'(no browser)' if args.no_browser else 'open in a browser'} {viewed:.1f} s: {viewed / plain:.3f}× "
+    print(f"pvdal-{args.student}-small, {args.steps} distillation steps, max res {args.max_res}"
+          f"{', pinned' if args.pin else ''}{', tab hidden' if args.hidden else ''}: "
+          f"without the viewer {plain:.1f} s, "
+          f"with the viewer {'(no browser)' if args.no_browser else 'open in a browser'} {viewed:.1f} s: "
+          f"{viewed / plain:.3f}× "
           f"({100 * (viewed / plain - 1):+.1f} %); screenshot {args.screenshot}")
     return 0
 

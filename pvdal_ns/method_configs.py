@@ -90,13 +90,15 @@ def pvdal_trainer_config(
     )
 
 
-def set_steps(config: TrainerConfig, steps: int, stage_fractions: Optional[Tuple[float, float]] = None) -> TrainerConfig:
+def set_steps(config: TrainerConfig, steps: int,
+              stage_fractions: Optional[Tuple[float, float]] = None) -> TrainerConfig:
     """Set the number of steps, and with it the learning-rate schedules, the stage lengths (scaled with the steps:
     the fractions the config has now, unless ``stage_fractions`` is given) and a checkpoint at least every tenth."""
     pipeline = config.pipeline
     assert isinstance(pipeline, DistillationPipelineConfig)
     if stage_fractions is None:
-        stage_fractions = (pipeline.stage1_steps / config.max_num_iterations, pipeline.stage2_steps / config.max_num_iterations)
+        stage_fractions = (pipeline.stage1_steps / config.max_num_iterations,
+                           pipeline.stage2_steps / config.max_num_iterations)
     config.max_num_iterations = steps
     for group in config.optimizers.values():
         if group["scheduler"] is not None:

@@ -4,9 +4,9 @@
 Every frame of the source's nerfstudio ``transforms.json`` is area-downsampled (box filter) by an integer
 --factor and written as a PNG under the same relative name; the per-frame intrinsics (fl_x, fl_y, cx, cy,
 w, h) are divided by the factor, the distortion coefficients (k1–k3, p1, p2: normalised image
-coordinates) and the poses are kept. A COLMAP text model of the same cameras goes to sparse/0 (for the ``colmap`` dataparser; no
-keypoints or points). The masks of the axe go to masks/ (a pixel is 255 where any source pixel of its block
-shows the axe) but transforms.json does not name them: the copy is for training on the whole photograph,
+coordinates) and the poses are kept. A COLMAP text model of the same cameras goes to sparse/0 (for the ``colmap``
+dataparser; no keypoints or points). The masks of the axe go to masks/ (a pixel is 255 where any source pixel of its
+block shows the axe) but transforms.json does not name them: the copy is for training on the whole photograph,
 backdrop and block included, as a user's capture is; tests use them to tell the background from the object.
 The nerfstudio dataparser holds out every tenth view for evaluation.
 

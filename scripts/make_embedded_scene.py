@@ -50,7 +50,8 @@ def area_downsample_rgba(img: Image.Image, size: int) -> Image.Image:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=REPO_ROOT / "../shared/data/nerf_synthetic/lego",
-                        help="NeRF-synthetic scene folder (default: ../shared/data/nerf_synthetic/lego from the repo root)")
+                        help="NeRF-synthetic scene folder (default: ../shared/data/nerf_synthetic/lego from the repo "
+                             "root)")
     parser.add_argument("--dst", type=Path, default=REPO_ROOT / "pvdal_ns/scenes/lego_100",
                         help="output folder (default: pvdal_ns/scenes/lego_100 in the repo root)")
     parser.add_argument("--size", type=int, default=100, help="output width and height in pixels (default: 100)")

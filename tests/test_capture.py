@@ -97,7 +97,8 @@ def test_the_colmap_model_of_the_capture_reads_as_the_transforms_do():
     transforms = NerfstudioDataParserConfig(data=EMBEDDED_CAPTURE).setup().get_dataparser_outputs("train")
     for outputs in (colmap, transforms):
         cameras = outputs.cameras
-        assert len(cameras) == len(transforms.cameras) and int(cameras.width[0]) == 162 and int(cameras.height[0]) == 108
+        assert (len(cameras) == len(transforms.cameras) and int(cameras.width[0]) == 162
+                and int(cameras.height[0]) == 108)
         assert cameras.distortion_params is not None and cameras.distortion_params.abs().sum() > 0  # OPENCV k1–k3
     assert torch.allclose(colmap.cameras.fx, transforms.cameras.fx)
     assert torch.allclose(colmap.cameras.distortion_params[:, :2], transforms.cameras.distortion_params[:, :2])

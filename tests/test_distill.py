@@ -89,7 +89,8 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     resumed = resumed_config.setup(local_rank=0, world_size=1)
     resumed.setup()
     assert torch.equal(resumed.pipeline.active_learning.hard_poses.poses, al.hard_poses.poses)
-    assert torch.equal(resumed.pipeline.active_learning.hard_rays.rays["origins"].cpu(), al.hard_rays.rays["origins"].cpu())
+    assert torch.equal(resumed.pipeline.active_learning.hard_rays.rays["origins"].cpu(),
+                       al.hard_rays.rays["origins"].cpu())
 
     # the student checkpoint evaluates with no teacher present (test mode never loads it)
     from nerfstudio.utils.eval_utils import eval_setup

@@ -45,7 +45,8 @@ def test_a_cross_architecture_student_takes_what_matches_by_name_and_shape(tiny_
     _, teacher_pipeline = tiny_teacher
     teacher = teacher_pipeline.model.field.state_dict()  # VM: colour head of width 64 on PE directions
     scene_box = SceneBox(aabb=teacher["aabb"].clone())
-    hash_student = method_config("hash", "small").pipeline.model.setup(scene_box=scene_box, num_train_data=1, metadata={})
+    hash_student = method_config("hash", "small").pipeline.model.setup(scene_box=scene_box, num_train_data=1,
+                                                                       metadata={})
     copied = hash_student.warm_start(teacher, "VMField")
     # the hash colour head is as wide and as deep, but its first layer reads SH directions (other width)
     assert copied == [f"colour.mlp.layers.{i}.{p}" for i in (1, 2) for p in ("bias", "weight")]
@@ -121,7 +122,8 @@ def test_the_embedded_scene_tunes_on_views_it_neither_trains_on_nor_reports(tiny
     assert not frames["test"] & frames["train"]
 
     _, pipeline = tiny_teacher  # trained with nerfstudio's "val" eval split; reports read "test"
-    names = {s: [p.stem for p in split_dataloader(pipeline.datamanager, s).input_dataset._dataparser_outputs.image_filenames]
+    names = {s: [p.stem for p in
+                 split_dataloader(pipeline.datamanager, s).input_dataset._dataparser_outputs.image_filenames]
              for s in ("val", "test")}
     assert names["test"] == [f"r_{i}" for i in range(90, 100)]
     assert set(names["val"]) == {p.split("/")[-1] for p in frames["val"]}
@@ -156,7 +158,8 @@ def test_the_ablation_table_gives_the_spread_over_seeds():
     assert "delta" not in summary["all"]
     assert summary["w/o L_v"]["delta"] == pytest.approx(-1.4 / 3)  # −0.5, −0.3, −0.6 per seed
     assert summary["w/o L_v"]["delta_sd"] == pytest.approx(0.1527, abs=1e-3)
-    table = markdown_table(list(summary.values()), AblationSettings("t/a/b/config.yml", "mlp", 10, True, "s"), [0, 1, 2])
+    table = markdown_table(list(summary.values()), AblationSettings("t/a/b/config.yml", "mlp", 10, True, "s"),
+                           [0, 1, 2])
     assert "| w/o L_v | 27.73 ± 0.32 | -0.47 ± 0.15 |" in table
 
 

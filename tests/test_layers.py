@@ -24,7 +24,9 @@ def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path):
     shutil.copytree(ROOT / "pvdal_ns", tmp_path / "pvdal_ns", ignore=shutil.ignore_patterns("__pycache__", "scenes"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     model = tmp_path / "pvdal_ns" / "models" / "pvd_model.py"
-    model.write_text(model.read_text() + "\n\ndef _dodge():\n    from pvdal_ns.pipelines.distillation_pipeline import DistillationPipeline\n")
+    model.write_text(model.read_text() + "\n\ndef _dodge():\n"
+                     "    from pvdal_ns.pipelines.distillation_pipeline import DistillationPipeline\n")
     result = _lint(tmp_path)  # lint-imports puts its working directory first on the path: it reads the copy
     assert result.returncode == 1
-    assert "BROKEN" in result.stdout and "pvdal_ns.models.pvd_model -> pvdal_ns.pipelines.distillation_pipeline" in result.stdout
+    assert ("BROKEN" in result.stdout
+            and "pvdal_ns.models.pvd_model -> pvdal_ns.pipelines.distillation_pipeline" in result.stdout)

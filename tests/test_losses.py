@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.model_components.losses import PVDLossConfig, clamp_density, clipped_density_loss, colour_loss, point_losses, ray_rgb_errors, rgb_loss, volume_aligned_loss
+from pvdal_ns.model_components.losses import (
+    PVDLossConfig,
+    clamp_density,
+    clipped_density_loss,
+    colour_loss,
+    point_losses,
+    ray_rgb_errors,
+    rgb_loss,
+    volume_aligned_loss,
+)
 from pvdal_ns.model_components.stages import StageSchedule
 
 
@@ -39,7 +48,8 @@ def test_the_volume_loss_clips_its_density_channel_like_the_density_loss():
     assert volume_aligned_loss(student, teacher).item() == pytest.approx((17**2 + 15) / 16)  # unclipped
     config = PVDLossConfig(volume_weight=1.0)
     points = lambda phi1: PointOutputs(phi1[:, :1], None, phi1)  # noqa: E731
-    assert point_losses(points(student), points(teacher), 1, config, True)["volume_loss"].item() == pytest.approx(15 / 16)
+    assert (point_losses(points(student), points(teacher), 1, config, True)["volume_loss"].item()
+            == pytest.approx(15 / 16))
 
 
 def test_forward_clamping_passes_no_gradient_outside_the_range():
@@ -87,7 +97,8 @@ def test_point_losses_follow_the_stage_and_weights():
     assert stage2["colour_loss"].item() == pytest.approx(3.0)
     assert "volume_loss" not in point_losses(s, t, 2, config, align_volume=False)
     # the authors' decay of ω₁: 0.5 · 0.9^10 at step 10; the other weights stay
-    decayed = point_losses(s, t, 2, PVDLossConfig(volume_weight=0.5, density_weight=2.0, colour_weight=3.0, volume_weight_decay=0.9), True, step=10)
+    decayed = point_losses(s, t, 2, PVDLossConfig(volume_weight=0.5, density_weight=2.0, colour_weight=3.0,
+                                                  volume_weight_decay=0.9), True, step=10)
     assert decayed["volume_loss"].item() == pytest.approx(0.5 * 0.9**10)
     assert decayed["density_loss"].item() == pytest.approx(2.0)
 

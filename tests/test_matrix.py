@@ -13,7 +13,8 @@ BIN = Path(sys.executable).parent
 
 def _cache_teacher(config_path: Path, teacher_dir: Path, steps: int) -> None:
     """Leave ``config_path`` where ``cached_teacher`` looks for the VM teacher of ``steps`` steps."""
-    record = {"config": str(config_path), "method": "pvdal-vm-small", "seconds": 1.0, "data": str(EMBEDDED_SCENE.resolve())}
+    record = {"config": str(config_path), "method": "pvdal-vm-small", "seconds": 1.0,
+              "data": str(EMBEDDED_SCENE.resolve())}
     teacher_dir.mkdir(parents=True)
     (teacher_dir / f"teacher-vm-small-{steps}.json").write_text(json.dumps(record))
 
@@ -39,7 +40,8 @@ def test_matrix_measures_every_pair_and_a_rerun_only_adds_the_missing_one(tiny_t
     assert pairs["vm", "tensors"]["delta"] < pairs["vm", "vm"]["delta"]  # 10 steps from an empty grid
     table = (out / "matrix.md").read_text()
     assert "| teacher | teacher PSNR | → vm | → tensors |" in table
-    assert f"| vm | {teacher['psnr']:.2f} | {pairs['vm', 'vm']['psnr']:.2f} ({pairs['vm', 'vm']['delta']:+.2f}) |" in table
+    assert (f"| vm | {teacher['psnr']:.2f} | {pairs['vm', 'vm']['psnr']:.2f} "
+            f"({pairs['vm', 'vm']['delta']:+.2f}) |" in table)
     assert (out / "matrix.png").stat().st_size > 10_000
 
     assert main([*args, "--students", "vm", "tensors", "mlp"]) == 0  # only the MLP is new

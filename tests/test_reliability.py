@@ -105,7 +105,9 @@ train(config, "to be killed")
 """
 
 
-def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an_uninterrupted_one(tiny_teacher, tmp_path):
+def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an_uninterrupted_one(
+    tiny_teacher, tmp_path
+):
     """SIGKILL after the checkpoint of step 40 (of 60); ``--load-dir`` continues at step 41 with the checkpoint's
     stage, pools, epoch and random stream, and ends at step 59 with the weights of the same run uninterrupted. On one
     thread: on two, torch's CPU sums are in no fixed order and two uninterrupted runs differ by ~1e-3."""
@@ -189,7 +191,8 @@ def test_a_teacher_of_another_kind_of_scene_than_data_is_refused(tiny_teacher, t
     from pvdal_ns.experiments.convert import distillation_config
     from pvdal_ns.utils.errors import BadInputError
 
-    with pytest.raises(BadInputError, match="is a nerfstudio-data scene, but the teacher was trained on a blender-data one"):
+    with pytest.raises(BadInputError,
+                       match="is a nerfstudio-data scene, but the teacher was trained on a blender-data one"):
         distillation_config(tiny_teacher[0], "hash", "small", EMBEDDED_CAPTURE, tmp_path, "wrong", 10)
 
 
@@ -209,7 +212,8 @@ def test_another_scene_of_the_same_kind_is_refused_and_a_copy_of_the_teachers_sc
     distillation_config(tiny_teacher[0], "hash", "small", copy, tmp_path, "copy", 10)  # same cameras: accepted
 
     shutil.copytree(EMBEDDED_SCENE, other)
-    turn = torch.tensor([[math.cos(0.5), -math.sin(0.5), 0, 0], [math.sin(0.5), math.cos(0.5), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    turn = torch.tensor([[math.cos(0.5), -math.sin(0.5), 0, 0], [math.sin(0.5), math.cos(0.5), 0, 0], [0, 0, 1, 0],
+                         [0, 0, 0, 1]])
     for name in ("transforms_train.json", "transforms_val.json", "transforms_test.json"):
         meta = json.loads((other / name).read_text())
         for frame in meta["frames"]:
@@ -227,8 +231,9 @@ def test_ns_train_with_a_teacher_that_cannot_be_loaded_is_refused_in_one_line(tm
     from pvdal_ns import EMBEDDED_SCENE
 
     missing = tmp_path / "missing" / "config.yml"
-    done = subprocess.run([str(Path(sys.executable).parent / "ns-train"), "pvdal-hash-small", "--max-num-iterations", "2",
-                           "--vis", "tensorboard", "--output-dir", str(tmp_path), "--pipeline.teacher-config", str(missing),
+    done = subprocess.run([str(Path(sys.executable).parent / "ns-train"), "pvdal-hash-small",
+                           "--max-num-iterations", "2", "--vis", "tensorboard", "--output-dir", str(tmp_path),
+                           "--pipeline.teacher-config", str(missing),
                            "blender-data", "--data", str(EMBEDDED_SCENE)], capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode == 2 and "Traceback" not in out, out[-2000:]
@@ -241,8 +246,10 @@ def test_a_teacher_config_of_a_plugin_not_installed_is_refused_in_one_line(tiny_
     from pvdal_ns.utils.errors import TeacherLoadError
 
     other = tmp_path / "config.yml"
-    other.write_text(tiny_teacher[0].read_text().replace("pvdal_ns.models.pvd_model.PVDModelConfig", "my_plugin.MyModelConfig"))
-    with pytest.raises(TeacherLoadError, match="names my_plugin, which cannot be imported here: install the nerfstudio"):
+    other.write_text(tiny_teacher[0].read_text().replace("pvdal_ns.models.pvd_model.PVDModelConfig",
+                                                         "my_plugin.MyModelConfig"))
+    with pytest.raises(TeacherLoadError,
+                       match="names my_plugin, which cannot be imported here: install the nerfstudio"):
         read_trainer_config(other)
 
 
@@ -288,8 +295,8 @@ def test_ns_distill_reruns_continue_killed_students_and_reuse_finished_ones(tiny
         assert again[arch].train_seconds == resumed[arch].train_seconds
     assert len(list(tmp_path.glob("students/pvdal-*-small/*"))) == 2
 
-    other = convert(tiny_teacher[0], ["hash", "vm"], "small", EMBEDDED_SCENE, tmp_path, {"hash": 10, "vm": 10}, "students",
-                    resume=True)  # one after another
+    other = convert(tiny_teacher[0], ["hash", "vm"], "small", EMBEDDED_SCENE, tmp_path, {"hash": 10, "vm": 10},
+                    "students", resume=True)  # one after another
     assert not any(m.report.cached or m.report.resumed_at for m in other)
     assert len(list(tmp_path.glob("students/pvdal-*-small/*"))) == 4
 
@@ -448,7 +455,8 @@ def test_importing_the_method_configs_installs_no_hook_and_allows_no_pickles():
 
     code = ("import sys, torch; hook = sys.excepthook; safe = list(torch.serialization.get_safe_globals()); "
             "from nerfstudio.configs.method_configs import all_methods; assert 'pvdal-vm-small' in all_methods; "
-            "assert sys.excepthook is hook, 'hook'; assert list(torch.serialization.get_safe_globals()) == safe, 'safe'; "
+            "assert sys.excepthook is hook, 'hook'; "
+            "assert list(torch.serialization.get_safe_globals()) == safe, 'safe'; "
             "from pvdal_ns.utils.errors import install_refusal_hook; install_refusal_hook(); "
             "assert sys.excepthook is not hook; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

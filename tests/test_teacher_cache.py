@@ -18,7 +18,8 @@ from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
 
 
 def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="cache", with_teacher=True, rays=None):
-    config = tiny_config("hash", tmp_path, steps=steps, teacher=teacher_path if with_teacher else None, experiment=experiment)
+    config = tiny_config("hash", tmp_path, steps=steps, teacher=teacher_path if with_teacher else None,
+                         experiment=experiment)
     config.pipeline.teacher_cache = tmp_path / cache_name
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = steps // 5, steps // 5
     if rays:
@@ -58,7 +59,8 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
     shutil.rmtree(tmp_path / "cut-short")
 
     # the bound keeps whole batches; below one batch it refuses and leaves nothing behind
-    sizes = [batch_nbytes(1024, b["teacher"].mask.shape[1], len(b["teacher"].points.raw_density), 20) for _, b in batches]
+    sizes = [batch_nbytes(1024, b["teacher"].mask.shape[1], len(b["teacher"].points.raw_density), 20)
+             for _, b in batches]
     assert len(write_cache(tmp_path / "two", teacher, batches, pipeline.batch_key, sizes[0] + sizes[1] + 1)) == 2
     with pytest.raises(BadInputError, match="smaller than one batch"):
         write_cache(tmp_path / "none", teacher, batches, pipeline.batch_key, sizes[0] - 1)

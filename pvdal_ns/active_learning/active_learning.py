@@ -6,8 +6,8 @@
 * **Hard rays (TSR)**: :class:`HardRayPool` — the hardest fraction of every batch by RGB error enters a
   bounded pool; once the pool is full, that fraction of every batch is drawn from it and the drawn slots
   are overwritten in place by the batch's new hardest rays.
-* **Hard points (TSP)**: :class:`~pvdal_ns.model_components.hard_points.HardPoints` — the σ and colour losses use only the top
-  fraction of each ray's sample weights (teacher ∪ student), leaving out rays of low opacity; the model
+* **Hard points (TSP)**: :class:`~pvdal_ns.model_components.hard_points.HardPoints` — the σ and colour losses use
+  only the top fraction of each ray's sample weights (teacher ∪ student), leaving out rays of low opacity; the model
   applies it (it holds the weights), :attr:`ActiveLearning.hard_points` says when.
 
 :class:`ActiveLearning` is the one owner of all three: which levels are on (from the config and the
@@ -352,7 +352,8 @@ class ActiveLearning(nn.Module):
                 "hard_ray_ids": torch.cat(self.hard_ray_ids) if self.hard_ray_ids else torch.zeros(0, dtype=torch.long)}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.from_pool, self.image_size, self.heat = state["from_pool"].cpu(), tuple(state["image_size"]), state["heat"].cpu()
+        self.from_pool, self.image_size, self.heat = (state["from_pool"].cpu(), tuple(state["image_size"]),
+                                                      state["heat"].cpu())
         self.hard_ray_ids = [state["hard_ray_ids"].cpu()]
 
     def start_epoch(self, num_poses: int, image_size) -> None:

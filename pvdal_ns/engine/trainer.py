@@ -127,7 +127,8 @@ class GuardedOptimizers(Optimizers):
         self._overflowed_in_a_row += 1
         scale = grad_scaler.get_scale() * grad_scaler.get_backoff_factor()  # after the trainer's update()
         if scale < AMP_SCALE_FLOOR:
-            raise TrainingStoppedError(f"{self._overflowed_in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients under "
+            raise TrainingStoppedError(f"{self._overflowed_in_a_row} steps in a row up to step {self.step} had NaN or "
+                   "Inf gradients under "
                    f"mixed precision, bringing the gradient scale to {scale:.3g}, so training stopped; "
                    f"{self._last_checkpoint()}. Lower the learning rates, check the teacher or train without mixed "
                    "precision")
@@ -142,8 +143,8 @@ class GuardedOptimizers(Optimizers):
             saved = sorted(self.checkpoint_dir.glob("step-*.ckpt"))
             last = (f"the last checkpoint, {saved[-1]}, holds the model before them" if saved
                     else "no checkpoint was saved")
-            raise TrainingStoppedError(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf gradients, so training "
-                   f"stopped; {last}. Lower the learning rates or check the teacher")
+            raise TrainingStoppedError(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf "
+                   f"gradients, so training stopped; {last}. Lower the learning rates or check the teacher")
 
     def _last_checkpoint(self) -> str:
         """Where the last checkpoint of the run is, in words."""
@@ -194,8 +195,8 @@ class PVDTrainerConfig(TrainerConfig):
             return
         if pipeline.distils and pipeline.blockwise and pipeline.stage1_steps + pipeline.stage2_steps >= steps:
             raise BadInputError(f"--pipeline.stage1-steps {pipeline.stage1_steps} and --pipeline.stage2-steps "
-                                f"{pipeline.stage2_steps} leave no step of stage 3 in a run of {steps} steps: shorten them, "
-                                "or leave them out to scale the preset's with --max-num-iterations")
+                                f"{pipeline.stage2_steps} leave no step of stage 3 in a run of {steps} steps: "
+                                "shorten them, or leave them out to scale the preset's with --max-num-iterations")
 
 
 class PVDTrainer(Trainer):
@@ -235,7 +236,8 @@ class PVDTrainer(Trainer):
                 return folder / f"step-{self.config.load_step:09d}.ckpt"
             saved = sorted(folder.glob("step-*.ckpt"))
             if not saved:
-                raise BadInputError(f"--load-dir {folder} holds no step-*.ckpt checkpoint: give the run's nerfstudio_models folder")
+                raise BadInputError(f"--load-dir {folder} holds no step-*.ckpt checkpoint: give the run's "
+                                    "nerfstudio_models folder")
             return saved[-1]
         return None if self.config.load_checkpoint is None else Path(self.config.load_checkpoint)
 
@@ -248,15 +250,18 @@ class PVDTrainer(Trainer):
             try:
                 load_checkpoint(path)
             except Exception as error:  # noqa: BLE001 — every unreadable file gets the same one line
-                reason = "is not there" if not path.exists() else f"cannot be read as a checkpoint ({type(error).__name__})"
+                reason = ("is not there" if not path.exists()
+                          else f"cannot be read as a checkpoint ({type(error).__name__})")
                 raise BadInputError(f"checkpoint {path} {reason}: resume from another one (--load-step) or start "
                                     "again") from None
         super()._load_checkpoint()
         if self._start_step > 0:
-            self.step = self._start_step - 1  # the checkpoint's step, what a run with no step left saves again at its end
+            # the checkpoint's step, what a run with no step left saves again at its end
+            self.step = self._start_step - 1
             planned = self.config.max_num_iterations
             self.config.max_num_iterations = max(0, planned - self._start_step)
-            CONSOLE.log(f"Resuming at step {self._start_step}: {self.config.max_num_iterations} more, to step {planned}")
+            CONSOLE.log(f"Resuming at step {self._start_step}: {self.config.max_num_iterations} more, "
+                        f"to step {planned}")
 
     def save_checkpoint(self, step: int) -> None:
         """nerfstudio's checkpoint (the same keys), written to a hidden name beside the folder and renamed into it:

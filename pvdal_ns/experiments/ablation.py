@@ -96,8 +96,8 @@ class AblationSettings:
 
 def _run_row(settings: AblationSettings, row: str, seed: int, output_dir: Path) -> dict:
     experiment = f"{row.replace('/', '').replace(' ', '-')}-seed{seed}"
-    config = distillation_config(Path(settings.teacher_config), settings.student, size_of(settings.small), Path(settings.scene),
-                                 output_dir, experiment, settings.steps)
+    config = distillation_config(Path(settings.teacher_config), settings.student, size_of(settings.small),
+                                 Path(settings.scene), output_dir, experiment, settings.steps)
     config.machine.seed = seed
     ROWS[row](config)
     trained = run_and_evaluate(config, f"{row} (seed {seed})", "student", resume=True)  # a killed row continues
@@ -136,7 +136,8 @@ def run_ablation(settings: AblationSettings, rows: Sequence[str], seeds: Sequenc
             started = time.perf_counter()
             done.append(_run_row(settings, row, seed, output_dir))
             CONSOLE.log(f"{row} (seed {seed}): {done[-1]['psnr']:.2f} dB in {time.perf_counter() - started:.0f} s")
-            payload = {"settings": settings.__dict__, "device": device_description(), "versions": versions(), "runs": done}
+            payload = {"settings": settings.__dict__, "device": device_description(), "versions": versions(),
+                       "runs": done}
             write_atomic(record, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
     chosen = [r for r in done if r["seed"] in seeds]
     summary = summarise(chosen, rows)

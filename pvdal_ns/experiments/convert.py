@@ -50,8 +50,8 @@ def dataparser_for(data: Path) -> DataParserConfig:
             return ColmapDataParserConfig(data=data, colmap_path=Path(model),
                                           load_3D_points=(data / model / "points3D.txt").is_file()
                                           or (data / model / "points3D.bin").is_file())
-    raise BadInputError(f"--data {data} is not a scene folder nerfstudio reads: it has no transforms_train.json (blender), "
-                    "transforms.json (nerfstudio-data, from ns-process-data) or sparse/0 (colmap)")
+    raise BadInputError(f"--data {data} is not a scene folder nerfstudio reads: it has no transforms_train.json "
+                    "(blender), transforms.json (nerfstudio-data, from ns-process-data) or sparse/0 (colmap)")
 
 
 def _check_images(data: Path, transforms: Sequence[str], suffix: str) -> None:
@@ -65,8 +65,8 @@ def _check_images(data: Path, transforms: Sequence[str], suffix: str) -> None:
             continue
     missing = [n for n in names if not (data / (n if Path(n).suffix else n + suffix)).exists()]
     if missing:
-        raise BadInputError(f"--data {data}: {len(missing)} of the {len(names)} images its transforms files name are missing "
-                        f"(first: {missing[0]}): copy them in, or pass the whole scene folder")
+        raise BadInputError(f"--data {data}: {len(missing)} of the {len(names)} images its transforms files name "
+                        f"are missing (first: {missing[0]}): copy them in, or pass the whole scene folder")
 
 
 def count_parameters(pipeline) -> int:
@@ -103,7 +103,8 @@ def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path
             raise BadInputError(f"--data {data} does not exist")
         return data
     recorded = Path(teacher.pipeline.datamanager.data or teacher.pipeline.datamanager.dataparser.data)
-    candidates = [recorded] if recorded.is_absolute() else [Path.cwd() / recorded, *(p / recorded for p in teacher_path.parents)]
+    candidates = ([recorded] if recorded.is_absolute()
+                  else [Path.cwd() / recorded, *(p / recorded for p in teacher_path.parents)])
     for candidate in candidates:
         if candidate.exists():
             return candidate.resolve()
@@ -174,8 +175,8 @@ def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[Tra
         run = run or train(config, f"{name}: training")
         mark_finished(run.config_path, run.seconds, run.steps, run.start_step)
     result = evaluate(run.pipeline, f"{name}: evaluating")
-    report = model_report(name, role, config.method_name, result, run.seconds, count_parameters(run.pipeline), run.steps,
-                          run.config_path, cached=cached, resumed_at=run.start_step)
+    report = model_report(name, role, config.method_name, result, run.seconds, count_parameters(run.pipeline),
+                          run.steps, run.config_path, cached=cached, resumed_at=run.start_step)
     return Trained(report, result)
 
 
@@ -201,7 +202,8 @@ def cached_teacher(architecture: str, size: Size, data: Path, output_dir: Path, 
             CONSOLE.log(f"Reusing the cached teacher {config_path} (delete {record} to retrain)")
             return run_and_evaluate(config, name, "teacher", FinishedRun(config_path, info["seconds"], steps))
     trained = run_and_evaluate(config, name, "teacher", resume=True)  # a killed teacher continues
-    info = {"config": trained.report.config, "method": trained.report.method, "seconds": trained.report.train_seconds, "data": str(data)}
+    info = {"config": trained.report.config, "method": trained.report.method, "seconds": trained.report.train_seconds,
+            "data": str(data)}
     write_atomic(record, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return trained
 
@@ -222,7 +224,8 @@ def distillation_config(teacher_path: Path, architecture: str, size: Size, data:
     config = student_config(architecture, size, data, output_dir, experiment, steps, teacher_path)
     theirs = teacher.pipeline.datamanager.dataparser
     if type(config.pipeline.datamanager.dataparser) is not type(theirs):
-        raise BadInputError(f"--data {data} is a {_kind(config.pipeline.datamanager.dataparser)} scene, but the teacher was "
+        raise BadInputError(f"--data {data} is a {_kind(config.pipeline.datamanager.dataparser)} scene, but the "
+                        "teacher was "
                         f"trained on a {_kind(theirs)} one: a student learns its teacher's scene; leave --data out or "
                         "pass the teacher's scene folder")
     config.pipeline.datamanager.dataparser = copy.deepcopy(theirs)
@@ -239,7 +242,8 @@ def _check_shared_cameras(teacher: TrainerConfig, teacher_path: Path, data: Path
     the teacher's scene folder is not on this machine or ``data`` is that folder.
 
     Raises:
-        BadInputError: no training camera centre of ``data`` lies within 1e-4 of the scene box's size of the teacher's."""
+        BadInputError: no training camera centre of ``data`` lies within 1e-4 of the scene box's size of the
+            teacher's."""
     try:
         recorded = resolve_data(teacher, teacher_path, None)
     except BadInputError:
@@ -257,7 +261,8 @@ def _check_shared_cameras(teacher: TrainerConfig, teacher_path: Path, data: Path
     ours, _ = centres(data)
     tolerance = 1e-4 * float((box[1] - box[0]).norm())
     if not bool((torch.cdist(ours, theirs).min(dim=1).values < tolerance).any()):
-        raise BadInputError(f"--data {data} shares no training camera with the teacher's scene {recorded}: it is another "
+        raise BadInputError(f"--data {data} shares no training camera with the teacher's scene {recorded}: it is "
+                        "another "
                         "scene; a student learns its teacher's scene, so leave --data out or pass that scene's folder")
 
 
@@ -280,15 +285,17 @@ def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path,
         config.pipeline.teacher_renders_only = renders_only
         config.pipeline.finetune_steps = finetune_steps
         if finetune_steps >= config.max_num_iterations:
-            raise BadInputError(f"--finetune-steps {finetune_steps} leaves none of the {config.max_num_iterations} steps of "
-                            f"{config.method_name} to distil: make it smaller")
+            raise BadInputError(f"--finetune-steps {finetune_steps} leaves none of the {config.max_num_iterations} "
+                            f"steps of {config.method_name} to distil: make it smaller")
     runs: List[Union[TrainResult, FinishedRun, None]] = [reuse_or_resume(c) if resume else None for c in configs]
     todo = [i for i, run in enumerate(runs) if run is None]
     if together and len(todo) > 1:
-        trained = train_together([configs[i] for i in todo], f"students ({', '.join(students[i] for i in todo)}): training")
+        trained = train_together([configs[i] for i in todo],
+                                 f"students ({', '.join(students[i] for i in todo)}): training")
         for i, run in zip(todo, trained):
             runs[i] = run
-    return [run_and_evaluate(config, f"student ({arch})", "student", run) for config, arch, run in zip(configs, students, runs)]
+    return [run_and_evaluate(config, f"student ({arch})", "student", run)
+            for config, arch, run in zip(configs, students, runs)]
 
 
 def finish(output_dir: Path, models: List[Trained], started: float, extra: dict) -> None:
@@ -305,7 +312,8 @@ def finish(output_dir: Path, models: List[Trained], started: float, extra: dict)
 
 
 def check_teacher(path: Path, role: str = "teacher") -> TrainerConfig:
-    """Read a teacher's (or another ``role``'s) config or raise :class:`BadInputError` with the loader's one-line reason."""
+    """Read a teacher's (or another ``role``'s) config or raise :class:`BadInputError` with the loader's one-line
+    reason."""
     try:
         return read_trainer_config(path.expanduser().resolve(), role)
     except TeacherLoadError as err:

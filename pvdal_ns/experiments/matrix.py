@@ -95,7 +95,8 @@ def run_matrix(settings: MatrixSettings, teachers: Sequence[str], students: Sequ
                     **_record(student), "delta": student.report.psnr - teacher.report.psnr,
                     "settings": settings.pair_key(teacher_arch, student_arch)}
             record["pairs"].append(pair)
-            CONSOLE.log(f"{teacher_arch} → {student_arch}: {pair['psnr']:.2f} dB ({pair['delta']:+.2f} against the teacher)")
+            CONSOLE.log(f"{teacher_arch} → {student_arch}: {pair['psnr']:.2f} dB "
+                        f"({pair['delta']:+.2f} against the teacher)")
         save()
     save()
     write_atomic(output_dir / "matrix.md", lambda p: p.write_text(markdown_table(record, teachers, students)))

@@ -110,7 +110,8 @@ class PVDField(SpaceBuffers, Field):
 
     Attributes:
         contracted: Bool[Tensor, ""] buffer, False at construction: whether positions go through the scene
-            contraction (:class:`~pvdal_ns.field_components.scene_space.SceneSpace`); set by the model, kept in checkpoints.
+            contraction (:class:`~pvdal_ns.field_components.scene_space.SceneSpace`); set by the model, kept in
+            checkpoints.
     """
 
     has_volume_feature: bool = True
@@ -157,8 +158,9 @@ class PVDField(SpaceBuffers, Field):
         """Evaluate the field at world positions; ϕ² runs only when ``directions`` is given.
 
         Every output is float32, also under ``torch.autocast`` (mixed precision), where the MLPs compute in
-        float16 or bfloat16: losses and compositing (:func:`pvdal_ns.model_components.sampling.composite`) work in float32, as
-        nerfstudio's renderers do (its ``NerfactoField`` casts its density and colour to the positions' dtype).
+        float16 or bfloat16: losses and compositing (:func:`pvdal_ns.model_components.sampling.composite`) work in
+        float32, as nerfstudio's renderers do (its ``NerfactoField`` casts its density and colour to the positions'
+        dtype).
 
         Args:
             positions: Float[Tensor, "*bs 3"] world positions; directions: Float[Tensor, "*bs 3"] unit vectors.

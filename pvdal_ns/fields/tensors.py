@@ -41,8 +41,8 @@ def trilinear(table: Float[Tensor, "R3 C"], resolution: int, x: Float[Tensor, "*
     at normalised positions (corner-aligned, [0, 1]^3).
 
     The 8 corner rows are gathered with ``embedding(sparse=True)``, so the gradient holds only those
-    rows: on a CPU this is ~10× faster than ``grid_sample`` on a 5-D tensor (docs/design.md, "nerfstudio 1.1.5"), and the
-    optimiser (``SparseAdam``) updates only touched voxels.
+    rows: on a CPU this is ~10× faster than ``grid_sample`` on a 5-D tensor (docs/design.md, "nerfstudio 1.1.5"), and
+    the optimiser (``SparseAdam``) updates only touched voxels.
     """
     p = x.reshape(-1, 3) * (resolution - 1)
     i0 = p.floor().clamp(0, resolution - 2)

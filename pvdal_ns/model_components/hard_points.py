@@ -10,7 +10,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
-def top_fraction_per_ray(weights: Float[Tensor, " M"], ray_ids: Int[Tensor, " M"], fraction: float) -> Bool[Tensor, " M"]:
+def top_fraction_per_ray(weights: Float[Tensor, " M"], ray_ids: Int[Tensor, " M"],
+                         fraction: float) -> Bool[Tensor, " M"]:
     """The ``ceil(fraction · n)`` largest of each ray's n weights, on packed samples (the per-ray
     selection f_sp of Eq. 11; Algorithm 1's ``sortedPW[:Nsp]``).
 

@@ -71,7 +71,8 @@ class OccupancyGrid(SpaceBuffers, OccGridEstimator):
         cells = torch.zeros_like(self.binaries[0], dtype=torch.float32)
         cells[idx[:, 0], idx[:, 1], idx[:, 2]] = 1.0
         if dilation > 0:
-            cells = torch.nn.functional.max_pool3d(cells[None, None], 2 * dilation + 1, stride=1, padding=dilation)[0, 0]
+            cells = torch.nn.functional.max_pool3d(cells[None, None], 2 * dilation + 1, stride=1,
+                                                   padding=dilation)[0, 0]
         self.binaries[0] = cells > 0
         self.occs[:] = cells.flatten()  # nerfacc's running occupancy; only ``binaries`` decides sampling
 

@@ -2,14 +2,14 @@
 and how they are rendered.
 
 A bounded scene: nerfstudio's ``UniformSampler`` places ``S`` samples on every ray's segment inside the scene
-box. An unbounded one (contracted, :mod:`pvdal_ns.field_components.scene_space`): nerfstudio's ``UniformLinDispPiecewiseSampler``
-(nerfacto's initial sampler) places half of them in the first world unit and half linearly in disparity out
-to the far plane. The samples in empty cells of the occupancy grid are masked out, and, where the sampling
-says so, so are the samples behind an opaque surface (transmittance below ``early_stop_eps``; on by default
+box. An unbounded one (contracted, :mod:`pvdal_ns.field_components.scene_space`): nerfstudio's
+``UniformLinDispPiecewiseSampler`` (nerfacto's initial sampler) places half of them in the first world unit and half
+linearly in disparity out to the far plane. The samples in empty cells of the occupancy grid are masked out, and, where
+the sampling says so, so are the samples behind an opaque surface (transmittance below ``early_stop_eps``; on by default
 in contracted scenes) and the nearly transparent ones (opacity below ``alpha_thre``; off by default), with
 nerfacc's ``render_visibility_from_density``: fields are evaluated only where they add to the image (a
-batched torch stand-in for nerfacc's packed ray marching, which needs CUDA). The same ``(RaySamples, mask)`` pair is what
-the teacher is queried at and the student is trained at; both are rendered by :func:`composite` with
+batched torch stand-in for nerfacc's packed ray marching, which needs CUDA). The same ``(RaySamples, mask)`` pair is
+what the teacher is queried at and the student is trained at; both are rendered by :func:`composite` with
 nerfstudio's renderers.
 """
 

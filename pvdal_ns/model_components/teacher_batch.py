@@ -66,8 +66,9 @@ class TeacherBatch:
 def points_batch(ray_samples: RaySamples, mask: Bool[Tensor, "R S"], points: PointOutputs,
                  background: Float[Tensor, "R 3"], stage: int, renderer_rgb: RGBRenderer) -> TeacherBatch:
     """The :class:`TeacherBatch` of a teacher that knows ``points`` at the M = mask.sum() masked samples, as
-    far as ``stage`` (1–3) needs it: composited on ``background`` (:func:`~pvdal_ns.model_components.sampling.composite`, with
-    ``renderer_rgb``) in stage 3 only. Shared by live teachers and the teacher cache."""
+    far as ``stage`` (1–3) needs it: composited on ``background``
+    (:func:`~pvdal_ns.model_components.sampling.composite`, with ``renderer_rgb``) in stage 3 only. Shared by live
+    teachers and the teacher cache."""
     if stage < 3:
         return TeacherBatch(ray_samples, mask, points, None, None, None, background)
     out = composite(ray_samples, mask, points, renderer_rgb, background)

@@ -137,15 +137,15 @@ class PVDModel(Model):
         self.regularize_distillation = True
         """ω₅·L_reg in distillation; off once :meth:`warm_start` made the student its teacher."""
         self.comparison: Optional[Callable[[RayBundle, Dict[str, Tensor]], Dict[str, Tensor]]] = None
-        """Set while a viewer holds a teacher (``pvdal_ns.viewer.conversion_panel.TeacherComparison``): the outputs it adds to
-        each camera's render (:meth:`get_outputs_for_camera_ray_bundle`)."""
+        """Set while a viewer holds a teacher (``pvdal_ns.viewer.conversion_panel.TeacherComparison``): the outputs it
+        adds to each camera's render (:meth:`get_outputs_for_camera_ray_bundle`)."""
 
     def set_space(self, contracted: bool) -> None:
-        """Contract space or not (:mod:`pvdal_ns.field_components.scene_space`): the field's and the grid's coordinates, the collider
-        and the sampler (:class:`~pvdal_ns.model_components.sampling.Sampling`). Runs at setup and after a checkpoint is loaded,
-        whose setting wins. The new sampler jitters only if the model is in training mode: nerfstudio's
-        ``eval_setup`` calls ``pipeline.eval()`` before it loads the checkpoint, so a sampler built by the load
-        in training mode would jitter every render of ``ns-render`` and ``ns-eval``."""
+        """Contract space or not (:mod:`pvdal_ns.field_components.scene_space`): the field's and the grid's coordinates,
+        the collider and the sampler (:class:`~pvdal_ns.model_components.sampling.Sampling`). Runs at setup and after a
+        checkpoint is loaded, whose setting wins. The new sampler jitters only if the model is in training mode:
+        nerfstudio's ``eval_setup`` calls ``pipeline.eval()`` before it loads the checkpoint, so a sampler built by the
+        load in training mode would jitter every render of ``ns-render`` and ``ns-eval``."""
         self.sampling = self.config.sampling(self.scene_box, contracted)
         self.field.set_contracted(contracted)
         self.occupancy_grid.set_contracted(contracted)
@@ -198,7 +198,8 @@ class PVDModel(Model):
                     f"({', '.join(parts)})")
         if len(copied) == len(learned):
             self.regularize_distillation = False
-            CONSOLE.log("The student starts as its teacher: no L_reg while distilling (the teacher's training applied it)")
+            CONSOLE.log("The student starts as its teacher: no L_reg while distilling "
+                        "(the teacher's training applied it)")
         return sorted(copied)
 
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
@@ -214,7 +215,9 @@ class PVDModel(Model):
             CONSOLE.log(f"Step {step}: distillation stage {stage}")
         self.step, self.stage, self.hard_points = step, stage, hard_points
 
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
         """Occupancy-grid updates from the field's own density (nerfacc EMA), unless distilling."""
         def update_grid(step: int) -> None:
             if self.distillation is not None:
@@ -234,9 +237,9 @@ class PVDModel(Model):
     def sample(
         self, ray_bundle: RayBundle, sampler: Optional[SpacedSampler] = None
     ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-        """Occupancy-masked samples of the rays (:class:`~pvdal_ns.model_components.sampling.Sampling`), less those hidden or (except
-        while training from images) nearly transparent where the sampling culls (:func:`~pvdal_ns.model_components.sampling.visible`;
-        a density pass without gradients).
+        """Occupancy-masked samples of the rays (:class:`~pvdal_ns.model_components.sampling.Sampling`), less those
+        hidden or (except while training from images) nearly transparent where the sampling culls
+        (:func:`~pvdal_ns.model_components.sampling.visible`; a density pass without gradients).
 
         Args:
             sampler: the sampler to use instead of the model's own (which jitters in training mode only).
@@ -263,7 +266,8 @@ class PVDModel(Model):
         points: PointOutputs,
         background: Optional[Union[str, Float[Tensor, "R 3"]]] = None,
     ) -> Dict[str, Tensor]:
-        """:func:`~pvdal_ns.model_components.sampling.composite` with this model's RGB renderer (its background when None)."""
+        """:func:`~pvdal_ns.model_components.sampling.composite` with this model's RGB renderer (its background when
+        None)."""
         return composite(ray_samples, mask, points, self.renderer_rgb, background)
 
     def forward(self, ray_bundle: RayBundle, teacher: Optional[TeacherBatch] = None) -> Dict[str, Any]:
@@ -286,7 +290,8 @@ class PVDModel(Model):
     @torch.no_grad()
     def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """nerfstudio's render of a camera's RayBundle [H, W] (outputs [H, W, C]), and, while the viewer holds a
-        teacher, the :attr:`comparison` outputs (``teacher_rgb``, ``error``, ``split``, …; docs/design.md, "The viewer")."""
+        teacher, the :attr:`comparison` outputs (``teacher_rgb``, ``error``, ``split``, …; docs/design.md,
+        "The viewer")."""
         outputs = super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)
         if self.comparison is not None:
             outputs.update(self.comparison(camera_ray_bundle, outputs))
@@ -310,7 +315,8 @@ class PVDModel(Model):
         points = self.query(teacher.ray_samples, teacher.mask, with_rgb=self.stage >= 2)
         loss = self.distillation.loss
         if loss.clip_mode == "forward" and loss.density_clip is not None and teacher.points is not None:
-            points, teacher = clamp_density(points, loss.density_clip), self._clamped_teacher(teacher, loss.density_clip)
+            points, teacher = (clamp_density(points, loss.density_clip),
+                               self._clamped_teacher(teacher, loss.density_clip))
         outputs: Dict[str, Any] = {"points": points, "teacher_points": teacher.points}
         if self.stage == 3:
             outputs.update(self.composite(teacher.ray_samples, teacher.mask, points, teacher.background))

@@ -166,8 +166,8 @@ class DistillationPipeline(VanillaPipeline):
     def _contraction(self, dataset, distilling: bool) -> bool:
         """Whether the student contracts space (``--pipeline.model.scene-contraction``): "on" / "off" as
         given; "auto" as a teacher whose config says (nerfacto, instant-ngp), else when most training cameras
-        stand inside the scene box (:func:`~pvdal_ns.field_components.scene_space.cameras_inside_box`). A teacher with a grid of its
-        own decides again once it is open (:meth:`_teacher_space`). One log line says which and why."""
+        stand inside the scene box (:func:`~pvdal_ns.field_components.scene_space.cameras_inside_box`). A teacher with a
+        grid of its own decides again once it is open (:meth:`_teacher_space`). One log line says which and why."""
         option = self.config.model.scene_contraction
         if option != "auto":
             return option == "on"
@@ -179,9 +179,11 @@ class DistillationPipeline(VanillaPipeline):
             contracted = hint
         else:
             contracted = cameras_inside_box(dataset.cameras.camera_to_worlds[:, :, 3], dataset.scene_box.aabb)
-            why = "the training cameras stand inside the scene box" if contracted else "the training cameras orbit outside the scene box"
+            why = ("the training cameras stand inside the scene box" if contracted
+                   else "the training cameras orbit outside the scene box")
         if self.test_mode == "val":
-            CONSOLE.log(f"Scene contraction {'on' if contracted else 'off'}: {why} (--pipeline.model.scene-contraction)")
+            CONSOLE.log(f"Scene contraction {'on' if contracted else 'off'}: {why} "
+                        "(--pipeline.model.scene-contraction)")
         return contracted
 
     def _teacher_space(self, teacher: Teacher, contracted: bool) -> bool:
@@ -193,7 +195,8 @@ class DistillationPipeline(VanillaPipeline):
         own = bool(teacher.occupancy_grid.contracted)
         option = self.config.model.scene_contraction
         if option != "auto" and own != (option == "on"):
-            raise BadInputError(f"teacher {teacher.name} ({teacher.source}) {'contracts' if own else 'does not contract'} "
+            raise BadInputError(f"teacher {teacher.name} ({teacher.source}) "
+                                   f"{'contracts' if own else 'does not contract'} "
                                    f"space, and --pipeline.model.scene-contraction {option} asks the opposite: the "
                                    "student samples in its teacher's grid; leave the option at auto")
         if own != contracted:
@@ -255,7 +258,8 @@ class DistillationPipeline(VanillaPipeline):
         points = Capability.POINTS in capabilities
         align = field_class.has_volume_feature and Capability.VOLUME_FEATURE in capabilities
         if points and not align:
-            who = f"student ({field_class.__name__})" if not field_class.has_volume_feature else f"teacher ({teacher.name})"
+            who = (f"student ({field_class.__name__})" if not field_class.has_volume_feature
+                   else f"teacher ({teacher.name})")
             CONSOLE.log(f"Stage 1 and L_v skipped: the {who} has no ϕ¹ volume feature")
         elif align and config.loss.volume_weight <= 0:
             align = False
@@ -264,7 +268,9 @@ class DistillationPipeline(VanillaPipeline):
         return Distillation(grid, stages, config.loss, align)
 
     # --- training -------------------------------------------------------------------------------------
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
         """nerfstudio's (datamanager's and model's), and when distilling, before every step: the teacher cache
         written on the first (serial mode), then :meth:`set_step`. The run's last step is where the trainer stops
         (a resumed run: its start plus the steps left; :class:`~pvdal_ns.engine.trainer.PVDTrainer`)."""

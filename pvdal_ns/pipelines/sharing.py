@@ -27,9 +27,9 @@ TEACHER_KEYS = ("teacher", "checkpoint", "scene_box", "grid_resolution", "num_sa
 
 def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: Cameras) -> Dict[str, Any]:
     """What a pseudo-label batch depends on: the teacher (config.yml and its newest checkpoint), where the
-    shared samples lie (scene box, contraction, grid, samples per ray, threshold, early stop, alpha threshold), the rays per batch, the novel poses
-    (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the training cameras
-    (digest), renders-only distillation, and whether they come from a teacher cache (serial mode).
+    shared samples lie (scene box, contraction, grid, samples per ray, threshold, early stop, alpha threshold), the rays
+    per batch, the novel poses (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the
+    training cameras (digest), renders-only distillation, and whether they come from a teacher cache (serial mode).
 
     A teacher cache stores it (``written_for`` in meta.json) and refuses a run whose key differs; during
     :func:`sharing`, students with equal keys train on one source of batches, and those with equal
@@ -44,7 +44,8 @@ def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: C
         ckpt = newest_checkpoint(path, read_trainer_config(path))
         teacher, checkpoint = str(path), f"{ckpt.name} ({ckpt.stat().st_size} bytes)"
     dm = config.datamanager
-    camera_values = [cameras.camera_to_worlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height]
+    camera_values = [cameras.camera_to_worlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width,
+                     cameras.height]
     digest = hashlib.sha1(torch.cat([v.flatten().double() for v in camera_values]).cpu().numpy().tobytes())
     return {
         "teacher": teacher, "checkpoint": checkpoint,
@@ -65,8 +66,9 @@ _SHARED: Optional[Dict[str, Any]] = None
 @contextlib.contextmanager
 def sharing() -> Iterator[None]:
     """While active, pipelines set up share what their :func:`batch_key` says they can: one loaded teacher
-    for equal teacher entries, one :class:`~pvdal_ns.data.datamanager.PseudoLabels` for equal keys (several students, one teacher pass
-    per batch). The first pipeline to make a source of batches leads it: its errors drive active learning."""
+    for equal teacher entries, one :class:`~pvdal_ns.data.datamanager.PseudoLabels` for equal keys (several students,
+    one teacher pass per batch). The first pipeline to make a source of batches leads it: its errors drive active
+    learning."""
     global _SHARED
     _SHARED = {}
     try:

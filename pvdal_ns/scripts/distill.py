@@ -108,9 +108,11 @@ class Run:
         data = resolve_data(teacher_config, teacher_path, self.data)
         out = self.output_dir.resolve()
         cache = None if self.teacher_cache is None else self.teacher_cache.expanduser().resolve()
-        students = convert(teacher_path, list(self.student), size_of(self.small), data, out, {a: self.steps for a in self.student},
+        students = convert(teacher_path, list(self.student), size_of(self.small), data, out,
+                           {a: self.steps for a in self.student},
                            f"from-{teacher_config.method_name}", together=not self.separately,
-                           teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib, renders_only=self.renders_only,
+                           teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib,
+                           renders_only=self.renders_only,
                            finetune_steps=self.finetune_steps, resume=self.resume)
         extra = {"command": command, "teacher_config": str(teacher_path), "scene": str(data)}
         if cache is not None:
@@ -160,7 +162,8 @@ class Ablation:
         from pvdal_ns.experiments.convert import cached_teacher, check_teacher
 
         if self.teacher is None:
-            teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, self.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
+            teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, self.teacher_dir.resolve(),
+                                     DEMO_TEACHER_STEPS)
             teacher_path = Path(teacher.report.config)
         else:
             teacher_path = self.teacher.expanduser().resolve()
@@ -301,7 +304,8 @@ def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) ->
             per_architecture = getattr(command, what)
             for arch, steps in (per_architecture.items() if isinstance(per_architecture, dict) else ()):
                 if arch not in ARCHITECTURES:
-                    raise SystemExit(_error(f"--{what.replace('_', '-')} names {arch!r}, not one of {', '.join(ARCHITECTURES)}"))
+                    raise SystemExit(_error(f"--{what.replace('_', '-')} names {arch!r}, "
+                                            f"not one of {', '.join(ARCHITECTURES)}"))
                 if steps < 1:
                     raise SystemExit(_error(f"--{what.replace('_', '-')} {arch} must be at least 1, got {steps}"))
     if isinstance(command, Ablation) and command.steps is not None and command.steps < 1:
@@ -315,7 +319,8 @@ def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) ->
             raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
         if (command.student, command.size) not in PRESETS:
             sizes = [a for a in ARCHITECTURES if (a, command.size) in PRESETS]
-            raise SystemExit(_error(f"--size {command.size} exists for {' and '.join(sizes)} students only, not {command.student}"))
+            raise SystemExit(_error(f"--size {command.size} exists for {' and '.join(sizes)} students only, "
+                                    f"not {command.student}"))
     if isinstance(command, (Run, Ablation, Compare)) and command.teacher is not None:
         path = command.teacher.expanduser()
         if not path.is_file():
@@ -334,7 +339,8 @@ def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) ->
         if len(set(command.student)) != len(command.student):
             raise SystemExit(_error(f"--student names an architecture twice: {' '.join(command.student)}"))
         if command.finetune_steps < 0 or (command.steps is not None and command.finetune_steps >= command.steps):
-            raise SystemExit(_error(f"--finetune-steps must be at least 0 and below --steps, got {command.finetune_steps}"))
+            raise SystemExit(_error(f"--finetune-steps must be at least 0 and below --steps, "
+                                    f"got {command.finetune_steps}"))
         if command.teacher_cache_gib <= 0:
             raise SystemExit(_error(f"--teacher-cache-gib must be positive, got {command.teacher_cache_gib}"))
         cache = command.teacher_cache

@@ -123,7 +123,9 @@ class ModelTeacher(Teacher):
     def name(self) -> str:
         return type(self.model).__name__
 
-    def _query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
+    def _query_points(
+        self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]
+    ) -> PointOutputs:
         """The model at N ≥ 1 world positions (colour only with ``directions``); subclasses implement it."""
         raise NotImplementedError(f"{self.name} has no field to query at points")
 
@@ -171,7 +173,8 @@ class ModelTeacher(Teacher):
         for start in range(0, len(ray_bundle), chunk):
             rays = ray_bundle[start : start + chunk]
             out = self._render(rays, torch.zeros(len(rays), 3, device=rays.origins.device), 3, self.image_sampler)
-            parts.append({"rgb": out.rgb, "accumulation": out.accumulation, "depth": _DEPTH(out.weights, out.ray_samples)})
+            parts.append({"rgb": out.rgb, "accumulation": out.accumulation,
+                          "depth": _DEPTH(out.weights, out.ray_samples)})
         return {key: torch.cat([part[key] for part in parts]) for key in ("rgb", "accumulation", "depth")}
 
     @torch.no_grad()

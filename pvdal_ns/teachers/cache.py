@@ -4,8 +4,8 @@ in memory together, let the teacher generate the data first, then distil the stu
 A run's pseudo-label batches are rendered once by the live teacher and written to a folder; the student
 then distils from the memory-mapped files with no teacher in memory: the cache is a :class:`Teacher` of
 recorded batches. Only the teacher's field outputs at the occupied sample points are stored (the render is
-recomposited on each step's random background with the same :func:`~pvdal_ns.model_components.sampling.composite` the live
-teacher uses):
+recomposited on each step's random background with the same :func:`~pvdal_ns.model_components.sampling.composite` the
+live teacher uses):
 
 - ``rays.f32``     [B·R, 7] float32: origin, direction, pixel area of every ray;
 - ``masks.u8``     [B, ⌈R·S/8⌉] bits: which of the S samples of a ray are occupied (and seen);

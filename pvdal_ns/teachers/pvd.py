@@ -43,7 +43,9 @@ class PVDTeacher(ModelTeacher):
     def warm_start_state(self) -> Dict[str, Tensor]:
         return self.model.field.state_dict()
 
-    def _query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
+    def _query_points(
+        self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]
+    ) -> PointOutputs:
         return self.model.field.query(positions, directions)
 
 

@@ -29,10 +29,10 @@ def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConf
         named = re.search(r"'([^']+)'", err.problem or "")
         if named and named.group(1).split(".")[0] == "pvdal_ns":  # a run of pvdal-ns before its layers had folders
             raise TeacherLoadError(f"{role} config {config_path} names {named.group(1)}, a class path of pvdal-ns from "
-                                   "before its modules moved into layer folders (0.1.0 at commit 03773f9): train the run "
-                                   "again with this version") from None
-        raise TeacherLoadError(f"{role} config {config_path} names {named.group(1) if named else 'a class'}, which cannot "
-                               "be imported here: install the nerfstudio plugin that trained it") from None
+                                   "before its modules moved into layer folders (0.1.0 at commit 03773f9): train "
+                                   "the run again with this version") from None
+        raise TeacherLoadError(f"{role} config {config_path} names {named.group(1) if named else 'a class'}, "
+                               "which cannot be imported here: install the nerfstudio plugin that trained it") from None
     except Exception as err:  # yaml errors, unreadable files
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TeacherLoadError(f"{role} config {config_path} is not a readable nerfstudio config: {first}") from None

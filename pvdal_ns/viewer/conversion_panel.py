@@ -85,7 +85,8 @@ class TeacherComparison:
         rays = camera_ray_bundle.flatten().to(student["rgb"].device)
         teacher = self.teacher.render_rays(rays, self.chunk)
         empty = torch.zeros(1, 1, 3, device=rays.origins.device)
-        background = self.renderer_rgb.combine_rgb(empty, empty[..., :1], background_color=self.renderer_rgb.background_color)
+        background = self.renderer_rgb.combine_rgb(empty, empty[..., :1],
+                                                   background_color=self.renderer_rgb.background_color)
         teacher_rgb = (teacher["rgb"] + (1.0 - teacher["accumulation"]) * background).view(height, width, 3)
         student_rgb = student["rgb"]
         errors = ray_rgb_errors(student_rgb.reshape(-1, 3), teacher_rgb.view(-1, 3))
@@ -227,7 +228,8 @@ class ConversionPanel(nn.Module):
         self.viewer: Optional["Viewer"] = None
         self.on_viewer = _OnViewer(self._attach)
         self.status = ViewerMarkdown("Distillation") if distilling else None
-        self.show_hard_poses = (ViewerCheckbox("Show hard poses", True, cb_hook=lambda box: self._set_visible(box.value),
+        self.show_hard_poses = (ViewerCheckbox("Show hard poses", True,
+                                               cb_hook=lambda box: self._set_visible(box.value),
                                                hint="The hard-pose pool (TCP) as frustums, coloured by their error")
                                 if distilling else None)
         self._frustums: List[viser.CameraFrustumHandle] = []
@@ -246,7 +248,8 @@ class ConversionPanel(nn.Module):
             CONSOLE.log(f"Viewer: {self.teacher.name} renders no rays, so the viewer shows the student alone")
         elif self.teacher is not None:
             model.comparison = TeacherComparison(self.teacher, model.renderer_rgb, self.ray_fraction)  # type: ignore[union-attr]
-            CONSOLE.log(f"Viewer: output types {', '.join(COMPARISON_OUTPUTS)} compare the student with {self.teacher.name}")
+            CONSOLE.log(f"Viewer: output types {', '.join(COMPARISON_OUTPUTS)} compare the student with "
+                        f"{self.teacher.name}")
         viewer.viser_server.on_client_connect(self._first_camera)
         pool = getattr(viewer.pipeline, "active_learning", None)
         if self.status is not None and pool is not None:
