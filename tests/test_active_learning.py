@@ -7,8 +7,8 @@ import torch
 
 from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearningConfig, HardPosePool, HardRayPool
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.model_components.losses import PVDLossConfig, point_losses
 from pvdal_ns.model_components.hard_points import hard_point_mask, top_fraction_per_ray
+from pvdal_ns.model_components.losses import PVDLossConfig, point_losses
 from pvdal_ns.utils.checkpoints import load_checkpoint
 
 

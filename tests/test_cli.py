@@ -88,7 +88,12 @@ def test_ns_distill_run_writes_report(tiny_teacher, tmp_path):
     assert len(model["per_view_psnr"]) == 10
     assert model["psnr"] == pytest.approx(sum(model["per_view_psnr"]) / 10, abs=1e-2)
     assert model["lpips"] is None or 0 <= model["lpips"] <= 1
-    assert {"device", "versions", "peak_memory_gib"} <= set(report)
+    assert {"device", "versions", "peak_memory_gib", "total_train_time", "resources_utilization"} <= set(report)
+    assert report["total_train_time"] == model["train_seconds"] > 0  # nerfbaselines' names: seconds, MiB
+    use = report["resources_utilization"]
+    assert abs(use["memory"] / 1024 - report["peak_memory_gib"]) < 0.01
+    if not torch.cuda.is_available():  # the GPU's peak memory and name only where CUDA was used
+        assert set(use) == {"memory"} and "peak_gpu_memory_gib" not in report
     assert report["command"].startswith("ns-distill run --teacher")
     assert (out / "comparison.png").stat().st_size > 10_000
 
@@ -188,3 +193,18 @@ def test_a_resumed_run_ends_at_the_step_it_was_planned_to_end_at(tiny_teacher, t
     train(resumed, "resumed")
     steps = sorted(int(p.stem.split("-")[-1]) for p in resumed.get_base_dir().glob("nerfstudio_models/step-*.ckpt"))
     assert steps[-1] == 29, steps  # nerfstudio alone would run 30 more steps, to step 50
+
+
+def test_a_run_continues_on_another_device():
+    """The device is not a setting of a run (docs/design.md, "Resume on CUDA, and on another device"): a run killed on a
+    CPU is continued on a GPU; any other change is another run."""
+    from pvdal_ns.engine.resume import same_settings
+    from pvdal_ns.experiments.convert import student_config
+
+    def config(device, steps=30):
+        made = student_config("vm", "small", EMBEDDED_SCENE, Path("out"), "student", steps, None)
+        made.machine.device_type = device
+        return made
+
+    assert same_settings(config("cpu"), config("cuda")) and same_settings(config("cuda"), config("cpu"))
+    assert not same_settings(config("cpu"), config("cuda", steps=40))

@@ -6,10 +6,10 @@ import json
 import typing
 
 import pytest
-
-from pvdal_ns.utils.errors import BadInputError
 import torch
 from conftest import tiny_config, train_step_losses
+
+from pvdal_ns.utils.errors import BadInputError
 
 
 def test_a_same_architecture_student_starts_as_the_teacher(tiny_teacher, tmp_path, capsys):

@@ -242,8 +242,8 @@ def test_ns_train_with_a_teacher_that_cannot_be_loaded_is_refused_in_one_line(tm
 
 
 def test_a_teacher_config_of_a_plugin_not_installed_is_refused_in_one_line(tiny_teacher, tmp_path):
-    from pvdal_ns.utils.run_config import read_trainer_config
     from pvdal_ns.utils.errors import TeacherLoadError
+    from pvdal_ns.utils.run_config import read_trainer_config
 
     other = tmp_path / "config.yml"
     other.write_text(tiny_teacher[0].read_text().replace("pvdal_ns.models.pvd_model.PVDModelConfig",
@@ -434,8 +434,8 @@ def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
 
 def test_a_config_yml_of_pvdal_ns_before_its_layer_folders_is_refused_in_one_line(tmp_path):
     """Nothing was released before the modules moved into layer folders: such a run is refused, not aliased."""
-    from pvdal_ns.utils.run_config import read_trainer_config
     from pvdal_ns.utils.errors import TeacherLoadError
+    from pvdal_ns.utils.run_config import read_trainer_config
 
     config = tmp_path / "config.yml"
     old_path = "pvdal_ns" + ".pipeline.DistillationPipelineConfig"  # the pipeline's class path before the move

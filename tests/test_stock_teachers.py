@@ -17,8 +17,8 @@ from nerfstudio.model_components.scene_colliders import AABBBoxCollider
 
 from pvdal_ns import EMBEDDED_SCENE
 from pvdal_ns.model_components.sampling import Sampling
-from pvdal_ns.teachers import load_teacher
 from pvdal_ns.model_components.teacher_batch import Capability
+from pvdal_ns.teachers import load_teacher
 from pvdal_ns.utils.errors import TeacherLoadError
 
 SAMPLING = Sampling(SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), grid_resolution=32, num_samples=256)
@@ -212,12 +212,39 @@ def _splatfacto_checkpoint(out: Path, num_gaussians: int = 500) -> Path:
     return _untrained_checkpoint(config)
 
 
+def test_gsplat_kernels_that_cannot_load_refuse_a_splatfacto_teacher_in_one_line(monkeypatch):
+    """On a GPU whose gsplat kernels cannot be built or loaded, a splatfacto teacher is refused before anything is
+    built, in one line naming gsplat and the cause: here gsplat found no nvcc (it then disables itself, ``_C`` None);
+    a failed build gives its first compiler error."""
+    import sys
+    import types
+
+    from pvdal_ns.teachers import stock
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "gsplat.cuda._backend", types.SimpleNamespace(_C=None))
+    stock._extension_problem.cache_clear()
+    try:
+        with pytest.raises(TeacherLoadError) as refused:
+            stock.load_splatfacto_teacher(None, {}, 0, "cuda", Path("splat/config.yml"), SAMPLING)
+    finally:
+        stock._extension_problem.cache_clear()
+    message = str(refused.value)
+    assert message == ("teacher splat/config.yml is a splatfacto model, which renders with gsplat, and gsplat found no "
+                       "CUDA toolkit (nvcc) to build its CUDA kernels")
+    build = RuntimeError("Error building extension 'gsplat_cuda': [1/9] /usr/bin/nvcc -c /v/csrc/a.cu -o a.cuda.o\n"
+                         "FAILED: a.cuda.o\n/usr/bin/nvcc -c /v/csrc/a.cu -o a.cuda.o\n"
+                         '/v/gsplat/cuda/csrc/a.cu(12): error: namespace "cub" has no member "Equality"\n1 error')
+    assert stock._compile_error(build) == ("Error building extension 'gsplat_cuda': "
+                                           'a.cu(12): error: namespace "cub" has no member "Equality"')
+
+
 def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_path, capsys):
     """splatfacto loads through the same option, renders only; on a CPU it is refused in one line. Its
     shared sample points lie in the cells of its visible Gaussians."""
-    from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
     from pvdal_ns.teachers.stock import SplatfactoTeacher, build_stock_model
     from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
+    from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
 
     path = _splatfacto_checkpoint(tmp_path)
     with pytest.raises(TeacherLoadError, match="splatfacto model: it renders with gsplat, which needs CUDA"):

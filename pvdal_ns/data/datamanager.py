@@ -10,7 +10,6 @@ images, so ``ns-eval`` measures the student against ground truth.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
@@ -29,8 +28,9 @@ from pvdal_ns.active_learning.active_learning import ActiveLearning
 from pvdal_ns.active_learning.images import write_epoch_images
 from pvdal_ns.cameras.poses import PoseSampler
 from pvdal_ns.model_components.stages import StageSchedule
-from pvdal_ns.teachers import Teacher, TeacherCache, write_cache
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, TeacherImages
+from pvdal_ns.teachers import Teacher, TeacherCache, write_cache
+from pvdal_ns.utils.metrics import synchronized_clock
 
 __all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "PseudoLabels", "float32_intrinsics"]
 
@@ -153,15 +153,18 @@ class PseudoLabels:
 
     def feedback(self, ray_bundle: RayBundle, batch: Dict, errors: Float[Tensor, " R"]) -> Dict[str, Tensor]:
         """Hand one step's per-ray squared RGB errors of the student against the teacher (the batch's R rays)
-        to active learning (TCP statistics, TSR pool); returns its metrics (pool fill, ``al_overhead_ms``)."""
+        to active learning (TCP statistics, TSR pool); returns its metrics (pool fill, ``al_overhead_ms``: the
+        milliseconds of that hand-over, between two :func:`synchronized_clock` readings, so on CUDA the step's
+        queued work is waited for first and not counted; active learning copies its statistics to the CPU and
+        waits for the GPU anyway)."""
         al = self.active_learning
         if not al.active:
             return {}
-        started = time.perf_counter()
+        started = synchronized_clock(self.device)
         errors = errors.detach()
         rays = {"origins": ray_bundle.origins, "directions": ray_bundle.directions, "pixel_area": ray_bundle.pixel_area}
         al.feedback(batch["indices"], rays, errors)
-        return {**al.metrics(), "al_overhead_ms": torch.tensor(1000.0 * (time.perf_counter() - started))}
+        return {**al.metrics(), "al_overhead_ms": torch.tensor(1000.0 * (synchronized_clock(self.device) - started))}
 
     # --- epochs of novel poses --------------------------------------------------------------------------
     def _new_epoch(self) -> None:
@@ -172,10 +175,11 @@ class PseudoLabels:
                                                          self.pose_sampler.pivot))
 
     def _use_poses(self, c2w: Float[Tensor, "N 3 4"]) -> None:
-        """Make the epoch's cameras (the training intrinsics) at ``c2w`` and start its steps."""
+        """Make the epoch's cameras (the training intrinsics) at ``c2w`` (any device) on :attr:`device`, with the
+        ray generator of their pixels there too, and start the epoch's steps."""
         n, cam = len(c2w), self._intrinsics
         self.cameras = Cameras(
-            camera_to_worlds=c2w,
+            camera_to_worlds=c2w.to(cam.camera_to_worlds),  # built beside the (CPU) intrinsics, then moved whole
             fx=cam.fx.expand(n, 1),
             fy=cam.fy.expand(n, 1),
             cx=cam.cx.expand(n, 1),
@@ -186,7 +190,10 @@ class PseudoLabels:
             camera_type=cam.camera_type.expand(n, 1),
         ).to(self.device)
         """The epoch's N cameras (the training intrinsics)."""
-        self.pseudo_ray_generator = RayGenerator(self.cameras)
+        # RayGenerator is an nn.Module whose pixel grid (``image_coords``, a buffer) Cameras.get_image_coords makes
+        # on the CPU whatever the cameras' device: it indexes that grid with the batch's pixels, so it goes where
+        # they are (on CUDA: "indices should be either on cpu or on the same device", issue #29).
+        self.pseudo_ray_generator = RayGenerator(self.cameras).to(self.device)
         self._epoch_steps = self.config.steps_per_epoch or n
         self._epoch_step = 0
         self.images: Optional[TeacherImages] = self.teacher.render_images(self.cameras) if self.from_images else None
@@ -206,7 +213,7 @@ class PseudoLabels:
         if not state or Capability.RECORDED in self.teacher.capabilities:
             return
         self.epoch = int(state["epoch"])
-        self._use_poses(state["poses"].to(self.cameras.device))
+        self._use_poses(state["poses"])
         self._epoch_step = int(state["epoch_step"])
 
     def _end_epoch(self, step: int) -> None:
@@ -337,6 +344,10 @@ class DistillationDataManager(VanillaDataManager):
         if self.pseudo_labels is None or (self.finetune_from is not None and step >= self.finetune_from):
             if not self._image_training_ready:
                 super().setup_train()
+                # nerfstudio sets this up in __init__, before the pipeline's ``datamanager.to(device)`` moves the
+                # ray generator's pixel grid (a CPU buffer) to the device; set up here, after it, it is moved here
+                # (training from images or fine-tuning on CUDA otherwise indexes a CPU grid with CUDA pixels).
+                self.train_ray_generator.to(self.device)
                 self._image_training_ready = True
             return super().next_train(step)
         self.train_count += 1

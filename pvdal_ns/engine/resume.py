@@ -2,9 +2,10 @@
 continues from its last checkpoint in its own folder; anything else trains afresh.
 
 A run is found under ``<output_dir>/<experiment>/<method>/<timestamp>/`` by its ``config.yml``: the newest one
-whose every setting equals the new run's (nerfstudio's ``TrainerConfig`` dataclasses compared whole, timestamp
-and ``load_dir`` aside). It finished when ``run.json`` (:func:`mark_finished`, written once training ends) is beside
-it; it was killed when it has a checkpoint and no ``run.json`` (docs/design.md, "Reruns of `ns-distill`").
+whose every setting equals the new run's (nerfstudio's ``TrainerConfig`` dataclasses compared whole, timestamp,
+``load_dir`` and the device aside: :func:`same_settings`). It finished when ``run.json`` (:func:`mark_finished`,
+written once training ends) is beside it; it was killed when it has a checkpoint and no ``run.json``
+(docs/design.md, "Reruns of `ns-distill`").
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Optional
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.utils.run_config import read_trainer_config
 from pvdal_ns.utils.errors import TeacherLoadError
 from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.utils.run_config import read_trainer_config
 
 RECORD = "run.json"
 """Written beside ``config.yml`` once a run's training ends: its training seconds and steps."""
@@ -43,8 +44,19 @@ class FinishedRun:
 
 
 def same_settings(old: TrainerConfig, new: TrainerConfig) -> bool:
-    """Whether two runs have every setting equal, their timestamp and ``load_dir`` (where a resume reads) aside."""
-    return dataclasses.replace(new, timestamp=old.timestamp, load_dir=old.load_dir) == old
+    """Whether two runs have every setting equal, their timestamp, ``load_dir`` (where a resume reads) and
+    ``machine.device_type`` aside.
+
+    The device is not a setting of the run: a run started on a CPU continues on a GPU and the reverse (``ns-distill``
+    picks CUDA where torch sees it, :func:`~pvdal_ns.engine.runner.quiet`). That is sound because a checkpoint is read onto
+    the CPU and moved to the run's device (nerfstudio's ``map_location="cpu"``, the pools' and epoch's extra state
+    likewise), and what a resume promises is the same: the same steps, stages and schedules to the planned end, not
+    the same weights. Weights are bit-equal to an uninterrupted run's only on the CPU with one thread; on CUDA
+    scatter/``index_add_`` sums are in no fixed order, and a CPU run continued on CUDA also draws its CUDA random
+    numbers (the per-ray backgrounds) from a fresh generator, since a CPU checkpoint holds no CUDA state
+    (docs/design.md, "What a resume restores"). The continued run's config.yml records the device it ends on."""
+    machine = dataclasses.replace(new.machine, device_type=old.machine.device_type)
+    return dataclasses.replace(new, timestamp=old.timestamp, load_dir=old.load_dir, machine=machine) == old
 
 
 def previous_run(config: TrainerConfig) -> Optional[Path]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -26,7 +25,7 @@ from nerfstudio.utils.rich_utils import get_progress
 
 from pvdal_ns.data.datamanager import float32_intrinsics
 from pvdal_ns.pipelines.sharing import sharing
-from pvdal_ns.utils.metrics import image_metrics, offline_lpips
+from pvdal_ns.utils.metrics import image_metrics, offline_lpips, synchronized_clock
 
 
 def quiet(config: TrainerConfig) -> TrainerConfig:
@@ -42,13 +41,16 @@ def quiet(config: TrainerConfig) -> TrainerConfig:
 class TrainResult:
     """A finished training run.
 
+    Times are read with :func:`~pvdal_ns.utils.metrics.synchronized_clock` on the run's device: on CUDA they cover
+    the kernels run, not only their launches.
+
     Attributes:
         config_path: its ``config.yml`` (usable as ``--pipeline.teacher-config`` of another run).
         seconds: wall-clock training time (s), setup excluded.
         steps: optimisation steps.
         pipeline: the trained pipeline, in memory.
         step_seconds: wall time (s) from the end of each step to the end of the next (:func:`train` only; the
-            first step is left out).
+            first step is left out). On CUDA each step's end synchronises the device to read it.
         start_step: the first step trained here: 0, or where a resumed run (``load_dir``) continued; ``seconds``
             cover the steps from it.
     """
@@ -84,22 +86,24 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
 
     The config is written to ``<output_dir>/<experiment>/<method>/<timestamp>/config.yml`` first,
     as ``ns-train`` does; checkpoints go beside it. Randomness is seeded with ``config.machine.seed``
-    before the model is built, as ``ns-train`` does.
+    before the model is built, as ``ns-train`` does. ``seconds`` and ``step_seconds`` are read with
+    :func:`~pvdal_ns.utils.metrics.synchronized_clock` (on CUDA: once before training, after every step, once after).
     """
     trainer = _setup_trainer(config)
     first, steps = _span(trainer)
     ends: List[float] = []
+    device = trainer.device
 
     def after_step(step: int) -> None:
-        ends.append(time.perf_counter())
+        ends.append(synchronized_clock(device))
         progress.update(task, completed=step + 1)
 
     with get_progress(description) as progress:
         task = progress.add_task("", total=steps, completed=first)
         trainer.callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step))
-        start = time.perf_counter()
+        start = synchronized_clock(device)
         trainer.train()
-        seconds = time.perf_counter() - start
+        seconds = synchronized_clock(device) - start
     trainer.shutdown()
     step_seconds = [b - a for a, b in zip(ends, ends[1:])]
     return TrainResult(config.get_base_dir() / "config.yml", seconds, steps, trainer.pipeline, step_seconds, first)
@@ -161,7 +165,9 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
 
     Returns:
         One TrainResult per config, in the order given; ``seconds`` is the wall time of that student's own
-        iterations (the shared teacher render of a step is counted in the first student to train at that step).
+        iterations (the shared teacher render of a step is counted in the first student to train at that step),
+        read with :func:`~pvdal_ns.utils.metrics.synchronized_clock` before and after each (on CUDA: a synchronisation
+        per student and step, where each student's time ends).
     """
     order = sorted(range(len(configs)), key=lambda i: -configs[i].max_num_iterations)  # leaders first
     trainers: Dict[int, Trainer] = {}
@@ -182,9 +188,9 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
                 if not spans[i][0] <= step < spans[i][1]:
                     continue
                 writer.EVENT_WRITERS[:] = writers[i]
-                started = time.perf_counter()
+                started = synchronized_clock(trainer.device)
                 _train_step(trainer, step)
-                seconds[i] += time.perf_counter() - started
+                seconds[i] += synchronized_clock(trainer.device) - started
             progress.update(task, completed=step + 1)
     results = []
     for i, config in enumerate(configs):
@@ -214,9 +220,10 @@ def train_timed(config: TrainerConfig, description: str, budget_seconds: float,
     evaluating on the test views (at 1 / ``eval_downscale`` of their size, see :func:`evaluate`) each time the
     training time passes one of ``eval_seconds`` and at the end.
 
-    Training time is the wall time of the steps (nerfstudio's loop body, :func:`_train_step`); evaluations are
-    not counted. The learning-rate schedules stay those of ``max_num_iterations``: a run the budget stops is
-    what a user gets who stops it then.
+    Training time is the wall time of the steps (nerfstudio's loop body, :func:`_train_step`), each read with
+    :func:`~pvdal_ns.utils.metrics.synchronized_clock` before and after it (on CUDA the device is synchronised at both
+    ends of every step: the budget is checked after each); evaluations are not counted. The learning-rate
+    schedules stay those of ``max_num_iterations``: a run the budget stops is what a user gets who stops it then.
 
     Returns:
         The run (``seconds``: training time; ``steps``: steps done) and its curve, one point per evaluation.
@@ -233,9 +240,9 @@ def train_timed(config: TrainerConfig, description: str, budget_seconds: float,
     with get_progress(description) as progress:
         task = progress.add_task("", total=budget_seconds)
         for step in range(config.max_num_iterations):
-            started = time.perf_counter()
+            started = synchronized_clock(trainer.device)
             _train_step(trainer, step)
-            seconds += time.perf_counter() - started
+            seconds += synchronized_clock(trainer.device) - started
             steps = step + 1
             progress.update(task, completed=min(seconds, budget_seconds))
             if seconds >= budget_seconds:

@@ -2,7 +2,9 @@
 images (from scratch) and distilled from a teacher — and stock nerfstudio methods a user would train instead,
 each evaluated on the test views at fixed training times (:func:`~pvdal_ns.engine.runner.train_timed`).
 
-The distilled run's clock starts with the teacher already trained: what a user who has the model pays.
+The distilled run's clock starts with the teacher already trained: what a user who has the model pays. On CUDA the
+clock waits for the GPU at both ends of every step (:func:`~pvdal_ns.utils.metrics.synchronized_clock`), so seconds and
+rays per second count the kernels run, not their launches.
 """
 
 from __future__ import annotations
@@ -27,13 +29,26 @@ from pvdal_ns.experiments.convert import (
     stock_config,
     student_config,
 )
-from pvdal_ns.experiments.report import device_description, versions
+from pvdal_ns.experiments.report import device_description, resources_utilization, versions
 from pvdal_ns.presets import Size, method_name
+from pvdal_ns.teachers.stock import nerfacc_cuda_problem
 from pvdal_ns.utils.errors import BadInputError
 from pvdal_ns.utils.files import write_atomic
 
 CUDA_ONLY = {"instant-ngp": "its nerfacc sampling (packed ray marching) needs CUDA"}
 """Stock methods that cannot train without a GPU, and why."""
+
+
+def unavailable(method: str) -> Optional[str]:
+    """Why the stock ``method`` cannot train on this machine, or None: a :data:`CUDA_ONLY` method without CUDA, or
+    instant-ngp where nerfacc's compiled CUDA ops cannot load (:func:`~pvdal_ns.teachers.stock.nerfacc_cuda_problem`:
+    nerfacc 0.5.2 does not build with CUDA 13). Such a method is skipped with this reason, on a CPU as on a GPU."""
+    if method not in CUDA_ONLY:
+        return None
+    if not torch.cuda.is_available():
+        return f"{CUDA_ONLY[method]}, and this machine has none"
+    problem = nerfacc_cuda_problem() if method == "instant-ngp" else None
+    return None if problem is None else f"{CUDA_ONLY[method]}, and {problem}"
 
 
 @dataclass(frozen=True)
@@ -92,9 +107,10 @@ def _configs(settings: CompareSettings, output_dir: Path) -> Tuple[Dict[str, Tra
     runs = {f"{arch} from scratch": scratch, f"{arch} distilled": distilled}
     skipped: Dict[str, str] = {}
     for method in settings.stock:
-        if method in CUDA_ONLY and not torch.cuda.is_available():
-            skipped[method] = CUDA_ONLY[method]
-            CONSOLE.log(f"Skipping {method}: {CUDA_ONLY[method]}, and this machine has none")
+        why = unavailable(method)
+        if why is not None:
+            skipped[method] = why
+            CONSOLE.log(f"Skipping {method}: {why}")
             continue
         from nerfstudio.configs.method_configs import method_configs
 
@@ -109,7 +125,9 @@ def run_compare(settings: CompareSettings, output_dir: Path) -> dict:
         The contents of compare.json: per run its method, steps, training seconds, rays per second, parameters,
         final PSNR and SSIM, curve, and the seconds it took to reach each other run's final PSNR (None: never);
         ``speedup`` (the from-scratch run's time to its own final PSNR over the distilled run's time to it) and
-        ``throughput_ratio`` (distilled over from-scratch rays per second).
+        ``throughput_ratio`` (distilled over from-scratch rays per second); ``skipped`` (stock method → why it cannot
+        train here, :func:`unavailable`) and ``resources_utilization`` (peak memory of the process,
+        :func:`~pvdal_ns.experiments.report.resources_utilization`).
 
     Raises:
         BadInputError: a stock method pvdal-ns cannot train.
@@ -136,7 +154,8 @@ def run_compare(settings: CompareSettings, output_dir: Path) -> dict:
     scratch, distilled = list(runs)[:2]
     own = time_to_reach(curves[scratch], runs[scratch]["psnr"])
     reach = runs[distilled]["time_to_reach"][scratch]
-    record = {"settings": asdict(settings), "device": device_description(), "versions": versions(), "runs": runs,
+    record = {"settings": asdict(settings), "device": device_description(), "versions": versions(),
+              "resources_utilization": resources_utilization(), "runs": runs,
               "skipped": skipped, "speedup": None if not reach else own / reach,
               "throughput_ratio": runs[distilled]["rays_per_second"] / runs[scratch]["rays_per_second"]}
     write_atomic(output_dir / "compare.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))

@@ -27,9 +27,9 @@ from pvdal_ns.method_configs import method_config, set_steps
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.presets import Size, method_name
 from pvdal_ns.teachers import load_teacher
-from pvdal_ns.utils.run_config import read_trainer_config
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.utils.run_config import read_trainer_config
 
 
 def dataparser_for(data: Path) -> DataParserConfig:

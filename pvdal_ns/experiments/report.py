@@ -7,12 +7,13 @@ report over an earlier one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -79,15 +80,55 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cuda_used() -> bool:
+    """Whether this process has used CUDA (torch initialised it): a run on a CPU of a machine with a GPU has not."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def peak_gpu_memory_gib() -> Optional[float]:
+    """Peak GPU memory held by torch's tensors in this process so far (GiB, ``torch.cuda.max_memory_allocated`` of
+    the current device: allocations, not the allocator's cache or the CUDA context that ``nvidia-smi`` also counts);
+    None when CUDA was not used (:func:`cuda_used`)."""
+    return torch.cuda.max_memory_allocated() / 2**30 if cuda_used() else None
+
+
+def resources_utilization() -> Dict[str, Union[int, str]]:
+    """This process's peak memory in nerfbaselines' terms (its ``resources_utilization`` of a results file):
+    ``memory``, host peak resident memory (MiB, int, from ``ru_maxrss``: this process, not its children) and, when
+    CUDA was used, ``gpu_memory`` (MiB, int, ``torch.cuda.max_memory_allocated``; nerfbaselines reads nvidia-smi's
+    per-process figure, which adds torch's cache and the CUDA context) and ``gpu_name`` (the device's name)."""
+    info: Dict[str, Union[int, str]] = {"memory": math.ceil(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if cuda_used():
+        info["gpu_memory"] = math.ceil(torch.cuda.max_memory_allocated() / 2**20)
+        info["gpu_name"] = torch.cuda.get_device_name()
+    return info
+
+
 def write_json(path: Path, models: List[ModelReport], extra: Dict) -> None:
-    """Write ``report.json``: models, device, versions, peak memory and ``extra`` (command, scene, timings…)."""
+    """Write ``report.json``: ``models`` (one :class:`ModelReport` each), ``device``, ``versions``, peak memory and
+    ``extra`` (command, scene, ``total_seconds``…).
+
+    Memory and time, also in nerfbaselines' names: ``peak_memory_gib`` (host, GiB), ``peak_gpu_memory_gib`` (GiB,
+    only when CUDA was used, :func:`peak_gpu_memory_gib`), ``resources_utilization`` (:func:`resources_utilization`:
+    MiB and the GPU's name) and ``total_train_time`` (s): the models' training seconds summed (each model's
+    ``train_seconds``; those of a reused run as recorded when it trained, those of a resumed run from where it
+    resumed), evaluation and setup not counted; ``total_seconds`` (when given in ``extra``) is the whole command's
+    wall time.
+
+    Raises:
+        OSError: the file cannot be written (nothing of it is left, :func:`~pvdal_ns.utils.files.write_atomic`)."""
     payload = {
         "models": [asdict(m) for m in models],
         "device": device_description(),
         "versions": versions(),
         "peak_memory_gib": round(peak_memory_gib(), 2),
+        "total_train_time": round(sum(m.train_seconds for m in models), 1),
+        "resources_utilization": resources_utilization(),
         **extra,
     }
+    gpu = peak_gpu_memory_gib()
+    if gpu is not None:
+        payload["peak_gpu_memory_gib"] = round(gpu, 3)
     write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
 
 

@@ -26,12 +26,12 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfig
-from pvdal_ns.model_components.losses import PVDLossConfig, clamp_density, point_losses, ray_rgb_errors, rgb_loss
 from pvdal_ns.model_components.hard_points import HardPoints
-from pvdal_ns.model_components.stages import StageSchedule
-from pvdal_ns.model_components.teacher_batch import TeacherBatch
+from pvdal_ns.model_components.losses import PVDLossConfig, clamp_density, point_losses, ray_rgb_errors, rgb_loss
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.sampling import Sampling, composite, sample_occupied, visible
+from pvdal_ns.model_components.stages import StageSchedule
+from pvdal_ns.model_components.teacher_batch import TeacherBatch
 from pvdal_ns.utils.metrics import image_metrics
 
 

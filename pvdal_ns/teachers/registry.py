@@ -66,13 +66,16 @@ def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device]
     Args:
         config_path: the run's ``config.yml``; its checkpoints are found beside it, whatever the
             working directory.
-        device: where the teacher runs.
+        device: where the teacher runs ("cpu", "cuda", "cuda:0"): the checkpoint is read onto the CPU, the model
+            built there and moved, with its occupancy grid, to ``device``. Stock field families (instant-ngp
+            included) need no compiled CUDA extension; splatfacto needs CUDA and gsplat's kernels.
         sampling: the student's scene box and occupancy-grid settings; stock teachers (which have no
             compatible occupancy grid) build theirs with them. Required for stock teachers.
 
     Raises:
         TeacherLoadError: missing or unreadable config, no checkpoint, an unsupported model family,
-            or a checkpoint that does not match the config.
+            a checkpoint that does not match the config, or a splatfacto teacher where CUDA or gsplat's kernels
+            are missing.
     """
     config_path = Path(config_path).expanduser().resolve()
     config = read_trainer_config(config_path)

@@ -19,10 +19,21 @@ is log σ (Eq. 8 compares log-space densities of teachers with other activations
 
 splatfacto (3D Gaussians) has no density field: it is distilled from its renders only
 (:class:`SplatfactoTeacher`), on CUDA, where gsplat rasterises.
+
+Compiled CUDA code: a teacher of the field families runs on plain torch ops (its field, our occupancy-masked
+samples), so an instant-ngp *teacher* needs nothing of nerfacc's compiled CUDA ops; *training or rendering*
+instant-ngp itself does (its packed ray marching). :func:`nerfacc_cuda_problem` says, cheaply where it can, why
+they cannot load; :func:`gsplat_cuda_problem` does the same for gsplat, which splatfacto teachers render with.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+import re
+import shutil
+import sys
 from itertools import product
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -168,12 +179,80 @@ class SplatfactoTeacher(ModelTeacher):
         return TeacherImages(torch.stack(rgbs), torch.stack(accumulations))
 
 
+def _compile_error(error: BaseException) -> str:
+    """One line of a failed import or JIT build of a CUDA extension: the first compiler diagnostic (``…: error: …``,
+    directories dropped) of torch's "Error building extension" message, else its first line (≤ 200 characters)."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    errors = (line for line in lines[1:] if re.search(r"\berror:", line))
+    diagnostic = next(errors, None)
+    first = re.sub(r":\s*\[\d+/\d+\].*", "", lines[0])  # "Error building extension 'x': [1/6] nvcc …" → its name
+    if diagnostic is not None:
+        first += ": " + re.sub(r"[^\s(]*/", "", diagnostic.strip())  # "/…/csrc/scan.cu(9): error: …" → "scan.cu(9)…"
+    return first[:200]
+
+
+@functools.lru_cache(maxsize=None)
+def _extension_problem(package: str, what: str) -> Optional[str]:
+    """Why ``package``'s compiled CUDA extension (``<package>.cuda._backend``: a prebuilt ``<package>.csrc`` or a JIT
+    build with nvcc, compiled on its first import) cannot be used, in a phrase; None when it can.
+    Importing it compiles it where it was never built (minutes, once per machine; torch caches the build); the answer
+    is kept for the process, so a failed build is not retried."""
+    module = f"{package}.cuda._backend"
+    loaded = sys.modules.get(module)
+    if loaded is None:
+        if importlib.util.find_spec(f"{package}.csrc") is None and shutil.which("nvcc") is None:
+            return f"{package} has no prebuilt CUDA {what} here and no CUDA toolkit (nvcc) to build them"
+        try:
+            loaded = importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 — a failed build raises RuntimeError, a bad .so OSError/ImportError
+            return f"{package}'s CUDA {what} could not be built or loaded ({_compile_error(error)})"
+    if getattr(loaded, "_C", None) is None:
+        return f"{package} found no CUDA toolkit (nvcc) to build its CUDA {what}"
+    return None
+
+
+def nerfacc_cuda_problem() -> Optional[str]:
+    """Why nerfacc's compiled CUDA ops (packed ray marching: instant-ngp's training and rendering) cannot load here, in
+    a phrase; None when they can.
+
+    Cheap where it can be: no CUDA device; nerfacc 0.5.2 with torch built for CUDA ≥ 13 and no finished JIT build
+    (its ``scan.cu`` uses ``cub::Equality``, which CUDA 13's CUB no longer has, and torch refuses to build with an
+    nvcc of another major version than its own, so no build can succeed: issue #29, an H200 with torch 2.11 + CUDA
+    13.0). Otherwise the ops are imported, which JIT-compiles them on first use (``nerfacc/cuda/_backend.py``), and a
+    failure is reported by its first compiler error."""
+    if not torch.cuda.is_available():
+        return "nerfacc's CUDA ops need a CUDA device, and this machine has none"
+    if "nerfacc.cuda._backend" not in sys.modules and importlib.util.find_spec("nerfacc.csrc") is None:
+        from importlib.metadata import version
+
+        from torch.utils.cpp_extension import _get_build_directory
+
+        cuda = torch.version.cuda or ""
+        built = Path(_get_build_directory("nerfacc_cuda", verbose=False)) / "nerfacc_cuda.so"
+        if version("nerfacc") == "0.5.2" and cuda and int(cuda.split(".")[0]) >= 13 and not built.is_file():
+            return (f"nerfacc 0.5.2's CUDA ops do not build with CUDA {cuda} (scan.cu: namespace \"cub\" has no member "
+                    "\"Equality\"), and no build of them is cached")
+    return _extension_problem("nerfacc", "ops")
+
+
+def gsplat_cuda_problem() -> Optional[str]:
+    """Why gsplat's CUDA kernels (splatfacto's rasteriser) cannot load here, in a phrase; None when they can. gsplat
+    compiles them on first use (``gsplat/cuda/_backend.py``, minutes the first time; then cached), so this may take
+    that long once; a failed build is reported by its first compiler error."""
+    if not torch.cuda.is_available():
+        return "gsplat's CUDA kernels need a CUDA device, and this machine has none"
+    return _extension_problem("gsplat", "kernels")
+
+
 def load_splatfacto_teacher(config, state: Dict[str, Tensor], step: int, device: Union[str, torch.device], source: Path,
                             sampling: Optional[Sampling]) -> SplatfactoTeacher:
-    """A splatfacto teacher, on CUDA (gsplat renders only there).
+    """A splatfacto teacher, on CUDA (gsplat renders only there). gsplat's kernels are loaded (compiled on first use)
+    before anything else, so a machine where they cannot be gets one line naming gsplat, not a traceback at the
+    first render.
 
     Raises:
-        TeacherLoadError: no CUDA device, no student sampling, or a checkpoint that does not match."""
+        TeacherLoadError: no CUDA device, gsplat's CUDA kernels cannot be built or loaded, no student sampling, or a
+            checkpoint that does not match."""
     if sampling is None:
         raise TeacherLoadError("a splatfacto teacher needs the student's sampling settings (Sampling)")
     if torch.device(device).type != "cuda":
@@ -181,6 +260,9 @@ def load_splatfacto_teacher(config, state: Dict[str, Tensor], step: int, device:
             f"teacher {source} is a splatfacto model: it renders with gsplat, which needs CUDA, and this run is on "
             f"{device}; distil it on a machine with an NVIDIA GPU"
         )
+    problem = gsplat_cuda_problem()
+    if problem is not None:
+        raise TeacherLoadError(f"teacher {source} is a splatfacto model, which renders with gsplat, and {problem}")
     model = build_stock_model(config, state, source, sampling)
     model.step = step  # its SH degree grows with the step; its load_state_dict sets 30000
     return SplatfactoTeacher(model.to(device), source, sampling)
@@ -235,7 +317,9 @@ def build_stock_model(config, state: Dict[str, Tensor], source: Path, sampling: 
 
 def load_field_teacher(family: str, field: str, config, state: Dict[str, Tensor], step: int,
                        device: Union[str, torch.device], source: Path, sampling: Optional[Sampling]) -> FieldTeacher:
-    """A stock model of ``family`` whose ``field`` attribute is queried (the registry binds both).
+    """A stock model of ``family`` whose ``field`` attribute is queried (the registry binds both), on ``device``
+    with its occupancy grid. Only the field is ever called (plain torch ops): an instant-ngp teacher needs none of
+    nerfacc's compiled CUDA ops, which its own training and rendering need.
 
     Raises:
         TeacherLoadError: no student sampling, a tcnn checkpoint without tinycudann, or a mismatch."""

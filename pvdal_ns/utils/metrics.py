@@ -1,4 +1,5 @@
-"""Image metrics through torchmetrics: PSNR, SSIM and, only where its weights are on disk, LPIPS.
+"""Image metrics through torchmetrics: PSNR, SSIM and, only where its weights are on disk, LPIPS; and the clock
+that timed spans are read with (:func:`synchronized_clock`).
 
 Stock nerfstudio models build LPIPS eagerly, which downloads AlexNet and crashes offline (docs/design.md, "nerfstudio 1.1.5").
 Here LPIPS is built on first use and only when torchvision's AlexNet checkpoint is already in the torch
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Union
 
 import torch
 from jaxtyping import Float
@@ -65,7 +67,9 @@ class UnavailableLPIPS(torch.nn.Module):
         super().__init__()
 
     def forward(self, *args, **kwargs) -> Tensor:
-        return torch.tensor(float("nan"))
+        """NaN, a 0-d tensor on the device of the first tensor given (the images), so arithmetic with them works."""
+        device = next((a.device for a in args if isinstance(a, Tensor)), None)
+        return torch.tensor(float("nan"), device=device)
 
 
 @contextlib.contextmanager
@@ -84,3 +88,23 @@ def offline_lpips() -> Iterator[None]:
         yield
     finally:
         lpip.LearnedPerceptualImagePatchSimilarity = real  # type: ignore[misc]
+
+
+def synchronized_clock(device: Union[str, torch.device, None] = None) -> float:
+    """``time.perf_counter()`` (seconds, arbitrary origin) once the work queued on ``device`` is done.
+
+    CUDA runs kernels asynchronously: without a synchronisation a clock reading after a step measures how long the
+    step took to *launch*, not to run. So on a CUDA ``device`` (``"cuda"``, ``"cuda:0"``, a ``torch.device``) this
+    first calls ``torch.cuda.synchronize(device)``; on the CPU (or ``None`` without CUDA in use) it reads the clock
+    at once. Read it at the two ends of a timed span (a run's training, a budget's steps). Timing *each* step (the
+    runner's ``step_seconds``, a budget checked after every step) therefore synchronises once a step, at the point
+    the step ends: the GPU's queue drains there and the next step's launches no longer overlap the last one's
+    kernels, which costs a little throughput and is what a per-step time needs. ``None`` means the current CUDA
+    device when CUDA has been initialised in this process, else the CPU.
+    """
+    if device is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+    elif torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

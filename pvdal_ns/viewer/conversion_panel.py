@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from pvdal_ns.active_learning.active_learning import HardPosePool
 from pvdal_ns.model_components.losses import ray_rgb_errors
 from pvdal_ns.model_components.occupancy import OccupancyGrid
-from pvdal_ns.teachers import Teacher
 from pvdal_ns.model_components.teacher_batch import Capability
+from pvdal_ns.teachers import Teacher
 
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
