@@ -81,7 +81,8 @@ def test_ns_distill_run_writes_report(tiny_teacher, tmp_path):
 
     config_path, _ = tiny_teacher
     out = tmp_path / "distill"
-    assert main(["run", "--teacher", str(config_path), "--student", "tensors", "--steps", "30", "--output-dir", str(out)]) == 0
+    assert main(["run", "--teacher", str(config_path), "--student", "tensors", "--steps", "30",
+                 "--output-dir", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     (model,) = report["models"]
     assert model["architecture"] == "tensors" and model["steps"] == 30 and model["parameters"] > 0
@@ -103,7 +104,8 @@ def test_ns_distill_run_with_teacher_cache_writes_then_reuses_it(tiny_teacher, t
 
     config_path, _ = tiny_teacher
     cache = tmp_path / "cache"
-    args = ["run", "--teacher", str(config_path), "--student", "tensors", "--steps", "20", "--teacher-cache", str(cache)]
+    args = ["run", "--teacher", str(config_path), "--student", "tensors", "--steps", "20",
+            "--teacher-cache", str(cache)]
     assert main([*args, "--output-dir", str(tmp_path / "first")]) == 0
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["batches"] == 20 and meta["written_for"]["teacher"] == str(config_path.resolve())

@@ -29,7 +29,8 @@ def test_stock_methods_that_cannot_train_here_are_skipped_with_the_cause_in_one_
 
     assert unavailable("tensorf") is None and unavailable("nerfacto") is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert unavailable("instant-ngp") == "its nerfacc sampling (packed ray marching) needs CUDA, and this machine has none"
+    assert unavailable("instant-ngp") == ("its nerfacc sampling (packed ray marching) needs CUDA, "
+                                          "and this machine has none")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # no cached build of nerfacc's ops there
@@ -71,7 +72,9 @@ def test_compare_stops_every_run_at_the_budget_and_distilled_wins(tiny_teacher, 
     assert record["throughput_ratio"] > 0
     with open(out / "compare.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["run"] for r in rows} == set(record["runs"]) and set(rows[0]) == {"run", "seconds", "steps", "psnr", "ssim"}
+    assert {r["run"] for r in rows} == set(record["runs"]) and set(rows[0]) == {
+        "run", "seconds", "steps", "psnr", "ssim"
+    }
     assert (out / "compare.png").stat().st_size > 10_000
 
 

@@ -49,7 +49,9 @@ def stock_teachers(tmp_path_factory):
     out = tmp_path_factory.mktemp("stock")
     paths = {m: train(stock_config(m, EMBEDDED_SCENE, out, m, steps, rays_per_batch=256), m).config_path
              for m, steps in TRAINED.items()}
-    paths["instant-ngp"] = _untrained_checkpoint(stock_config("instant-ngp", EMBEDDED_SCENE, out, "instant-ngp", steps=1))  # CUDA sampling
+    paths["instant-ngp"] = _untrained_checkpoint(
+        stock_config("instant-ngp", EMBEDDED_SCENE, out, "instant-ngp", steps=1)
+    )  # CUDA sampling
     return paths
 
 
@@ -188,7 +190,8 @@ def test_chain_nerfacto_to_tensors_to_mlp(stock_teachers, tmp_path):
     """A student is a normal checkpoint: it can teach the next conversion, with no teacher of its own loaded."""
     from pvdal_ns.engine.runner import train
 
-    first = train(tiny_config("tensors", tmp_path, steps=6, teacher=stock_teachers["nerfacto"], experiment="tensors"), "nerfacto → tensors")
+    first = train(tiny_config("tensors", tmp_path, steps=6, teacher=stock_teachers["nerfacto"], experiment="tensors"),
+                  "nerfacto → tensors")
     assert first.pipeline.teacher.name == "nerfacto"
     assert not any(k.startswith("teacher") for k in first.pipeline.state_dict())
     second = train(tiny_config("mlp", tmp_path, steps=4, teacher=first.config_path, experiment="mlp"), "tensors → mlp")

@@ -238,7 +238,9 @@ class PseudoLabels:
         cache = self.teacher
         assert isinstance(cache, TeacherCache)
         background = torch.rand(cache.rays_per_batch, 3, device=self.device)
-        ray_bundle, teacher_batch = cache.recorded_batch(step % len(cache), background, torch.device(self.device), stage)
+        ray_bundle, teacher_batch = cache.recorded_batch(
+            step % len(cache), background, torch.device(self.device), stage
+        )
         indices = torch.full((len(background), 3), -1, dtype=torch.long)  # not tied to this run's poses
         return ray_bundle, _batch_dict(teacher_batch, indices)
 
@@ -333,7 +335,9 @@ class DistillationDataManager(VanillaDataManager):
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
         trainer = training_callback_attributes.trainer
         if trainer is not None and self.pseudo_labels is not None and self.leads:  # figures beside the checkpoints
             self.pseudo_labels.image_dir = Path(trainer.base_dir) / "active_learning"

@@ -48,8 +48,8 @@ def same_settings(old: TrainerConfig, new: TrainerConfig) -> bool:
     ``machine.device_type`` aside.
 
     The device is not a setting of the run: a run started on a CPU continues on a GPU and the reverse (``ns-distill``
-    picks CUDA where torch sees it, :func:`~pvdal_ns.engine.runner.quiet`). That is sound because a checkpoint is read onto
-    the CPU and moved to the run's device (nerfstudio's ``map_location="cpu"``, the pools' and epoch's extra state
+    picks CUDA where torch sees it, :func:`~pvdal_ns.engine.runner.quiet`). That is sound because a checkpoint is read
+    onto the CPU and moved to the run's device (nerfstudio's ``map_location="cpu"``, the pools' and epoch's extra state
     likewise), and what a resume promises is the same: the same steps, stages and schedules to the planned end, not
     the same weights. Weights are bit-equal to an uninterrupted run's only on the CPU with one thread; on CUDA
     scatter/``index_add_`` sums are in no fixed order, and a CPU run continued on CUDA also draws its CUDA random
@@ -76,8 +76,8 @@ def previous_run(config: TrainerConfig) -> Optional[Path]:
 def reuse_or_resume(config: TrainerConfig) -> Optional[FinishedRun]:
     """The finished run of ``config``'s settings, if there is one. Otherwise None, and ``config`` is set to continue
     a killed run of the same settings in its folder (``timestamp``, ``load_dir``; nerfstudio's resume, checked and
-    ended at the planned step by :class:`~pvdal_ns.engine.trainer.PVDTrainer`), or left to start afresh. One log line says
-    which.
+    ended at the planned step by :class:`~pvdal_ns.engine.trainer.PVDTrainer`), or left to start afresh. One log line
+    says which.
 
     Raises:
         ValueError: the run's ``run.json`` is not JSON (it is written atomically, so only by hand)."""

@@ -111,7 +111,8 @@ def train(config: TrainerConfig, description: str) -> TrainResult:
 
 def _span(trainer: Trainer) -> Tuple[int, int]:
     """The first step a set-up trainer runs (past its checkpoint when resumed) and the step its run ends at
-    (:class:`~pvdal_ns.engine.trainer.PVDTrainer` has shortened a resumed run's ``max_num_iterations`` to the steps left)."""
+    (:class:`~pvdal_ns.engine.trainer.PVDTrainer` has shortened a resumed run's ``max_num_iterations`` to the
+    steps left)."""
     return trainer._start_step, trainer._start_step + trainer.config.max_num_iterations
 
 
@@ -287,7 +288,9 @@ def split_dataloader(datamanager: VanillaDataManager, split: str) -> FixedIndice
 
 
 @torch.no_grad()
-def evaluate(pipeline: Pipeline, description: str = "Evaluating", split: str = "test", downscale: int = 1) -> EvalResult:
+def evaluate(
+    pipeline: Pipeline, description: str = "Evaluating", split: str = "test", downscale: int = 1
+) -> EvalResult:
     """Render every image of ``split`` (the scene's test views by default: what reports give; "val" is what
     presets are tuned on) and compare it with the ground truth (composited on the model's background).
 

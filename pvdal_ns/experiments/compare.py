@@ -102,7 +102,9 @@ def _configs(settings: CompareSettings, output_dir: Path) -> Tuple[Dict[str, Tra
     distilled = distillation_config(teacher_path, settings.student, settings.size, data, output_dir, "distilled",
                                     settings.steps)
     scratch = student_config(settings.student, settings.size, data, output_dir, "from-scratch", settings.steps, None)
-    scratch.pipeline.datamanager.dataparser = copy.deepcopy(distilled.pipeline.datamanager.dataparser)  # same world frame
+    scratch.pipeline.datamanager.dataparser = copy.deepcopy(
+        distilled.pipeline.datamanager.dataparser
+    )  # same world frame
     arch = method_name(settings.student, settings.size)
     runs = {f"{arch} from scratch": scratch, f"{arch} distilled": distilled}
     skipped: Dict[str, str] = {}
@@ -150,7 +152,9 @@ def run_compare(settings: CompareSettings, output_dir: Path) -> dict:
         del run
     curves = {name: [CurvePoint(**p) for p in r["curve"]] for name, r in runs.items()}
     for name, r in runs.items():
-        r["time_to_reach"] = {other: time_to_reach(curves[name], o["psnr"]) for other, o in runs.items() if other != name}
+        r["time_to_reach"] = {
+            other: time_to_reach(curves[name], o["psnr"]) for other, o in runs.items() if other != name
+        }
     scratch, distilled = list(runs)[:2]
     own = time_to_reach(curves[scratch], runs[scratch]["psnr"])
     reach = runs[distilled]["time_to_reach"][scratch]

@@ -59,7 +59,10 @@ def device_description() -> str:
     """The device the run used, in words."""
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return (
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
 
 def versions() -> Dict[str, str]:
@@ -139,14 +142,22 @@ def _short_count(n: int) -> str:
 def print_table(models: List[ModelReport]) -> None:
     """Print the comparison table (Δ PSNR against the teacher); report.json has every digit."""
     teacher = next((m for m in models if m.role == "teacher"), None)
-    table = Table(title="PVD-AL conversion on the test views (PSNR and Δ in dB, training time in s)", box=box.SIMPLE_HEAD)
+    table = Table(
+        title="PVD-AL conversion on the test views (PSNR and Δ in dB, training time in s)", box=box.SIMPLE_HEAD
+    )
     for col in ("model", "PSNR", "Δ", "SSIM", "LPIPS", "time", "params", "steps"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for m in models:
         delta = "" if teacher is None or m is teacher else f"{m.psnr - teacher.psnr:+.2f}"
         lpips = "n/a" if m.lpips is None else f"{m.lpips:.3f}"
-        seconds = f"{m.train_seconds:.0f}" + (f" from step {m.resumed_at}" if m.resumed_at else "") + (" cached" if m.cached else "")
-        table.add_row(m.name, f"{m.psnr:.2f}", delta, f"{m.ssim:.3f}", lpips, seconds, _short_count(m.parameters), str(m.steps))
+        seconds = (
+            f"{m.train_seconds:.0f}"
+            + (f" from step {m.resumed_at}" if m.resumed_at else "")
+            + (" cached" if m.cached else "")
+        )
+        table.add_row(
+            m.name, f"{m.psnr:.2f}", delta, f"{m.ssim:.3f}", lpips, seconds, _short_count(m.parameters), str(m.steps)
+        )
     CONSOLE.print(table)
 
 

@@ -105,7 +105,9 @@ class FieldTeacher(ModelTeacher):
         return self.family
 
     def _fill_grid(self, sampling: Sampling) -> None:
-        occ_fn = self.occupancy_grid.occupancy_fn(lambda x: self.query_points(x).density, sampling.step_size, self.chunk)
+        occ_fn = self.occupancy_grid.occupancy_fn(
+            lambda x: self.query_points(x).density, sampling.step_size, self.chunk
+        )
         with torch.no_grad():
             for _ in range(self.grid_passes):  # max over jittered points in every cell
                 self.occupancy_grid._update(step=0, occ_eval_fn=occ_fn, occ_thre=sampling.grid_threshold,
@@ -125,9 +127,12 @@ class FieldTeacher(ModelTeacher):
             phi1 = torch.cat([raw, embedding.reshape(-1, VOLUME_FEATURE_DIM - 1).to(raw)], dim=-1)
         return PointOutputs(raw_density=raw, rgb=rgb, phi1=phi1)
 
-    def _query_points(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
+    def _query_points(
+        self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]
+    ) -> PointOutputs:
         """log σ, colour (with ``directions``) and ϕ¹ (nerfacto family only), in chunks of ``chunk`` points."""
-        parts = [self._evaluate(positions[i : i + self.chunk], None if directions is None else directions[i : i + self.chunk])
+        parts = [self._evaluate(positions[i : i + self.chunk],
+                                None if directions is None else directions[i : i + self.chunk])
                  for i in range(0, len(positions), self.chunk)]
 
         def cat(name: str) -> Optional[Tensor]:
@@ -296,7 +301,8 @@ def build_stock_model(config, state: Dict[str, Tensor], source: Path, sampling: 
     if aabb is None and sampling is None:
         raise TeacherLoadError(f"teacher {source} stores no scene box; load it with the student's (Sampling)")
     scene_box = SceneBox(aabb=aabb.float()) if aabb is not None else sampling.scene_box  # type: ignore[union-attr]
-    per_image = [state[k] for k in ("camera_optimizer.pose_adjustment", "field.embedding_appearance.embedding.weight") if k in state]
+    per_image = [state[k] for k in ("camera_optimizer.pose_adjustment", "field.embedding_appearance.embedding.weight")
+                 if k in state]
     num_train_data = per_image[0].shape[0] if per_image else 1
     with offline_lpips():
         model = config.pipeline.model.setup(scene_box=scene_box, num_train_data=num_train_data, metadata={})

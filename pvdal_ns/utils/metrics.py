@@ -1,9 +1,9 @@
 """Image metrics through torchmetrics: PSNR, SSIM and, only where its weights are on disk, LPIPS; and the clock
 that timed spans are read with (:func:`synchronized_clock`).
 
-Stock nerfstudio models build LPIPS eagerly, which downloads AlexNet and crashes offline (docs/design.md, "nerfstudio 1.1.5").
-Here LPIPS is built on first use and only when torchvision's AlexNet checkpoint is already in the torch
-hub cache; otherwise it is reported as missing (``None``) and nothing is downloaded.
+Stock nerfstudio models build LPIPS eagerly, which downloads AlexNet and crashes offline (docs/design.md,
+"nerfstudio 1.1.5"). Here LPIPS is built on first use and only when torchvision's AlexNet checkpoint is already in the
+torch hub cache; otherwise it is reported as missing (``None``) and nothing is downloaded.
 """
 
 from __future__ import annotations
