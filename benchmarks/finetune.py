@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import cached_teacher, distillation_config, run_and_evaluate
+    from pvdal_ns.experiments.convert import distillation_config, run_and_evaluate, train_or_reuse_teacher
     from pvdal_ns.utils.files import write_atomic
 
     out = args.output_dir.resolve()
@@ -35,8 +35,8 @@ def main() -> None:
     results = json.loads(record.read_text()) if record.is_file() else []
     for case in args.cases:
         teacher_arch, teacher_steps, student, steps, finetune = case.split(":")
-        teacher = cached_teacher(teacher_arch, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
-                                 int(teacher_steps)).report
+        teacher = train_or_reuse_teacher(teacher_arch, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
+                                         int(teacher_steps)).report
         for n in (0, int(finetune)):
             name = f"{teacher_arch}{teacher_steps}-to-{student}-{steps}-ft{n}-seed{args.seed}"
             if any(r["run"] == name for r in results):

@@ -33,13 +33,13 @@ def main() -> None:
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.data.datamanager import PseudoLabels
+    from pvdal_ns.data.pseudo_labels import RenderedLabels as PseudoLabels
     from pvdal_ns.engine.runner import set_seed
-    from pvdal_ns.experiments.convert import cached_teacher, distillation_config
+    from pvdal_ns.experiments.convert import distillation_config, train_or_reuse_teacher
     from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS
 
-    teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
-                             DEMO_TEACHER_STEPS).report
+    teacher = train_or_reuse_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
+                                     DEMO_TEACHER_STEPS).report
     staged_stage_at = PseudoLabels.stage_at
     n, skip = args.steps, 5
     times = {}

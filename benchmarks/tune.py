@@ -74,14 +74,15 @@ def main() -> None:
 
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.engine.runner import evaluate, train
-    from pvdal_ns.experiments.convert import cached_teacher
+    from pvdal_ns.experiments.convert import train_or_reuse_teacher
     from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS
     from pvdal_ns.utils.files import write_atomic
 
     steps = args.steps or PRESETS[args.student, "small"].steps
     out = (args.output_dir or Path(f"outputs/bench-tune-{args.student}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
+    teacher = train_or_reuse_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
+                                     DEMO_TEACHER_STEPS)
     record = out / "tune.json"
     runs: List[dict] = json.loads(record.read_text())["runs"] if record.is_file() else []
     for text, settings in zip(variants, parsed):

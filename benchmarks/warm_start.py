@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pvdal_ns import EMBEDDED_SCENE
-    from pvdal_ns.experiments.convert import cached_teacher, distillation_config, run_and_evaluate
+    from pvdal_ns.experiments.convert import distillation_config, run_and_evaluate, train_or_reuse_teacher
     from pvdal_ns.presets import DEMO_TEACHER_STEPS, demo_steps
     from pvdal_ns.utils.files import write_atomic
 
@@ -38,8 +38,8 @@ def main() -> None:
     for pair in args.pairs:
         teacher_arch, student = pair.split(":")
         if teacher_arch not in teachers:
-            teachers[teacher_arch] = cached_teacher(teacher_arch, "small", EMBEDDED_SCENE, args.teacher_dir.resolve(),
-                                                    DEMO_TEACHER_STEPS)
+            teachers[teacher_arch] = train_or_reuse_teacher(teacher_arch, "small", EMBEDDED_SCENE,
+                                                            args.teacher_dir.resolve(), DEMO_TEACHER_STEPS)
         teacher = teachers[teacher_arch].report
         for warm in (True, False):
             name = f"{teacher_arch}-to-{student}-{'warm' if warm else 'cold'}-seed{args.seed}"

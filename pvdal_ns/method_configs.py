@@ -24,7 +24,7 @@ from pvdal_ns.engine.trainer import PVDTrainerConfig
 from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
-from pvdal_ns.presets import LR_FINAL, PRESETS, Size, method_name
+from pvdal_ns.presets import LR_FINAL, PRESETS, Size, checkpoint_interval, method_name
 
 FIELD_CONFIGS = {"hash": HashFieldConfig, "vm": VMFieldConfig, "mlp": MLPFieldConfig, "tensors": TensorsFieldConfig}
 
@@ -104,7 +104,7 @@ def set_steps(config: TrainerConfig, steps: int,
         if group["scheduler"] is not None:
             group["scheduler"].max_steps = steps
     pipeline.stage1_steps, pipeline.stage2_steps = (round(f * steps) for f in stage_fractions)
-    config.steps_per_save = min(config.steps_per_save, max(1, steps // 10))  # a kill loses ≤ 10 %
+    config.steps_per_save = checkpoint_interval(steps, config.steps_per_save)
     return config
 
 

@@ -13,10 +13,23 @@ number is what it is: docs/benchmarks.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple, get_args
 
-ARCHITECTURES = ("hash", "vm", "mlp", "tensors")
-"""The four student (and teacher) architectures of paper Table 1."""
+Architecture = Literal["hash", "vm", "mlp", "tensors"]
+"""A student (and teacher) architecture of paper Table 1: hash grid (Instant-NGP), VM tensors (TensoRF), NeRF MLP,
+dense SH voxel grid ("Tensors" in the paper: Plenoxels; not the stock teacher ``tensorf``, which is a VM)."""
+ARCHITECTURES: Tuple[Architecture, ...] = get_args(Architecture)
+"""The four, in the paper's order."""
+
+AblationRow = Literal[
+    "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
+    "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning", "forward density clipping",
+    "normL2 losses", "w/o warm start", "renders only",
+]
+"""A row of ``ns-distill ablation`` (what each switches: :data:`pvdal_ns.experiments.ablation.ROWS`): "all" and the
+paper's ten "w/o" rows of Table 3, then four variants."""
+PAPER_ABLATION_ROWS: Tuple[AblationRow, ...] = get_args(AblationRow)[:11]
+"""The rows ``ns-distill ablation`` runs unless told: "all" and the paper's ten "w/o" rows."""
 
 Size = Literal["paper", "small", "compressed"]
 """Which preset of an architecture: the paper's sizes, the CPU-sized one, or the compressed one (Table 7)."""
@@ -129,3 +142,25 @@ def matrix_steps(size: Size) -> Tuple[Dict[str, int], Dict[str, int]]:
 def demo_steps() -> Dict[str, int]:
     """Distillation steps of each student of ``ns-distill demo`` (the CPU presets')."""
     return {arch: PRESETS[arch, "small"].demo_steps for arch in ARCHITECTURES}  # type: ignore[misc]
+
+
+def checkpoint_interval(steps: int, steps_per_save: int) -> int:
+    """Steps between checkpoints of a run of ``steps`` steps: ``steps_per_save``, or less, so that a checkpoint is
+    saved at least every tenth of the run (a killed run loses at most a tenth; docs/design.md, "A run's length,
+    resuming, crashes and the machine")."""
+    return min(steps_per_save, max(1, steps // 10))
+
+
+def finetune_start(steps: int, finetune_steps: int, limit: str = "the run's steps") -> int:
+    """The first step of a run of ``steps`` steps that fine-tunes on the training images (its last
+    ``finetune_steps``; paper Table 6). ``limit``: the option that sets ``steps``, for the message.
+
+    Raises:
+        ValueError: ``finetune_steps`` is negative or leaves no step to distil; the message starts with the number
+            (the caller names the option)."""
+    if finetune_steps < 0:
+        raise ValueError(f"{finetune_steps} is negative: give 0 (no fine-tuning) or more")
+    if finetune_steps >= steps:
+        raise ValueError(f"{finetune_steps} leaves none of the run's {steps} steps to distil: "
+                         f"make it smaller than {limit}")
+    return steps - finetune_steps

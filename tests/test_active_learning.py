@@ -68,12 +68,12 @@ def test_ray_pool_fills_with_hardest_then_replaces_drawn_slots_in_place():
     pool.update(errors, _rays(list(range(10, 20))))
     assert pool.warm and len(pool) == 4
     drawn = pool.draw(2, generator=torch.Generator().manual_seed(0))
-    assert drawn is not None and len(drawn["origins"]) == 2
+    assert drawn is not None and len(drawn[0]["origins"]) == 2
     before = pool.rays["origins"][:, 0].clone()
-    slots = pool._drawn.clone()
+    slots = drawn[1]
     hard = torch.zeros(10)
     hard[[3, 6]] = torch.tensor([5.0, 7.0])
-    entered = pool.update(hard, _rays(list(range(100, 110))))
+    entered = pool.update(hard, _rays(list(range(100, 110))), slots)
     assert sorted(entered.tolist()) == [3, 6]
     after = pool.rays["origins"][:, 0]
     assert sorted(after[slots].tolist()) == [103.0, 106.0]
@@ -157,3 +157,42 @@ def test_hard_pose_figure_of_a_student_equal_to_its_teacher():
     fig = hard_poses_figure(cameras, torch.zeros(3), torch.zeros(4, dtype=torch.bool), torch.tensor([1]),
                             torch.zeros(4), epoch=3)
     assert len(fig.axes) == 1
+
+
+def test_feed_is_the_one_mutation_of_a_step_and_closes_the_epoch_its_batch_ends():
+    """The pipeline feeds active learning once a step: pose statistics and ray pool from the step's errors, the pool
+    slots the batch drew overwritten, the epoch closed by the batch that carries its end; reading changes nothing."""
+    from nerfstudio.cameras.cameras import Cameras
+    from nerfstudio.cameras.rays import RayBundle
+
+    from pvdal_ns.active_learning.active_learning import EpochEnd
+
+    al = ActiveLearning(ActiveLearningConfig(ray_pool_size=4, ray_fraction=0.2, pose_fraction=0.5, start_step=5),
+                        num_poses=3, image_size=(10, 10))
+    rays = _rays(list(range(10)))
+    ray_bundle = RayBundle(origins=rays["origins"], directions=rays["directions"], pixel_area=rays["pixel_area"])
+    indices = torch.cat([torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2, 2])[:, None], rays["pixels"]], dim=-1)
+    errors = torch.arange(10.0)
+    assert al.feed(4, ray_bundle, {"indices": indices}, errors) == {}  # before its start: nothing
+    assert len(al.hard_rays) == 0 and al.pooled_rays(10, 4) is None
+    metrics = al.feed(5, ray_bundle, {"indices": indices}, errors)
+    assert len(al.hard_rays) == 2 and float(metrics["al_ray_pool_fill"]) == 0.5 and "al_overhead_ms" in metrics
+    al.feed(6, ray_bundle, {"indices": indices}, errors)
+    assert al.hard_rays.warm
+    before = {k: v.clone() for k, v in al.hard_rays.rays.items()}
+    pooled, slots = al.pooled_rays(10, 7)  # a read: the pool is as it was
+    assert len(slots) == 2 and all(torch.equal(before[k], al.hard_rays.rays[k]) for k in before)
+    c2w = torch.eye(4)[:3].repeat(3, 1, 1)
+    cameras = Cameras(camera_to_worlds=c2w, fx=5.0, fy=5.0, cx=5.0, cy=5.0, width=10, height=10)
+    end = EpochEnd(epoch=0, cameras=cameras, from_pool=torch.zeros(3, dtype=torch.bool))
+    assert al.ended is None and al.poses_from_pool(3, 7) == 0
+    al.feed(7, ray_bundle, {"indices": indices, "pool_slots": slots, "epoch_end": end}, errors.flip(0))
+    assert sorted(al.hard_rays.rays["origins"][slots, 0].tolist()) == [0.0, 1.0]  # the drawn slots, overwritten
+    ended = al.ended
+    assert ended is not None and ended.step == 7 and ended.epoch == 0
+    # per-pose mean errors over the three steps fed (5, 6: 0..9; 7: 9..0): pose 2 16/3, pose 1 4, pose 0 19/6
+    assert torch.equal(ended.hardest, torch.tensor([2, 1]))
+    assert len(al.hard_poses.poses) == 2 and al.poses_from_pool(3, 8) == 2
+    assert torch.isnan(al.hard_poses.pose_errors()).all()  # fresh statistics for the next epoch
+    al.follow("the leader")
+    assert al.pooled_rays(10, 8) is None and al.poses_from_pool(3, 8) == 0 and al.hard_points_at(8) is not None

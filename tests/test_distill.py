@@ -61,7 +61,7 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
 
     # pseudo-label batches are the teacher's renders, never real pixels
     _, batch = pipeline.datamanager.next_train(45)
-    assert batch["image"].shape == (1024, 3) and "teacher" in batch
+    assert batch["teacher"].rgb.shape == (1024, 3) and "image" not in batch
 
     # the teacher is not part of the student's parameters or checkpoint, and stays in eval mode
     teacher_params = {id(p) for p in teacher.model.parameters()}
@@ -191,11 +191,11 @@ def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, c
     assert images.rgb.shape == (8, 100, 100, 3) and images.accumulation.shape == (8, 100, 100, 1)
     ray_bundle, batch = dm.next_train(0)
     pixels = batch["indices"]
-    expected, _ = images.composite(pixels, batch["background"])
-    torch.testing.assert_close(batch["image"], expected)
+    expected, _ = images.composite(pixels, batch["teacher"].background)
+    torch.testing.assert_close(batch["teacher"].rgb, expected)
     assert batch["teacher"].points is None
-    live = pipeline.teacher.render(ray_bundle, batch["background"]).rgb  # the same rays, rendered per ray
-    assert float((live - batch["image"]).abs().mean()) < 0.01
+    live = pipeline.teacher.render(ray_bundle, batch["teacher"].background).rgb  # the same rays, rendered per ray
+    assert float((live - batch["teacher"].rgb).abs().mean()) < 0.01
 
     assert set(train_step_losses(trainer, 1)[1]) == {"rgb_loss", "regularization"}
     reference = _render_views(teacher_pipeline)

@@ -88,12 +88,13 @@ def test_figures_of_active_learning_draw_no_random_numbers(tiny_teacher):
 
 
 def test_ablation_rows_switch_off_one_thing_and_keep_the_stage_three_budget():
-    from pvdal_ns.experiments.ablation import DEFAULT_ROWS, ROWS
+    from pvdal_ns.experiments.ablation import ROWS
     from pvdal_ns.method_configs import method_config
-    from pvdal_ns.scripts.distill import AblationRow
+    from pvdal_ns.presets import PAPER_ABLATION_ROWS, AblationRow
 
     assert set(typing.get_args(AblationRow)) == set(ROWS)
-    assert DEFAULT_ROWS[0] == "all" and len(DEFAULT_ROWS) == 11 and "renders only" not in DEFAULT_ROWS
+    assert PAPER_ABLATION_ROWS[0] == "all" and len(PAPER_ABLATION_ROWS) == 11
+    assert "renders only" not in PAPER_ABLATION_ROWS
 
     def applied(row):
         config = method_config("mlp", "small")

@@ -12,7 +12,7 @@ BIN = Path(sys.executable).parent
 
 
 def _cache_teacher(config_path: Path, teacher_dir: Path, steps: int) -> None:
-    """Leave ``config_path`` where ``cached_teacher`` looks for the VM teacher of ``steps`` steps."""
+    """Leave ``config_path`` where ``train_or_reuse_teacher`` looks for the VM teacher of ``steps`` steps."""
     record = {"config": str(config_path), "method": "pvdal-vm-small", "seconds": 1.0,
               "data": str(EMBEDDED_SCENE.resolve())}
     teacher_dir.mkdir(parents=True)

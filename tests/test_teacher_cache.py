@@ -32,13 +32,13 @@ def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="ca
 def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_teacher, tmp_path):
     pipeline = _trainer(tiny_teacher[0], tmp_path, steps=10).pipeline
     teacher = pipeline.teacher  # live until the first step writes the cache
-    batches = list(pipeline.datamanager.pseudo_labels.render_batches(3))
+    batches = list(pipeline.datamanager.pseudo_labels.writer.render_batches(3))
     cache = write_cache(tmp_path / "c", teacher, batches, pipeline.batch_key, max_bytes=1 << 30)
     assert len(cache) == 3 and Capability.VOLUME_FEATURE in cache.capabilities
     assert torch.equal(cache.occupancy_grid.binaries, teacher.occupancy_grid.binaries)
     for i, (live_rays, batch) in enumerate(batches):
         live = batch["teacher"]
-        rays, cached = cache.recorded_batch(i, batch["background"], torch.device("cpu"))
+        rays, cached = cache.recorded_batch(i, live.background, torch.device("cpu"))
         assert torch.equal(rays.origins, live_rays.origins) and torch.equal(rays.directions, live_rays.directions)
         assert torch.equal(cached.mask, live.mask)
         positions = cached.ray_samples.frustums.get_positions()[cached.mask]

@@ -8,12 +8,14 @@
   are overwritten in place by the batch's new hardest rays.
 * **Hard points (TSP)**: :class:`~pvdal_ns.model_components.hard_points.HardPoints` — the σ and colour losses use
   only the top fraction of each ray's sample weights (teacher ∪ student), leaving out rays of low opacity; the model
-  applies it (it holds the weights), :attr:`ActiveLearning.hard_points` says when.
+  applies it (it holds the weights), :meth:`ActiveLearning.hard_points_at` says when.
 
 :class:`ActiveLearning` is the one owner of all three: which levels are on (from the config and the
 teacher's capabilities, once), from which step, the pools, and the per-epoch statistics the figures are
-drawn from. The datamanager asks it for an epoch's poses and a batch's pool rays and hands it the errors.
-Nothing here depends on the architectures.
+drawn from. It is changed in one place, once a step: the pipeline feeds it the step's errors
+(:meth:`ActiveLearning.feed`). The datamanager only reads it: how many of an epoch's poses and a batch's rays
+come from the pools, and which (the drawn ray slots ride in the batch, ``batch["pool_slots"]``; the last
+batch of an epoch carries :class:`EpochEnd`). Nothing here depends on the architectures.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from jaxtyping import Float, Int
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
 
 from pvdal_ns.cameras.poses import random_rotations
 from pvdal_ns.model_components.hard_points import HardPoints
 from pvdal_ns.model_components.teacher_batch import Capability
+from pvdal_ns.utils.metrics import synchronized_clock
 
 
 @dataclass
@@ -150,8 +155,7 @@ class HardPosePool(nn.Module):
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.poses, self.errors, self.next_slot = state["poses"].cpu(), state["errors"].cpu(), int(state["next_slot"])
-        if "error_sum" in state:  # the epoch's measurements so far (checkpoints before 2026-12-03 lack them)
-            self.error_sum, self.ray_count = state["error_sum"].cpu(), state["ray_count"].cpu()
+        self.error_sum, self.ray_count = state["error_sum"].cpu(), state["ray_count"].cpu()
 
 
 RAY_FIELDS = ("origins", "directions", "pixel_area", "pixels")
@@ -161,9 +165,9 @@ class HardRayPool(nn.Module):
     """TSR (Eq. 10): a bounded pool of the rays with the largest RGB error.
 
     Filling: the hardest ``fraction`` of every batch is appended until the pool holds ``capacity`` rays.
-    Once full ("warm"), :meth:`draw` gives that many pool rays for the next batch, and :meth:`update`
-    overwrites exactly the drawn slots with the new batch's hardest rays. Rays are stored in world
-    coordinates with their pixel (row, column) for the heat maps. Saved in the checkpoint.
+    Once full ("warm"), :meth:`draw` gives that many pool rays for the next batch with their slots, and
+    :meth:`update`, handed those slots back, overwrites exactly them with the new batch's hardest rays. Rays
+    are stored in world coordinates with their pixel (row, column) for the heat maps. Saved in the checkpoint.
 
     Args:
         capacity: rays the pool holds.
@@ -175,7 +179,6 @@ class HardRayPool(nn.Module):
         self.capacity, self.fraction = capacity, fraction
         self.rays: Dict[str, Tensor] = {}
         """origins, directions Float[Tensor, "P 3"]; pixel_area Float[Tensor, "P 1"]; pixels Int[Tensor, "P 2"]."""
-        self._drawn: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return len(self.rays["origins"]) if self.rays else 0
@@ -189,33 +192,35 @@ class HardRayPool(nn.Module):
         """True once the pool is full."""
         return len(self) >= self.capacity
 
-    def draw(self, n: int, generator: Optional[torch.Generator] = None) -> Optional[Dict[str, Tensor]]:
-        """``n`` random pool rays (remembered for :meth:`update`), or None while the pool is filling."""
+    def draw(self, n: int, generator: Optional[torch.Generator] = None) -> Optional[Tuple[Dict[str, Tensor], Tensor]]:
+        """``n`` random pool rays and their slots (Int[Tensor, " n"], for :meth:`update`: they ride in the batch),
+        or None while the pool is filling. Reads the pool only."""
         if not self.warm or n <= 0:
-            self._drawn = None
             return None
-        self._drawn = torch.randperm(len(self), generator=generator, device="cpu")[:n].to(self.rays["origins"].device)
-        return {k: v[self._drawn] for k, v in self.rays.items()}
+        slots = torch.randperm(len(self), generator=generator, device="cpu")[:n].to(self.rays["origins"].device)
+        return {k: v[slots] for k, v in self.rays.items()}, slots
 
-    def update(self, errors: Float[Tensor, " R"], rays: Dict[str, Tensor]) -> Int[Tensor, " K"]:
+    def update(self, errors: Float[Tensor, " R"], rays: Dict[str, Tensor],
+               slots: Optional[Int[Tensor, " n"]] = None) -> Int[Tensor, " K"]:
         """Put the hardest rays of a batch into the pool.
 
         Args:
             errors: per-ray squared RGB error (student vs teacher).
             rays: the batch's rays, same keys as the pool, first dimension R.
+            slots: the pool slots the batch drew (:meth:`draw`); once the pool is warm, the hardest rays
+                overwrite exactly these, in place.
 
         Returns:
             the batch positions of the rays that entered.
         """
         k = self.per_batch(len(errors))
-        if self._drawn is not None:
-            k = min(k, len(self._drawn))
+        if slots is not None:
+            k = min(k, len(slots))
         hardest = torch.topk(errors.detach(), k).indices
         new = {key: rays[key][hardest].detach() for key in RAY_FIELDS}
-        if self._drawn is not None:  # warm: replace the rays just drawn, in place
+        if slots is not None:  # warm: replace the rays just drawn, in place
             for key in RAY_FIELDS:
-                self.rays[key][self._drawn[:k]] = new[key].to(self.rays[key])
-            self._drawn = None
+                self.rays[key][slots[:k]] = new[key].to(self.rays[key])
         elif not self.rays:
             self.rays = {key: value[: self.capacity].clone() for key, value in new.items()}
         else:
@@ -228,7 +233,6 @@ class HardRayPool(nn.Module):
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.rays = dict(state["rays"])
-        self._drawn = None
 
 
 LEVEL_NEEDS = {
@@ -240,26 +244,71 @@ LEVEL_NEEDS = {
 LEVEL_NAMES = {"poses": "hard poses", "rays": "hard rays", "points": "hard points"}
 
 
+@dataclass
+class EpochEnd:
+    """What the last batch of an epoch of novel poses carries (``batch["epoch_end"]``), for active learning to
+    close the epoch: its number, its N cameras (poses and the training intrinsics) and which of them were
+    re-injected from the hard-pose pool (``from_pool`` Bool[Tensor, " N"])."""
+
+    epoch: int
+    cameras: Cameras
+    from_pool: Tensor
+
+
+@dataclass
+class EndedEpoch:
+    """An epoch as active learning closed it (:attr:`ActiveLearning.ended`), what its figures are drawn from
+    (Fig. 7, :mod:`pvdal_ns.active_learning.images`).
+
+    Attributes:
+        step: the training step whose batch ended it.
+        epoch, cameras, from_pool: as :class:`EpochEnd`.
+        hardest: Int[Tensor, " K"] epoch pose ids that entered the hard-pose pool, hardest first; None with
+            hard poses off.
+        pose_errors: Float[Tensor, " N"] mean squared RGB error of each pose (NaN: not measured).
+        heat: Float[Tensor, "H W"] every ray that entered the hard-ray pool, counted by pixel.
+        hard_ray_ids: Int[Tensor, " M"] flat (pose, row, column) ids of the fresh rays that entered it.
+    """
+
+    step: int
+    epoch: int
+    cameras: Cameras
+    from_pool: Tensor
+    hardest: Optional[Tensor]
+    pose_errors: Tensor
+    heat: Tensor
+    hard_ray_ids: Tensor
+
+    def pose_heat(self, pose_id: int) -> Float[Tensor, "H W"]:
+        """Hard rays of one pose of the epoch, counted per pixel."""
+        height, width = self.heat.shape
+        mine = self.hard_ray_ids[self.hard_ray_ids // (height * width) == pose_id] % (height * width)
+        return torch.bincount(mine, minlength=height * width).float().view(height, width)
+
+
 class ActiveLearning(nn.Module):
     """The three levels of one distillation, and the one place that decides about them.
 
     The levels on are those of ``config`` that the teacher can feed (:data:`LEVEL_NEEDS`; each one switched
-    off is logged once); they act from :attr:`start` on, and :meth:`set_step` (the pipeline's
-    ``BEFORE_TRAIN_ITERATION`` callback) switches them on there. The pools are saved in the pipeline's
-    checkpoint and restored on resume. Besides them it keeps this epoch's statistics for the figures
-    (Fig. 7): ``from_pool`` Bool[Tensor, " N"] (which poses were re-injected), the pose errors of
-    :attr:`hard_poses`, ``heat`` Float[Tensor, "H W"] (every ray that entered the ray pool, by pixel) and
-    ``hard_ray_ids`` (the flat (pose, row, column) ids of the fresh ones).
+    off is logged once); they act from :attr:`start` on (:meth:`active_at`). The pipeline feeds it once a step
+    (:meth:`feed`): the step's errors go to the pose statistics and the ray pool, and the last batch of an
+    epoch closes the epoch (its hardest poses into the pool, :attr:`ended` for the figures). The datamanager
+    reads how many poses and rays come from the pools (:meth:`poses_from_pool`, :meth:`pooled_poses`,
+    :meth:`pooled_rays`). The pools are saved in the pipeline's checkpoint and restored on resume, with this
+    epoch's statistics: the pose errors of :attr:`hard_poses`, ``heat`` Float[Tensor, "H W"] (every ray that
+    entered the ray pool, by pixel) and ``hard_ray_ids`` (the flat (pose, row, column) ids of the fresh ones).
 
     Args:
         config: the levels asked for and their sizes.
         capabilities: what the run's teacher gives; None (no teacher): the levels as asked.
         stage3_start: the first step of stage 3; the levels need the student's render, so they never act
             before it.
+        num_poses: the poses of an epoch (``--pipeline.datamanager.poses-per-epoch``).
+        image_size: (H, W) pixels of the novel poses (the training intrinsics).
     """
 
     def __init__(self, config: ActiveLearningConfig, capabilities: Optional[Capability] = None,
-                 stage3_start: int = 0) -> None:
+                 stage3_start: int = 0, num_poses: int = 0, image_size: Tuple[int, int] = (1, 1)) -> None:
         super().__init__()
         if capabilities is not None:
             for level, (needs, what) in LEVEL_NEEDS.items():
@@ -273,72 +322,96 @@ class ActiveLearning(nn.Module):
         self._hard_points = HardPoints(config.point_fraction, config.point_min_opacity)
         self.hard_poses = HardPosePool(config.pose_pool_size, config.pose_fraction)
         self.hard_rays = HardRayPool(config.ray_pool_size, config.ray_fraction)
-        self.active = False
-        self.from_pool = torch.zeros(0, dtype=torch.bool)
-        self.start_epoch(0, (1, 1))
+        self.num_poses, self.image_size = num_poses, tuple(image_size)
+        self.ended: Optional[EndedEpoch] = None
+        """The last epoch closed (not saved: the figures of an epoch are drawn at the step that closed it)."""
+        self._start_epoch()
         if capabilities is not None and config.any:
             levels = ", ".join(LEVEL_NAMES[level] for level in LEVEL_NAMES if getattr(config, level))
             CONSOLE.log(f"Active learning ({levels}) from step {self.start}")
 
-    def set_step(self, step: int) -> None:
-        """Switch the levels on from :attr:`start` (called before every training step)."""
-        self.active = self.config.any and step >= self.start
+    def follow(self, leader: str) -> None:
+        """This student trains on batches another student makes (students trained together): their poses and rays
+        come from the leader's pools, fed by the leader's errors; this one keeps only its own hard points (its
+        saved pools stay empty)."""
+        if self.config.poses or self.config.rays:
+            CONSOLE.log(f"Active learning: hard poses and hard rays are {leader}'s, whose batches this student shares")
+        self.config = dataclasses.replace(self.config, poses=False, rays=False)
 
-    def _on(self, level: str) -> bool:
-        return self.active and getattr(self.config, level)
+    def active_at(self, step: int) -> bool:
+        """Whether active learning acts at ``step`` (a level is on and ``step`` ≥ :attr:`start`)."""
+        return self.config.any and step >= self.start
 
-    @property
-    def hard_points(self) -> Optional[HardPoints]:
-        """The hard-point rule (TSP) the model applies at this step; None while the level is off."""
-        return self._hard_points if self._on("points") else None
+    def _on(self, level: str, step: int) -> bool:
+        return self.active_at(step) and getattr(self.config, level)
 
-    # --- what the datamanager asks ----------------------------------------------------------------------
-    def epoch_poses(self, num_poses: int, image_size: Tuple[int, int], fresh: Callable[[int], Tensor],
-                    pivot: Optional[Tensor]) -> Float[Tensor, "N 3 4"]:
-        """The poses of a new epoch: ``fresh(k)`` novel poses, then, with hard poses on and a pool to draw
-        from, ``pose_fraction`` of ``num_poses`` from the pool, jittered about ``pivot`` (TCP). Starts the
-        epoch's statistics for ``image_size`` (H, W) images.
+    def hard_points_at(self, step: int) -> Optional[HardPoints]:
+        """The hard-point rule (TSP) the model applies at ``step``; None while the level is off."""
+        return self._hard_points if self._on("points", step) else None
 
-        Returns:
-            Float[Tensor, "N 3 4"] camera-to-world matrices (world units), N = ``num_poses``.
-        """
-        n_pool = 0
-        if self._on("poses") and len(self.hard_poses.poses):
-            n_pool = min(num_poses - 1, round(self.config.pose_fraction * num_poses))
-        c2w = fresh(num_poses - n_pool)
-        if n_pool:
-            c2w = torch.cat([c2w, self.hard_poses.draw(n_pool, self.config.pose_jitter_degrees, pivot)])
-        self.from_pool = torch.arange(num_poses) >= num_poses - n_pool
-        self.start_epoch(num_poses, image_size)
-        return c2w
+    # --- what the datamanager reads ---------------------------------------------------------------------
+    def poses_from_pool(self, num_poses: int, step: int) -> int:
+        """How many of an epoch's ``num_poses`` poses starting at ``step`` come from the hard-pose pool (TCP):
+        ``pose_fraction`` of them (at least one fresh pose) with hard poses on and a pool to draw from, else 0."""
+        if not self._on("poses", step) or len(self.hard_poses.poses) == 0:
+            return 0
+        return min(num_poses - 1, round(self.config.pose_fraction * num_poses))
 
-    def pool_rays(self, num_rays: int) -> Optional[Dict[str, Tensor]]:
-        """Rays of the hard-ray pool for a batch of ``num_rays`` (TSR), with the keys of :data:`RAY_FIELDS`;
-        None while the level is off or the pool is still filling."""
-        if not self._on("rays"):
+    def pooled_poses(self, n: int, pivot: Optional[Tensor]) -> Float[Tensor, "n 3 4"]:
+        """``n`` poses of the hard-pose pool, each jittered by up to ``pose_jitter_degrees`` about ``pivot``
+        (world point; None: about its own centre); camera-to-world, world units."""
+        return self.hard_poses.draw(n, self.config.pose_jitter_degrees, pivot)
+
+    def pooled_rays(self, num_rays: int, step: int) -> Optional[Tuple[Dict[str, Tensor], Tensor]]:
+        """Rays of the hard-ray pool for a batch of ``num_rays`` at ``step`` (TSR), with the keys of
+        :data:`RAY_FIELDS`, and their pool slots (Int[Tensor, " n"], to ride in the batch as
+        ``pool_slots``); None while the level is off or the pool is still filling."""
+        if not self._on("rays", step):
             return None
         return self.hard_rays.draw(self.hard_rays.per_batch(num_rays))
 
-    def feedback(self, pixels: Int[Tensor, "R 3"], rays: Dict[str, Tensor], errors: Float[Tensor, " R"]) -> None:
-        """One step's per-ray squared RGB errors (student vs teacher) of the batch's rays: to the pose
-        statistics (TCP) and the ray pool (TSR).
+    # --- what the pipeline feeds ------------------------------------------------------------------------
+    def feed(self, step: int, ray_bundle: RayBundle, batch: Dict[str, Any],
+             errors: Float[Tensor, " R"]) -> Dict[str, Tensor]:
+        """One step's per-ray squared RGB errors of the student against the teacher: to the pose statistics (TCP)
+        and the ray pool (TSR, overwriting the slots ``batch["pool_slots"]`` drew); a batch that carries
+        ``epoch_end`` (:class:`EpochEnd`) then closes its epoch (:meth:`end_epoch`).
 
         Args:
-            pixels: (pose id, row, column) of each ray; pose id −1 for rays from the pool.
-            rays: origins, directions, pixel_area of the rays (first dimension R).
+            ray_bundle: the batch's R rays (origins, directions, pixel_area go to the ray pool).
+            batch: the datamanager's batch: ``indices`` Int[Tensor, "R 3"] (pose id, row, column; pose id −1
+                for pool rays), and ``pool_slots``, ``epoch_end`` when it has them.
+            errors: Float[Tensor, " R"], from the model (``rgb_errors``).
+
+        Returns:
+            metrics to log: the pools' fill (:meth:`metrics`) and ``al_overhead_ms``, the milliseconds of this
+            call between two :func:`synchronized_clock` readings (on CUDA the step's queued work is waited for
+            first and not counted); empty before :attr:`start`.
         """
-        if not self.active:
-            return
+        if not self.active_at(step):
+            return {}
+        started = synchronized_clock(errors.device)
+        errors, pixels = errors.detach(), batch["indices"]
         if self.config.poses:
             self.hard_poses.record(pixels[:, 0], errors)
         if self.config.rays:
-            entered = self.hard_rays.update(errors, {**rays, "pixels": pixels[:, 1:].to(errors.device)})
-            self.record_hard_rays(pixels[entered.cpu()])
+            rays = {"origins": ray_bundle.origins, "directions": ray_bundle.directions,
+                    "pixel_area": ray_bundle.pixel_area, "pixels": pixels[:, 1:].to(errors.device)}
+            entered = self.hard_rays.update(errors, rays, batch.get("pool_slots"))
+            self._record_hard_rays(pixels[entered.cpu()])
+        if batch.get("epoch_end") is not None:
+            self.end_epoch(step, batch["epoch_end"])
+        overhead_ms = 1000.0 * (synchronized_clock(errors.device) - started)
+        return {**self.metrics(), "al_overhead_ms": torch.tensor(overhead_ms)}
 
-    def end_epoch(self, camera_to_worlds: Float[Tensor, "N 3 4"]) -> Optional[Int[Tensor, " K"]]:
-        """The epoch's hardest poses into the pool (hard poses on); returns their epoch ids, hardest first,
-        or None with hard poses off."""
-        return self.hard_poses.end_epoch(camera_to_worlds.cpu()) if self._on("poses") else None
+    def end_epoch(self, step: int, epoch: EpochEnd) -> EndedEpoch:
+        """Close ``epoch``: its hardest poses into the pool (hard poses on), its statistics kept in :attr:`ended`
+        for the figures, and fresh statistics for the next epoch."""
+        hardest = self.hard_poses.end_epoch(epoch.cameras.camera_to_worlds.cpu()) if self.config.poses else None
+        self.ended = EndedEpoch(step, epoch.epoch, epoch.cameras, epoch.from_pool.cpu(), hardest,
+                                self.hard_poses.pose_errors(), self.heat, self._hard_ray_ids())
+        self._start_epoch()
+        return self.ended
 
     def metrics(self) -> Dict[str, Tensor]:
         """How full the pools are: ``al_ray_pool_fill`` (fraction) and ``al_pose_pool_size`` (poses)."""
@@ -348,32 +421,25 @@ class ActiveLearning(nn.Module):
     # --- the epoch's statistics, for the figures --------------------------------------------------------
     def get_extra_state(self) -> Dict[str, Any]:
         """This epoch's figure statistics (the pools save their own state), for an exact resume."""
-        return {"from_pool": self.from_pool, "image_size": list(self.image_size), "heat": self.heat,
-                "hard_ray_ids": torch.cat(self.hard_ray_ids) if self.hard_ray_ids else torch.zeros(0, dtype=torch.long)}
+        return {"image_size": list(self.image_size), "heat": self.heat, "hard_ray_ids": self._hard_ray_ids()}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.from_pool, self.image_size, self.heat = (state["from_pool"].cpu(), tuple(state["image_size"]),
-                                                      state["heat"].cpu())
+        self.image_size, self.heat = tuple(state["image_size"]), state["heat"].cpu()
         self.hard_ray_ids = [state["hard_ray_ids"].cpu()]
 
-    def start_epoch(self, num_poses: int, image_size) -> None:
-        """Reset the per-epoch statistics for ``num_poses`` poses of ``image_size`` (H, W) pixels."""
-        self.hard_poses.reset_epoch(num_poses)
-        self.image_size = tuple(image_size)
+    def _start_epoch(self) -> None:
+        """Fresh per-epoch statistics."""
+        self.hard_poses.reset_epoch(self.num_poses)
         self.heat = torch.zeros(self.image_size)
         self.hard_ray_ids: List[Tensor] = []
 
-    def record_hard_rays(self, indices: Int[Tensor, "K 3"]) -> None:
+    def _hard_ray_ids(self) -> Tensor:
+        return torch.cat(self.hard_ray_ids) if self.hard_ray_ids else torch.zeros(0, dtype=torch.long)
+
+    def _record_hard_rays(self, indices: Int[Tensor, "K 3"]) -> None:
         """Note the (pose id, row, column) of rays that entered the pool; pose id −1 = a pool ray."""
         indices = indices.cpu()
         height, width = self.image_size
         self.heat.index_put_((indices[:, 1], indices[:, 2]), torch.ones(len(indices)), accumulate=True)
         fresh = indices[indices[:, 0] >= 0]
         self.hard_ray_ids.append((fresh[:, 0] * height + fresh[:, 1]) * width + fresh[:, 2])
-
-    def pose_heat(self, pose_id: int) -> Float[Tensor, "H W"]:
-        """Hard rays of one pose of this epoch, counted per pixel."""
-        height, width = self.image_size
-        ids = torch.cat(self.hard_ray_ids) if self.hard_ray_ids else torch.zeros(0, dtype=torch.long)
-        mine = ids[ids // (height * width) == pose_id] % (height * width)
-        return torch.bincount(mine, minlength=height * width).float().view(height, width)

@@ -1,13 +1,13 @@
 """What active learning picked, as images (paper Fig. 7): the hard poses' frustums among the epoch's
 poses, and a per-pixel heat map of the hard rays. Drawn from the epoch's cameras and the plain tensors
-:class:`~pvdal_ns.active_learning.active_learning.ActiveLearning` keeps, written as PNGs beside the run's checkpoints
+:class:`~pvdal_ns.active_learning.active_learning.EndedEpoch` holds, written as PNGs beside the run's checkpoints
 (``<run>/active_learning/epoch-NNNN-{poses,rays}.png``) and logged to tensorboard through nerfstudio's
 writer."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,18 +16,8 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.utils import writer
 from torch import Tensor
 
-from pvdal_ns.active_learning.active_learning import ActiveLearning
-from pvdal_ns.utils.files import write_atomic
-
-
-def _pyplot():
-    """matplotlib's pyplot on the non-interactive backend (imported on first use: it is slow to import)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from pvdal_ns.active_learning.active_learning import EndedEpoch
+from pvdal_ns.utils.files import pyplot, save_figure
 
 
 def _figure_to_tensor(fig) -> Float[Tensor, "H W 3"]:
@@ -66,7 +56,7 @@ def hard_poses_figure(cameras: Cameras, centre: Float[Tensor, "3"], from_pool: B
     """
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    plt = _pyplot()
+    plt = pyplot()
     c2w = cameras.camera_to_worlds.detach().cpu()
     scale = 0.15 * float((c2w[:, :, 3] - centre).norm(dim=-1).mean())
     lines = frustum_lines(c2w, float(cameras.fx[0]), float(cameras.fy[0]), float(cameras.width[0]),
@@ -103,7 +93,7 @@ def hard_rays_figure(teacher_image: Tensor, pose_heat: Tensor, heat: Tensor, pos
         pose_heat: Float[Tensor, "H W"] hard rays of that pose per pixel.
         heat: Float[Tensor, "H W"] hard rays of all poses of the epoch per pixel.
     """
-    fig, axes = _pyplot().subplots(1, 3, figsize=(9, 3.3))
+    fig, axes = pyplot().subplots(1, 3, figsize=(9, 3.3))
     axes[0].imshow(teacher_image.clamp(0, 1).numpy())
     axes[0].set_title(f"teacher, pose {pose_id}", fontsize=9)
     axes[1].imshow(teacher_image.mean(dim=-1).numpy(), cmap="gray", vmin=0, vmax=1)
@@ -122,33 +112,32 @@ def hard_rays_figure(teacher_image: Tensor, pose_heat: Tensor, heat: Tensor, pos
 def _save(fig, directory: Path, epoch: int, name: str, step: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     image = _figure_to_tensor(fig)
-    write_atomic(directory / f"epoch-{epoch:04d}-{name}.png", lambda p: fig.savefig(p, dpi=100, format="png"))
-    _pyplot().close(fig)
+    save_figure(directory / f"epoch-{epoch:04d}-{name}.png", fig, dpi=100)
     writer.put_image(name=f"active_learning/hard_{name}", image=image, step=step)
 
 
 @torch.no_grad()
-def write_epoch_images(directory: Path, epoch: int, step: int, al: ActiveLearning, cameras: Cameras,
-                       centre: Float[Tensor, "3"], hardest: Optional[Tensor],
+def write_epoch_images(directory: Path, ended: EndedEpoch, centre: Float[Tensor, "3"], hard_rays: bool,
                        render_pose: Callable[[int], Float[Tensor, "H W 3"]]) -> None:
-    """The images of the epoch that just ended (the datamanager calls this before it draws new poses):
+    """The images of an epoch active learning closed (the pipeline's callback after the step that closed it):
     ``<directory>/epoch-NNNN-{poses,rays}.png``, written atomically, and the same images to nerfstudio's
-    writer (tensorboard) at ``step``.
+    writer (tensorboard) at that step.
 
     Args:
-        al: the active learning of the epoch (its pose errors, re-injected poses and hard-ray counts).
-        cameras: the epoch's cameras; centre: the scene centre.
-        hardest: epoch pose ids that entered the hard-pose pool, hardest first; None with poses off.
+        ended: the epoch (its cameras, pose errors, re-injected poses and hard-ray counts).
+        centre: the scene centre (world units).
+        hard_rays: the hard-ray level is on (draw its figure).
         render_pose: the teacher's image of one epoch pose (H, W, 3 in [0, 1]).
     """
-    errors = al.hard_poses.pose_errors()
+    hardest, epoch, step = ended.hardest, ended.epoch, ended.step
     if hardest is not None and len(hardest):
-        _save(hard_poses_figure(cameras, centre, al.from_pool, hardest, errors, epoch), directory, epoch, "poses", step)
-    if al.config.rays and al.hard_ray_ids:
+        figure = hard_poses_figure(ended.cameras, centre, ended.from_pool, hardest, ended.pose_errors, epoch)
+        _save(figure, directory, epoch, "poses", step)
+    if hard_rays and len(ended.hard_ray_ids):
         if hardest is not None and len(hardest):
             pose_id = int(hardest[0])
         else:  # the pose with most hard rays
-            height, width = al.image_size
-            pose_id = int(torch.bincount(torch.cat(al.hard_ray_ids) // (height * width)).argmax())
-        figure = hard_rays_figure(render_pose(pose_id), al.pose_heat(pose_id), al.heat, pose_id, epoch)
+            height, width = ended.heat.shape
+            pose_id = int(torch.bincount(ended.hard_ray_ids // (height * width)).argmax())
+        figure = hard_rays_figure(render_pose(pose_id), ended.pose_heat(pose_id), ended.heat, pose_id, epoch)
         _save(figure, directory, epoch, "rays", step)

@@ -20,7 +20,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.utils.errors import TeacherLoadError
-from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.utils.files import write_json
 from pvdal_ns.utils.run_config import read_trainer_config
 
 RECORD = "run.json"
@@ -106,4 +106,4 @@ def mark_finished(config_path: Path, seconds: float, steps: int, start_step: int
     Raises:
         OSError: the file cannot be written."""
     info = {"seconds": round(seconds, 1), "steps": steps, "start_step": start_step}
-    write_atomic(config_path.parent / RECORD, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    write_json(config_path.parent / RECORD, info)

@@ -18,7 +18,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.amp import GradScaler
 
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
-from pvdal_ns.presets import PRESETS, method_name
+from pvdal_ns.presets import PRESETS, checkpoint_interval, method_name
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars, load_checkpoint
 from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError, install_refusal_hook
 from pvdal_ns.utils.files import save_torch, write_atomic
@@ -169,7 +169,7 @@ class PVDTrainerConfig(TrainerConfig):
     """Steps in a row whose gradients hold a NaN or an Inf (each skipped) after which the run stops."""
 
     def __post_init__(self) -> None:
-        self.steps_per_save = min(self.steps_per_save, max(1, self.max_num_iterations // 10))  # a kill loses ≤ 10 %
+        self.steps_per_save = checkpoint_interval(self.max_num_iterations, self.steps_per_save)
         planned = {group["scheduler"].max_steps for group in self.optimizers.values() if group.get("scheduler")}
         pipeline, steps = self.pipeline, self.max_num_iterations
         if len(planned) != 1 or not isinstance(pipeline, DistillationPipelineConfig):

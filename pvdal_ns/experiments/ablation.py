@@ -13,7 +13,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, get_args
 
 import numpy as np
 from nerfstudio.engine.trainer import TrainerConfig
@@ -21,8 +21,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.experiments.convert import distillation_config, run_and_evaluate
 from pvdal_ns.experiments.report import device_description, versions
-from pvdal_ns.presets import size_of
-from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.presets import AblationRow, size_of
+from pvdal_ns.utils.files import pyplot, save_figure, write_atomic, write_json
 
 
 def _off(*names: str) -> Callable[[TrainerConfig], None]:
@@ -57,7 +57,7 @@ def _loss_setting(name: str, value: object) -> Callable[[TrainerConfig], None]:
     return lambda config: setattr(config.pipeline.loss, name, value)  # type: ignore[attr-defined]
 
 
-ROWS: Dict[str, Callable[[TrainerConfig], None]] = {
+ROWS: Dict[AblationRow, Callable[[TrainerConfig], None]] = {
     "all": _off(),
     "w/o L_v": _without_volume_loss,
     "w/o L_sigma": _off("loss.density_weight"),
@@ -79,8 +79,7 @@ budget and the active-learning start included. Variants (not in the default rows
 in the forward pass, their normL2 loss form, no warm start, and "renders only" (plain distillation from the
 teacher's images, without any PVD point loss)."""
 
-DEFAULT_ROWS = tuple(ROWS)[:11]
-"""The rows ``ns-distill ablation`` runs unless told: "all" and the paper's ten "w/o" rows."""
+assert tuple(ROWS) == get_args(AblationRow), "every row of the command line, in its order, switches something"
 
 
 @dataclass
@@ -138,7 +137,7 @@ def run_ablation(settings: AblationSettings, rows: Sequence[str], seeds: Sequenc
             CONSOLE.log(f"{row} (seed {seed}): {done[-1]['psnr']:.2f} dB in {time.perf_counter() - started:.0f} s")
             payload = {"settings": settings.__dict__, "device": device_description(), "versions": versions(),
                        "runs": done}
-            write_atomic(record, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+            write_json(record, payload)
     chosen = [r for r in done if r["seed"] in seeds]
     summary = summarise(chosen, rows)
     write_atomic(output_dir / "ablation.md", lambda p: p.write_text(markdown_table(summary, settings, seeds)))
@@ -189,10 +188,7 @@ def markdown_table(summary: List[dict], settings: AblationSettings, seeds: Seque
 
 def plot_per_view(runs: List[dict], rows: Sequence[str], path: Path) -> None:
     """Fig. 6: the distribution of per-view PSNR of each row (box and points, all seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     present = [row for row in rows if any(r["row"] == row for r in runs)]
     data = [[p for r in runs if r["row"] == row for p in r["per_view_psnr"]] for row in present]
@@ -204,5 +200,4 @@ def plot_per_view(runs: List[dict], rows: Sequence[str], path: Path) -> None:
     ax.set_ylabel("per-view PSNR (dB)")
     ax.set_title("PVD-AL ablation: per-view PSNR on the test views (whiskers: min–max)", fontsize=9)
     fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(path, fig)

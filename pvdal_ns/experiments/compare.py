@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -33,7 +32,7 @@ from pvdal_ns.experiments.report import device_description, resources_utilizatio
 from pvdal_ns.presets import Size, method_name
 from pvdal_ns.teachers.stock import nerfacc_cuda_problem
 from pvdal_ns.utils.errors import BadInputError
-from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.utils.files import pyplot, save_figure, write_atomic, write_json
 
 CUDA_ONLY = {"instant-ngp": "its nerfacc sampling (packed ray marching) needs CUDA"}
 """Stock methods that cannot train without a GPU, and why."""
@@ -162,7 +161,7 @@ def run_compare(settings: CompareSettings, output_dir: Path) -> dict:
               "resources_utilization": resources_utilization(), "runs": runs,
               "skipped": skipped, "speedup": None if not reach else own / reach,
               "throughput_ratio": runs[distilled]["rays_per_second"] / runs[scratch]["rays_per_second"]}
-    write_atomic(output_dir / "compare.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    write_json(output_dir / "compare.json", record)
     write_atomic(output_dir / "compare.csv", lambda p: p.write_text(_csv(runs)))
     plot_compare(runs, settings, output_dir / "compare.png")
     _print(record)
@@ -193,10 +192,7 @@ def _print(record: dict) -> None:
 
 def plot_compare(runs: Dict[str, dict], settings: CompareSettings, path: Path) -> None:
     """``compare.png``: PSNR on the test views against training seconds (log axis), one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, r in runs.items():
@@ -209,5 +205,4 @@ def plot_compare(runs: Dict[str, dict], settings: CompareSettings, path: Path) -
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(path, fig)

@@ -22,13 +22,13 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pvdal_ns.engine.resume import FinishedRun, mark_finished, reuse_or_resume
 from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
-from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_json
+from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_report
 from pvdal_ns.method_configs import method_config, set_steps
 from pvdal_ns.models.pvd_model import PVDModelConfig
-from pvdal_ns.presets import Size, method_name
+from pvdal_ns.presets import Size, checkpoint_interval, finetune_start, method_name
 from pvdal_ns.teachers import load_teacher
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
-from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.utils.files import write_json
 from pvdal_ns.utils.run_config import read_trainer_config
 
 
@@ -142,7 +142,7 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
     model.eval_num_rays_per_chunk = 1 << 13
     config.output_dir, config.experiment_name = output_dir, experiment
     config.max_num_iterations = steps
-    config.steps_per_save = max(1, steps // 10)  # a killed run loses at most a tenth (issue #19)
+    config.steps_per_save = checkpoint_interval(steps, steps)
     config.steps_per_eval_image = config.steps_per_eval_batch = config.steps_per_eval_all_images = 10**9
     config.mixed_precision = False
     for group in config.optimizers.values():
@@ -186,7 +186,7 @@ def _reopen(finished: FinishedRun) -> TrainResult:
     return TrainResult(finished.config_path, finished.seconds, finished.steps, pipeline, start_step=finished.start_step)
 
 
-def cached_teacher(architecture: str, size: Size, data: Path, output_dir: Path, steps: int) -> Trained:
+def train_or_reuse_teacher(architecture: str, size: Size, data: Path, output_dir: Path, steps: int) -> Trained:
     """Train the demo teacher, or reuse the one a previous run left in ``output_dir``.
 
     The cache is keyed by architecture, preset, steps and scene; ``teacher.json`` beside the run holds
@@ -204,7 +204,7 @@ def cached_teacher(architecture: str, size: Size, data: Path, output_dir: Path, 
     trained = run_and_evaluate(config, name, "teacher", resume=True)  # a killed teacher continues
     info = {"config": trained.report.config, "method": trained.report.method, "seconds": trained.report.train_seconds,
             "data": str(data)}
-    write_atomic(record, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    write_json(record, info)
     return trained
 
 
@@ -284,9 +284,10 @@ def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path,
         config.pipeline.teacher_cache, config.pipeline.teacher_cache_gib = teacher_cache, teacher_cache_gib
         config.pipeline.teacher_renders_only = renders_only
         config.pipeline.finetune_steps = finetune_steps
-        if finetune_steps >= config.max_num_iterations:
-            raise BadInputError(f"--finetune-steps {finetune_steps} leaves none of the {config.max_num_iterations} "
-                            f"steps of {config.method_name} to distil: make it smaller")
+        try:
+            finetune_start(config.max_num_iterations, finetune_steps, f"the steps of {config.method_name}")
+        except ValueError as error:
+            raise BadInputError(f"--finetune-steps {error}") from None
     runs: List[Union[TrainResult, FinishedRun, None]] = [reuse_or_resume(c) if resume else None for c in configs]
     todo = [i for i, run in enumerate(runs) if run is None]
     if together and len(todo) > 1:
@@ -307,7 +308,8 @@ def finish(output_dir: Path, models: List[Trained], started: float, extra: dict)
     renders = {m.report.name: m.result.images[view] for m in models}
     psnrs = {m.report.name: float(m.result.per_view[view]["psnr"]) for m in models}  # type: ignore[arg-type]
     save_comparison(output_dir / "comparison.png", gt, renders, psnrs)
-    write_json(output_dir / "report.json", reports, {"total_seconds": round(time.perf_counter() - started, 1), **extra})
+    total = {"total_seconds": round(time.perf_counter() - started, 1)}
+    write_report(output_dir / "report.json", reports, {**total, **extra})
     CONSOLE.print(f"Wrote {output_dir / 'report.json'} and {output_dir / 'comparison.png'}")
 
 

@@ -1,10 +1,10 @@
 """``ns-distill matrix``: every teacher architecture into every student architecture (paper Table 2).
 
-Each teacher is trained from the scene's images once and cached (:func:`~pvdal_ns.experiments.convert.cached_teacher`,
-as the demo's); its students train together from one teacher pass per batch where their batch settings agree
-(:func:`~pvdal_ns.experiments.convert.convert` with ``together``). Every finished pair is added to ``matrix.json`` at
-once (atomically), so an interrupted matrix keeps what it measured and a rerun with the same settings only
-runs the missing pairs.
+Each teacher is trained from the scene's images once and cached
+(:func:`~pvdal_ns.experiments.convert.train_or_reuse_teacher`, as the demo's); its students train together from one
+teacher pass per batch where their batch settings agree (:func:`~pvdal_ns.experiments.convert.convert` with
+``together``). Every finished pair is added to ``matrix.json`` at once (atomically), so an interrupted matrix keeps
+what it measured and a rerun with the same settings only runs the missing pairs.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Dict, Optional, Sequence
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.experiments.convert import Trained, cached_teacher, convert
+from pvdal_ns.experiments.convert import Trained, convert, train_or_reuse_teacher
 from pvdal_ns.experiments.report import device_description, versions
 from pvdal_ns.presets import size_of
-from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.utils.files import pyplot, save_figure, write_atomic, write_json
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def run_matrix(settings: MatrixSettings, teachers: Sequence[str], students: Sequ
     record.update(device=device_description(), versions=versions())
 
     def save() -> None:
-        write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+        write_json(path, record)
 
     for teacher_arch in teachers:
         missing = [s for s in students if not any(
@@ -83,8 +83,8 @@ def run_matrix(settings: MatrixSettings, teachers: Sequence[str], students: Sequ
         if not missing:
             continue
         size = size_of(settings.small)
-        teacher = cached_teacher(teacher_arch, size, Path(settings.scene), (teacher_dir or output_dir).resolve(),
-                                 settings.teacher_steps[teacher_arch])
+        teacher = train_or_reuse_teacher(teacher_arch, size, Path(settings.scene),
+                                         (teacher_dir or output_dir).resolve(), settings.teacher_steps[teacher_arch])
         record["teachers"][teacher_arch] = {**_record(teacher), "steps": settings.teacher_steps[teacher_arch]}
         trained = convert(Path(teacher.report.config), missing, size, Path(settings.scene), output_dir,
                           {s: settings.student_steps[s] for s in missing}, f"from-{teacher_arch}", together=True,
@@ -127,10 +127,7 @@ def markdown_table(record: dict, teachers: Sequence[str], students: Sequence[str
 
 def plot_matrix(record: dict, teachers: Sequence[str], students: Sequence[str], path: Path) -> None:
     """``matrix.png``: a heat map of student − teacher PSNR (dB), teachers as rows, each cell annotated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
 
@@ -157,6 +154,5 @@ def plot_matrix(record: dict, teachers: Sequence[str], students: Sequence[str], 
     fig.colorbar(image, ax=ax, label="student − teacher PSNR (dB)")
     ax.set_title("PVD-AL: every teacher into every student (test views)", fontsize=9)
     fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(path, fig)
 

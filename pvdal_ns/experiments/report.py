@@ -6,7 +6,6 @@ report over an earlier one.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -22,7 +21,7 @@ from rich.table import Table
 
 from pvdal_ns import __version__
 from pvdal_ns.engine.runner import EvalResult
-from pvdal_ns.utils.files import write_atomic
+from pvdal_ns.utils.files import pyplot, save_figure, write_json
 
 
 @dataclass
@@ -107,7 +106,7 @@ def resources_utilization() -> Dict[str, Union[int, str]]:
     return info
 
 
-def write_json(path: Path, models: List[ModelReport], extra: Dict) -> None:
+def write_report(path: Path, models: List[ModelReport], extra: Dict) -> None:
     """Write ``report.json``: ``models`` (one :class:`ModelReport` each), ``device``, ``versions``, peak memory and
     ``extra`` (command, scene, ``total_seconds``…).
 
@@ -132,7 +131,7 @@ def write_json(path: Path, models: List[ModelReport], extra: Dict) -> None:
     gpu = peak_gpu_memory_gib()
     if gpu is not None:
         payload["peak_gpu_memory_gib"] = round(gpu, 3)
-    write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+    write_json(path, payload)
 
 
 def _short_count(n: int) -> str:
@@ -169,10 +168,7 @@ def save_comparison(path: Path, gt: torch.Tensor, renders: Dict[str, torch.Tenso
         renders: model name → Float[Tensor, "H W 3"] render of that view.
         psnrs: model name → PSNR (dB) of that view.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = 1 + len(renders)
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
@@ -186,5 +182,4 @@ def save_comparison(path: Path, gt: torch.Tensor, renders: Dict[str, torch.Tenso
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(path, fig)

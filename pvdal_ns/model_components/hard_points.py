@@ -71,7 +71,7 @@ class HardPoints:
     """Hard points (TSP, Eq. 11) as the model applies them: of each ray's occupied samples, the top ``fraction``
     by the teacher's weight (on rays the teacher renders at least ``min_opacity`` opaque) or by the student's
     (on rays the student does) carry L_σ and L_c. Active learning hands one to the model while the level is
-    active (:attr:`pvdal_ns.active_learning.active_learning.ActiveLearning.hard_points`)."""
+    active (:attr:`pvdal_ns.active_learning.active_learning.ActiveLearning.hard_points_at`)."""
 
     fraction: float = 0.3
     min_opacity: float = 0.5

@@ -19,7 +19,6 @@ from jaxtyping import Bool, Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.model_components.ray_samplers import SpacedSampler
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -61,8 +60,9 @@ class PVDModelConfig(ModelConfig):
     regularization_weight: float = 1.0
     """ω₅ of Eq. 7: scales the field's own L1 + TV terms."""
     enable_collider: bool = False
-    """nerfstudio's collider stays off: rays are clipped to the scene box, or to the near and far planes of a
-    contracted scene, by :meth:`~pvdal_ns.model_components.sampling.Sampling.collider`."""
+    """nerfstudio's near/far collider (which ``Model.forward`` applies) stays off: :meth:`PVDModel.sample` clips
+    each ray once, to the scene box or to the near and far planes of a contracted scene
+    (:meth:`~pvdal_ns.model_components.sampling.Sampling.collider`, :attr:`PVDModel.scene_collider`)."""
     scene_contraction: Literal["auto", "on", "off"] = "auto"
     """Unbounded scenes: "on" maps all of space into the fields and the grid with nerfstudio's
     ``SceneContraction`` (L∞, as nerfacto); "off" keeps the scene box; "auto": as the teacher does (a
@@ -86,7 +86,7 @@ class PVDModelConfig(ModelConfig):
 
 
 @dataclass
-class Distillation:
+class DistillationPlan:
     """What the student needs to distil, decided once at setup by ``DistillationPipeline`` from its config and
     the teacher's capabilities, and handed to the model as LERF's pipeline hands it its image encoder.
 
@@ -113,7 +113,7 @@ class PVDModel(Model):
         num_train_data: number of training images (unused; nerfstudio's ``Model`` signature).
         contracted: (keyword) whether space is contracted (the pipeline resolves ``scene_contraction``); a
             checkpoint's own setting replaces it when loaded.
-        distillation: (keyword) a :class:`Distillation` to distil; absent: the model trains on images.
+        distillation: (keyword) a :class:`DistillationPlan` to distil; absent: the model trains on images.
     """
 
     config: PVDModelConfig
@@ -122,7 +122,7 @@ class PVDModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         self.field = self.config.field.setup(aabb=self.scene_box.aabb)
-        self.distillation: Optional[Distillation] = self.kwargs.get("distillation")
+        self.distillation: Optional[DistillationPlan] = self.kwargs.get("distillation")
         """Set when distilling: the grid then comes from the teacher and is not updated."""
         self.occupancy_grid = OccupancyGrid(self.config.sampling(self.scene_box).space, self.config.grid_resolution)
         self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
@@ -149,7 +149,8 @@ class PVDModel(Model):
         self.sampling = self.config.sampling(self.scene_box, contracted)
         self.field.set_contracted(contracted)
         self.occupancy_grid.set_contracted(contracted)
-        self.collider = self.sampling.collider()
+        self.scene_collider = self.sampling.collider()
+        """Sets each ray's near and far (applied once, in :meth:`sample`; nerfstudio's ``collider`` stays None)."""
         self.sampler = self.sampling.sampler()
         self.sampler.train(self.training)
 
@@ -234,17 +235,12 @@ class PVDModel(Model):
         return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_grid)]
 
     # --- sampling and rendering ---------------------------------------------------------------------
-    def sample(
-        self, ray_bundle: RayBundle, sampler: Optional[SpacedSampler] = None
-    ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
+    def sample(self, ray_bundle: RayBundle) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
         """Occupancy-masked samples of the rays (:class:`~pvdal_ns.model_components.sampling.Sampling`), less those
         hidden or (except while training from images) nearly transparent where the sampling culls
-        (:func:`~pvdal_ns.model_components.sampling.visible`; a density pass without gradients).
-
-        Args:
-            sampler: the sampler to use instead of the model's own (which jitters in training mode only).
-        """
-        ray_samples, mask = sample_occupied(self.collider(ray_bundle), sampler or self.sampler, self.occupancy_grid)
+        (:func:`~pvdal_ns.model_components.sampling.visible`; a density pass without gradients). The model's sampler
+        jitters in training mode only."""
+        ray_samples, mask = sample_occupied(self.scene_collider(ray_bundle), self.sampler, self.occupancy_grid)
         # no alpha threshold while training from images: at the start every sample is nearly transparent, and
         # left out, it would never become opaque (measured: 11.4 against 17.9 dB on the embedded capture)
         alpha_thre = 0.0 if self.training and self.distillation is None else self.sampling.alpha_thre
@@ -270,13 +266,13 @@ class PVDModel(Model):
         None)."""
         return composite(ray_samples, mask, points, self.renderer_rgb, background)
 
-    def forward(self, ray_bundle: RayBundle, teacher: Optional[TeacherBatch] = None) -> Dict[str, Any]:
+    def forward(self, ray_bundle: RayBundle, teacher_batch: Optional[TeacherBatch] = None) -> Dict[str, Any]:
         """nerfstudio's ``Model.forward`` (render ``ray_bundle``), or, given the batch's
-        :class:`~pvdal_ns.teachers.TeacherBatch` of the same rays, the student at the teacher's sample points
-        (:meth:`get_distillation_outputs`)."""
-        if teacher is None:
+        :class:`~pvdal_ns.model_components.teacher_batch.TeacherBatch` of the same rays (``batch["teacher"]``), the
+        student at the teacher's sample points (:meth:`get_distillation_outputs`)."""
+        if teacher_batch is None:
             return super().forward(ray_bundle)
-        return self.get_distillation_outputs(teacher)
+        return self.get_distillation_outputs(teacher_batch)
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """Render R rays: ``rgb`` Float[Tensor, "R 3"], ``accumulation`` and ``depth`` (scene units)
@@ -297,11 +293,12 @@ class PVDModel(Model):
             outputs.update(self.comparison(camera_ray_bundle, outputs))
         return outputs
 
-    def get_distillation_outputs(self, teacher: TeacherBatch) -> Dict[str, Any]:
+    def get_distillation_outputs(self, teacher_batch: TeacherBatch) -> Dict[str, Any]:
         """The student at the teacher's sample points, as far as the current stage needs it.
 
         Args:
-            teacher: the batch's :class:`~pvdal_ns.teachers.TeacherBatch` (sample points, mask, background).
+            teacher_batch: the batch's :class:`~pvdal_ns.model_components.teacher_batch.TeacherBatch` (sample
+                points, mask, background).
 
         Returns:
             ``points``: :class:`PointOutputs` at the M occupied samples (colour from stage 2); ``teacher_points``,
@@ -312,18 +309,20 @@ class PVDModel(Model):
             active learning selects them, ``hard_points`` Bool[Tensor, " M"].
         """
         assert self.stage > 0 and self.distillation is not None, "no distillation stage: set_step sets it"
-        points = self.query(teacher.ray_samples, teacher.mask, with_rgb=self.stage >= 2)
+        points = self.query(teacher_batch.ray_samples, teacher_batch.mask, with_rgb=self.stage >= 2)
         loss = self.distillation.loss
-        if loss.clip_mode == "forward" and loss.density_clip is not None and teacher.points is not None:
-            points, teacher = (clamp_density(points, loss.density_clip),
-                               self._clamped_teacher(teacher, loss.density_clip))
-        outputs: Dict[str, Any] = {"points": points, "teacher_points": teacher.points}
+        if loss.clip_mode == "forward" and loss.density_clip is not None and teacher_batch.points is not None:
+            points = clamp_density(points, loss.density_clip)
+            teacher_batch = self._clamped_teacher(teacher_batch, loss.density_clip)
+        outputs: Dict[str, Any] = {"points": points, "teacher_points": teacher_batch.points}
         if self.stage == 3:
-            outputs.update(self.composite(teacher.ray_samples, teacher.mask, points, teacher.background))
-            outputs["rgb_errors"] = ray_rgb_errors(outputs["rgb"], teacher.rgb)
+            outputs.update(self.composite(teacher_batch.ray_samples, teacher_batch.mask, points,
+                                          teacher_batch.background))
+            outputs["rgb_errors"] = ray_rgb_errors(outputs["rgb"], teacher_batch.rgb)
             if self.hard_points is not None:
-                outputs["hard_points"] = self.hard_points.select(teacher.weights, outputs["weights"], teacher.mask,
-                                                                 teacher.accumulation, outputs["accumulation"])
+                outputs["hard_points"] = self.hard_points.select(
+                    teacher_batch.weights, outputs["weights"], teacher_batch.mask, teacher_batch.accumulation,
+                    outputs["accumulation"])
         return outputs
 
     def _clamped_teacher(self, teacher: TeacherBatch, clip: Tuple[float, float]) -> TeacherBatch:

@@ -3,10 +3,10 @@
 With no ``teacher_config`` (and no ``teacher_cache``) it is nerfstudio's ``VanillaPipeline``: the student
 trains on images (these are the teachers and the from-scratch baselines). With one, setup opens the teacher,
 decides once from its capabilities what the distillation has (stages, losses, active-learning levels),
-hands the student a :class:`~pvdal_ns.models.pvd_model.Distillation` and the datamanager its
-:class:`~pvdal_ns.data.datamanager.PseudoLabels`; a training step is then plumbing, as ``VanillaPipeline``'s
-(docs/design.md, "One distillation step"). The teacher is loaded only for training (``test_mode="val"``),
-so ``ns-eval``, ``ns-render`` and ``ns-viewer`` work on a student checkpoint alone.
+hands the student a :class:`~pvdal_ns.models.pvd_model.DistillationPlan` and the datamanager its pseudo-labels
+(:mod:`pvdal_ns.data.pseudo_labels`); a training step is then plumbing, as ``VanillaPipeline``'s, and feeds
+active learning once (docs/design.md, "One distillation step"). The teacher is loaded only for training
+(``test_mode="val"``), so ``ns-eval``, ``ns-render`` and ``ns-viewer`` work on a student checkpoint alone.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Optional, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -22,18 +22,22 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearningConfig
-from pvdal_ns.data.datamanager import DistillationDataManager, DistillationDataManagerConfig, PseudoLabels
+from pvdal_ns.active_learning.images import write_epoch_images
+from pvdal_ns.data.datamanager import DistillationDataManager, DistillationDataManagerConfig
+from pvdal_ns.data.pseudo_labels import PseudoLabels, RecordedLabels, RenderedLabels
 from pvdal_ns.field_components.scene_space import cameras_inside_box
 from pvdal_ns.model_components.losses import PVDLossConfig
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import Capability
-from pvdal_ns.models.pvd_model import Distillation, PVDModel, PVDModelConfig
+from pvdal_ns.models.pvd_model import DistillationPlan, PVDModel, PVDModelConfig
 from pvdal_ns.pipelines.sharing import TEACHER_KEYS, batch_key, shared
+from pvdal_ns.presets import finetune_start
 from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, teacher_contraction
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
@@ -128,8 +132,14 @@ class DistillationPipeline(VanillaPipeline):
             capabilities = self._capabilities(teacher)
             distillation = self._plan(teacher, capabilities)
         stage3_start = 0 if distillation is None else distillation.stages.stage3_start
-        self.active_learning = ActiveLearning(config.al, capabilities, stage3_start)
+        first = dataset.cameras[0]
+        self.active_learning = ActiveLearning(config.al, capabilities, stage3_start, config.datamanager.poses_per_epoch,
+                                              (int(first.height), int(first.width)))
         """The levels, pools and statistics of active learning; the pools are saved in the checkpoint."""
+        self.last_step_logs: Tuple[Dict[str, Tensor], Dict[str, Tensor]] = ({}, {})
+        """The last training step's losses and metrics, for the viewer panel's callback."""
+        self.image_dir: Optional[Path] = None
+        """Where the active-learning figures go (``<run>/active_learning``; the leading student's run only)."""
         self._model = config.model.setup(scene_box=dataset.scene_box, num_train_data=len(dataset),
                                          metadata=dataset.metadata, device=device, grad_scaler=grad_scaler,
                                          contracted=contracted, distillation=distillation)
@@ -142,9 +152,10 @@ class DistillationPipeline(VanillaPipeline):
             else:
                 self.model.warm_start(state, teacher.name)
         if distillation is not None:
-            labels, leads = shared("batches", self.batch_key, lambda: PseudoLabels(
-                teacher, self.active_learning, dataset.cameras, dataset.scene_box.get_center(), config.datamanager,
-                torch.device(device), from_images=capabilities == Capability.IMAGES))
+            labels, leads = shared("batches", self.batch_key,
+                                   lambda: self._pseudo_labels(teacher, capabilities, dataset, torch.device(device)))
+            if not leads:
+                self.active_learning.follow(f"the student of {labels.teacher.name} with the most steps")
             labels.serve(distillation.stages)
             self.datamanager.use_pseudo_labels(labels, leads)
         self.conversion = ConversionPanel(dataset.cameras, dataset.scene_box.get_center(), config.distils)
@@ -154,6 +165,13 @@ class DistillationPipeline(VanillaPipeline):
         if world_size > 1:
             self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))
             dist.barrier(device_ids=[local_rank])
+
+    @property
+    def batch_pools(self) -> ActiveLearning:
+        """The active learning whose pools draw this student's batches: its own, or, for a student sharing another's
+        batches, the leader's (what the viewer shows)."""
+        labels = getattr(self.datamanager, "pseudo_labels", None)  # set up for training only
+        return labels.active_learning if isinstance(labels, RenderedLabels) else self.active_learning
 
     @property
     def teacher(self) -> Optional[Teacher]:
@@ -231,6 +249,17 @@ class DistillationPipeline(VanillaPipeline):
 
         return shared("teacher", key, load)[0]
 
+    def _pseudo_labels(self, teacher: Teacher, capabilities: Capability, dataset, device: torch.device) -> PseudoLabels:
+        """The source of this run's batches: a teacher cache's (serial mode; one to write is rendered from the live
+        teacher before the first step), or the teacher's renders of novel poses."""
+        if isinstance(teacher, TeacherCache):
+            return RecordedLabels(device, cache=teacher)
+        rendered = RenderedLabels(teacher, self.active_learning, dataset.cameras, dataset.scene_box.get_center(),
+                                  self.config.datamanager, device, from_images=capabilities == Capability.IMAGES)
+        if self._cache_to_write is None:
+            return rendered
+        return RecordedLabels(device, path=self._cache_to_write, written_for=self.batch_key, writer=rendered)
+
     def _capabilities(self, teacher: Teacher) -> Capability:
         """What of the teacher this run uses: all it gives, less the rays and images of a cache to be written
         (it will replay its batches), or only its images when distilling from renders."""
@@ -245,7 +274,7 @@ class DistillationPipeline(VanillaPipeline):
             capabilities = Capability.IMAGES
         return capabilities
 
-    def _plan(self, teacher: Teacher, capabilities: Capability) -> Distillation:
+    def _plan(self, teacher: Teacher, capabilities: Capability) -> DistillationPlan:
         """What the student distils with: the teacher's grid, the stages, the losses and whether ϕ¹ is aligned.
 
         Raises:
@@ -265,15 +294,16 @@ class DistillationPipeline(VanillaPipeline):
             align = False
             CONSOLE.log("Stage 1 skipped: the volume-aligned loss is switched off (loss.volume_weight = 0)")
         stages = StageSchedule(config.stage1_steps, config.stage2_steps, config.blockwise and points, has_stage1=align)
-        return Distillation(grid, stages, config.loss, align)
+        return DistillationPlan(grid, stages, config.loss, align)
 
     # --- training -------------------------------------------------------------------------------------
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
-        """nerfstudio's (datamanager's and model's), and when distilling, before every step: the teacher cache
-        written on the first (serial mode), then :meth:`set_step`. The run's last step is where the trainer stops
-        (a resumed run: its start plus the steps left; :class:`~pvdal_ns.engine.trainer.PVDTrainer`)."""
+        """nerfstudio's (datamanager's and model's), and when distilling: before every step, the teacher cache
+        written on the first (serial mode), then :meth:`set_step`; after every step, the figures of an epoch active
+        learning closed (the leading student's) and the viewer's panel. The run's last step is where the trainer
+        stops (a resumed run: its start plus the steps left; :class:`~pvdal_ns.engine.trainer.PVDTrainer`)."""
         callbacks = super().get_training_callbacks(training_callback_attributes)
         trainer = training_callback_attributes.trainer
         planned = None if trainer is None else trainer._start_step + trainer.config.max_num_iterations
@@ -281,7 +311,12 @@ class DistillationPipeline(VanillaPipeline):
             if trainer is not None:  # a teacher cache holds one batch per step of the run
                 self._run_steps = planned
             before = [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION]
-            callbacks += [TrainingCallback(before, self.write_teacher_cache), TrainingCallback(before, self.set_step)]
+            after = [TrainingCallbackLocation.AFTER_TRAIN_ITERATION]
+            callbacks += [TrainingCallback(before, self.write_teacher_cache), TrainingCallback(before, self.set_step),
+                          TrainingCallback(after, self.show_step)]
+            if trainer is not None and self.datamanager.leads:
+                self.image_dir = Path(trainer.base_dir) / "active_learning"
+                callbacks.append(TrainingCallback(after, self.write_epoch_images))
             if self.config.finetune_steps > 0 and trainer is not None:
                 self.datamanager.finetune_from = self._finetune_start(planned)
         return callbacks
@@ -291,10 +326,10 @@ class DistillationPipeline(VanillaPipeline):
 
         Raises:
             BadInputError: ``finetune_steps`` leaves no step to distil."""
-        if self.config.finetune_steps >= steps:
-            raise BadInputError(f"--pipeline.finetune-steps {self.config.finetune_steps} leaves none of the run's "
-                                f"{steps} steps to distil: make it smaller than --max-num-iterations")
-        start = steps - self.config.finetune_steps
+        try:
+            start = finetune_start(steps, self.config.finetune_steps, "--max-num-iterations")
+        except ValueError as error:
+            raise BadInputError(f"--pipeline.finetune-steps {error}") from None
         CONSOLE.log(f"Fine-tuning on the training images from step {start} ({self.config.finetune_steps} steps)")
         return start
 
@@ -307,26 +342,41 @@ class DistillationPipeline(VanillaPipeline):
             BadInputError: the cache path exists already, or ``teacher_cache_gib`` is below one batch.
             StorageError: the disk filled up while writing it."""
         labels = self.datamanager.pseudo_labels
-        if self._cache_to_write is None or labels is None:
+        if self._cache_to_write is None or not isinstance(labels, RecordedLabels):
             return
-        labels.record(self._cache_to_write, self._run_steps or step + 1, self.batch_key,
-                      int(self.config.teacher_cache_gib * 2**30))
+        labels.write(self._run_steps or step + 1, int(self.config.teacher_cache_gib * 2**30))
         self._cache_to_write = None
 
     def set_step(self, step: int) -> None:
-        """The step-dependent state of distillation, before every step (as nerfacto's ``set_anneal``):
-        active learning from its start step, and the model's stage and hard-point rule."""
-        self.active_learning.set_step(step)
-        self.model.set_step(step, self.active_learning.hard_points)
+        """The step-dependent state of distillation, before every step (as nerfacto's ``set_anneal``): the
+        model's stage and the hard-point rule active learning applies at ``step``."""
+        self.model.set_step(step, self.active_learning.hard_points_at(step))
 
     def get_train_loss_dict(self, step: int):
         """One training step, as ``VanillaPipeline``'s: the datamanager's batch (the teacher's targets ride
-        in ``batch["teacher"]`` when distilling), the model at it, the model's metrics and losses; then the
-        step's errors go to active learning (:meth:`DistillationDataManager.feedback`)."""
+        in ``batch["teacher"]`` when distilling), the model at it, the model's metrics and losses; then, once the
+        student renders (stage 3), the one hand-over to active learning: the step's errors, when this student leads
+        its batches (:meth:`ActiveLearning.feed`)."""
         ray_bundle, batch = self.datamanager.next_train(step)
         model_outputs = self._model(ray_bundle, batch.get("teacher"))
         metrics_dict = self.model.get_metrics_dict(model_outputs, batch)
         loss_dict = self.model.get_loss_dict(model_outputs, batch, metrics_dict)
-        metrics_dict.update(self.datamanager.feedback(ray_bundle, batch, model_outputs))
-        self.conversion.show(step, loss_dict, metrics_dict, self.active_learning.hard_poses)  # an open viewer's panel
+        if self.datamanager.leads and "rgb_errors" in model_outputs:
+            metrics_dict.update(self.active_learning.feed(step, ray_bundle, batch, model_outputs["rgb_errors"]))
+        self.last_step_logs = (loss_dict, metrics_dict)
         return model_outputs, loss_dict, metrics_dict
+
+    def write_epoch_images(self, step: int) -> None:
+        """After a step that closed an epoch: its active-learning figures every ``images_every_epochs`` epochs
+        (:func:`~pvdal_ns.active_learning.images.write_epoch_images`)."""
+        ended, every = self.active_learning.ended, self.config.al.images_every_epochs
+        labels = self.datamanager.pseudo_labels
+        if ended is None or ended.step != step or every <= 0 or ended.epoch % every or self.image_dir is None:
+            return
+        assert isinstance(labels, RenderedLabels)
+        write_epoch_images(self.image_dir, ended, labels.pose_sampler.centre, self.active_learning.config.rays,
+                           lambda i: labels.teacher.render_camera(ended.cameras[i : i + 1]))
+
+    def show_step(self, step: int) -> None:
+        """After every step: an open viewer's panel (:meth:`ConversionPanel.show`)."""
+        self.conversion.show(step, *self.last_step_logs, self.batch_pools)

@@ -66,9 +66,9 @@ _SHARED: Optional[Dict[str, Any]] = None
 @contextlib.contextmanager
 def sharing() -> Iterator[None]:
     """While active, pipelines set up share what their :func:`batch_key` says they can: one loaded teacher
-    for equal teacher entries, one :class:`~pvdal_ns.data.datamanager.PseudoLabels` for equal keys (several students,
-    one teacher pass per batch). The first pipeline to make a source of batches leads it: its errors drive active
-    learning."""
+    for equal teacher entries, one source of pseudo-labels (:mod:`pvdal_ns.data.pseudo_labels`) for equal keys
+    (several students, one teacher pass per batch). The first pipeline to make a source of batches leads it: its
+    errors drive active learning."""
     global _SHARED
     _SHARED = {}
     try:

@@ -19,14 +19,24 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import tyro
 from typing_extensions import Annotated
 
-from pvdal_ns.presets import ARCHITECTURES, DEMO_TEACHER, DEMO_TEACHER_STEPS, PRESETS, Size, demo_steps, size_of
-
-Architecture = Literal["hash", "vm", "mlp", "tensors"]
+from pvdal_ns.presets import (
+    ARCHITECTURES,
+    DEMO_TEACHER,
+    DEMO_TEACHER_STEPS,
+    PAPER_ABLATION_ROWS,
+    PRESETS,
+    AblationRow,
+    Architecture,
+    Size,
+    demo_steps,
+    finetune_start,
+    size_of,
+)
 
 
 @dataclass
@@ -42,7 +52,7 @@ class Demo:
     """Architecture of the teacher trained from the images."""
     teacher_steps: int = DEMO_TEACHER_STEPS
     """Training steps of the teacher."""
-    students: Tuple[Architecture, ...] = ("hash", "vm", "mlp", "tensors")
+    students: Tuple[Architecture, ...] = ARCHITECTURES
     """Architectures to distil into."""
     student_steps: Dict[str, int] = field(default_factory=demo_steps)
     """Distillation steps per student architecture (stages 1 and 2 take 15 % and 25 % of them, 10 % and
@@ -54,12 +64,12 @@ class Demo:
     def main(self, command: str) -> None:
         """Run the demo; ``command`` is recorded in report.json."""
         from pvdal_ns import EMBEDDED_SCENE
-        from pvdal_ns.experiments.convert import cached_teacher, convert, finish
+        from pvdal_ns.experiments.convert import convert, finish, train_or_reuse_teacher
 
         started = time.perf_counter()
         out = self.output_dir.resolve()
         size = size_of(self.small)
-        teacher = cached_teacher(self.teacher, size, EMBEDDED_SCENE, out, self.teacher_steps)
+        teacher = train_or_reuse_teacher(self.teacher, size, EMBEDDED_SCENE, out, self.teacher_steps)
         steps = {**demo_steps(), **self.student_steps}
         students = convert(Path(teacher.report.config), self.students, size, EMBEDDED_SCENE, out, steps, "students",
                            resume=True)
@@ -122,13 +132,6 @@ class Run:
         finish(out, students, started, extra)
 
 
-AblationRow = Literal[
-    "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
-    "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning", "forward density clipping",
-    "normL2 losses", "w/o warm start", "renders only",
-]
-
-
 @dataclass
 class Ablation:
     """Paper Table 3 on the embedded scene: distil the demo teacher into one student with every PVD-AL
@@ -147,10 +150,7 @@ class Ablation:
     steps: Optional[int] = None
     """Distillation steps of every run; default: the preset's ablation steps (1200 at 2048 rays a step, 4800
     for the MLP's 512 rays: the same rays seen)."""
-    rows: Tuple[AblationRow, ...] = (
-        "all", "w/o L_v", "w/o L_sigma", "w/o L_c", "w/o L_rgb", "w/o density clipping", "w/o block-wise",
-        "w/o hard poses", "w/o hard rays", "w/o hard points", "w/o active learning",
-    )
+    rows: Tuple[AblationRow, ...] = PAPER_ABLATION_ROWS
     """The runs of the table."""
     seeds: Tuple[int, ...] = (0,)
     """Every row runs once per seed; the table gives means over seeds."""
@@ -159,11 +159,11 @@ class Ablation:
         """Run the missing rows and write the table."""
         from pvdal_ns import EMBEDDED_SCENE
         from pvdal_ns.experiments.ablation import AblationSettings, run_ablation
-        from pvdal_ns.experiments.convert import cached_teacher, check_teacher
+        from pvdal_ns.experiments.convert import check_teacher, train_or_reuse_teacher
 
         if self.teacher is None:
-            teacher = cached_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, self.teacher_dir.resolve(),
-                                     DEMO_TEACHER_STEPS)
+            teacher = train_or_reuse_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, self.teacher_dir.resolve(),
+                                             DEMO_TEACHER_STEPS)
             teacher_path = Path(teacher.report.config)
         else:
             teacher_path = self.teacher.expanduser().resolve()
@@ -291,6 +291,7 @@ Commands = Union[
 
 def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) -> None:
     """Checks that need no heavy import, so bad input fails in a moment."""
+    from pvdal_ns.utils.errors import not_a_run_config  # light: rich and nerfstudio's console only
     output_dir = getattr(command, "output_dir", None)
     if output_dir is not None:
         existing = output_dir.expanduser().absolute()
@@ -321,26 +322,22 @@ def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) ->
             sizes = [a for a in ARCHITECTURES if (a, command.size) in PRESETS]
             raise SystemExit(_error(f"--size {command.size} exists for {' and '.join(sizes)} students only, "
                                     f"not {command.student}"))
-    if isinstance(command, (Run, Ablation, Compare)) and command.teacher is not None:
-        path = command.teacher.expanduser()
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "does not exist"
-            raise SystemExit(_error(f"teacher config {path} {what}: pass the config.yml that ns-train wrote "
-                                    "(outputs/<experiment>/<method>/<timestamp>/config.yml)"))
+    runs = [("teacher", command.teacher)] if isinstance(command, (Run, Ablation, Compare)) else []
     if isinstance(command, View):
-        for role, path in (("student", command.student), ("teacher", command.teacher)):
-            if path is not None and not path.expanduser().is_file():
-                what = "is a directory" if path.expanduser().is_dir() else "does not exist"
-                raise SystemExit(_error(f"{role} config {path} {what}: pass the config.yml that ns-train wrote "
-                                        "(outputs/<experiment>/<method>/<timestamp>/config.yml)"))
+        runs = [("student", command.student), ("teacher", command.teacher)]
+    for role, path in runs:
+        problem = None if path is None else not_a_run_config(role, path.expanduser())
+        if problem is not None:
+            raise SystemExit(_error(problem))
     if isinstance(command, Run):
         if command.steps is not None and command.steps < 1:
             raise SystemExit(_error(f"--steps must be at least 1, got {command.steps}"))
         if len(set(command.student)) != len(command.student):
             raise SystemExit(_error(f"--student names an architecture twice: {' '.join(command.student)}"))
-        if command.finetune_steps < 0 or (command.steps is not None and command.finetune_steps >= command.steps):
-            raise SystemExit(_error(f"--finetune-steps must be at least 0 and below --steps, "
-                                    f"got {command.finetune_steps}"))
+        try:
+            finetune_start(command.steps or sys.maxsize, command.finetune_steps, "--steps")
+        except ValueError as error:
+            raise SystemExit(_error(f"--finetune-steps {error}")) from None
         if command.teacher_cache_gib <= 0:
             raise SystemExit(_error(f"--teacher-cache-gib must be positive, got {command.teacher_cache_gib}"))
         cache = command.teacher_cache

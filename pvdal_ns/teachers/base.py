@@ -178,10 +178,10 @@ class ModelTeacher(Teacher):
         return {key: torch.cat([part[key] for part in parts]) for key in ("rgb", "accumulation", "depth")}
 
     @torch.no_grad()
-    def render_images(self, cameras: Cameras, chunk: int = 1 << 14) -> TeacherImages:
-        """Whole images of ``cameras``: their pixel-centre rays (:meth:`render_rays`, ``chunk`` at a time)."""
+    def render_images(self, cameras: Cameras) -> TeacherImages:
+        """Whole images of ``cameras``: their pixel-centre rays (:meth:`render_rays`)."""
         height, width = int(cameras.height[0]), int(cameras.width[0])
-        renders = [self.render_rays(cameras[i : i + 1].generate_rays(camera_indices=0).flatten(), chunk)
+        renders = [self.render_rays(cameras[i : i + 1].generate_rays(camera_indices=0).flatten())
                    for i in range(len(cameras))]
         return TeacherImages(torch.stack([r["rgb"] for r in renders]).view(-1, height, width, 3),
                              torch.stack([r["accumulation"] for r in renders]).view(-1, height, width, 1))

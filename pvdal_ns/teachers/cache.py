@@ -219,8 +219,9 @@ def _remove_abandoned_partials(path: Path) -> None:
 
 def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle, Dict]], written_for: Dict,
                 max_bytes: int, progress: Optional[Callable[[], None]] = None) -> TeacherCache:
-    """Write the teacher's pseudo-label ``batches`` (from :meth:`pvdal_ns.data.datamanager.PseudoLabels.render_batches`)
-    to a new cache at ``path`` and open it. Stops before the batch that would pass ``max_bytes``.
+    """Write the teacher's pseudo-label ``batches``
+    (from :meth:`pvdal_ns.data.pseudo_labels.RenderedLabels.render_batches`) to a new cache at ``path`` and open
+    it. Stops before the batch that would pass ``max_bytes``.
 
     Args:
         path: the cache folder; must not exist yet.

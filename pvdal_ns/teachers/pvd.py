@@ -17,7 +17,7 @@ from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.models.pvd_model import PVDModel
 from pvdal_ns.teachers.base import ModelTeacher
-from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.errors import TeacherLoadError, first_line
 
 
 class PVDTeacher(ModelTeacher):
@@ -72,7 +72,7 @@ def load_pvd_teacher(config, state: Dict[str, Tensor], step: int, device: Union[
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise TeacherLoadError(f"checkpoint of {source} does not match its config.yml ({first})") from None
     model.update_to_step(step)
     return PVDTeacher(model.to(device), source)

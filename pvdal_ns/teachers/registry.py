@@ -26,7 +26,7 @@ from pvdal_ns.teachers.base import Teacher
 from pvdal_ns.teachers.pvd import load_pvd_teacher
 from pvdal_ns.teachers.stock import load_field_teacher, load_splatfacto_teacher
 from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
-from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.errors import TeacherLoadError, first_line
 from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
 
 Loader = Callable[..., Teacher]
@@ -90,7 +90,7 @@ def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device]
     try:
         loaded = load_checkpoint(checkpoint)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise TeacherLoadError(f"teacher checkpoint {checkpoint} cannot be read: {first}") from None
     return family.load(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path, sampling)
 

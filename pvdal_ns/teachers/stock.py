@@ -54,7 +54,7 @@ from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherImages
 from pvdal_ns.teachers.base import ModelTeacher
-from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.errors import TeacherLoadError, first_line
 from pvdal_ns.utils.metrics import offline_lpips
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
@@ -172,7 +172,7 @@ class SplatfactoTeacher(ModelTeacher):
         return "splatfacto"
 
     @torch.no_grad()
-    def render_images(self, cameras: Cameras, chunk: int = 0) -> TeacherImages:
+    def render_images(self, cameras: Cameras) -> TeacherImages:
         """splatfacto's own renders of ``cameras`` (``SplatfactoModel.get_outputs``, one camera at a time),
         its background taken out again: premultiplied colour and opacity."""
         rgbs, accumulations = [], []
@@ -310,7 +310,7 @@ def build_stock_model(config, state: Dict[str, Tensor], source: Path, sampling: 
     try:
         result = model.load_state_dict(state, strict=False)
     except (RuntimeError, KeyError) as err:  # shapes (any family); splatfacto's override indexes its Gaussians
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise TeacherLoadError(f"checkpoint of {source} does not match its config.yml ({first})") from None
     if result is None:  # splatfacto's load_state_dict returns nothing; it resizes its Gaussians to the state
         return model

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import Optional
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -32,6 +34,22 @@ class StorageError(PVDError):
 
 class TrainingStoppedError(PVDError):
     """Training that cannot usefully go on (gradients NaN or Inf step after step); the checkpoints are kept."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (a library's error can run to pages), or its type's name when it has
+    none: what a one-line refusal quotes."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def not_a_run_config(role: str, path: Path) -> Optional[str]:
+    """Why ``path`` cannot be the ``config.yml`` of a run (``role``: "teacher", "student"), in one line with what
+    to pass instead; None when it is a file."""
+    if path.is_file():
+        return None
+    what = "is a directory" if path.is_dir() else "does not exist"
+    return (f"{role} config {path} {what}: pass the config.yml that ns-train wrote "
+            "(outputs/<experiment>/<method>/<timestamp>/config.yml)")
 
 
 def say_error(message: object) -> None:

@@ -1,7 +1,8 @@
-"""Writing files so that an interrupted run never leaves one half-written."""
+"""Writing files so that an interrupted run never leaves one half-written: any file, JSON, torch objects, figures."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -42,3 +43,33 @@ def save_torch(obj: Any, path: Path) -> None:
     except RuntimeError as error:
         free = shutil.disk_usage(Path(path).parent).free
         raise OSError(f"{free / 2**20:.1f} MiB free on its disk; torch.save: {str(error).splitlines()[0]}") from error
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """``payload`` as indented JSON at ``path``, atomically (:func:`write_atomic`).
+
+    Raises:
+        OSError: the file cannot be written (the old one, if any, is left as it was)."""
+    write_atomic(path, lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def pyplot():
+    """matplotlib's ``pyplot`` on the non-interactive Agg backend (figures are only written to files; imported on
+    first use, as matplotlib is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(path: Path, fig, dpi: int = 110) -> None:
+    """Write the matplotlib figure ``fig`` as a PNG at ``path`` atomically (:func:`write_atomic`), then close it.
+
+    Raises:
+        OSError: the file cannot be written (the figure is closed all the same)."""
+    try:
+        write_atomic(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
+    finally:
+        pyplot().close(fig)

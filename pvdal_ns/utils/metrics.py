@@ -37,9 +37,7 @@ def _lpips_module():
     return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).eval()
 
 
-def image_metrics(
-    pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"], with_lpips: bool = True
-) -> Dict[str, Optional[float]]:
+def image_metrics(pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"]) -> Dict[str, Optional[float]]:
     """PSNR (dB, data range 1), SSIM and LPIPS-alex (None when its weights are not on disk).
 
     Args:
@@ -53,7 +51,7 @@ def image_metrics(
         "ssim": float(structural_similarity_index_measure(p, g, data_range=1.0)),
         "lpips": None,
     }
-    lpips = _lpips_module() if with_lpips else None
+    lpips = _lpips_module()
     if lpips is not None:
         with torch.no_grad():
             out["lpips"] = float(lpips(p, g))

@@ -11,18 +11,15 @@ from typing import Any
 import yaml
 from nerfstudio.engine.trainer import TrainerConfig
 
-from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.errors import TeacherLoadError, first_line, not_a_run_config
 
 
 def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConfig:
     """Read a nerfstudio ``config.yml``; raises TeacherLoadError with a one-line reason that names the run's
     ``role`` ("teacher", "student")."""
-    if not config_path.is_file():
-        what = "is a directory" if config_path.is_dir() else "does not exist"
-        raise TeacherLoadError(
-            f"{role} config {config_path} {what}: pass the config.yml that ns-train wrote "
-            "(outputs/<experiment>/<method>/<timestamp>/config.yml)"
-        )
+    problem = not_a_run_config(role, config_path)
+    if problem is not None:
+        raise TeacherLoadError(problem)
     try:
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     except yaml.constructor.ConstructorError as err:  # a class of a plugin that is not installed here
@@ -34,8 +31,8 @@ def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConf
         raise TeacherLoadError(f"{role} config {config_path} names {named.group(1) if named else 'a class'}, "
                                "which cannot be imported here: install the nerfstudio plugin that trained it") from None
     except Exception as err:  # yaml errors, unreadable files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TeacherLoadError(f"{role} config {config_path} is not a readable nerfstudio config: {first}") from None
+        raise TeacherLoadError(f"{role} config {config_path} is not a readable nerfstudio config: "
+                               f"{first_line(err)}") from None
     if not isinstance(config, TrainerConfig):
         raise TeacherLoadError(f"{role} config {config_path} is not a nerfstudio training config (config.yml)")
     return fill_missing_defaults(config)

@@ -29,10 +29,11 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.utils.colormaps import ColormapOptions, apply_colormap
 from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO as VISER_SCALE
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerControl, ViewerElement
 from torch import Tensor, nn
 
-from pvdal_ns.active_learning.active_learning import HardPosePool
+from pvdal_ns.active_learning.active_learning import ActiveLearning, HardPosePool
 from pvdal_ns.model_components.losses import ray_rgb_errors
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.teacher_batch import Capability
@@ -41,8 +42,6 @@ from pvdal_ns.teachers import Teacher
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
 
-VISER_SCALE = 10.0
-"""nerfstudio's ``VISER_NERFSTUDIO_SCALE_RATIO``: viewer units per world unit (imported by the viewer only)."""
 COMPARISON_OUTPUTS = ("teacher_rgb", "teacher_depth", "error", "split", "hard_rays")
 """The outputs a teacher adds to the student's render in the viewer."""
 DIVIDER = (0.133, 0.157, 0.192)
@@ -141,7 +140,7 @@ class _OnViewer(ViewerControl):
 
 @dataclass(frozen=True)
 class FirstView:
-    """A browser tab's first camera (world units; the viewer scales them by :data:`VISER_SCALE`)."""
+    """A browser tab's first camera (world units; the viewer scales them by ``VISER_NERFSTUDIO_SCALE_RATIO``)."""
 
     position: np.ndarray
     look_at: np.ndarray
@@ -251,10 +250,10 @@ class ConversionPanel(nn.Module):
             CONSOLE.log(f"Viewer: output types {', '.join(COMPARISON_OUTPUTS)} compare the student with "
                         f"{self.teacher.name}")
         viewer.viser_server.on_client_connect(self._first_camera)
-        pool = getattr(viewer.pipeline, "active_learning", None)
-        if self.status is not None and pool is not None:
-            self.draw_hard_poses(pool.hard_poses)
-            self.status.show(_pools_markdown(pool.metrics()))
+        pools = getattr(viewer.pipeline, "batch_pools", None)
+        if self.status is not None and pools is not None:
+            self.draw_hard_poses(pools.hard_poses)
+            self.status.show(_pools_markdown(pools.metrics()))
 
     def _first_camera(self, client: viser.ClientHandle) -> None:
         """A new browser tab starts at :func:`first_view` of the training cameras and the model's occupancy grid as
@@ -267,9 +266,15 @@ class ConversionPanel(nn.Module):
             client.camera.position = view.position * VISER_SCALE
             client.camera.look_at = view.look_at * VISER_SCALE
 
-    def show(self, step: int, losses: Dict[str, Tensor], metrics: Dict[str, Tensor], hard_poses: HardPosePool) -> None:
+    def show(self, step: int, losses: Dict[str, Tensor], metrics: Dict[str, Tensor], pools: ActiveLearning) -> None:
         """After a training step: the panel's text (at most twice a second) and the hard-pose frustums (when the
-        pool changed, i.e. once an epoch). Does nothing until a viewer is open."""
+        pool changed, i.e. once an epoch). Does nothing until a viewer is open.
+
+        Args:
+            step: the step just trained.
+            losses, metrics: its loss and metric dicts (``PVDModel.get_loss_dict``, ``get_metrics_dict``).
+            pools: the active learning whose pools draw this student's batches (a follower shows its leader's).
+        """
         if self.viewer is None or self.status is None:
             return
         now = time.monotonic()
@@ -280,8 +285,8 @@ class ConversionPanel(nn.Module):
         lines += [f"- {name} {float(losses[key]):.3g}" for key, name in LOSS_TERMS.items() if key in losses]
         if "psnr_vs_teacher" in metrics:
             lines.append(f"- PSNR vs teacher {float(metrics['psnr_vs_teacher']):.2f} dB")
-        self.status.show("\n".join(lines) + "\n\n" + _pools_markdown(metrics))
-        self.draw_hard_poses(hard_poses)
+        self.status.show("\n".join(lines) + "\n\n" + _pools_markdown(pools.metrics() if pools.active_at(step) else {}))
+        self.draw_hard_poses(pools.hard_poses)
 
     def draw_hard_poses(self, pool: HardPosePool) -> None:
         """The pool's poses as camera frustums (as nerfstudio draws the training cameras, with their intrinsics,
