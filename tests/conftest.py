@@ -11,8 +11,8 @@ import pytest
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path | None = None, experiment: str = "test",
-                data: Path | None = None):
+def _tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path | None = None, experiment: str = "test",
+                 data: Path | None = None):
     """A CPU-small config with fewer rays, for tests (on the embedded lego unless ``data`` is given)."""
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.experiments.convert import student_config
@@ -24,7 +24,7 @@ def tiny_config(architecture: str, output_dir: Path, steps: int, teacher: Path |
     return config
 
 
-def train_step_losses(trainer, step: int):
+def _train_step_losses(trainer, step: int):
     """What training step ``step`` computes: the trainer's ``BEFORE_TRAIN_ITERATION`` callbacks (they set the
     stage and active learning, and write a teacher cache), then the pipeline's losses and metrics."""
     from nerfstudio.engine.callbacks import TrainingCallbackLocation
@@ -32,6 +32,18 @@ def train_step_losses(trainer, step: int):
     for callback in trainer.callbacks:
         callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
     return trainer.pipeline.get_train_loss_dict(step)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """:func:`_tiny_config`, the factory of CPU-small configs (session scope: module fixtures build with it)."""
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def train_step_losses():
+    """:func:`_train_step_losses`, what one training step computes."""
+    return _train_step_losses
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +62,7 @@ def tiny_teacher(tmp_path_factory):
     from pvdal_ns.engine.runner import train
 
     out = tmp_path_factory.mktemp("teacher")
-    config = tiny_config("vm", out, steps=200, experiment="teacher")
+    config = _tiny_config("vm", out, steps=200, experiment="teacher")
     run = train(config, "tiny teacher")
     return run.config_path, run.pipeline
 

@@ -17,11 +17,9 @@ NERFACTO_STEPS = 150
 
 
 @pytest.fixture(scope="module")
-def axe_teacher(tmp_path_factory):
+def axe_teacher(tmp_path_factory, tiny_config):
     """A pvdal-vm-small teacher trained on the capture's photographs (contraction left at auto): (config.yml,
     pipeline, its evaluation on the views the dataparser holds out)."""
-    from conftest import tiny_config
-
     from pvdal_ns.engine.runner import evaluate, train
 
     config = tiny_config("vm", tmp_path_factory.mktemp("axe"), TEACHER_STEPS, experiment="axe-teacher",
@@ -46,9 +44,7 @@ def test_a_capture_trains_in_contracted_space_on_its_photographs(axe_teacher):
     assert bool((model.field.normalize(positions) < 1.0).all())
 
 
-def test_a_student_of_a_contracted_teacher_samples_in_its_teachers_space(axe_teacher, tmp_path):
-    from conftest import tiny_config
-
+def test_a_student_of_a_contracted_teacher_samples_in_its_teachers_space(axe_teacher, tmp_path, tiny_config):
     from pvdal_ns.engine.runner import evaluate, train
 
     teacher_path, teacher, teacher_result = axe_teacher
@@ -62,9 +58,7 @@ def test_a_student_of_a_contracted_teacher_samples_in_its_teachers_space(axe_tea
     assert student.psnr > teacher_result.psnr - 3.0
 
 
-def test_contraction_set_against_a_pvdal_teacher_is_refused(axe_teacher, tmp_path):
-    from conftest import tiny_config
-
+def test_contraction_set_against_a_pvdal_teacher_is_refused(axe_teacher, tmp_path, tiny_config):
     from pvdal_ns.engine.runner import train
 
     config = tiny_config("hash", tmp_path, 5, teacher=axe_teacher[0], data=EMBEDDED_CAPTURE)
@@ -114,10 +108,9 @@ def _background(view_filename: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(mask)) == 0)
 
 
-def test_a_student_of_a_nerfacto_capture_renders_the_background_its_teacher_renders(tmp_path):
+def test_a_student_of_a_nerfacto_capture_renders_the_background_its_teacher_renders(tmp_path, tiny_config):
     """Issue #17: a tiny stock nerfacto (torch, CPU) trained on the capture's photographs; its student lives in the
     contracted space nerfacto implies and, on a held-out view, renders the backdrop and block as the teacher does."""
-    from conftest import tiny_config
     from torchmetrics.functional import peak_signal_noise_ratio
 
     from pvdal_ns.engine.runner import split_dataloader, train

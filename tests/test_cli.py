@@ -180,9 +180,7 @@ def test_max_num_iterations_is_the_one_setting_of_a_runs_length(tiny_teacher):
         unreachable.setup(local_rank=0, world_size=1)  # refused as its trainer is set up, before any work
 
 
-def test_a_resumed_run_ends_at_the_step_it_was_planned_to_end_at(tiny_teacher, tmp_path):
-    from conftest import tiny_config
-
+def test_a_resumed_run_ends_at_the_step_it_was_planned_to_end_at(tiny_teacher, tmp_path, tiny_config):
     from pvdal_ns.engine.runner import train
 
     config = tiny_config("vm", tmp_path, steps=30, teacher=tiny_teacher[0], experiment="student")

@@ -256,7 +256,7 @@ def test_ns_train_ns_eval_and_ns_render_of_pvdal_methods_on_cuda(tiny_teacher, t
 
 def _untrained_checkpoint(config, scene_box) -> Path:
     """``config``'s config.yml and a checkpoint of its untrained model (what nerfstudio cannot train here)."""
-    from pvdal_ns.utils.metrics import offline_lpips
+    from pvdal_ns.utils.library_internals import offline_lpips
 
     config.set_timestamp()
     config.save_config()

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_config, train_step_losses
 
 from pvdal_ns.engine.runner import evaluate
 from pvdal_ns.teachers import load_teacher
@@ -39,7 +38,7 @@ def test_teacher_loads_frozen_from_any_working_directory(tiny_teacher, tmp_path,
         assert torch.equal(value, trained[key]), key
 
 
-def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tmp_path):
+def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tmp_path, tiny_config, train_step_losses):
     teacher_path, teacher_pipeline = tiny_teacher
     config = tiny_config("vm", tmp_path, steps=120, teacher=teacher_path, experiment="student")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 20, 20
@@ -105,7 +104,7 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     assert abs(result.psnr - evaluate(pipeline).psnr) < 0.5
 
 
-def test_student_of_tensors_skips_stage_one(tiny_teacher, tmp_path):
+def test_student_of_tensors_skips_stage_one(tiny_teacher, tmp_path, tiny_config, train_step_losses):
     teacher_path, _ = tiny_teacher
     config = tiny_config("tensors", tmp_path, steps=10, teacher=teacher_path, experiment="tensors")
     trainer = config.setup(local_rank=0, world_size=1)
@@ -116,7 +115,7 @@ def test_student_of_tensors_skips_stage_one(tiny_teacher, tmp_path):
     assert "volume_loss" not in train_step_losses(trainer, 0)[1]
 
 
-def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path):
+def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path, tiny_config):
     from pvdal_ns.engine.runner import train_together
 
     teacher_path, _ = tiny_teacher
@@ -141,7 +140,7 @@ def test_students_train_together_from_one_teacher_pass(tiny_teacher, tmp_path):
         assert len(list(run.config_path.parent.glob("events.out.tfevents.*"))) == 1  # each its own log
 
 
-def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, monkeypatch):
+def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, monkeypatch, tiny_config):
     """``ns-render interpolate`` (video) and ``ns-render spiral`` (images) on a student's config.yml, with
     teacher loading made impossible; ffmpeg is the binary of the imageio-ffmpeg wheel."""
     import imageio_ffmpeg
@@ -171,7 +170,7 @@ def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, m
     assert len(list(spiral.glob("*.png"))) == 3
 
 
-def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, capsys):
+def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, capsys, tiny_config, train_step_losses):
     """--pipeline.teacher-renders-only (what splatfacto teachers always get): batches are pixels of the
     teacher's images of the epoch's poses, only L_rgb applies from the first step, and PSNR rises."""
     teacher_path, teacher_pipeline = tiny_teacher

@@ -7,12 +7,12 @@ import typing
 
 import pytest
 import torch
-from conftest import tiny_config, train_step_losses
 
 from pvdal_ns.utils.errors import BadInputError
 
 
-def test_a_same_architecture_student_starts_as_the_teacher(tiny_teacher, tmp_path, capsys):
+def test_a_same_architecture_student_starts_as_the_teacher(tiny_teacher, tmp_path, capsys, tiny_config,
+                                                           train_step_losses):
     teacher_path, teacher_pipeline = tiny_teacher
     config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="warm")
     trainer = config.setup(local_rank=0, world_size=1)
@@ -60,7 +60,7 @@ def test_a_cross_architecture_student_takes_what_matches_by_name_and_shape(tiny_
     assert "scene box differs" in capsys.readouterr().out
 
 
-def test_the_teacher_computes_what_each_stage_needs_only(tiny_teacher, tmp_path):
+def test_the_teacher_computes_what_each_stage_needs_only(tiny_teacher, tmp_path, tiny_config, train_step_losses):
     teacher_path, _ = tiny_teacher
     config = tiny_config("vm", tmp_path, steps=60, teacher=teacher_path, experiment="stages")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 20, 20
@@ -130,7 +130,7 @@ def test_the_embedded_scene_tunes_on_views_it_neither_trains_on_nor_reports(tiny
     assert set(names["val"]) == {p.split("/")[-1] for p in frames["val"]}
 
 
-def test_the_authors_forward_clamp_trains(tiny_teacher, tmp_path):
+def test_the_authors_forward_clamp_trains(tiny_teacher, tmp_path, tiny_config, train_step_losses):
     teacher_path, _ = tiny_teacher
     config = tiny_config("vm", tmp_path, steps=10, teacher=teacher_path, experiment="forward-clamp")
     config.pipeline.stage1_steps = config.pipeline.stage2_steps = 0
@@ -164,7 +164,7 @@ def test_the_ablation_table_gives_the_spread_over_seeds():
     assert "| w/o L_v | 27.73 ± 0.32 | -0.47 ± 0.15 |" in table
 
 
-def test_fine_tuning_trains_the_last_steps_on_the_real_images(tiny_teacher, tmp_path):
+def test_fine_tuning_trains_the_last_steps_on_the_real_images(tiny_teacher, tmp_path, tiny_config, train_step_losses):
     """Paper Table 6: after distilling, the last ``finetune_steps`` steps train on the training images with the
     image loss; before them the batches are the teacher's."""
     teacher_path, _ = tiny_teacher

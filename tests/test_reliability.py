@@ -7,16 +7,16 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError
+from pvdal_ns.utils.library_internals import trainer_start_step
 
 
 def _hidden_files(folder):
     return [p.name for p in folder.rglob(".*")]
 
 
-def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, monkeypatch, capsys):
+def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, monkeypatch, capsys, tiny_config):
     from pvdal_ns.engine.runner import _setup_trainer
 
     trainer = _setup_trainer(tiny_config("hash", tmp_path, steps=10, teacher=tiny_teacher[0]))
@@ -42,7 +42,7 @@ def test_a_checkpoint_is_written_whole_or_not_at_all(tiny_teacher, tmp_path, mon
 
 
 @pytest.mark.parametrize("content", ["truncated", "callable", "empty folder"])
-def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(tiny_teacher, tmp_path, capsys, content):
+def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(tiny_teacher, tmp_path, capsys, content, tiny_config):
     from pvdal_ns.engine.runner import _setup_trainer
 
     folder = tmp_path / "nerfstudio_models"
@@ -61,7 +61,8 @@ def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(tiny_teacher, t
     assert len(lines) == 1 and str(folder) in lines[0], lines
 
 
-def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teacher, tmp_path, monkeypatch, capsys):
+def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teacher, tmp_path, monkeypatch, capsys,
+                                                                       tiny_config):
     from pvdal_ns.engine.runner import train
     from pvdal_ns.models.pvd_model import PVDModel
 
@@ -93,20 +94,19 @@ def test_non_finite_gradients_skip_the_step_and_too_many_stop_the_run(tiny_teach
 
 
 RUN = """
-import sys
-sys.path.insert(0, {tests!r})
+import pickle
 import torch
-from conftest import tiny_config
 from pvdal_ns.engine.runner import train
 torch.set_num_threads(1)
-config = tiny_config("hash", {out!r}, steps=60, teacher={teacher!r}, experiment="killed")
+with open({config!r}, "rb") as f:
+    config = pickle.load(f)
 config.steps_per_save = 40
 train(config, "to be killed")
 """
 
 
 def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an_uninterrupted_one(
-    tiny_teacher, tmp_path
+    tiny_teacher, tmp_path, tiny_config
 ):
     """SIGKILL after the checkpoint of step 40 (of 60); ``--load-dir`` continues at step 41 with the checkpoint's
     stage, pools, epoch and random stream, and ends at step 59 with the weights of the same run uninterrupted. On one
@@ -114,22 +114,25 @@ def test_a_distillation_killed_after_a_checkpoint_resumes_from_it_and_ends_as_an
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _kill_resume_and_compare(tiny_teacher[0], tmp_path)
+        _kill_resume_and_compare(tiny_teacher[0], tmp_path, tiny_config)
     finally:
         torch.set_num_threads(threads)
 
 
-def _kill_resume_and_compare(teacher, tmp_path):
+def _kill_resume_and_compare(teacher, tmp_path, tiny_config):
+    import pickle
     import signal
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     from pvdal_ns.engine.runner import _setup_trainer, evaluate, train
     from pvdal_ns.utils.checkpoints import load_checkpoint
 
-    code = RUN.format(tests=str(Path(__file__).parent), out=str(tmp_path), teacher=str(teacher))
+    killed_config = tmp_path / "killed-config.pkl"  # built here, where the tiny_config fixture is, for the subprocess
+    killed_config.write_bytes(pickle.dumps(tiny_config("hash", str(tmp_path), steps=60, teacher=str(teacher),
+                                                       experiment="killed")))
+    code = RUN.format(config=str(killed_config))
     killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while not list(tmp_path.glob("killed/*/*/nerfstudio_models/step-000000040.ckpt")):
@@ -144,7 +147,7 @@ def _kill_resume_and_compare(teacher, tmp_path):
     config = tiny_config("hash", tmp_path, steps=60, teacher=teacher, experiment="resumed")
     config.steps_per_save, config.load_dir = 40, models
     trainer = _setup_trainer(config)
-    assert trainer._start_step == 41
+    assert trainer_start_step(trainer) == 41
     pool = trainer.pipeline.active_learning.hard_poses
     assert torch.equal(pool.poses, saved["active_learning.hard_poses._extra_state"]["poses"]) and len(pool.poses) > 0
     trainer.train()

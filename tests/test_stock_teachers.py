@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, train_step_losses
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
@@ -28,7 +27,7 @@ TRAINED = {"tensorf": 3, "nerfacto": 2, "vanilla-nerf": 2}  # steps of ns-train'
 def _untrained_checkpoint(config) -> Path:
     """Write ``config``'s config.yml and a checkpoint of its untrained model (for models nerfstudio
     cannot train on a CPU); returns the config.yml path."""
-    from pvdal_ns.utils.metrics import offline_lpips
+    from pvdal_ns.utils.library_internals import offline_lpips
 
     config.set_timestamp()
     config.save_config()
@@ -137,7 +136,8 @@ def test_no_teacher_is_asked_an_empty_query(family, stock_teachers, tiny_teacher
     torch.testing.assert_close(teacher.render_camera(camera), torch.ones(20, 20, 3))
 
 
-def test_stock_teacher_distils_with_the_losses_it_can_feed(stock_teachers, tmp_path, capsys):
+def test_stock_teacher_distils_with_the_losses_it_can_feed(stock_teachers, tmp_path, capsys, tiny_config,
+                                                           train_step_losses):
     config = tiny_config("vm", tmp_path, steps=40, teacher=stock_teachers["tensorf"], experiment="from-tensorf")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 10, 10
     trainer = config.setup(local_rank=0, world_size=1)
@@ -186,7 +186,7 @@ def test_checkpoint_layouts_and_moved_data(stock_teachers, tmp_path):
             load_teacher(run / "config.yml", "cpu", SAMPLING)
 
 
-def test_chain_nerfacto_to_tensors_to_mlp(stock_teachers, tmp_path):
+def test_chain_nerfacto_to_tensors_to_mlp(stock_teachers, tmp_path, tiny_config):
     """A student is a normal checkpoint: it can teach the next conversion, with no teacher of its own loaded."""
     from pvdal_ns.engine.runner import train
 

@@ -10,14 +10,14 @@ import weakref
 
 import pytest
 import torch
-from conftest import tiny_config, train_step_losses
 
 from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.teachers.cache import TeacherCache, _partial_path, batch_nbytes, write_cache
 from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
 
 
-def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="cache", with_teacher=True, rays=None):
+def _trainer(tiny_config, teacher_path, tmp_path, steps, experiment="student", cache_name="cache", with_teacher=True,
+             rays=None):
     config = tiny_config("hash", tmp_path, steps=steps, teacher=teacher_path if with_teacher else None,
                          experiment=experiment)
     config.pipeline.teacher_cache = tmp_path / cache_name
@@ -29,8 +29,8 @@ def _trainer(teacher_path, tmp_path, steps, experiment="student", cache_name="ca
     return trainer
 
 
-def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_teacher, tmp_path):
-    pipeline = _trainer(tiny_teacher[0], tmp_path, steps=10).pipeline
+def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_teacher, tmp_path, tiny_config):
+    pipeline = _trainer(tiny_config, tiny_teacher[0], tmp_path, steps=10).pipeline
     teacher = pipeline.teacher  # live until the first step writes the cache
     batches = list(pipeline.datamanager.pseudo_labels.writer.render_batches(3))
     cache = write_cache(tmp_path / "c", teacher, batches, pipeline.batch_key, max_bytes=1 << 30)
@@ -91,11 +91,11 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
         write_cache(tmp_path / "c", teacher, batches, pipeline.batch_key, 1 << 30)
 
 
-def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_path):
+def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_path, tiny_config, train_step_losses):
     from test_distill import _psnr, _render_views
 
     teacher_path, teacher_pipeline = tiny_teacher
-    trainer = _trainer(teacher_path, tmp_path, steps=80)
+    trainer = _trainer(tiny_config, teacher_path, tmp_path, steps=80)
     pipeline = trainer.pipeline
     live_teacher = weakref.ref(pipeline.teacher)
     reference = _render_views(teacher_pipeline)
@@ -110,7 +110,7 @@ def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_pa
     assert pipeline.active_learning.config.points and not pipeline.active_learning.config.rays
 
     # a later run reuses it with no teacher config at all; it cycles through the 80 batches
-    reuse_trainer = _trainer(teacher_path, tmp_path, steps=100, experiment="reuse", with_teacher=False)
+    reuse_trainer = _trainer(tiny_config, teacher_path, tmp_path, steps=100, experiment="reuse", with_teacher=False)
     reuse = reuse_trainer.pipeline
     assert isinstance(reuse.teacher, TeacherCache) and reuse.teacher.source == teacher_path.resolve()
     first = reuse.datamanager.next_train(0)[0].origins
@@ -119,6 +119,7 @@ def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_pa
 
     # a cache of another run (here: other rays per batch) is refused with the reason
     with pytest.raises(TeacherLoadError, match="rays_per_batch"):
-        _trainer(teacher_path, tmp_path, steps=10, experiment="other", rays=512)
+        _trainer(tiny_config, teacher_path, tmp_path, steps=10, experiment="other", rays=512)
     with pytest.raises(TeacherLoadError, match="does not exist and no --pipeline.teacher-config"):
-        _trainer(teacher_path, tmp_path, steps=10, experiment="none", cache_name="missing", with_teacher=False)
+        _trainer(tiny_config, teacher_path, tmp_path, steps=10, experiment="none", cache_name="missing",
+                 with_teacher=False)

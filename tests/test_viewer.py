@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, train_step_losses
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _student(teacher_path, out: Path, steps: int):
+def _student(tiny_config, teacher_path, out: Path, steps: int):
     config = tiny_config("vm", out, steps=steps, teacher=teacher_path, experiment="student")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 10, 10  # stage 3 (and active learning) from 20
     config.pipeline.warm_start = False  # a student that differs from its teacher
@@ -28,11 +27,11 @@ def _student(teacher_path, out: Path, steps: int):
 
 
 @pytest.fixture(scope="module")
-def viewed_student(tiny_teacher, tmp_path_factory):
+def viewed_student(tiny_teacher, tmp_path_factory, tiny_config):
     """A VM student distilled for 60 steps (two epochs of active learning): (config.yml path, pipeline)."""
     from pvdal_ns.engine.runner import train
 
-    run = train(_student(tiny_teacher[0], tmp_path_factory.mktemp("viewed"), 60), "student")
+    run = train(_student(tiny_config, tiny_teacher[0], tmp_path_factory.mktemp("viewed"), 60), "student")
     assert len(run.pipeline.active_learning.hard_poses.poses) > 0
     return run.config_path, run.pipeline
 
@@ -88,12 +87,13 @@ def test_viewer_outputs_put_the_teacher_beside_the_student(tiny_teacher, viewed_
         height * width - round(0.1 * height * width)).values)
 
 
-def test_viewer_renders_leave_the_training_batches_and_the_teacher_as_they_were(tiny_teacher, tmp_path):
+def test_viewer_renders_leave_the_training_batches_and_the_teacher_as_they_were(tiny_teacher, tmp_path, tiny_config,
+                                                                                 train_step_losses):
     from pvdal_ns.engine.runner import _setup_trainer
     from pvdal_ns.viewer.conversion_panel import TeacherComparison
 
     def losses(viewer_renders: bool):
-        config = _student(tiny_teacher[0], tmp_path / str(viewer_renders), 30)
+        config = _student(tiny_config, tiny_teacher[0], tmp_path / str(viewer_renders), 30)
         trainer = _setup_trainer(config)
         pipeline = trainer.pipeline
         model, teacher = pipeline.model, pipeline.conversion.teacher

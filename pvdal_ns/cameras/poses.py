@@ -8,15 +8,17 @@ from typing import Optional
 import torch
 from jaxtyping import Float
 from nerfstudio.cameras.camera_utils import viewmatrix
-from scipy.spatial.transform import Rotation
+from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
 from torch import Tensor
 
 
 def random_rotations(n: int, max_degrees: float, generator: Optional[torch.Generator] = None) -> Float[Tensor, "n 3 3"]:
-    """``n`` rotations about uniformly random axes by angles uniform in ±``max_degrees``."""
+    """``n`` rotations about uniformly random axes by angles uniform in ±``max_degrees`` (the exponential map of
+    nerfstudio's ``lie_groups.exp_map_SO3xR3``, in float64)."""
     axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
-    return torch.from_numpy(Rotation.from_rotvec((axis * angle[:, None]).numpy()).as_matrix()).float()
+    tangent = torch.cat([torch.zeros(n, 3), axis * angle[:, None]], dim=-1).double()  # no translation
+    return exp_map_SO3xR3(tangent)[:, :, :3].float()
 
 
 class PoseSampler:

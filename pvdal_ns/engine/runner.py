@@ -25,7 +25,8 @@ from nerfstudio.utils.rich_utils import get_progress
 
 from pvdal_ns.data.datamanager import float32_intrinsics
 from pvdal_ns.pipelines.sharing import sharing
-from pvdal_ns.utils.metrics import image_metrics, offline_lpips, synchronized_clock
+from pvdal_ns.utils.library_internals import offline_lpips, trainer_start_step
+from pvdal_ns.utils.metrics import synchronized_clock
 
 
 def quiet(config: TrainerConfig) -> TrainerConfig:
@@ -113,7 +114,8 @@ def _span(trainer: Trainer) -> Tuple[int, int]:
     """The first step a set-up trainer runs (past its checkpoint when resumed) and the step its run ends at
     (:class:`~pvdal_ns.engine.trainer.PVDTrainer` has shortened a resumed run's ``max_num_iterations`` to the
     steps left)."""
-    return trainer._start_step, trainer._start_step + trainer.config.max_num_iterations
+    start = trainer_start_step(trainer)
+    return start, start + trainer.config.max_num_iterations
 
 
 def _train_step(trainer: Trainer, step: int) -> None:
@@ -206,13 +208,13 @@ def train_together(configs: List[TrainerConfig], description: str) -> List[Train
 
 @dataclass
 class CurvePoint:
-    """One evaluation of a run under a time budget: training seconds and steps so far, PSNR and SSIM (dB, -)
-    on the test views."""
+    """One evaluation of a run under a time budget: training seconds and steps so far, PSNR (dB) and SSIM on the
+    test views (SSIM None where the model gives none)."""
 
     seconds: float
     steps: int
     psnr: float
-    ssim: float
+    ssim: Optional[float]
 
 
 def train_timed(config: TrainerConfig, description: str, budget_seconds: float,
@@ -262,17 +264,25 @@ class EvalResult:
     """Metrics of a model on one split of the scene (its test views unless told).
 
     Attributes:
-        psnr, ssim: means over the views; lpips: mean, or None when its weights are not on disk.
+        psnr: mean over the views; ssim, lpips: means, or None where the model gives none (LPIPS without its weights).
         per_view: one ``{"psnr", "ssim", "lpips"}`` per view, in dataset order.
         images: rendered Float[Tensor, "H W 3"] per view (CPU), ground truth in ``gt``.
     """
 
     psnr: float
-    ssim: float
+    ssim: Optional[float]
     lpips: Optional[float]
     per_view: List[Dict[str, Optional[float]]] = field(default_factory=list)
     images: List[torch.Tensor] = field(default_factory=list)
     gt: List[torch.Tensor] = field(default_factory=list)
+
+
+def _score(value) -> Optional[float]:
+    """A metric of ``get_image_metrics_and_images`` as a float; None for a missing or NaN one."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else value
 
 
 def split_dataloader(datamanager: VanillaDataManager, split: str) -> FixedIndicesEvalDataloader:
@@ -292,11 +302,14 @@ def evaluate(
     pipeline: Pipeline, description: str = "Evaluating", split: str = "test", downscale: int = 1
 ) -> EvalResult:
     """Render every image of ``split`` (the scene's test views by default: what reports give; "val" is what
-    presets are tuned on) and compare it with the ground truth (composited on the model's background).
+    presets are tuned on) and score it as ``ns-eval`` does, through the model's own
+    ``get_image_metrics_and_images`` (the ground truth composited on the model's background there): ``psnr``,
+    ``ssim`` and ``lpips`` per view, None where the model gives none (LPIPS without its weights on disk,
+    :func:`~pvdal_ns.utils.library_internals.offline_lpips`; vanilla-nerf's metrics have other names).
 
     ``downscale`` > 1 renders each view at 1/downscale of its width and height (nerfstudio's
-    ``Cameras.rescale_output_resolution``) against the ground truth box-filtered by the same factor: for models
-    whose full-size render is too slow on the machine (a torch nerfacto on a CPU).
+    ``Cameras.rescale_output_resolution``) against the ground truth box-filtered by the same factor (before the
+    model composites it): for models whose full-size render is too slow on the machine (a torch nerfacto on a CPU).
 
     Raises:
         ValueError: an image's size is not divisible by ``downscale``.
@@ -307,17 +320,19 @@ def evaluate(
     per_view, images, gts = [], [], []
     with get_progress(description) as progress:
         for camera, batch in progress.track(loader, total=len(loader)):
-            gt = model.renderer_rgb.blend_background(batch["image"].to(model.device)).cpu()
+            image = batch["image"]
             if downscale > 1:
-                if gt.shape[0] % downscale or gt.shape[1] % downscale:
-                    raise ValueError(f"a {gt.shape[1]}×{gt.shape[0]} view cannot be downscaled by {downscale}")
+                if image.shape[0] % downscale or image.shape[1] % downscale:
+                    raise ValueError(f"a {image.shape[1]}×{image.shape[0]} view cannot be downscaled by {downscale}")
                 camera = copy.deepcopy(camera)
                 camera.rescale_output_resolution(1.0 / downscale)
-                gt = torch.nn.functional.avg_pool2d(gt.permute(2, 0, 1), downscale).permute(1, 2, 0)
-            pred = model.get_outputs_for_camera(camera)["rgb"].cpu()
-            per_view.append(image_metrics(pred, gt))
+                image = torch.nn.functional.avg_pool2d(image.permute(2, 0, 1), downscale).permute(1, 2, 0)
+            outputs = model.get_outputs_for_camera(camera)
+            metrics, figures = model.get_image_metrics_and_images(outputs, {**batch, "image": image})
+            pred = outputs["rgb"].cpu()
+            per_view.append({key: _score(metrics.get(key)) for key in ("psnr", "ssim", "lpips")})
             images.append(pred)
-            gts.append(gt)
+            gts.append(figures["img"][:, : pred.shape[1]].cpu())  # every model puts the ground truth first
     pipeline.train()
 
     def mean(key: str) -> Optional[float]:

@@ -22,6 +22,7 @@ from pvdal_ns.presets import PRESETS, checkpoint_interval, method_name
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars, load_checkpoint
 from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError, install_refusal_hook
 from pvdal_ns.utils.files import save_torch, write_atomic
+from pvdal_ns.utils.library_internals import trainer_start_step
 
 AMP_SCALE_FLOOR = 2.0**-24
 """Below this gradient scale a run under mixed precision is diverging (:class:`GuardedOptimizers`): float16's
@@ -255,12 +256,13 @@ class PVDTrainer(Trainer):
                 raise BadInputError(f"checkpoint {path} {reason}: resume from another one (--load-step) or start "
                                     "again") from None
         super()._load_checkpoint()
-        if self._start_step > 0:
+        start = trainer_start_step(self)
+        if start > 0:
             # the checkpoint's step, what a run with no step left saves again at its end
-            self.step = self._start_step - 1
+            self.step = start - 1
             planned = self.config.max_num_iterations
-            self.config.max_num_iterations = max(0, planned - self._start_step)
-            CONSOLE.log(f"Resuming at step {self._start_step}: {self.config.max_num_iterations} more, "
+            self.config.max_num_iterations = max(0, planned - start)
+            CONSOLE.log(f"Resuming at step {start}: {self.config.max_num_iterations} more, "
                         f"to step {planned}")
 
     def save_checkpoint(self, step: int) -> None:

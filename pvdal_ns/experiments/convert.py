@@ -122,7 +122,7 @@ def stock_config(method: str, data: Path, output_dir: Path, experiment: str, ste
     for a scene on this machine: its dataparser (:func:`dataparser_for`), the single-process ``VanillaDataManager``,
     the torch implementation where tiny-cuda-nn is missing, no eval during training.
 
-    Build and train it inside :func:`~pvdal_ns.utils.metrics.offline_lpips` (``runner.train`` does) so the
+    Build and train it inside :func:`~pvdal_ns.utils.library_internals.offline_lpips` (``runner.train`` does) so the
     model does not try to download LPIPS weights.
 
     Raises:

@@ -33,7 +33,7 @@ class ModelReport:
     architecture: str
     method: str
     psnr: float
-    ssim: float
+    ssim: Optional[float]
     lpips: Optional[float]
     train_seconds: float
     parameters: int
@@ -148,14 +148,14 @@ def print_table(models: List[ModelReport]) -> None:
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for m in models:
         delta = "" if teacher is None or m is teacher else f"{m.psnr - teacher.psnr:+.2f}"
-        lpips = "n/a" if m.lpips is None else f"{m.lpips:.3f}"
+        ssim, lpips = ("n/a" if value is None else f"{value:.3f}" for value in (m.ssim, m.lpips))
         seconds = (
             f"{m.train_seconds:.0f}"
             + (f" from step {m.resumed_at}" if m.resumed_at else "")
             + (" cached" if m.cached else "")
         )
         table.add_row(
-            m.name, f"{m.psnr:.2f}", delta, f"{m.ssim:.3f}", lpips, seconds, _short_count(m.parameters), str(m.steps)
+            m.name, f"{m.psnr:.2f}", delta, ssim, lpips, seconds, _short_count(m.parameters), str(m.steps)
         )
     CONSOLE.print(table)
 

@@ -14,6 +14,7 @@ from nerfacc import OccGridEstimator
 from torch import Tensor
 
 from pvdal_ns.field_components.scene_space import SceneSpace, SpaceBuffers
+from pvdal_ns.utils.library_internals import keep_buffers_out_of_checkpoints
 
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 1"]]
 
@@ -36,7 +37,7 @@ class OccupancyGrid(SpaceBuffers, OccGridEstimator):
     def __init__(self, space: SceneSpace, resolution: int = 128) -> None:
         super().__init__(roi_aabb=_UNIT_CUBE, resolution=resolution, levels=1)
         self.register_space("scene_aabb", space.aabb, space.contracted)
-        self._non_persistent_buffers_set.update({"grid_coords", "grid_indices"})
+        keep_buffers_out_of_checkpoints(self, ("grid_coords", "grid_indices"))
 
     def _cells(self, positions: Float[Tensor, "*bs 3"]) -> Tuple[Bool[Tensor, "*bs"], Int[Tensor, "*bs 3"]]:
         """Whether each world position lies inside the grid, and its cell index (clamped into the grid)."""

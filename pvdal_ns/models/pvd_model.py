@@ -19,10 +19,12 @@ from jaxtyping import Bool, Float
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.model_components.losses import MSELoss
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor, nn
+from torchmetrics.image import PeakSignalNoiseRatio
 
 from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfig
 from pvdal_ns.model_components.hard_points import HardPoints
@@ -126,6 +128,10 @@ class PVDModel(Model):
         """Set when distilling: the grid then comes from the teacher and is not updated."""
         self.occupancy_grid = OccupancyGrid(self.config.sampling(self.scene_box).space, self.config.grid_resolution)
         self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
+        self.mse_loss = MSELoss()
+        """Training from images: the image loss (nerfstudio's, as nerfacto's ``rgb_loss``)."""
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        """Training from images: the ``psnr`` metric (torchmetrics', as nerfacto's)."""
         self.set_space(bool(self.kwargs.get("contracted", False)))
         if self.distillation is not None:
             self.occupancy_grid.load_state_dict(self.distillation.occupancy_grid.state_dict())
@@ -350,9 +356,8 @@ class PVDModel(Model):
         teacher = batch.get("teacher")
         if teacher is None:
             pred, gt = self._gt(batch, outputs)
-            mse = torch.mean((pred - gt) ** 2)
             return {
-                "psnr": -10.0 * torch.log10(mse.clamp(min=1e-10)),
+                "psnr": self.psnr(pred, gt),
                 "occupied_fraction": torch.tensor(self.occupancy_grid.occupied_fraction),
             }
         metrics = {"stage": torch.tensor(float(self.stage)), "samples_per_ray": teacher.mask.sum(dim=-1).float().mean()}
@@ -375,7 +380,7 @@ class PVDModel(Model):
         loss: Dict[str, Tensor] = {}
         if not distilling:
             pred, gt = self._gt(batch, outputs)
-            loss["rgb_loss"] = torch.mean((pred - gt) ** 2)
+            loss["rgb_loss"] = self.mse_loss(pred, gt)
         elif outputs["teacher_points"] is not None:
             assert d is not None
             loss.update(point_losses(outputs["points"], outputs["teacher_points"], self.stage, d.loss, d.align_volume,

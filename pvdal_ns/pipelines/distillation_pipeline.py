@@ -41,6 +41,7 @@ from pvdal_ns.presets import finetune_start
 from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, teacher_contraction
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
+from pvdal_ns.utils.library_internals import trainer_start_step
 from pvdal_ns.utils.run_config import fill_missing_defaults
 from pvdal_ns.viewer.conversion_panel import ConversionPanel
 
@@ -306,7 +307,7 @@ class DistillationPipeline(VanillaPipeline):
         stops (a resumed run: its start plus the steps left; :class:`~pvdal_ns.engine.trainer.PVDTrainer`)."""
         callbacks = super().get_training_callbacks(training_callback_attributes)
         trainer = training_callback_attributes.trainer
-        planned = None if trainer is None else trainer._start_step + trainer.config.max_num_iterations
+        planned = None if trainer is None else trainer_start_step(trainer) + trainer.config.max_num_iterations
         if self.model.distillation is not None:
             if trainer is not None:  # a teacher cache holds one batch per step of the run
                 self._run_steps = planned

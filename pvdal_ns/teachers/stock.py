@@ -55,7 +55,7 @@ from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherImages
 from pvdal_ns.teachers.base import ModelTeacher
 from pvdal_ns.utils.errors import TeacherLoadError, first_line
-from pvdal_ns.utils.metrics import offline_lpips
+from pvdal_ns.utils.library_internals import offline_lpips, update_occupancy
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
 """log σ of stock teachers is clamped here (σ = 0 outside nerfacto's contracted box, ReLU zeros of
@@ -110,8 +110,7 @@ class FieldTeacher(ModelTeacher):
         )
         with torch.no_grad():
             for _ in range(self.grid_passes):  # max over jittered points in every cell
-                self.occupancy_grid._update(step=0, occ_eval_fn=occ_fn, occ_thre=sampling.grid_threshold,
-                                            ema_decay=1.0, warmup_steps=1)
+                update_occupancy(self.occupancy_grid, occ_fn, sampling.grid_threshold)
 
     def _evaluate(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
         samples = point_samples(positions, directions if directions is not None else torch.zeros_like(positions))
@@ -291,7 +290,7 @@ def build_stock_model(config, state: Dict[str, Tensor], source: Path, sampling: 
 
     The scene box comes from the field's stored aabb (nerfacto, instant-ngp, tensorf) or from the
     student's (vanilla-nerf); the number of training images (appearance embeddings, camera optimiser)
-    from the state's shapes. LPIPS is not downloaded (:func:`~pvdal_ns.utils.metrics.offline_lpips`).
+    from the state's shapes. LPIPS is not downloaded (:func:`~pvdal_ns.utils.library_internals.offline_lpips`).
 
     Raises:
         TeacherLoadError: tcnn checkpoint without tinycudann, no scene box, or a state that does not match.

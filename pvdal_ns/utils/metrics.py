@@ -1,18 +1,17 @@
 """Image metrics through torchmetrics: PSNR, SSIM and, only where its weights are on disk, LPIPS; and the clock
 that timed spans are read with (:func:`synchronized_clock`).
 
-Stock nerfstudio models build LPIPS eagerly, which downloads AlexNet and crashes offline (docs/design.md,
-"nerfstudio 1.1.5"). Here LPIPS is built on first use and only when torchvision's AlexNet checkpoint is already in the
-torch hub cache; otherwise it is reported as missing (``None``) and nothing is downloaded.
+LPIPS is built on first use and only when torchvision's AlexNet checkpoint is already in the torch hub cache;
+otherwise it is reported as missing (``None``) and nothing is downloaded. (Stock nerfstudio models build it eagerly,
+which downloads AlexNet and crashes offline: :func:`pvdal_ns.utils.library_internals.offline_lpips`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from jaxtyping import Float
@@ -56,36 +55,6 @@ def image_metrics(pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"]) -> D
         with torch.no_grad():
             out["lpips"] = float(lpips(p, g))
     return out
-
-
-class UnavailableLPIPS(torch.nn.Module):
-    """Stands in for torchmetrics' LPIPS when the AlexNet weights are not on disk: no download, NaN."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__()
-
-    def forward(self, *args, **kwargs) -> Tensor:
-        """NaN, a 0-d tensor on the device of the first tensor given (the images), so arithmetic with them works."""
-        device = next((a.device for a in args if isinstance(a, Tensor)), None)
-        return torch.tensor(float("nan"), device=device)
-
-
-@contextlib.contextmanager
-def offline_lpips() -> Iterator[None]:
-    """While active, stock nerfstudio models build :class:`UnavailableLPIPS` instead of torchmetrics'
-    LPIPS when its weights are missing, so ``populate_modules`` does not try to download AlexNet and
-    crash offline (docs/design.md, "nerfstudio 1.1.5"). With the weights on disk it changes nothing."""
-    import torchmetrics.image.lpip as lpip
-
-    if lpips_weights_path().is_file():
-        yield
-        return
-    real = lpip.LearnedPerceptualImagePatchSimilarity
-    lpip.LearnedPerceptualImagePatchSimilarity = UnavailableLPIPS  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        lpip.LearnedPerceptualImagePatchSimilarity = real  # type: ignore[misc]
 
 
 def synchronized_clock(device: Union[str, torch.device, None] = None) -> float:
