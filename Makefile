@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ns-distill demo
 
-# Debian's chromium for the viewer's browser test (tests/test_viewer.py skips, saying why, where it cannot be installed)
+# Debian's chromium for the viewer's browser test (tests/viewer/test_viewer.py skips, saying why, where it cannot be installed)
 browser:
 	@command -v chromium >/dev/null || $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
 		|| ($(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1) \

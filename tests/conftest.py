@@ -46,6 +46,29 @@ def train_step_losses():
     return _train_step_losses
 
 
+def _view_psnr(pipeline, reference, n: int = 3) -> float:
+    """Mean PSNR (dB) of ``pipeline``'s renders of the first ``n`` eval views against ``reference``'s renders of them
+    (a student against its teacher)."""
+    import torch
+
+    def views(p):
+        p.eval()
+        with torch.no_grad():
+            out = [p.model.get_outputs_for_camera(camera)["rgb"]
+                   for _, (camera, _) in zip(range(n), p.datamanager.fixed_indices_eval_dataloader)]
+        p.train()
+        return out
+
+    psnrs = [float(-10 * torch.log10(torch.mean((a - b) ** 2))) for a, b in zip(views(pipeline), views(reference))]
+    return sum(psnrs) / len(psnrs)
+
+
+@pytest.fixture(scope="session")
+def view_psnr():
+    """:func:`_view_psnr`, as a factory fixture."""
+    return _view_psnr
+
+
 @pytest.fixture(autouse=True)
 def _fresh_event_writers():
     """Each nerfstudio Trainer adds its writers to a global list: drop a test's writers when it ends, or

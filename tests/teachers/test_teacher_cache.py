@@ -91,17 +91,15 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
         write_cache(tmp_path / "c", teacher, batches, pipeline.batch_key, 1 << 30)
 
 
-def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_path, tiny_config, train_step_losses):
-    from test_distill import _psnr, _render_views
-
+def test_student_distils_from_the_cache_without_the_teacher(tiny_teacher, tmp_path, tiny_config, train_step_losses,
+                                                            view_psnr):
     teacher_path, teacher_pipeline = tiny_teacher
     trainer = _trainer(tiny_config, teacher_path, tmp_path, steps=80)
     pipeline = trainer.pipeline
     live_teacher = weakref.ref(pipeline.teacher)
-    reference = _render_views(teacher_pipeline)
-    before = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    before = view_psnr(pipeline, teacher_pipeline)
     trainer.train()
-    after = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    after = view_psnr(pipeline, teacher_pipeline)
     assert after > before + 5.0, (before, after)
     # the cache holds one batch per step, and the live teacher was released after writing it
     assert isinstance(pipeline.teacher, TeacherCache) and len(pipeline.teacher) == 80

@@ -11,22 +11,6 @@ from pvdal_ns.teachers import load_teacher
 from pvdal_ns.utils.errors import BadInputError
 
 
-def _psnr(a, b):
-    return float(-10 * torch.log10(torch.mean((a - b) ** 2)))
-
-
-def _render_views(pipeline, n=3):
-    pipeline.eval()
-    out = []
-    with torch.no_grad():
-        for i, (camera, _) in enumerate(pipeline.datamanager.fixed_indices_eval_dataloader):
-            if i == n:
-                break
-            out.append(pipeline.model.get_outputs_for_camera(camera)["rgb"])
-    pipeline.train()
-    return out
-
-
 def test_teacher_loads_frozen_from_any_working_directory(tiny_teacher, tmp_path, monkeypatch):
     config_path, pipeline = tiny_teacher
     monkeypatch.chdir(tmp_path)
@@ -38,7 +22,8 @@ def test_teacher_loads_frozen_from_any_working_directory(tiny_teacher, tmp_path,
         assert torch.equal(value, trained[key]), key
 
 
-def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tmp_path, tiny_config, train_step_losses):
+def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tmp_path, tiny_config, train_step_losses,
+                                                                 view_psnr):
     teacher_path, teacher_pipeline = tiny_teacher
     config = tiny_config("vm", tmp_path, steps=120, teacher=teacher_path, experiment="student")
     config.pipeline.stage1_steps, config.pipeline.stage2_steps = 20, 20
@@ -69,10 +54,9 @@ def test_distillation_raises_student_psnr_and_keeps_teacher_out(tiny_teacher, tm
     pipeline.train()
     assert not teacher.model.training
 
-    reference = _render_views(teacher_pipeline)
-    before = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    before = view_psnr(pipeline, teacher_pipeline)
     trainer.train()
-    after = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    after = view_psnr(pipeline, teacher_pipeline)
     assert after > before + 5.0, (before, after)
     assert after > 20.0
 
@@ -170,7 +154,8 @@ def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, m
     assert len(list(spiral.glob("*.png"))) == 3
 
 
-def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, capsys, tiny_config, train_step_losses):
+def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, capsys, tiny_config, train_step_losses,
+                                                        view_psnr):
     """--pipeline.teacher-renders-only (what splatfacto teachers always get): batches are pixels of the
     teacher's images of the epoch's poses, only L_rgb applies from the first step, and PSNR rises."""
     teacher_path, teacher_pipeline = tiny_teacher
@@ -197,10 +182,9 @@ def test_renders_only_distils_from_the_teachers_images(tiny_teacher, tmp_path, c
     assert float((live - batch["teacher"].rgb).abs().mean()) < 0.01
 
     assert set(train_step_losses(trainer, 1)[1]) == {"rgb_loss", "regularization"}
-    reference = _render_views(teacher_pipeline)
-    before = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    before = view_psnr(pipeline, teacher_pipeline)
     trainer.train()
-    after = sum(_psnr(a, b) for a, b in zip(_render_views(pipeline), reference)) / len(reference)
+    after = view_psnr(pipeline, teacher_pipeline)
     assert after > before + 3.0, (before, after)
     # the teacher never imaged a hard-ray pool's rays: none entered a batch (tiny_config has hard rays on)
     assert len(pipeline.active_learning.hard_rays) == 0
