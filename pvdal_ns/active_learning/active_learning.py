@@ -421,10 +421,10 @@ class ActiveLearning(nn.Module):
     # --- the epoch's statistics, for the figures --------------------------------------------------------
     def get_extra_state(self) -> Dict[str, Any]:
         """This epoch's figure statistics (the pools save their own state), for an exact resume."""
-        return {"image_size": list(self.image_size), "heat": self.heat, "hard_ray_ids": self._hard_ray_ids()}
+        return {"heat": self.heat, "hard_ray_ids": self._hard_ray_ids()}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.image_size, self.heat = tuple(state["image_size"]), state["heat"].cpu()
+        self.heat = state["heat"].cpu()
         self.hard_ray_ids = [state["hard_ray_ids"].cpu()]
 
     def _start_epoch(self) -> None:

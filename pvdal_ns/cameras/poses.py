@@ -39,7 +39,7 @@ class PoseSampler:
         camera_to_worlds: Float[Tensor, "N 3 4"] training poses (OpenGL convention, as nerfstudio).
         centre: Float[Tensor, "3"] scene centre (world units).
         config: the settings ``elevation_percentiles``, ``forward_facing_margin`` and ``jitter_degrees``
-            (a ``DistillationDataManagerConfig``).
+            (a :class:`~pvdal_ns.data.pseudo_labels.PseudoLabelsConfig`).
     """
 
     ORBIT_GAP_DEGREES = 90.0

@@ -15,26 +15,16 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 
-from pvdal_ns.data.pseudo_labels import Batch, PseudoLabels, RenderedLabels
+from pvdal_ns.data.pseudo_labels import Batch, PseudoLabels, PseudoLabelsConfig, RenderedLabels
 
 __all__ = ["DistillationDataManager", "DistillationDataManagerConfig", "float32_intrinsics"]
 
 
 @dataclass
-class DistillationDataManagerConfig(VanillaDataManagerConfig):
-    """Pseudo-label settings; the rest is nerfstudio's ``VanillaDataManagerConfig``."""
+class DistillationDataManagerConfig(VanillaDataManagerConfig, PseudoLabelsConfig):
+    """nerfstudio's ``VanillaDataManagerConfig`` and the pseudo-label settings (:class:`PseudoLabelsConfig`)."""
 
     _target: Type = field(default_factory=lambda: DistillationDataManager)
-    poses_per_epoch: int = 100
-    """Novel camera poses drawn per epoch (hard poses are measured and re-injected per epoch)."""
-    steps_per_epoch: Optional[int] = None
-    """Steps before the next epoch's poses; None: one per pose (the authors' loader gives each pose one batch)."""
-    elevation_percentiles: Tuple[float, float] = (5.0, 95.0)
-    """Object-centric scenes: elevation range of the novel orbit poses, as percentiles of the training cameras'."""
-    forward_facing_margin: float = 0.1
-    """Forward-facing scenes: growth of the training centres' bounding box where new centres are drawn."""
-    jitter_degrees: float = 9.0
-    """Forward-facing scenes: rotation jitter of a training camera's orientation."""
 
 
 def float32_intrinsics(dataset):

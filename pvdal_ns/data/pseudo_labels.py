@@ -15,8 +15,9 @@ for at a step is made, the others get the same; docs/design.md, "Several student
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from jaxtyping import Float
@@ -32,8 +33,23 @@ from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import TeacherImages
 from pvdal_ns.teachers import Teacher, TeacherCache, write_cache
 
-if TYPE_CHECKING:
-    from pvdal_ns.data.datamanager import DistillationDataManagerConfig
+
+@dataclass
+class PseudoLabelsConfig:
+    """How novel poses are drawn for pseudo-labels (paper §4.1); the datamanager's config holds these settings
+    (``--pipeline.datamanager.*``) beside nerfstudio's, rays per batch among them."""
+
+    poses_per_epoch: int = 100
+    """Novel camera poses drawn per epoch (hard poses are measured and re-injected per epoch)."""
+    steps_per_epoch: Optional[int] = None
+    """Steps before the next epoch's poses; None: one per pose (the authors' loader gives each pose one batch)."""
+    elevation_percentiles: Tuple[float, float] = (5.0, 95.0)
+    """Object-centric scenes: elevation range of the novel orbit poses, as percentiles of the training cameras'."""
+    forward_facing_margin: float = 0.1
+    """Forward-facing scenes: growth of the training centres' bounding box where new centres are drawn."""
+    jitter_degrees: float = 9.0
+    """Forward-facing scenes: rotation jitter of a training camera's orientation."""
+
 
 Batch = Dict[str, Any]
 """A pseudo-label batch: ``teacher`` (:class:`TeacherBatch`: the teacher's targets, its render ``rgb`` on its
@@ -74,23 +90,25 @@ class RenderedLabels(_Stages):
     """The teacher's targets for each step's rays from each epoch's novel poses, with the hard poses (TCP) and
     hard rays (TSR) of active learning: an epoch draws ``poses_per_epoch`` fresh poses and asks active learning
     for its pooled ones; a batch draws R rays of the epoch's poses and asks for its pooled ones (their slots ride in
-    the batch); R stays ``train_num_rays_per_batch``. Active learning is only read here: the pipeline feeds it.
+    the batch); R stays ``rays_per_batch``. Active learning is only read here: the pipeline feeds it.
 
     Args:
         teacher: a teacher that renders rays, or images (``from_images``).
         active_learning: the levels and pools that draw the batches (those of the student that made this source).
         cameras: the training cameras; novel poses are drawn like them, with the first one's intrinsics.
         centre: Float[Tensor, "3"] the scene centre (world units).
-        config: the datamanager's pseudo-label settings (rays per batch, poses and steps per epoch, pose sampling).
+        config: the pseudo-label settings (poses and steps per epoch, pose sampling).
+        rays_per_batch: R, rays of every batch (the datamanager's ``train_num_rays_per_batch``).
         device: where batches are made.
         from_images: distil from the teacher's images only (renders-only distillation).
     """
 
     def __init__(self, teacher: Teacher, active_learning: ActiveLearning, cameras: Cameras, centre: Tensor,
-                 config: DistillationDataManagerConfig, device: torch.device, from_images: bool = False) -> None:
+                 config: PseudoLabelsConfig, rays_per_batch: int, device: torch.device,
+                 from_images: bool = False) -> None:
         super().__init__()
         self.teacher, self.active_learning, self.config, self.device = teacher, active_learning, config, device
-        self.from_images = from_images
+        self.from_images, self.rays_per_batch = from_images, rays_per_batch
         self.pose_sampler = PoseSampler(cameras.camera_to_worlds, centre, config)
         CONSOLE.log(f"Pseudo-labels: {config.poses_per_epoch} novel poses per epoch from {teacher.source}; the "
                     f"training cameras are a capture of kind '{self.pose_sampler.kind}' (docs/design.md, \"Scenes\")")
@@ -169,7 +187,7 @@ class RenderedLabels(_Stages):
         if self._epoch_step >= self._epoch_steps:
             self._new_epoch(step if with_pools else -1)
         self._epoch_step += 1
-        num_rays = self.config.train_num_rays_per_batch
+        num_rays = self.rays_per_batch
         pooled = self.active_learning.pooled_rays(num_rays, step) if with_pools else None
         num_pooled = 0 if pooled is None else len(pooled[1])
         indices = self._draw_ray_indices(num_rays - num_pooled)

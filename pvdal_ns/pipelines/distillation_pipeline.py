@@ -126,7 +126,9 @@ class DistillationPipeline(VanillaPipeline):
         contracted = self._contraction(dataset, distilling)
         if distilling:
             sampling = config.model.sampling(dataset.scene_box, contracted)
-            self.batch_key = batch_key(config, sampling, dataset.cameras)
+            serial = config.teacher_cache is not None
+            self.batch_key = batch_key(config.teacher_config, config.datamanager, sampling, dataset.cameras,
+                                       renders_only=config.teacher_renders_only, serial=serial)
             """What this run's pseudo-label batches depend on (:func:`batch_key`)."""
             teacher = self._open_teacher(sampling, device)
             contracted = self._teacher_space(teacher, contracted)
@@ -256,7 +258,8 @@ class DistillationPipeline(VanillaPipeline):
         if isinstance(teacher, TeacherCache):
             return RecordedLabels(device, cache=teacher)
         rendered = RenderedLabels(teacher, self.active_learning, dataset.cameras, dataset.scene_box.get_center(),
-                                  self.config.datamanager, device, from_images=capabilities == Capability.IMAGES)
+                                  self.config.datamanager, self.config.datamanager.train_num_rays_per_batch, device,
+                                  from_images=capabilities == Capability.IMAGES)
         if self._cache_to_write is None:
             return rendered
         return RecordedLabels(device, path=self._cache_to_write, written_for=self.batch_key, writer=rendered)

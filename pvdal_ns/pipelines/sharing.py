@@ -8,28 +8,27 @@ import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
 
+from pvdal_ns.data.datamanager import DistillationDataManagerConfig
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
-
-if TYPE_CHECKING:
-    from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
-
 
 TEACHER_KEYS = ("teacher", "checkpoint", "scene_box", "grid_resolution", "num_samples", "grid_threshold", "contracted",
                 "early_stop_eps", "alpha_thre")
 """The entries of :func:`batch_key` a loaded teacher depends on (its sample points included)."""
 
 
-def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: Cameras) -> Dict[str, Any]:
+def batch_key(teacher_config: Optional[Path], datamanager: DistillationDataManagerConfig, sampling: Sampling,
+              cameras: Cameras, renders_only: bool, serial: bool) -> Dict[str, Any]:
     """What a pseudo-label batch depends on: the teacher (config.yml and its newest checkpoint), where the
     shared samples lie (scene box, contraction, grid, samples per ray, threshold, early stop, alpha threshold), the rays
     per batch, the novel poses (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the
     training cameras (digest), renders-only distillation, and whether they come from a teacher cache (serial mode).
+    The arguments are the pipeline's settings of those names (``DistillationPipelineConfig``).
 
     A teacher cache stores it (``written_for`` in meta.json) and refuses a run whose key differs; during
     :func:`sharing`, students with equal keys train on one source of batches, and those with equal
@@ -39,11 +38,10 @@ def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: C
         TeacherLoadError: the teacher's config.yml is unreadable or the run has no checkpoint.
     """
     teacher = checkpoint = None
-    if config.teacher_config is not None:
-        path = Path(config.teacher_config).expanduser().resolve()
+    if teacher_config is not None:
+        path = Path(teacher_config).expanduser().resolve()
         ckpt = newest_checkpoint(path, read_trainer_config(path))
         teacher, checkpoint = str(path), f"{ckpt.name} ({ckpt.stat().st_size} bytes)"
-    dm = config.datamanager
     camera_values = [cameras.camera_to_worlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width,
                      cameras.height]
     digest = hashlib.sha1(torch.cat([v.flatten().double() for v in camera_values]).cpu().numpy().tobytes())
@@ -52,11 +50,11 @@ def batch_key(config: DistillationPipelineConfig, sampling: Sampling, cameras: C
         "scene_box": sampling.scene_box.aabb.flatten().tolist(), "grid_resolution": sampling.grid_resolution,
         "num_samples": sampling.num_samples, "grid_threshold": sampling.grid_threshold,
         "contracted": sampling.contracted, "early_stop_eps": sampling.early_stop_eps, "alpha_thre": sampling.alpha_thre,
-        "rays_per_batch": dm.train_num_rays_per_batch, "poses_per_epoch": dm.poses_per_epoch,
-        "steps_per_epoch": dm.steps_per_epoch, "elevation_percentiles": list(dm.elevation_percentiles),
-        "forward_facing_margin": dm.forward_facing_margin, "jitter_degrees": dm.jitter_degrees,
-        "cameras": digest.hexdigest(), "renders_only": config.teacher_renders_only,
-        "serial": config.teacher_cache is not None,
+        "rays_per_batch": datamanager.train_num_rays_per_batch, "poses_per_epoch": datamanager.poses_per_epoch,
+        "steps_per_epoch": datamanager.steps_per_epoch,
+        "elevation_percentiles": list(datamanager.elevation_percentiles),
+        "forward_facing_margin": datamanager.forward_facing_margin, "jitter_degrees": datamanager.jitter_degrees,
+        "cameras": digest.hexdigest(), "renders_only": renders_only, "serial": serial,
     }
 
 
