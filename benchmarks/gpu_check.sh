@@ -12,10 +12,13 @@
 #        command: bash benchmarks/gpu_check.sh        carry: [".whl"]        timeout_s: 600
 #    The command installs the wheels (source .whl/install.sh), puts this working tree's pvdal_ns first on the path,
 #    and ends within BUDGET seconds (default 560): the demo is stopped there if it has not finished.
-#    `bash benchmarks/gpu_check.sh tests` runs the tests alone, `… demo` the demo alone (each with the whole budget).
+#    `bash benchmarks/gpu_check.sh tests` runs the tests alone, `… demo` the demo alone (each with the whole budget),
+#    `… step` issue #31's step benchmark alone (benchmarks/gpu_step.py: the demo's teacher, then each architecture
+#    distilled and from images, and the synchronisations of a step; STEP_ARGS adds its options).
 #
 # Files in $OUT: env.txt (GPU, versions, nerfacc's CUDA ops), test_cuda.log and test_cuda.xml (JUnit),
-# test_splatfacto.log, demo.log, demo_report.json (the demo's report.json), table.txt (the table printed last).
+# test_splatfacto.log, demo.log, demo_report.json (the demo's report.json), gpu_step.log, table.txt (the table
+# printed last).
 set -uo pipefail
 mode=${1:-all}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,6 +74,15 @@ if [[ $mode == all || $mode == demo ]]; then
     timeout --signal=INT --kill-after=15 $limit $py -m pvdal_ns.scripts.distill demo --output-dir "$work/demo"
     echo "exit $? after $(( $(date +%s) - t0 )) s" ) > "$OUT/demo.log" 2>&1 &
   demo_pid=$!
+fi
+
+if [[ $mode == step ]]; then
+  # shellcheck disable=SC2086
+  timeout --signal=INT --kill-after=15 $(( $(left) - 10 )) $py benchmarks/gpu_step.py --output-dir "$work/step" \
+    ${STEP_ARGS:-} > "$OUT/gpu_step.log" 2>&1
+  echo "exit $?" >> "$OUT/gpu_step.log"
+  grep -v "^\s*$" "$OUT/gpu_step.log" | tail -n 8 | tee "$OUT/table.txt"
+  exit 0
 fi
 
 if [[ $mode == all || $mode == tests ]]; then

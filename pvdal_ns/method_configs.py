@@ -20,7 +20,7 @@ from nerfstudio.plugins.types import MethodSpecification
 from torch.optim import SparseAdam
 
 from pvdal_ns.data.datamanager import DistillationDataManagerConfig
-from pvdal_ns.engine.trainer import PVDTrainerConfig
+from pvdal_ns.engine.trainer import FusedAdamOptimizerConfig, PVDTrainerConfig
 from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
@@ -57,12 +57,18 @@ def pvdal_trainer_config(
         num_samples: uniform samples per ray before occupancy masking.
         grid: occupancy-grid settings of ``PVDModelConfig`` (``grid_*`` fields).
     """
-    sparse = isinstance(field, TensorsFieldConfig)  # its grid has sparse gradients
+    cuda = torch.cuda.is_available()
+    # the SH grid: sparse gradients and SparseAdam on a CPU; on CUDA, as every group, a fused Adam, whose non-finite
+    # steps are skipped on the device (engine.trainer.GuardedOptimizers)
+    sparse = isinstance(field, TensorsFieldConfig) and not cuda
+    if isinstance(field, TensorsFieldConfig):
+        field.sparse_gradients = sparse
+    adam = FusedAdamOptimizerConfig if cuda else AdamOptimizerConfig
     optimizers = {
         group: {
             "optimizer": OptimizerConfig(_target=SparseAdam, lr=lr, eps=1e-15)
             if sparse and group == "grids"
-            else AdamOptimizerConfig(lr=lr, eps=1e-15),
+            else adam(lr=lr, eps=1e-15),
             "scheduler": CosineDecaySchedulerConfig(warm_up_end=0, learning_rate_alpha=LR_FINAL / lr, max_steps=steps),
         }
         for group, lr in learning_rates.items()

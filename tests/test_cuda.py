@@ -93,7 +93,7 @@ def test_distillation_with_active_learning_on_cuda(tiny_teacher, small, mixed_pr
     labels = pipeline.datamanager.pseudo_labels
     assert labels.pseudo_ray_generator.image_coords.device.type == "cuda"
     ray_bundle, batch = pipeline.datamanager.next_train(60)
-    assert ray_bundle.origins.is_cuda and batch["teacher"].rgb.is_cuda and batch["teacher"].mask.is_cuda
+    assert ray_bundle.origins.is_cuda and batch["teacher"].rgb.is_cuda and batch["teacher"].samples.valid.is_cuda
     al = pipeline.active_learning
     assert al.hard_rays.warm and len(al.hard_poses.poses) > 0
     assert int((batch["indices"][:, 0] == -1).sum()) == al.hard_rays.per_batch(1024)  # pool rays in the batch

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -35,7 +36,6 @@ from torch import Tensor, nn
 from pvdal_ns.cameras.poses import random_rotations
 from pvdal_ns.model_components.hard_points import HardPoints
 from pvdal_ns.model_components.teacher_batch import Capability
-from pvdal_ns.utils.metrics import synchronized_clock
 
 
 @dataclass
@@ -102,15 +102,18 @@ class HardPosePool(nn.Module):
         self.ray_count = torch.zeros(num_poses, dtype=torch.float64)
 
     def record(self, pose_ids: Int[Tensor, " R"], errors: Float[Tensor, " R"]) -> None:
-        """Add per-ray squared errors to their poses; ids < 0 (rays from the ray pool) are ignored."""
-        valid = pose_ids >= 0
-        ids = pose_ids[valid].cpu()
-        self.error_sum.index_add_(0, ids, errors.detach()[valid].double().cpu())
-        self.ray_count.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
+        """Add per-ray squared errors to their poses; ids < 0 (rays from the ray pool) are ignored. The sums live
+        on the errors' device and nothing is read back (no synchronisation): pool rays add zero to pose 0."""
+        counted = (pose_ids >= 0).double()
+        ids = pose_ids.clamp(min=0)
+        self.error_sum = self.error_sum.to(errors.device)
+        self.ray_count = self.ray_count.to(errors.device)
+        self.error_sum.index_add_(0, ids, errors.detach().double() * counted)
+        self.ray_count.index_add_(0, ids, counted)
 
     def pose_errors(self) -> Float[Tensor, " N"]:
-        """Mean squared error of each pose of the epoch; NaN where none of its rays was measured."""
-        return (self.error_sum / self.ray_count).float()
+        """Mean squared error of each pose of the epoch (CPU); NaN where none of its rays was measured."""
+        return (self.error_sum / self.ray_count).float().cpu()
 
     def end_epoch(self, camera_to_worlds: Float[Tensor, "N 3 4"]) -> Int[Tensor, " K"]:
         """Move the worst ``fraction`` of the epoch's measured poses into the pool.
@@ -197,7 +200,7 @@ class HardRayPool(nn.Module):
         or None while the pool is filling. Reads the pool only."""
         if not self.warm or n <= 0:
             return None
-        slots = torch.randperm(len(self), generator=generator, device="cpu")[:n].to(self.rays["origins"].device)
+        slots = torch.randperm(len(self), generator=generator, device=self.rays["origins"].device)[:n]
         return {k: v[slots] for k, v in self.rays.items()}, slots
 
     def update(self, errors: Float[Tensor, " R"], rays: Dict[str, Tensor],
@@ -384,32 +387,34 @@ class ActiveLearning(nn.Module):
             errors: Float[Tensor, " R"], from the model (``rgb_errors``).
 
         Returns:
-            metrics to log: the pools' fill (:meth:`metrics`) and ``al_overhead_ms``, the milliseconds of this
-            call between two :func:`synchronized_clock` readings (on CUDA the step's queued work is waited for
-            first and not counted); empty before :attr:`start`.
+            metrics to log: the pools' fill (:meth:`metrics`) and, on a CPU, ``al_overhead_ms``, the milliseconds of
+            this call (on a GPU timing it would wait for the device twice a step: compare step times with active
+            learning on and off instead, ``benchmarks/step_time.py``); empty before :attr:`start`.
         """
         if not self.active_at(step):
             return {}
-        started = synchronized_clock(errors.device)
-        errors, pixels = errors.detach(), batch["indices"]
+        timed = errors.device.type == "cpu"
+        started = time.perf_counter()
+        errors, pixels = errors.detach(), batch["indices"].to(errors.device)
         if self.config.poses:
             self.hard_poses.record(pixels[:, 0], errors)
         if self.config.rays:
             rays = {"origins": ray_bundle.origins, "directions": ray_bundle.directions,
                     "pixel_area": ray_bundle.pixel_area, "pixels": pixels[:, 1:].to(errors.device)}
             entered = self.hard_rays.update(errors, rays, batch.get("pool_slots"))
-            self._record_hard_rays(pixels[entered.cpu()])
+            self._record_hard_rays(pixels[entered])
         if batch.get("epoch_end") is not None:
             self.end_epoch(step, batch["epoch_end"])
-        overhead_ms = 1000.0 * (synchronized_clock(errors.device) - started)
-        return {**self.metrics(), "al_overhead_ms": torch.tensor(overhead_ms)}
+        if not timed:
+            return self.metrics()
+        return {**self.metrics(), "al_overhead_ms": torch.tensor(1000.0 * (time.perf_counter() - started))}
 
     def end_epoch(self, step: int, epoch: EpochEnd) -> EndedEpoch:
         """Close ``epoch``: its hardest poses into the pool (hard poses on), its statistics kept in :attr:`ended`
         for the figures, and fresh statistics for the next epoch."""
         hardest = self.hard_poses.end_epoch(epoch.cameras.camera_to_worlds.cpu()) if self.config.poses else None
         self.ended = EndedEpoch(step, epoch.epoch, epoch.cameras, epoch.from_pool.cpu(), hardest,
-                                self.hard_poses.pose_errors(), self.heat, self._hard_ray_ids())
+                                self.hard_poses.pose_errors(), self.heat.cpu(), self._hard_ray_ids())
         self._start_epoch()
         return self.ended
 
@@ -421,25 +426,35 @@ class ActiveLearning(nn.Module):
     # --- the epoch's statistics, for the figures --------------------------------------------------------
     def get_extra_state(self) -> Dict[str, Any]:
         """This epoch's figure statistics (the pools save their own state), for an exact resume."""
-        return {"heat": self.heat, "hard_ray_ids": self._hard_ray_ids()}
+        return {"heat": self.heat.cpu(), "hard_ray_ids": self._hard_ray_ids()}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.heat = state["heat"].cpu()
-        self.hard_ray_ids = [state["hard_ray_ids"].cpu()]
+        height, width = self.image_size
+        ids = state["hard_ray_ids"].cpu()
+        self.hard_ray_pixels = [torch.stack([ids // (height * width), ids // width % height, ids % width], -1)]
 
     def _start_epoch(self) -> None:
         """Fresh per-epoch statistics."""
         self.hard_poses.reset_epoch(self.num_poses)
         self.heat = torch.zeros(self.image_size)
-        self.hard_ray_ids: List[Tensor] = []
+        self.hard_ray_pixels: List[Tensor] = []
+        """Int[Tensor, "K 3"] per step: (pose id, row, column) of the rays that entered the pool (pose id −1: a
+        pool ray), on the step's device until the epoch ends."""
 
     def _hard_ray_ids(self) -> Tensor:
-        return torch.cat(self.hard_ray_ids) if self.hard_ray_ids else torch.zeros(0, dtype=torch.long)
+        """The epoch's fresh rays that entered the pool, as pixel ids (pose · H + row) · W + column (CPU)."""
+        if not self.hard_ray_pixels:
+            return torch.zeros(0, dtype=torch.long)
+        height, width = self.image_size
+        indices = torch.cat(self.hard_ray_pixels).cpu()
+        fresh = indices[indices[:, 0] >= 0]
+        return (fresh[:, 0] * height + fresh[:, 1]) * width + fresh[:, 2]
 
     def _record_hard_rays(self, indices: Int[Tensor, "K 3"]) -> None:
-        """Note the (pose id, row, column) of rays that entered the pool; pose id −1 = a pool ray."""
-        indices = indices.cpu()
-        height, width = self.image_size
-        self.heat.index_put_((indices[:, 1], indices[:, 2]), torch.ones(len(indices)), accumulate=True)
-        fresh = indices[indices[:, 0] >= 0]
-        self.hard_ray_ids.append((fresh[:, 0] * height + fresh[:, 1]) * width + fresh[:, 2])
+        """Note the (pose id, row, column) of rays that entered the pool, on their device (nothing is read back);
+        pose id −1 = a pool ray."""
+        self.heat = self.heat.to(indices.device)
+        self.heat.index_put_((indices[:, 1], indices[:, 2]), torch.ones(len(indices), device=indices.device),
+                             accumulate=True)
+        self.hard_ray_pixels.append(indices)

@@ -23,12 +23,12 @@ import torch
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
-from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from torch import Tensor
 
 from pvdal_ns.active_learning.active_learning import ActiveLearning, EpochEnd
 from pvdal_ns.cameras.poses import PoseSampler
+from pvdal_ns.cameras.rays import ray_generator
 from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import TeacherImages
 from pvdal_ns.teachers import Teacher, TeacherCache, write_cache
@@ -154,10 +154,9 @@ class RenderedLabels(_Stages):
         """The epoch's N cameras (the training intrinsics)."""
         self.from_pool = from_pool.cpu()
         """Bool[Tensor, " N"]: which of the epoch's poses came from the hard-pose pool."""
-        # RayGenerator is an nn.Module whose pixel grid (``image_coords``, a buffer) Cameras.get_image_coords makes
-        # on the CPU whatever the cameras' device: it indexes that grid with the batch's pixels, so it goes where
-        # they are (on CUDA: "indices should be either on cpu or on the same device", issue #29).
-        self.pseudo_ray_generator = RayGenerator(self.cameras).to(self.device)
+        # on the cameras' device (nerfstudio's RayGenerator, the fallback, makes its pixel grid on the CPU and is
+        # moved: on CUDA "indices should be either on cpu or on the same device", issue #29)
+        self.pseudo_ray_generator = ray_generator(self.cameras)
         self._epoch_steps = self.config.steps_per_epoch or n
         self._epoch_step = 0
         self.images: Optional[TeacherImages] = self.teacher.render_images(self.cameras) if self.from_images else None
@@ -178,10 +177,11 @@ class RenderedLabels(_Stages):
 
     # --- batches ----------------------------------------------------------------------------------------
     def _draw_ray_indices(self, num_rays: int) -> Tensor:
-        """[num_rays, 3] (pose id, row, column) drawn uniformly from this epoch's poses."""
+        """[num_rays, 3] (pose id, row, column) drawn uniformly from this epoch's poses, on the device (its random
+        stream: nothing is copied from the host)."""
         height, width = self.image_size
-        pose = torch.randint(len(self.cameras), (num_rays,))
-        return torch.stack([pose, torch.randint(height, (num_rays,)), torch.randint(width, (num_rays,))], dim=-1)
+        draw = lambda high: torch.randint(high, (num_rays,), device=self.device)  # noqa: E731
+        return torch.stack([draw(len(self.cameras)), draw(height), draw(width)], dim=-1)
 
     def _make(self, step: int, stage: int, with_pools: bool = True) -> Tuple[RayBundle, Batch]:
         if self._epoch_step >= self._epoch_steps:
@@ -191,7 +191,7 @@ class RenderedLabels(_Stages):
         pooled = self.active_learning.pooled_rays(num_rays, step) if with_pools else None
         num_pooled = 0 if pooled is None else len(pooled[1])
         indices = self._draw_ray_indices(num_rays - num_pooled)
-        ray_bundle = self.pseudo_ray_generator(indices.to(self.device))
+        ray_bundle = self.pseudo_ray_generator(indices)
         if pooled is not None:
             rays = pooled[0]
             ray_bundle = RayBundle(
@@ -200,7 +200,7 @@ class RenderedLabels(_Stages):
                 pixel_area=torch.cat([ray_bundle.pixel_area, rays["pixel_area"].to(ray_bundle.pixel_area)]),
                 camera_indices=torch.nn.functional.pad(ray_bundle.camera_indices, (0, 0, 0, num_pooled)),
             )
-            indices = torch.cat([indices, torch.nn.functional.pad(rays["pixels"].cpu(), (1, 0), value=-1)])
+            indices = torch.cat([indices, torch.nn.functional.pad(rays["pixels"].to(indices), (1, 0), value=-1)])
         background = torch.rand(num_rays, 3, device=self.device)
         if self.images is not None:
             teacher_batch = self.teacher.image_batch(self.images, indices, ray_bundle, background)

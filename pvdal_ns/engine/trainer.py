@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Type
 
 import torch
-from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.amp import GradScaler
@@ -43,6 +43,23 @@ def _finite(parameters: List[torch.nn.Parameter]) -> bool:
     return bool(_finite_flag(parameters))
 
 
+@dataclass
+class FusedAdamOptimizerConfig(AdamOptimizerConfig):
+    """nerfstudio's ``AdamOptimizerConfig`` with torch's ``fused`` Adam (one kernel for every tensor of a group). Such
+    an optimiser takes GradScaler's ``found_inf`` protocol, so :class:`GuardedOptimizers` skips its non-finite steps
+    on the device, without waiting for it. The presets use it on CUDA."""
+
+    _target: Type = torch.optim.Adam
+    fused: bool = True
+    """torch's ``fused=True`` (CUDA, and CPU since torch 2.4)."""
+
+
+def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` can be told to skip a step by a device flag: torch's fused Adam / AdamW read
+    ``found_inf`` (GradScaler's protocol) and leave parameters, moments and step count as they were."""
+    return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and bool(optimizer.defaults.get("fused"))
+
+
 class GuardedOptimizers(Optimizers):
     """nerfstudio's ``Optimizers`` that skip a step whose gradients hold a NaN or an Inf (the parameters and the
     optimiser state stay as they were, so any checkpoint holds a finite model) and stop the run, in one line
@@ -64,6 +81,12 @@ class GuardedOptimizers(Optimizers):
         self.max_in_a_row, self.checkpoint_dir = max_in_a_row, checkpoint_dir
         self.step, self.skipped, self._in_a_row = 0, 0, 0
         self.overflowed, self._overflowed_in_a_row = 0, 0
+        self.read_every = max(1, max_in_a_row // 2)
+        """Fused optimisers: steps between two reads of the device's counts (the one wait, every that many)."""
+        self._device_counts: Optional[torch.Tensor] = None
+        """Fused optimisers: Float[Tensor, "3"] on the device: skipped steps, the current run of them in a row, the
+        longest run since the last read."""
+        self._unread = 0
 
     def optimizer_scaler_step_some(self, grad_scaler: GradScaler, param_groups: List[str]) -> None:
         """nerfstudio's ``Optimizers.optimizer_scaler_step_some``: step the optimisers of ``param_groups`` that have
@@ -71,7 +94,11 @@ class GuardedOptimizers(Optimizers):
 
         Without a grad scaler (disabled: no ``--mixed-precision`` nor ``--use-grad-scaler``, or no CUDA): when a
         gradient of these groups is NaN or Inf, no group is stepped; the step is logged and counted, and the
-        ``max_in_a_row``-th such step in a row stops the run.
+        ``max_in_a_row``-th such step in a row stops the run. When every optimiser of the groups is a fused Adam
+        (:class:`FusedAdamOptimizerConfig`, the presets' on CUDA) the check and the skip happen on the device
+        (GradScaler's ``found_inf`` protocol) and the counts are read every :attr:`read_every` steps: the skipped
+        steps are then logged in one line, and a run of ``max_in_a_row`` stops the run at that read, up to
+        ``read_every`` − 1 steps later (skipped ones too: the model is the one before the run).
 
         With an enabled grad scaler, every optimiser's gradients are unscaled first, once (``grad_scaler.unscale_``,
         which records the scaler's inf check; clipping then works on unscaled gradients, as nerfstudio's does), and
@@ -97,7 +124,9 @@ class GuardedOptimizers(Optimizers):
                 ``max_in_a_row``-th counted skipped step in a row, or, with a scaler, when the scale would fall
                 below :data:`AMP_SCALE_FLOOR`."""
         if not grad_scaler.is_enabled():
-            if _finite([p for group in param_groups for p in self.parameters[group]]):
+            if param_groups and all(_skips_on_device(self.optimizers[group]) for group in param_groups):
+                self._step_or_skip_on_device(grad_scaler, param_groups)
+            elif _finite([p for group in param_groups for p in self.parameters[group]]):
                 self._in_a_row = 0
                 super().optimizer_scaler_step_some(grad_scaler, param_groups)
             else:
@@ -134,6 +163,43 @@ class GuardedOptimizers(Optimizers):
                    f"{self._last_checkpoint()}. Lower the learning rates, check the teacher or train without mixed "
                    "precision")
 
+    def _step_or_skip_on_device(self, grad_scaler: GradScaler, param_groups: List[str]) -> None:
+        """The step of fused optimisers, skipped by the device when a gradient is not finite; the counts stay on the
+        device until every :attr:`read_every` steps (:meth:`_read_counts`)."""
+        finite = _finite_flag([p for group in param_groups for p in self.parameters[group]])
+        found_inf = (~finite).float()
+        for group in param_groups:  # GradScaler's protocol for fused optimisers (torch/amp/grad_scaler.py)
+            optimizer = self.optimizers[group]
+            optimizer.grad_scale, optimizer.found_inf = None, found_inf  # type: ignore[attr-defined]
+        try:
+            super().optimizer_scaler_step_some(grad_scaler, param_groups)
+        finally:
+            for group in param_groups:
+                del self.optimizers[group].grad_scale, self.optimizers[group].found_inf  # type: ignore[attr-defined]
+        counts = self._device_counts
+        if counts is None:
+            counts = torch.zeros(3, device=found_inf.device)
+        run = (counts[1] + 1) * found_inf
+        self._device_counts = torch.stack([counts[0] + found_inf, run, torch.maximum(counts[2], run)])
+        self._unread += 1
+        if self._unread >= self.read_every:
+            self._read_counts()
+
+    def _read_counts(self) -> None:
+        """Read the device's counts (one wait): log the steps skipped since the last read and stop the run when a
+        run of ``max_in_a_row`` happened."""
+        assert self._device_counts is not None
+        total, _, longest = (int(v) for v in self._device_counts.tolist())
+        self._device_counts[2] = self._device_counts[1]
+        self._unread = 0
+        new, self.skipped = total - self.skipped, total
+        if new:
+            CONSOLE.log(f"Steps up to {self.step}: {new} had a NaN or Inf gradient, each step skipped "
+                        f"({self.skipped} so far)")
+        if longest >= self.max_in_a_row:
+            self._in_a_row = longest
+            self._stop()
+
     def _skip(self) -> None:
         """Count and log a step skipped for non-finite gradients; stop the run at the ``max_in_a_row``-th in a row."""
         self.skipped += 1
@@ -141,11 +207,15 @@ class GuardedOptimizers(Optimizers):
         CONSOLE.log(f"Step {self.step}: a gradient is NaN or Inf, step skipped "
                     f"({self.skipped} so far, {self._in_a_row} in a row)")
         if self._in_a_row >= self.max_in_a_row:
-            saved = sorted(self.checkpoint_dir.glob("step-*.ckpt"))
-            last = (f"the last checkpoint, {saved[-1]}, holds the model before them" if saved
-                    else "no checkpoint was saved")
-            raise TrainingStoppedError(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf "
-                   f"gradients, so training stopped; {last}. Lower the learning rates or check the teacher")
+            self._stop()
+
+    def _stop(self) -> None:
+        """Stop the run after :attr:`_in_a_row` non-finite steps in a row, in one line."""
+        saved = sorted(self.checkpoint_dir.glob("step-*.ckpt"))
+        last = (f"the last checkpoint, {saved[-1]}, holds the model before them" if saved
+                else "no checkpoint was saved")
+        raise TrainingStoppedError(f"{self._in_a_row} steps in a row up to step {self.step} had NaN or Inf "
+               f"gradients, so training stopped; {last}. Lower the learning rates or check the teacher")
 
     def _last_checkpoint(self) -> str:
         """Where the last checkpoint of the run is, in words."""
@@ -168,6 +238,9 @@ class PVDTrainerConfig(TrainerConfig):
     _target: Type = field(default_factory=lambda: PVDTrainer)
     max_nonfinite_steps: int = 10
     """Steps in a row whose gradients hold a NaN or an Inf (each skipped) after which the run stops."""
+    tf32: bool = True
+    """On CUDA, matrix products and convolutions in TF32 (Ampere and later: 10-bit mantissa products, float32
+    sums), torch's ``allow_tf32`` switches; no effect on a CPU. Off: full float32 products."""
 
     def __post_init__(self) -> None:
         self.steps_per_save = checkpoint_interval(self.max_num_iterations, self.steps_per_save)
@@ -216,6 +289,8 @@ class PVDTrainer(Trainer):
         if isinstance(config, PVDTrainerConfig):
             config.check()
         super().__init__(config, local_rank, world_size)
+        if "cuda" in str(self.device):  # the process's setting: the run's device decides it
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = getattr(config, "tf32", True)
 
     def setup_optimizers(self) -> Optimizers:
         """nerfstudio's optimisers and schedulers, as :class:`GuardedOptimizers`."""

@@ -6,19 +6,24 @@ regularization loss" only). L_reg: L1 sparsity on σ + total variation on random
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Dict, List, Type
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from nerfstudio.utils.math import components_from_spherical_harmonics
 from torch import Tensor, nn
 
 from pvdal_ns.fields.base import PVDField, PVDFieldConfig
 
-_CORNERS = torch.tensor(list(itertools.product((0, 1), repeat=3)))  # [8, 3]
+
+@functools.lru_cache(maxsize=None)
+def _corners(device: torch.device) -> Int[Tensor, "8 3"]:
+    """The 8 corner offsets of a cell, made once per device (a copy from the host each call would stall a GPU)."""
+    return torch.tensor(list(itertools.product((0, 1), repeat=3)), device=device)
 
 
 @dataclass
@@ -34,24 +39,30 @@ class TensorsFieldConfig(PVDFieldConfig):
     """Weight of the total-variation term on the drawn voxels."""
     tv_voxels: int = 65536
     """Voxels drawn per step for the regularisers."""
+    sparse_gradients: bool = True
+    """The grid's gradient holds only the voxels a step touched (``SparseAdam`` then updates only those; ~10×
+    faster on a CPU); False: a dense gradient, for a fused Adam over the whole grid (the presets' choice on CUDA,
+    where a sparse gradient's coalescing costs more than updating every voxel)."""
 
 
-def trilinear(table: Float[Tensor, "R3 C"], resolution: int, x: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs C"]:
+def trilinear(table: Float[Tensor, "R3 C"], resolution: int, x: Float[Tensor, "*bs 3"],
+              sparse: bool = True) -> Float[Tensor, "*bs C"]:
     """Trilinear interpolation of a dense R×R×R grid stored as an embedding table (row (i·R + j)·R + k),
     at normalised positions (corner-aligned, [0, 1]^3).
 
-    The 8 corner rows are gathered with ``embedding(sparse=True)``, so the gradient holds only those
-    rows: on a CPU this is ~10× faster than ``grid_sample`` on a 5-D tensor (docs/design.md, "nerfstudio 1.1.5"), and
-    the optimiser (``SparseAdam``) updates only touched voxels.
+    The 8 corner rows are gathered with ``embedding``; with ``sparse`` its gradient holds only those rows: on a CPU
+    this is ~10× faster than ``grid_sample`` on a 5-D tensor (docs/design.md, "nerfstudio 1.1.5"), and the optimiser
+    (``SparseAdam``) updates only touched voxels.
     """
     p = x.reshape(-1, 3) * (resolution - 1)
     i0 = p.floor().clamp(0, resolution - 2)
     frac = p - i0
-    corners = i0.long()[:, None, :] + _CORNERS.to(x.device)  # [N, 8, 3]
+    offsets = _corners(x.device)
+    corners = i0.long()[:, None, :] + offsets  # [N, 8, 3]
     idx = (corners[..., 0] * resolution + corners[..., 1]) * resolution + corners[..., 2]
-    c = _CORNERS.to(x.device, x.dtype)
+    c = offsets.to(x.dtype)
     w = (frac[:, None, :] * c + (1 - frac[:, None, :]) * (1 - c)).prod(dim=-1)  # [N, 8]
-    out = (F.embedding(idx, table, sparse=True) * w[..., None]).sum(dim=1)
+    out = (F.embedding(idx, table, sparse=sparse) * w[..., None]).sum(dim=1)
     return out.view(*x.shape[:-1], table.shape[-1])
 
 
@@ -69,7 +80,7 @@ class TensorsField(PVDField):
         """Float[Tensor, "R³ C"]: the voxels as embedding rows, C = 1 + 3·(degree + 1)²."""
 
     def encode(self, x: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs C"]:
-        return trilinear(self.grid, self.config.resolution, x)
+        return trilinear(self.grid, self.config.resolution, x, self.config.sparse_gradients)
 
     def phi2(self, h: Float[Tensor, "*bs C"], directions: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
         basis = components_from_spherical_harmonics(self.config.sh_degree + 1, directions)  # [*bs, K]
@@ -80,11 +91,12 @@ class TensorsField(PVDField):
         r, n = self.config.resolution, self.config.tv_voxels
         ijk = torch.randint(0, r - 1, (n, 3), device=self.grid.device)
         row = (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2]
-        v = F.embedding(row, self.grid, sparse=True)
-        tv = sum(((F.embedding(row + step, self.grid, sparse=True) - v) ** 2).mean() for step in (r * r, r, 1))
+        sparse = self.config.sparse_gradients
+        v = F.embedding(row, self.grid, sparse=sparse)
+        tv = sum(((F.embedding(row + step, self.grid, sparse=sparse) - v) ** 2).mean() for step in (r * r, r, 1))
         l1 = torch.exp(v[:, 0].clamp(max=7.0)).mean()
         return self.config.tv_weight * tv + self.config.l1_weight * l1
 
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
-        """{"grids": [grid]}; its gradients are sparse, so its optimiser must be ``SparseAdam``."""
+        """{"grids": [grid]}; with ``sparse_gradients`` its optimiser must be ``SparseAdam``."""
         return {"grids": [self.grid]}

@@ -44,17 +44,27 @@ class PVDLossConfig:
     """ω₁ is multiplied by this every step (authors' code: 0.995); 1 keeps it constant (paper)."""
 
 
-def reduce(squares: Tensor, form: str = "mse", channels: int = 1) -> Tensor:
+def reduce(squares: Tensor, form: str = "mse", channels: int = 1, where: Optional[Bool[Tensor, " N"]] = None
+           ) -> Tensor:
     """A loss from squared residuals: their mean ("mse"; 0 with a gradient path when there are none), or the
     L2 norm of the residuals ("norm": the square root of their sum, with a zero gradient at zero).
 
     Args:
-        squares: squared residuals, or their means over ``channels`` channels (as :func:`ray_rgb_errors`).
+        squares: N squared residuals (Float[Tensor, " N"] or Float[Tensor, "N K"]), or their means over
+            ``channels`` channels (as :func:`ray_rgb_errors`).
         form: "mse" or "norm".
         channels: how many residuals each entry of ``squares`` averages (counts them for "norm").
+        where: which of the N count (the padding of packed samples, hard points, rays held whole); None: all. A
+            mask, not an index: the loss has the same shape every step (no synchronisation on a GPU).
     """
+    if where is not None:
+        keep = where.to(squares.dtype).view(-1, *([1] * (squares.dim() - 1)))
+        squares = squares * keep
+        count = keep.sum() * (squares.numel() // max(len(squares), 1))
+    else:
+        count = squares.new_tensor(float(squares.numel()))
     if form == "mse":
-        return squares.sum() / max(squares.numel(), 1)
+        return squares.sum() / count.clamp(min=1)
     if form == "norm":
         return torch.sqrt((squares.sum() * channels).clamp_min(1e-20))
     raise ValueError(f"loss form must be 'mse' or 'norm', got {form!r}")
@@ -91,26 +101,29 @@ def clamp_density(points: PointOutputs, clip: Tuple[float, float]) -> PointOutpu
 
 
 def volume_aligned_loss(student: Float[Tensor, "N 16"], teacher: Float[Tensor, "N 16"],
-                        clip: Optional[Tuple[float, float]] = None, form: str = "mse") -> Tensor:
-    """L_v (Eq. 6) between student and teacher ϕ¹ volume features; channel 0 (raw density) clipped as
-    L_σ when ``clip`` is given (:func:`clipped_residual`), so a stock teacher's log σ of −20 in empty space
-    does not dominate the 16 channels."""
+                        clip: Optional[Tuple[float, float]] = None, form: str = "mse",
+                        where: Optional[Bool[Tensor, " N"]] = None) -> Tensor:
+    """L_v (Eq. 6) between student and teacher ϕ¹ volume features at the points ``where`` says (:func:`reduce`);
+    channel 0 (raw density) clipped as L_σ when ``clip`` is given (:func:`clipped_residual`), so a stock
+    teacher's log σ of −20 in empty space does not dominate the 16 channels."""
     residual = torch.cat([clipped_residual(student[..., :1], teacher[..., :1], clip),
                           student[..., 1:] - teacher[..., 1:]], dim=-1)
-    return reduce(residual**2, form)
+    return reduce(residual**2, form, where=where)
 
 
 def clipped_density_loss(
     student: Float[Tensor, "N 1"], teacher: Float[Tensor, "N 1"], clip: Optional[Tuple[float, float]],
-    form: str = "mse",
+    form: str = "mse", where: Optional[Bool[Tensor, " N"]] = None,
 ) -> Tensor:
-    """L_σ (Eq. 8) on raw densities clipped to [a, b] (:func:`clipped_residual`); None: unclipped."""
-    return reduce(clipped_residual(student, teacher, clip) ** 2, form)
+    """L_σ (Eq. 8) on raw densities clipped to [a, b] (:func:`clipped_residual`; None: unclipped), at the points
+    ``where`` says."""
+    return reduce(clipped_residual(student, teacher, clip) ** 2, form, where=where)
 
 
-def colour_loss(student: Float[Tensor, "N 3"], teacher: Float[Tensor, "N 3"], form: str = "mse") -> Tensor:
-    """L_c between per-point colours after the sigmoid."""
-    return reduce((student - teacher) ** 2, form)
+def colour_loss(student: Float[Tensor, "N 3"], teacher: Float[Tensor, "N 3"], form: str = "mse",
+                where: Optional[Bool[Tensor, " N"]] = None) -> Tensor:
+    """L_c between per-point colours after the sigmoid, at the points ``where`` says."""
+    return reduce((student - teacher) ** 2, form, where=where)
 
 
 def ray_rgb_errors(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"]) -> Float[Tensor, " R"]:
@@ -119,9 +132,10 @@ def ray_rgb_errors(student: Float[Tensor, "R 3"], teacher: Float[Tensor, "R 3"])
     return ((student - teacher) ** 2).mean(dim=-1)
 
 
-def rgb_loss(errors: Float[Tensor, " R"], form: str = "mse") -> Tensor:
-    """L_rgb from the per-ray errors of :func:`ray_rgb_errors`: their mean, or the norm of the R × 3 residuals."""
-    return reduce(errors, form, channels=3)
+def rgb_loss(errors: Float[Tensor, " R"], form: str = "mse", where: Optional[Bool[Tensor, " R"]] = None) -> Tensor:
+    """L_rgb from the per-ray errors of :func:`ray_rgb_errors` on the rays ``where`` says: their mean, or the
+    norm of the R × 3 residuals."""
+    return reduce(errors, form, channels=3, where=where)
 
 
 def point_losses(
@@ -132,6 +146,7 @@ def point_losses(
     align_volume: bool,
     hard_points: Optional[Bool[Tensor, " M"]] = None,
     step: int = 0,
+    valid: Optional[Bool[Tensor, " M"]] = None,
 ) -> Dict[str, Tensor]:
     """Weighted per-point losses for a stage: L_v from stage 1, L_σ and L_c from stage 2, with the density
     clip and the form of ``config`` (in "forward" clip mode the model hands both sides clamped already).
@@ -142,6 +157,7 @@ def point_losses(
         align_volume: False when either side has no 16-d volume feature (L_v skipped).
         hard_points: the points that carry L_σ and L_c (hard points, TSP, Algorithm 1); None: all.
         step: the training step; ω₁ is ``volume_weight · volume_weight_decay ** step``.
+        valid: which of the M are points (the slots of packed samples that are not padding); None: all.
 
     Returns:
         ``{"volume_loss", "density_loss", "colour_loss"}`` as far as the stage has them; weights applied.
@@ -152,19 +168,14 @@ def point_losses(
     if align_volume and config.volume_weight > 0:
         assert student.phi1 is not None and teacher.phi1 is not None
         weight = config.volume_weight * config.volume_weight_decay**step
-        losses["volume_loss"] = weight * volume_aligned_loss(student.phi1, teacher.phi1, clip, form)
+        losses["volume_loss"] = weight * volume_aligned_loss(student.phi1, teacher.phi1, clip, form, valid)
     if stage >= 2:
-        if hard_points is not None:
-            student, teacher = _select(student, hard_points), _select(teacher, hard_points)
+        where = valid if hard_points is None else hard_points if valid is None else hard_points & valid
         if config.density_weight > 0:
             losses["density_loss"] = config.density_weight * clipped_density_loss(
-                student.raw_density, teacher.raw_density, clip, form
+                student.raw_density, teacher.raw_density, clip, form, where
             )
         if config.colour_weight > 0:
             assert student.rgb is not None and teacher.rgb is not None
-            losses["colour_loss"] = config.colour_weight * colour_loss(student.rgb, teacher.rgb, form)
+            losses["colour_loss"] = config.colour_weight * colour_loss(student.rgb, teacher.rgb, form, where)
     return losses
-
-
-def _select(points: PointOutputs, keep: Tensor) -> PointOutputs:
-    return PointOutputs(points.raw_density[keep], None if points.rgb is None else points.rgb[keep])

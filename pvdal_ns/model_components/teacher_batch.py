@@ -10,13 +10,12 @@ import enum
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from jaxtyping import Bool, Float, Int
-from nerfstudio.cameras.rays import RaySamples
+from jaxtyping import Float, Int
 from nerfstudio.model_components.renderers import RGBRenderer
 from torch import Tensor
 
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.model_components.sampling import composite
+from pvdal_ns.model_components.sampling import PackedSamples
 
 
 class Capability(enum.Flag):
@@ -44,18 +43,17 @@ class TeacherBatch:
     stage 1 has ϕ¹ and density at the points, stage 2 adds their colour (ϕ²), stage 3 the render.
 
     Attributes:
-        ray_samples: RaySamples [R, S] (uniform, jittered) along the rays.
-        mask: Bool[Tensor, "R S"], samples in the teacher's occupied cells; only these are evaluated.
-        points: PointOutputs at the M = mask.sum() occupied samples (colour from stage 2); None from renders only.
-        weights: Float[Tensor, "R S 1"], volume-rendering weights (Eq. 12 terms); None before stage 3 and
+        samples: the shared samples (:class:`~pvdal_ns.model_components.sampling.PackedSamples`, C slots): the
+            occupied (and seen) ones of the spaced, jittered samples along the rays; only these are evaluated.
+        points: PointOutputs at the C slots (colour from stage 2); None from renders only.
+        weights: Float[Tensor, "C 1"], volume-rendering weights (Eq. 12 terms); None before stage 3 and
             from renders only.
         rgb: Float[Tensor, "R 3"], rendered colour composited on ``background``; None before stage 3.
         accumulation: Float[Tensor, "R 1"], opacity of each ray; None before stage 3.
         background: Float[Tensor, "R 3"], each ray's background colour in [0, 1], shared with the student.
     """
 
-    ray_samples: RaySamples
-    mask: Tensor
+    samples: PackedSamples
     points: Optional[PointOutputs]
     weights: Optional[Tensor]
     rgb: Optional[Tensor]
@@ -63,16 +61,16 @@ class TeacherBatch:
     background: Tensor
 
 
-def points_batch(ray_samples: RaySamples, mask: Bool[Tensor, "R S"], points: PointOutputs,
-                 background: Float[Tensor, "R 3"], stage: int, renderer_rgb: RGBRenderer) -> TeacherBatch:
-    """The :class:`TeacherBatch` of a teacher that knows ``points`` at the M = mask.sum() masked samples, as
-    far as ``stage`` (1–3) needs it: composited on ``background``
-    (:func:`~pvdal_ns.model_components.sampling.composite`, with ``renderer_rgb``) in stage 3 only. Shared by live
-    teachers and the teacher cache."""
+def points_batch(samples: PackedSamples, points: PointOutputs, background: Float[Tensor, "R 3"], stage: int,
+                 renderer_rgb: RGBRenderer) -> TeacherBatch:
+    """The :class:`TeacherBatch` of a teacher that knows ``points`` at the slots of ``samples``, as far as
+    ``stage`` (1–3) needs it: composited on ``background`` (:meth:`PackedSamples.composite
+    <pvdal_ns.model_components.sampling.PackedSamples.composite>`, with ``renderer_rgb``) in stage 3 only. Shared
+    by live teachers and the teacher cache."""
     if stage < 3:
-        return TeacherBatch(ray_samples, mask, points, None, None, None, background)
-    out = composite(ray_samples, mask, points, renderer_rgb, background)
-    return TeacherBatch(ray_samples, mask, points, out["weights"], out["rgb"], out["accumulation"], background)
+        return TeacherBatch(samples, points, None, None, None, background)
+    out = samples.composite(points, renderer_rgb, background)
+    return TeacherBatch(samples, points, out["weights"], out["rgb"], out["accumulation"], background)
 
 
 @dataclass

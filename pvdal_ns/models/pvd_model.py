@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
-from jaxtyping import Bool, Float
-from nerfstudio.cameras.rays import RayBundle, RaySamples
+from jaxtyping import Float
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.model_components.losses import MSELoss
@@ -30,7 +30,7 @@ from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfi
 from pvdal_ns.model_components.hard_points import HardPoints
 from pvdal_ns.model_components.losses import PVDLossConfig, clamp_density, point_losses, ray_rgb_errors, rgb_loss
 from pvdal_ns.model_components.occupancy import OccupancyGrid
-from pvdal_ns.model_components.sampling import Sampling, composite, sample_occupied, visible
+from pvdal_ns.model_components.sampling import OccupancySampler, PackedSamples, Sampling
 from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import TeacherBatch
 from pvdal_ns.utils.metrics import image_metrics
@@ -64,7 +64,7 @@ class PVDModelConfig(ModelConfig):
     enable_collider: bool = False
     """nerfstudio's near/far collider (which ``Model.forward`` applies) stays off: :meth:`PVDModel.sample` clips
     each ray once, to the scene box or to the near and far planes of a contracted scene
-    (:meth:`~pvdal_ns.model_components.sampling.Sampling.collider`, :attr:`PVDModel.scene_collider`)."""
+    (:meth:`~pvdal_ns.model_components.sampling.Sampling.collider`, in :attr:`PVDModel.sampler`)."""
     scene_contraction: Literal["auto", "on", "off"] = "auto"
     """Unbounded scenes: "on" maps all of space into the fields and the grid with nerfstudio's
     ``SceneContraction`` (L∞, as nerfacto); "off" keeps the scene box; "auto": as the teacher does (a
@@ -155,9 +155,9 @@ class PVDModel(Model):
         self.sampling = self.config.sampling(self.scene_box, contracted)
         self.field.set_contracted(contracted)
         self.occupancy_grid.set_contracted(contracted)
-        self.scene_collider = self.sampling.collider()
-        """Sets each ray's near and far (applied once, in :meth:`sample`; nerfstudio's ``collider`` stays None)."""
-        self.sampler = self.sampling.sampler()
+        self.sampler = OccupancySampler(self.sampling, self.occupancy_grid)
+        """Sets each ray's near and far (once; nerfstudio's ``collider`` stays None), spaces and packs the samples
+        in occupied cells (:class:`~pvdal_ns.model_components.sampling.OccupancySampler`)."""
         self.sampler.train(self.training)
 
     def warm_start(self, state: Dict[str, Tensor], source: str) -> List[str]:
@@ -241,36 +241,31 @@ class PVDModel(Model):
         return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_grid)]
 
     # --- sampling and rendering ---------------------------------------------------------------------
-    def sample(self, ray_bundle: RayBundle) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-        """Occupancy-masked samples of the rays (:class:`~pvdal_ns.model_components.sampling.Sampling`), less those
-        hidden or (except while training from images) nearly transparent where the sampling culls
-        (:func:`~pvdal_ns.model_components.sampling.visible`; a density pass without gradients). The model's sampler
-        jitters in training mode only."""
-        ray_samples, mask = sample_occupied(self.scene_collider(ray_bundle), self.sampler, self.occupancy_grid)
+    def sample(self, ray_bundle: RayBundle) -> PackedSamples:
+        """The packed samples of the rays in occupied cells (:class:`~pvdal_ns.model_components.sampling.Sampling`),
+        less those hidden or (except while training from images) nearly transparent where the sampling culls
+        (:meth:`~pvdal_ns.model_components.sampling.OccupancySampler.cull`; a density pass without gradients). The
+        model's sampler jitters, and packs into fixed slots on a GPU, in training mode only."""
+        samples = self.sampler(ray_bundle, packed=self.training)
         # no alpha threshold while training from images: at the start every sample is nearly transparent, and
         # left out, it would never become opaque (measured: 11.4 against 17.9 dB on the embedded capture)
         alpha_thre = 0.0 if self.training and self.distillation is None else self.sampling.alpha_thre
         if self.sampling.early_stop_eps > 0 or alpha_thre > 0:
             with torch.no_grad():
-                density = self.field.query(ray_samples.frustums.get_positions()[mask]).density
-                mask = visible(ray_samples, mask, density, self.sampling.early_stop_eps, alpha_thre)
-        return ray_samples, mask
+                density = self.field.query(samples.positions).density
+            samples, _ = self.sampler.cull(samples, density, self.sampling.early_stop_eps, alpha_thre,
+                                           packed=self.training)
+        return samples
 
-    def query(self, ray_samples: RaySamples, mask: Bool[Tensor, "R S"], with_rgb: bool = True) -> PointOutputs:
-        """Field outputs at the occupied samples only (``[M, …]`` with M = mask.sum())."""
-        directions = ray_samples.frustums.directions[mask] if with_rgb else None
-        return self.field.query(ray_samples.frustums.get_positions()[mask], directions)
+    def query(self, samples: PackedSamples, with_rgb: bool = True) -> PointOutputs:
+        """Field outputs at the C slots of ``samples`` (``[C, …]``)."""
+        return self.field.query(samples.positions, samples.directions if with_rgb else None)
 
-    def composite(
-        self,
-        ray_samples: RaySamples,
-        mask: Bool[Tensor, "R S"],
-        points: PointOutputs,
-        background: Optional[Union[str, Float[Tensor, "R 3"]]] = None,
-    ) -> Dict[str, Tensor]:
-        """:func:`~pvdal_ns.model_components.sampling.composite` with this model's RGB renderer (its background when
-        None)."""
-        return composite(ray_samples, mask, points, self.renderer_rgb, background)
+    def composite(self, samples: PackedSamples, points: PointOutputs,
+                  background: Optional[Union[str, Float[Tensor, "R 3"]]] = None) -> Dict[str, Tensor]:
+        """:meth:`~pvdal_ns.model_components.sampling.PackedSamples.composite` with this model's RGB renderer (its
+        background when None)."""
+        return samples.composite(points, self.renderer_rgb, background)
 
     def forward(self, ray_bundle: RayBundle, teacher_batch: Optional[TeacherBatch] = None) -> Dict[str, Any]:
         """nerfstudio's ``Model.forward`` (render ``ray_bundle``), or, given the batch's
@@ -282,11 +277,14 @@ class PVDModel(Model):
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """Render R rays: ``rgb`` Float[Tensor, "R 3"], ``accumulation`` and ``depth`` (scene units)
-        Float[Tensor, "R 1"], ``num_samples_per_ray`` (occupied samples evaluated)."""
-        ray_samples, mask = self.sample(ray_bundle)
-        outputs = self.composite(ray_samples, mask, self.query(ray_samples, mask))
+        Float[Tensor, "R 1"], ``num_samples_per_ray`` (occupied samples evaluated) and, in training, ``complete``
+        Bool[Tensor, " R"] (``PackedSamples.complete``: every sample of the ray had a slot)."""
+        samples = self.sample(ray_bundle)
+        outputs = self.composite(samples, self.query(samples))
         outputs.pop("weights")
-        outputs["num_samples_per_ray"] = mask.sum(dim=-1, keepdim=True).float()
+        outputs["num_samples_per_ray"] = samples.counts()[:, None].float()
+        if self.training:  # fixed slots (a GPU) only in training; not an image for the viewer
+            outputs["complete"] = samples.complete
         return outputs
 
     @torch.no_grad()
@@ -307,27 +305,29 @@ class PVDModel(Model):
                 points, mask, background).
 
         Returns:
-            ``points``: :class:`PointOutputs` at the M occupied samples (colour from stage 2); ``teacher_points``,
+            ``points``: :class:`PointOutputs` at the C slots of the samples (colour from stage 2); ``teacher_points``,
             the teacher's as the losses see them (clamped in "forward" clip mode); from stage 3 also
             ``rgb`` Float[Tensor, "R 3"] on the batch's background, ``accumulation``, ``depth``, ``weights``
-            Float[Tensor, "R S 1"], ``rgb_errors`` Float[Tensor, " R"] (each ray's squared error against the
-            teacher's render: L_rgb, the PSNR metric and active learning's feedback all read it) and, while
-            active learning selects them, ``hard_points`` Bool[Tensor, " M"].
+            Float[Tensor, "C 1"], ``rgb_errors`` Float[Tensor, " R"] (each ray's squared error against the
+            teacher's render, 0 on a ray not held whole (:attr:`PackedSamples.complete`): L_rgb, the PSNR metric
+            and active learning's feedback all read it) and, while active learning selects them, ``hard_points``
+            Bool[Tensor, " C"].
         """
         assert self.stage > 0 and self.distillation is not None, "no distillation stage: set_step sets it"
-        points = self.query(teacher_batch.ray_samples, teacher_batch.mask, with_rgb=self.stage >= 2)
+        samples = teacher_batch.samples
+        points = self.query(samples, with_rgb=self.stage >= 2)
         loss = self.distillation.loss
         if loss.clip_mode == "forward" and loss.density_clip is not None and teacher_batch.points is not None:
             points = clamp_density(points, loss.density_clip)
             teacher_batch = self._clamped_teacher(teacher_batch, loss.density_clip)
         outputs: Dict[str, Any] = {"points": points, "teacher_points": teacher_batch.points}
         if self.stage == 3:
-            outputs.update(self.composite(teacher_batch.ray_samples, teacher_batch.mask, points,
-                                          teacher_batch.background))
-            outputs["rgb_errors"] = ray_rgb_errors(outputs["rgb"], teacher_batch.rgb)
+            outputs.update(self.composite(samples, points, teacher_batch.background))
+            errors = ray_rgb_errors(outputs["rgb"], teacher_batch.rgb)
+            outputs["rgb_errors"] = torch.where(samples.complete, errors, torch.zeros_like(errors))
             if self.hard_points is not None:
                 outputs["hard_points"] = self.hard_points.select(
-                    teacher_batch.weights, outputs["weights"], teacher_batch.mask, teacher_batch.accumulation,
+                    teacher_batch.weights, outputs["weights"], samples, teacher_batch.accumulation,
                     outputs["accumulation"])
         return outputs
 
@@ -339,16 +339,21 @@ class PVDModel(Model):
         points = clamp_density(teacher.points, clip)
         if teacher.rgb is None:
             return dataclasses.replace(teacher, points=points)
-        out = self.composite(teacher.ray_samples, teacher.mask, points, teacher.background)
+        out = self.composite(teacher.samples, points, teacher.background)
         return dataclasses.replace(teacher, points=points, rgb=out["rgb"], weights=out["weights"],
                                    accumulation=out["accumulation"])
 
     # --- losses and metrics -------------------------------------------------------------------------
     def _gt(self, batch: Dict, outputs: Dict) -> Tuple[Tensor, Tensor]:
+        """The render and the ground truth blended for the image loss (nerfstudio's); a ray whose samples did not
+        all fit the fixed slots (:class:`~pvdal_ns.model_components.sampling.PackedSamples`, on a GPU after a surge
+        of samples) is given its ground truth: no error, no gradient."""
         image = batch["image"].to(self.device)
-        return self.renderer_rgb.blend_background_for_loss_computation(
+        pred, gt = self.renderer_rgb.blend_background_for_loss_computation(
             pred_image=outputs["rgb"], pred_accumulation=outputs["accumulation"], gt_image=image
         )
+        complete = outputs.get("complete")
+        return (pred, gt) if complete is None else (torch.where(complete[:, None], pred, gt.detach()), gt)
 
     def get_metrics_dict(self, outputs: Dict, batch: Dict) -> Dict[str, Tensor]:
         """From images: ``psnr`` (dB) and ``occupied_fraction``. Distilling: ``stage``, ``samples_per_ray``,
@@ -360,12 +365,14 @@ class PVDModel(Model):
                 "psnr": self.psnr(pred, gt),
                 "occupied_fraction": torch.tensor(self.occupancy_grid.occupied_fraction),
             }
-        metrics = {"stage": torch.tensor(float(self.stage)), "samples_per_ray": teacher.mask.sum(dim=-1).float().mean()}
+        samples = teacher.samples
+        valid = samples.valid.float()
+        metrics = {"stage": torch.tensor(float(self.stage)), "samples_per_ray": valid.sum() / samples.num_rays}
         if "rgb_errors" in outputs:
-            mse = outputs["rgb_errors"].mean().detach()
+            mse = outputs["rgb_errors"].detach().sum() / samples.complete.sum().clamp(min=1)
             metrics["psnr_vs_teacher"] = -10.0 * torch.log10(mse.clamp(min=1e-10))
         if "hard_points" in outputs:
-            metrics["al_hard_point_fraction"] = outputs["hard_points"].float().mean()
+            metrics["al_hard_point_fraction"] = (outputs["hard_points"] * valid).sum() / valid.sum().clamp(min=1)
         return metrics
 
     def get_loss_dict(self, outputs: Dict, batch: Dict, metrics_dict: Optional[Dict] = None) -> Dict[str, Tensor]:
@@ -384,11 +391,12 @@ class PVDModel(Model):
         elif outputs["teacher_points"] is not None:
             assert d is not None
             loss.update(point_losses(outputs["points"], outputs["teacher_points"], self.stage, d.loss, d.align_volume,
-                                     outputs.get("hard_points"), self.step))
+                                     outputs.get("hard_points"), self.step, teacher.samples.valid))
         if self.training and (not distilling or (self.stage >= 2 and self.regularize_distillation)):
             loss["regularization"] = self.config.regularization_weight * self.field.regularization_loss()
         if distilling and self.stage == 3 and d.loss.rgb_weight > 0:  # type: ignore[union-attr]
-            loss["rgb_loss"] = d.loss.rgb_weight * rgb_loss(outputs["rgb_errors"], d.loss.form)  # type: ignore[union-attr]
+            loss["rgb_loss"] = d.loss.rgb_weight * rgb_loss(  # type: ignore[union-attr]
+                outputs["rgb_errors"], d.loss.form, teacher.samples.complete)  # type: ignore[union-attr]
         return loss
 
     def get_image_metrics_and_images(

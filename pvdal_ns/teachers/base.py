@@ -3,7 +3,7 @@
 
 A :class:`Teacher` declares its :class:`Capability` flags and gives, for a batch of rays, a
 :class:`TeacherBatch`: the shared sample points, and what it knows at them. :class:`ModelTeacher` is a
-frozen nerfstudio model behind the occupancy-masked uniform sampler; the pvdal-* and stock families
+frozen nerfstudio model behind the shared samples' sampler (``OccupancySampler``); the pvdal-* and stock families
 (:mod:`.pvd`, :mod:`.stock`) say what their model is at points, and the teacher cache (:mod:`.cache`)
 replays recorded batches.
 """
@@ -14,19 +14,16 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.cameras.rays import RayBundle, RaySamples
-from nerfstudio.model_components.ray_samplers import SpacedSampler
-from nerfstudio.model_components.renderers import DepthRenderer, RGBRenderer
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.model_components.renderers import RGBRenderer
 from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.model_components.occupancy import OccupancyGrid
-from pvdal_ns.model_components.sampling import Sampling, sample_occupied, visible
+from pvdal_ns.model_components.sampling import OccupancySampler, PackedSamples, Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, TeacherImages, points_batch
-
-_DEPTH = DepthRenderer(method="expected")
 
 
 class Teacher:
@@ -91,10 +88,10 @@ class ModelTeacher(Teacher):
     """A frozen nerfstudio model as teacher. Not an ``nn.Module`` on purpose: it stays out of the student's
     checkpoints, parameter groups and ``train()``/``eval()`` switches.
 
-    Rays are clipped and sampled as ``sampling`` says (jittered) and masked by ``occupancy_grid``, and the
-    samples the teacher's own density hides or leaves transparent are dropped where the sampling culls;
-    subclasses say what the model is at points (:meth:`query_points`). No subclass is ever asked about zero
-    points: an empty query is answered here.
+    Rays are sampled by an :class:`~pvdal_ns.model_components.sampling.OccupancySampler` of ``sampling`` and
+    ``occupancy_grid`` (jittered), and the samples the teacher's own density hides or leaves transparent are
+    dropped where the sampling culls; subclasses say what the model is at points (:meth:`query_points`). No
+    subclass is ever asked about zero points: an empty query is answered here.
 
     Args:
         model: the trained nerfstudio model (set to eval mode, gradients off).
@@ -111,12 +108,11 @@ class ModelTeacher(Teacher):
         self.occupancy_grid = occupancy_grid
         self.capabilities = capabilities
         self.sampling = sampling
-        self.collider = sampling.collider()
         # Jittered sample positions along each ray, independent of the frozen model's eval mode.
-        self.sampler = sampling.sampler(stratified=True).train()
+        self.sampler = OccupancySampler(sampling, occupancy_grid, stratified=True).train()
         # Whole images (renders-only targets, figures): evenly spaced samples, so rendering one draws no
         # random numbers from the training stream.
-        self.image_sampler = sampling.sampler(stratified=False)
+        self.image_sampler = OccupancySampler(sampling, occupancy_grid, stratified=False).eval()
         self.renderer_rgb = RGBRenderer(background_color="white")
 
     @property
@@ -140,30 +136,30 @@ class ModelTeacher(Teacher):
             return PointOutputs(empty(0, 1), None if directions is None else empty(0, 3), phi1)
         return self._query_points(positions, directions)
 
-    def query(self, ray_samples: RaySamples, mask: Bool[Tensor, "R S"], with_rgb: bool = True) -> PointOutputs:
-        """POINTS: :meth:`query_points` at the M = mask.sum() masked samples, with their view directions
-        (colour) unless ``with_rgb`` is False."""
-        frustums = ray_samples.frustums
-        return self.query_points(frustums.get_positions()[mask], frustums.directions[mask] if with_rgb else None)
-
-    def sample(self, ray_bundle: RayBundle, sampler: Optional[SpacedSampler] = None
-               ) -> Tuple[RaySamples, Bool[Tensor, "R S"]]:
-        """The shared sample points of R rays: RaySamples [R, S] and the mask of those in occupied cells;
-        jittered (``self.sampler``) unless another ``sampler`` is given."""
-        return sample_occupied(self.collider(ray_bundle), sampler or self.sampler, self.occupancy_grid)
+    def query(self, samples: PackedSamples, with_rgb: bool = True) -> PointOutputs:
+        """POINTS: :meth:`query_points` at the C slots of ``samples``, with their view directions (colour)
+        unless ``with_rgb`` is False."""
+        return self.query_points(samples.positions, samples.directions if with_rgb else None)
 
     @torch.no_grad()
     def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int = 3) -> TeacherBatch:
-        return self._render(ray_bundle, background, stage, self.sampler)
+        return self._render(ray_bundle, background, stage, self.sampler, packed=True)
 
     def _render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int,
-                sampler: SpacedSampler) -> TeacherBatch:
-        ray_samples, mask = self.sample(ray_bundle, sampler)
-        points = self.query(ray_samples, mask, with_rgb=stage >= 2)
+                sampler: OccupancySampler, packed: bool) -> TeacherBatch:
+        return points_batch(*self._points(ray_bundle, stage, sampler, packed), background, stage, self.renderer_rgb)
+
+    def _points(self, ray_bundle: RayBundle, stage: int, sampler: OccupancySampler, packed: bool
+                ) -> Tuple[PackedSamples, PointOutputs]:
+        """Sample (``packed``: into :class:`~pvdal_ns.model_components.sampling.SampleCapacity`'s fixed slots on a
+        GPU; False: exactly), query as far as ``stage`` needs, and cull where the sampling says."""
+        samples = sampler(ray_bundle, packed)
+        points = self.query(samples, with_rgb=stage >= 2)
         if self.sampling.culls:  # samples hidden behind the teacher's surfaces, or transparent to it, are left out
-            seen = visible(ray_samples, mask, points.density, self.sampling.early_stop_eps, self.sampling.alpha_thre)
-            mask, points = seen, points.select(seen[mask])
-        return points_batch(ray_samples, mask, points, background, stage, self.renderer_rgb)
+            samples, kept = sampler.cull(samples, points.density, self.sampling.early_stop_eps,
+                                         self.sampling.alpha_thre, packed)
+            points = points.select(kept)
+        return samples, points
 
     @torch.no_grad()
     def render_rays(self, ray_bundle: RayBundle, chunk: int = 1 << 14) -> Dict[str, Tensor]:
@@ -172,9 +168,9 @@ class ModelTeacher(Teacher):
         parts = []
         for start in range(0, len(ray_bundle), chunk):
             rays = ray_bundle[start : start + chunk]
-            out = self._render(rays, torch.zeros(len(rays), 3, device=rays.origins.device), 3, self.image_sampler)
-            parts.append({"rgb": out.rgb, "accumulation": out.accumulation,
-                          "depth": _DEPTH(out.weights, out.ray_samples)})
+            samples, points = self._points(rays, 3, self.image_sampler, packed=False)
+            black = torch.zeros(len(rays), 3, device=rays.origins.device)
+            parts.append(samples.composite(points, self.renderer_rgb, black))
         return {key: torch.cat([part[key] for part in parts]) for key in ("rgb", "accumulation", "depth")}
 
     @torch.no_grad()
@@ -189,6 +185,5 @@ class ModelTeacher(Teacher):
     @torch.no_grad()
     def image_batch(self, images: TeacherImages, pixels: Int[Tensor, "R 3"], ray_bundle: RayBundle,
                     background: Float[Tensor, "R 3"]) -> TeacherBatch:
-        ray_samples, mask = self.sample(ray_bundle)
         rgb, accumulation = images.composite(pixels, background)
-        return TeacherBatch(ray_samples, mask, None, None, rgb, accumulation, background)
+        return TeacherBatch(self.sampler(ray_bundle), None, None, rgb, accumulation, background)

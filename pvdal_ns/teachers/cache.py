@@ -4,8 +4,8 @@ in memory together, let the teacher generate the data first, then distil the stu
 A run's pseudo-label batches are rendered once by the live teacher and written to a folder; the student
 then distils from the memory-mapped files with no teacher in memory: the cache is a :class:`Teacher` of
 recorded batches. Only the teacher's field outputs at the occupied sample points are stored (the render is
-recomposited on each step's random background with the same :func:`~pvdal_ns.model_components.sampling.composite` the
-live teacher uses):
+recomposited on each step's random background with the same
+:meth:`~pvdal_ns.model_components.sampling.PackedSamples.composite` the live teacher uses):
 
 - ``rays.f32``     [B·R, 7] float32: origin, direction, pixel area of every ray;
 - ``masks.u8``     [B, ⌈R·S/8⌉] bits: which of the S samples of a ray are occupied (and seen);
@@ -41,6 +41,7 @@ from torch import Tensor
 from pvdal_ns.field_components.scene_space import SceneSpace
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.model_components.sampling import PackedSamples
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, points_batch
 from pvdal_ns.teachers.base import Teacher
 from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
@@ -169,21 +170,23 @@ class TeacherCache(Teacher):
             returns it for ``stage``; field outputs are float16-rounded.
         """
         i, r = index, self.rays_per_batch
-        rays = torch.from_numpy(self._rays.rows(i * r, (i + 1) * r)).to(device)
+        # the samples are packed on the CPU, where the files are read, and then moved: no step waits for a count
+        rays = torch.from_numpy(self._rays.rows(i * r, (i + 1) * r))
         bits = np.unpackbits(self._masks.rows(i, i + 1)[0])[: r * self.num_samples]
-        mask = torch.from_numpy(bits.astype(bool)).view(r, self.num_samples).to(device)
+        mask = torch.from_numpy(bits.astype(bool)).view(r, self.num_samples)
         start, stop = int(self.index[i]), int(self.index[i + 1])
-        spans = torch.from_numpy(self._spans.rows(start, stop)).to(device)
+        spans = torch.from_numpy(self._spans.rows(start, stop))
         out = torch.from_numpy(self._outputs.rows(start, stop)).to(device=device, dtype=torch.float32)
         bundle = RayBundle(origins=rays[:, :3], directions=rays[:, 3:6], pixel_area=rays[:, 6:7],
-                           camera_indices=torch.zeros(r, 1, dtype=torch.long, device=device))
-        starts = torch.zeros(r, self.num_samples, 1, device=device)
+                           camera_indices=torch.zeros(r, 1, dtype=torch.long))
+        starts = torch.zeros(r, self.num_samples, 1)
         ends = torch.zeros_like(starts)
         starts[mask], ends[mask] = spans[:, :1], spans[:, 1:]
-        ray_samples = bundle.get_ray_samples(bin_starts=starts, bin_ends=ends)
+        samples = PackedSamples.pack(bundle.get_ray_samples(bin_starts=starts, bin_ends=ends), mask).to(device)
+        bundle = bundle.to(device)
         phi1 = out[:, 4:] if Capability.VOLUME_FEATURE in self.capabilities else None
         points = PointOutputs(raw_density=out[:, :1], rgb=out[:, 1:4], phi1=phi1)
-        return bundle, points_batch(ray_samples, mask, points, background, stage, self.renderer_rgb)
+        return bundle, points_batch(samples, points, background, stage, self.renderer_rgb)
 
 
 def cache_nbytes(path: Path) -> int:
@@ -249,8 +252,11 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
     try:
         for ray_bundle, batch in batches:
             tb: TeacherBatch = batch["teacher"]
-            num_rays, num_samples = tb.mask.shape
-            size = batch_nbytes(num_rays, num_samples, len(tb.points.raw_density), output_width)
+            samples, p = tb.samples, tb.points
+            mask = samples.dense_mask()
+            valid = samples.valid
+            num_rays, num_samples = mask.shape
+            size = batch_nbytes(num_rays, num_samples, int(valid.sum()), output_width)
             if total + size > max_bytes:
                 if len(index) == 1:
                     raise BadInputError(f"the teacher cache bound ({max_bytes / 2**30:.2f} GiB) is smaller than one "
@@ -258,14 +264,13 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
                 break
             rays = torch.cat([ray_bundle.origins, ray_bundle.directions, ray_bundle.pixel_area], dim=-1)
             files["rays"].write(rays.float().cpu().numpy().tobytes())
-            files["masks"].write(np.packbits(tb.mask.cpu().numpy().ravel()).tobytes())
-            frustums = tb.ray_samples.frustums
-            spans = torch.cat([frustums.starts[tb.mask], frustums.ends[tb.mask]], -1)
+            files["masks"].write(np.packbits(mask.cpu().numpy().ravel()).tobytes())
+            frustums = samples.ray_samples.frustums
+            spans = torch.cat([frustums.starts, frustums.ends], -1)[valid]
             files["spans"].write(spans.float().cpu().numpy().tobytes())
-            p = tb.points
             fields = [p.raw_density, p.rgb] + ([p.phi1] if has_volume_feature else [])
-            files["outputs"].write(torch.cat(fields, -1).to(torch.float16).cpu().numpy().tobytes())
-            index.append(index[-1] + len(p.raw_density))
+            files["outputs"].write(torch.cat(fields, -1)[valid].to(torch.float16).cpu().numpy().tobytes())
+            index.append(index[-1] + len(spans))
             total += size
             if progress is not None:
                 progress()

@@ -9,14 +9,31 @@ from pvdal_ns.active_learning.active_learning import ActiveLearning, ActiveLearn
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.model_components.hard_points import hard_point_mask, top_fraction_per_ray
 from pvdal_ns.model_components.losses import PVDLossConfig, point_losses
+from pvdal_ns.model_components.sampling import PackedSamples
 from pvdal_ns.utils.checkpoints import load_checkpoint
 
 
 def test_top_fraction_counts_only_occupied_samples():
     weights = torch.tensor([[0.1, 0.5, 0.2, 0.0, 0.9], [0.3, 0.3, 0.1, 0.2, 0.0]])
     mask = torch.tensor([[True, True, True, False, True], [True, True, True, True, False]])
-    keep = top_fraction_per_ray(weights[mask], torch.nonzero(mask)[:, 0], 0.3)  # ceil(0.3 · 4) = 2 per ray
+    keep = top_fraction_per_ray(weights[mask], torch.nonzero(mask)[:, 0], 0.3, 2)  # ceil(0.3 · 4) = 2 per ray
     assert keep.tolist() == [False, True, False, True, True, True, False, False]
+    # padding slots (fixed-size packing on a GPU) are never kept, even with weights above a ray's samples
+    padded = top_fraction_per_ray(torch.cat([weights[mask], torch.ones(3)]), torch.tensor([0] * 4 + [1] * 7), 0.3, 2,
+                                  valid=torch.arange(11) < 8)
+    assert padded.tolist() == [False, True, False, True, True, True, False, False, False, False, False]
+
+
+def _packed(mask):
+    """PackedSamples of unit-spaced samples on rays along z, at the True entries of ``mask`` [R, S]."""
+    from nerfstudio.cameras.rays import RayBundle
+
+    r, s = mask.shape
+    bundle = RayBundle(origins=torch.zeros(r, 3), directions=torch.tensor([[0.0, 0.0, 1.0]] * r),
+                       pixel_area=torch.ones(r, 1))
+    edges = torch.arange(s + 1, dtype=torch.float32)
+    return PackedSamples.pack(bundle.get_ray_samples(edges[:-1].expand(r, s)[..., None],
+                                                     edges[1:].expand(r, s)[..., None]), mask)
 
 
 def test_hard_points_are_the_union_of_teacher_and_student_on_opaque_rays():
@@ -25,7 +42,8 @@ def test_hard_points_are_the_union_of_teacher_and_student_on_opaque_rays():
     teacher = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.0, 0.0, 0.9, 0.1], [0.2, 0.5, 0.1, 0.0]])[..., None]
     student = torch.tensor([[0.1, 0.1, 0.1, 0.7], [0.0, 0.0, 0.8, 0.2], [0.6, 0.1, 0.1, 0.0]])[..., None]
     opacity = torch.tensor([[1.0], [0.9], [0.4]])  # the third ray is too transparent for both
-    keep = hard_point_mask(teacher, student, mask, opacity, opacity, fraction=0.25, min_opacity=0.5)
+    keep = hard_point_mask(teacher[mask], student[mask], _packed(mask), opacity, opacity, fraction=0.25,
+                           min_opacity=0.5)
     assert keep.shape == (11,)
     assert keep.tolist() == [True, False, False, True, False, False, True, False, False, False, False]
 
@@ -36,7 +54,8 @@ def test_each_model_nominates_hard_points_on_the_rays_it_renders_opaque():
     student = torch.tensor([[0.1, 0.1, 0.1, 0.7], [0.0, 0.9, 0.0, 0.0]])[..., None]
     teacher_opacity = torch.tensor([[1.0], [0.0]])  # the second ray is empty space to the teacher ...
     student_opacity = torch.tensor([[0.3], [0.9]])  # ... where the student has a floater
-    keep = hard_point_mask(teacher, student, mask, teacher_opacity, student_opacity, fraction=0.25, min_opacity=0.5)
+    keep = hard_point_mask(teacher[mask], student[mask], _packed(mask), teacher_opacity, student_opacity,
+                           fraction=0.25, min_opacity=0.5)
     # ray 1: the teacher's top point only (the student renders it transparent); ray 2: the student's floater
     assert keep.tolist() == [True, False, False, False, False, True, False, False]
 

@@ -75,3 +75,26 @@ def test_a_full_orbit_of_the_capture_is_an_orbit():
     azimuth = torch.linspace(0, 2 * torch.pi, 25)[:-1]
     positions = torch.stack([azimuth.cos(), azimuth.sin(), torch.full_like(azimuth, 0.3)], dim=-1) * 2.0
     assert PoseSampler(_looking_at_centre(positions), torch.zeros(3), DistillationDataManagerConfig()).kind == "orbit"
+
+
+def test_pinhole_rays_are_nerfstudios_rays_and_other_cameras_keep_nerfstudios_generator():
+    from nerfstudio.cameras.cameras import Cameras, CameraType
+    from nerfstudio.model_components.ray_generators import RayGenerator
+
+    from pvdal_ns.cameras.rays import PinholeRayGenerator, ray_generator
+
+    generator = torch.Generator().manual_seed(0)
+    n = 5
+    cameras = Cameras(camera_to_worlds=torch.randn(n, 3, 4, generator=generator),
+                      fx=torch.rand(n, 1, generator=generator) * 100 + 50, fy=torch.full((n, 1), 70.0),
+                      cx=torch.full((n, 1), 40.0), cy=torch.full((n, 1), 30.0), width=80, height=60)
+    indices = torch.stack([torch.randint(high, (500,), generator=generator) for high in (n, 60, 80)], -1)
+    ours, theirs = ray_generator(cameras), RayGenerator(cameras)
+    assert isinstance(ours, PinholeRayGenerator)
+    a, b = ours(indices), theirs(indices)
+    for key in ("origins", "directions", "pixel_area", "camera_indices"):
+        assert torch.equal(getattr(a, key), getattr(b, key)), key
+    assert torch.equal(a.metadata["directions_norm"], b.metadata["directions_norm"])
+    fisheye = Cameras(camera_to_worlds=cameras.camera_to_worlds, fx=70.0, fy=70.0, cx=40.0, cy=30.0, width=80,
+                      height=60, camera_type=CameraType.FISHEYE)
+    assert isinstance(ray_generator(fisheye), RayGenerator)

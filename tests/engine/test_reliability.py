@@ -390,6 +390,40 @@ def test_without_a_grad_scaler_a_non_finite_step_is_skipped_for_every_group_and_
         _scaled_step(optimizers, scaler, lambda g, n: (g * float("inf")).sum() + n.sum())
 
 
+def test_fused_optimisers_skip_non_finite_steps_on_the_device_and_stop_a_run_of_them_at_a_read(tmp_path, capsys):
+    """The presets' optimiser on CUDA (a fused Adam; fused on the CPU here): a NaN or Inf gradient skips the step of
+    every group on the device (parameters, moments and step count unchanged), the counts are read every
+    ``max_in_a_row // 2`` steps, and a run of ``max_in_a_row`` stops the run at the read that finds it."""
+    from pvdal_ns.engine.trainer import FusedAdamOptimizerConfig, GuardedOptimizers
+
+    groups = {"grids": [torch.nn.Parameter(torch.ones(4))], "networks": [torch.nn.Parameter(torch.ones(3))]}
+    config = {group: {"optimizer": FusedAdamOptimizerConfig(lr=0.1, eps=1e-15), "scheduler": None}
+              for group in groups}
+    optimizers = GuardedOptimizers(config, groups, 4, tmp_path)
+    assert optimizers.read_every == 2
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    params = [group[0] for group in groups.values()]
+    finite = lambda g, n: g.sum() + n.sum()  # noqa: E731
+    poisoned = lambda g, n: (g * float("inf")).sum() + n.sum()  # noqa: E731
+
+    _scaled_step(optimizers, scaler, finite)
+    after = [p.detach().clone() for p in params]
+    assert all((a < 1).all() for a in after)
+    _scaled_step(optimizers, scaler, poisoned)  # skipped for both groups; the second step reads the counts
+    assert all(torch.equal(p.detach(), a) for p, a in zip(params, after))
+    assert all(float(optimizers.optimizers[g].state[groups[g][0]]["step"]) == 1 for g in groups)
+    assert optimizers.skipped == 1 and "1 had a NaN or Inf gradient" in capsys.readouterr().out
+    _scaled_step(optimizers, scaler, finite)
+    after = [p.detach().clone() for p in params]
+    with pytest.raises(TrainingStoppedError) as stopped:
+        for step in range(10):
+            optimizers.step = step
+            _scaled_step(optimizers, scaler, poisoned)
+    assert step == 4  # the fifth in a row is read: a run of four or more
+    assert "5 steps in a row up to step 4" in str(stopped.value)
+    assert all(torch.equal(p.detach(), a) for p, a in zip(params, after))  # the model before the run
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
     """Under ``--mixed-precision`` a field's MLPs compute in 16 bits: the fields still give float32 outputs, and
@@ -400,7 +434,7 @@ def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
 
     from pvdal_ns.fields import PointOutputs
     from pvdal_ns.method_configs import field_config
-    from pvdal_ns.model_components.sampling import Sampling, composite, visible
+    from pvdal_ns.model_components.sampling import PackedSamples, Sampling, visible
 
     aabb = torch.tensor([[-1.5] * 3, [1.5] * 3])
     sampling = Sampling(SceneBox(aabb=aabb), num_samples=64)
@@ -408,9 +442,8 @@ def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
     origins = torch.nn.functional.normalize(torch.randn(32, 3), dim=-1) * 4.0
     directions = torch.nn.functional.normalize(-origins + 0.3 * torch.randn(32, 3), dim=-1)
     rays = sampling.collider()(RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(32, 1)))
-    samples = sampling.sampler(stratified=False)(rays)
-    mask = torch.rand(32, 64) < 0.8
-    positions, view = samples.frustums.get_positions()[mask], samples.frustums.directions[mask]
+    samples = PackedSamples.pack(sampling.sampler(stratified=False)(rays), torch.rand(32, 64) < 0.8)
+    positions, view = samples.positions, samples.directions
     renderer = RGBRenderer(background_color="white")
     for architecture in ("hash", "vm", "mlp", "tensors"):
         field = field_config(architecture, "small").setup(aabb=aabb)
@@ -418,8 +451,8 @@ def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
             exact = field.query(positions, view)
             with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast computes in bfloat16 only
                 autocast = field.query(positions, view)
-                rendered = composite(samples, mask, autocast, renderer)
-            reference = composite(samples, mask, exact, renderer)
+                rendered = samples.composite(autocast, renderer)
+            reference = samples.composite(exact, renderer)
         low = [autocast.raw_density, autocast.rgb] + ([] if autocast.phi1 is None else [autocast.phi1])
         assert all(t.dtype == torch.float32 for t in low), architecture
         for key, value in rendered.items():
@@ -428,11 +461,10 @@ def test_compositing_low_precision_point_outputs_is_done_in_float32(dtype):
 
         points = PointOutputs(raw_density=exact.raw_density.to(dtype), rgb=exact.rgb.to(dtype))
         rounded = PointOutputs(raw_density=points.raw_density.float(), rgb=points.rgb.float())
-        out, expected = composite(samples, mask, points, renderer), composite(samples, mask, rounded, renderer)
+        out, expected = samples.composite(points, renderer), samples.composite(rounded, renderer)
         for key, value in out.items():
             assert value.dtype == torch.float32 and torch.allclose(value, expected[key], atol=1e-6), (architecture, key)
-        assert torch.equal(visible(samples, mask, points.density.to(dtype), 1e-4),
-                           visible(samples, mask, rounded.density, 1e-4))
+        assert torch.equal(visible(samples, points.density.to(dtype), 1e-4), visible(samples, rounded.density, 1e-4))
 
 
 def test_a_config_yml_of_pvdal_ns_before_its_layer_folders_is_refused_in_one_line(tmp_path):

@@ -54,15 +54,15 @@ def test_auto_contracts_captures_whose_cameras_stand_inside_the_box():
 def test_early_stop_leaves_out_the_samples_behind_a_wall():
     from nerfstudio.cameras.rays import RayBundle
 
-    from pvdal_ns.model_components.sampling import visible
+    from pvdal_ns.model_components.sampling import PackedSamples, visible
 
     bundle = RayBundle(origins=torch.zeros(2, 3), directions=torch.tensor([[0.0, 0.0, 1.0]] * 2),
                        pixel_area=torch.ones(2, 1), nears=torch.zeros(2, 1), fars=torch.full((2, 1), 10.0))
     edges = torch.linspace(0, 10, 11)
     samples = bundle.get_ray_samples(edges[:-1].expand(2, 10)[..., None], edges[1:].expand(2, 10)[..., None])
-    mask = torch.ones(2, 10, dtype=torch.bool)
     density = torch.zeros(2, 10, 1)
     density[0, 4] = 100.0  # an opaque wall on the first ray, nothing on the second
-    seen = visible(samples, mask, density[mask], early_stop_eps=1e-4)
+    seen = visible(PackedSamples.pack(samples, torch.ones(2, 10, dtype=torch.bool)), density.view(20, 1),
+                   early_stop_eps=1e-4).view(2, 10)
     assert seen[0, :5].all() and not seen[0, 5:].any()
     assert seen[1].all()

@@ -38,8 +38,8 @@ def test_a_capture_trains_in_contracted_space_on_its_photographs(axe_teacher):
 
     camera, _ = next(iter(split_dataloader(pipeline.datamanager, "test")))
     rays = camera.generate_rays(camera_indices=0).flatten()[:512]
-    ray_samples, _ = model.sample(rays)
-    positions = ray_samples.frustums.get_positions()
+    sampler = model.sampler  # the samples it spaces along the rays, before the occupancy grid keeps some
+    positions = sampler.spaced(sampler.collider(rays)).frustums.get_positions()
     assert float(positions.abs().amax()) > 10.0
     assert bool((model.field.normalize(positions) < 1.0).all())
 

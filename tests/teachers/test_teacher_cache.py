@@ -40,9 +40,9 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
         live = batch["teacher"]
         rays, cached = cache.recorded_batch(i, live.background, torch.device("cpu"))
         assert torch.equal(rays.origins, live_rays.origins) and torch.equal(rays.directions, live_rays.directions)
-        assert torch.equal(cached.mask, live.mask)
-        positions = cached.ray_samples.frustums.get_positions()[cached.mask]
-        assert torch.allclose(positions, live.ray_samples.frustums.get_positions()[live.mask], atol=1e-5)
+        assert torch.equal(cached.samples.dense_mask(), live.samples.dense_mask())
+        assert torch.equal(cached.samples.ray_indices, live.samples.ray_indices)
+        assert torch.allclose(cached.samples.positions, live.samples.positions, atol=1e-5)
         # float16 field outputs: raw density within 0.1 % of its range, colour and ϕ¹ to ~1e-3
         assert torch.allclose(cached.points.raw_density, live.points.raw_density, atol=1e-2, rtol=1e-3)
         assert torch.allclose(cached.points.rgb, live.points.rgb, atol=1e-3)
@@ -59,7 +59,7 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
     shutil.rmtree(tmp_path / "cut-short")
 
     # the bound keeps whole batches; below one batch it refuses and leaves nothing behind
-    sizes = [batch_nbytes(1024, b["teacher"].mask.shape[1], len(b["teacher"].points.raw_density), 20)
+    sizes = [batch_nbytes(1024, b["teacher"].samples.samples_per_ray, len(b["teacher"].points.raw_density), 20)
              for _, b in batches]
     assert len(write_cache(tmp_path / "two", teacher, batches, pipeline.batch_key, sizes[0] + sizes[1] + 1)) == 2
     with pytest.raises(BadInputError, match="smaller than one batch"):
