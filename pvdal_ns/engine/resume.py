@@ -19,7 +19,7 @@ from typing import Optional
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.utils.errors import TeacherLoadError
+from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, first_line
 from pvdal_ns.utils.files import write_json
 from pvdal_ns.utils.run_config import read_trainer_config
 
@@ -80,15 +80,14 @@ def reuse_or_resume(config: TrainerConfig) -> Optional[FinishedRun]:
     says which.
 
     Raises:
-        ValueError: the run's ``run.json`` is not JSON (it is written atomically, so only by hand)."""
+        BadInputError: the run's ``run.json`` is damaged (:func:`read_finished`)."""
     folder = previous_run(config)
     if folder is None:
         return None
-    record = folder / RECORD
-    if record.is_file():
-        info = json.loads(record.read_text())
+    finished = read_finished(folder / "config.yml")
+    if finished is not None:
         CONSOLE.log(f"Reusing the finished run {folder} (delete it to train again)")
-        return FinishedRun(folder / "config.yml", info["seconds"], info["steps"], info.get("start_step", 0))
+        return finished
     checkpoints = sorted((folder / "nerfstudio_models").glob("step-*.ckpt"))
     if not checkpoints:
         CONSOLE.log(f"{folder} stopped before its first checkpoint: training afresh")
@@ -97,6 +96,24 @@ def reuse_or_resume(config: TrainerConfig) -> Optional[FinishedRun]:
     config.load_dir = folder / "nerfstudio_models"
     CONSOLE.log(f"Resuming the killed run {folder} from {checkpoints[-1].name}")
     return None
+
+
+def read_finished(config_path: Path) -> Optional[FinishedRun]:
+    """The :class:`FinishedRun` of the run whose ``config.yml`` is ``config_path``, from its ``run.json``; None when it
+    has none (it did not finish, or another program trained it).
+
+    Raises:
+        BadInputError: ``run.json`` is not JSON, or lacks its fields or has them of another type (it is written
+            atomically, so only a hand or another program damages it): one line saying to delete it."""
+    record = config_path.parent / RECORD
+    if not record.is_file():
+        return None
+    try:
+        info = json.loads(record.read_text())
+        return FinishedRun(config_path, float(info["seconds"]), int(info["steps"]), int(info.get("start_step", 0)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise BadInputError(f"{record} is damaged ({first_line(error)}): delete it, and the run is trained again "
+                            "or, as a teacher, reported without its training time") from None
 
 
 def mark_finished(config_path: Path, seconds: float, steps: int, start_step: int) -> None:

@@ -20,15 +20,16 @@ from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.external import TCNN_EXISTS
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.engine.resume import FinishedRun, mark_finished, reuse_or_resume
+from pvdal_ns.engine.resume import FinishedRun, mark_finished, read_finished, reuse_or_resume
 from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
 from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_report
 from pvdal_ns.method_configs import method_config, set_steps
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.presets import Size, checkpoint_interval, finetune_start, method_name
-from pvdal_ns.teachers import load_teacher
+from pvdal_ns.teachers import check_teacher_run, load_teacher
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 from pvdal_ns.utils.files import write_json
+from pvdal_ns.utils.library_internals import offline_lpips
 from pvdal_ns.utils.run_config import read_trainer_config
 
 
@@ -102,7 +103,12 @@ def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path
         if not data.exists():
             raise BadInputError(f"--data {data} does not exist")
         return data
-    recorded = Path(teacher.pipeline.datamanager.data or teacher.pipeline.datamanager.dataparser.data)
+    datamanager = teacher.pipeline.datamanager
+    named = getattr(datamanager, "data", None) or getattr(getattr(datamanager, "dataparser", None), "data", None)
+    if named is None:
+        raise BadInputError(f"the teacher's config {teacher_path} names no scene; pass --data <scene folder> (the "
+                            "student needs the training cameras and the test images)")
+    recorded = Path(named)
     candidates = ([recorded] if recorded.is_absolute()
                   else [Path.cwd() / recorded, *(p / recorded for p in teacher_path.parents)])
     for candidate in candidates:
@@ -180,10 +186,34 @@ def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[Tra
     return Trained(report, result)
 
 
-def _reopen(finished: FinishedRun) -> TrainResult:
-    """A finished run loaded from its last checkpoint (nerfstudio's ``eval_setup``), as training left it."""
-    _, pipeline, _, _ = eval_setup(finished.config_path, test_mode="test")
+def _reopen(finished: FinishedRun, data: Optional[Path] = None) -> TrainResult:
+    """A finished run loaded from its last checkpoint (nerfstudio's ``eval_setup``; a stock model without fetching
+    LPIPS's weights), as training left it; ``data``: its scene's folder, where its config's own path does not lead
+    from here."""
+    def at_data(config: TrainerConfig) -> TrainerConfig:
+        if data is not None:
+            config.pipeline.datamanager.data = data
+        return config
+
+    with offline_lpips():
+        _, pipeline, _, _ = eval_setup(finished.config_path, test_mode="test", update_config_callback=at_data)
     return TrainResult(finished.config_path, finished.seconds, finished.steps, pipeline, start_step=finished.start_step)
+
+
+def evaluate_teacher(teacher_path: Path, data: Path) -> Trained:
+    """The teacher's row of a conversion's report: the teacher run, of any family, evaluated on the scene's test
+    views (``data``) at its own image scale, which its students inherit (:func:`distillation_config`), so the rows
+    compare the same views at the same size. Its training time is its ``run.json``'s (a run ``ns-distill`` trained),
+    else 0 (not known).
+
+    Raises:
+        TeacherLoadError: the run cannot be read (:func:`check_teacher_run`)."""
+    config = check_teacher_run(teacher_path)
+    run = _reopen(read_finished(teacher_path) or FinishedRun(teacher_path, 0.0, config.max_num_iterations), data)
+    result = evaluate(run.pipeline, f"teacher ({config.method_name}): evaluating")
+    report = model_report(f"teacher ({config.method_name})", "teacher", config.method_name, result, run.seconds,
+                          count_parameters(run.pipeline), run.steps, teacher_path)
+    return Trained(report, result)
 
 
 def train_or_reuse_teacher(architecture: str, size: Size, data: Path, output_dir: Path, steps: int) -> Trained:
@@ -228,7 +258,9 @@ def distillation_config(teacher_path: Path, architecture: str, size: Size, data:
                         "teacher was "
                         f"trained on a {_kind(theirs)} one: a student learns its teacher's scene; leave --data out or "
                         "pass the teacher's scene folder")
-    config.pipeline.datamanager.dataparser = copy.deepcopy(theirs)
+    config.pipeline.datamanager.dataparser = copy.deepcopy(theirs)  # its downscale factor with it
+    scale = getattr(teacher.pipeline.datamanager, "camera_res_scale_factor", 1.0)
+    config.pipeline.datamanager.camera_res_scale_factor = scale  # the image scale the teacher learnt its detail at
     _check_shared_cameras(teacher, teacher_path, data)
     if teacher_grid is not None:
         config.pipeline.model.grid_resolution = teacher_grid
@@ -315,8 +347,10 @@ def finish(output_dir: Path, models: List[Trained], started: float, extra: dict)
 
 def check_teacher(path: Path, role: str = "teacher") -> TrainerConfig:
     """Read a teacher's (or another ``role``'s) config or raise :class:`BadInputError` with the loader's one-line
-    reason."""
+    reason; a teacher must also be of a supported family and have a checkpoint (``check_teacher_run``)."""
     try:
+        if role == "teacher":
+            return check_teacher_run(path)
         return read_trainer_config(path.expanduser().resolve(), role)
     except TeacherLoadError as err:
         raise BadInputError(str(err)) from None

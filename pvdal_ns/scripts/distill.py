@@ -110,7 +110,7 @@ class Run:
 
     def main(self, command: str) -> None:
         """Run the conversion; raises BadInputError / TeacherLoadError for bad input."""
-        from pvdal_ns.experiments.convert import check_teacher, convert, finish, resolve_data
+        from pvdal_ns.experiments.convert import check_teacher, convert, evaluate_teacher, finish, resolve_data
 
         started = time.perf_counter()
         teacher_path = self.teacher.expanduser().resolve()
@@ -129,7 +129,10 @@ class Run:
             from pvdal_ns.teachers import cache_nbytes
 
             extra["teacher_cache"] = {"path": str(cache), "bytes": cache_nbytes(cache)}
-        finish(out, students, started, extra)
+        # the teacher's row: its test views at its image scale, which the students inherit; this command trained
+        # the students only, so they make the total training time
+        extra["total_train_time"] = round(sum(s.report.train_seconds for s in students), 1)
+        finish(out, [evaluate_teacher(teacher_path, data), *students], started, extra)
 
 
 @dataclass

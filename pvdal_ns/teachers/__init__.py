@@ -9,7 +9,7 @@ the table of families and :func:`load_teacher`. A run's config.yml is read by
 
 from pvdal_ns.teachers.base import ModelTeacher, Teacher
 from pvdal_ns.teachers.cache import TeacherCache, cache_nbytes, write_cache
-from pvdal_ns.teachers.registry import TEACHER_FAMILIES, load_teacher, teacher_contraction
+from pvdal_ns.teachers.registry import TEACHER_FAMILIES, check_teacher_run, load_teacher, teacher_contraction
 
 __all__ = [
     "ModelTeacher",
@@ -18,6 +18,7 @@ __all__ = [
     "cache_nbytes",
     "write_cache",
     "TEACHER_FAMILIES",
+    "check_teacher_run",
     "load_teacher",
     "teacher_contraction",
 ]

@@ -44,7 +44,7 @@ from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.sampling import PackedSamples
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, points_batch
 from pvdal_ns.teachers.base import Teacher
-from pvdal_ns.utils.errors import BadInputError, StorageError, TeacherLoadError
+from pvdal_ns.utils.errors import BadInputError, PVDError, StorageError, TeacherLoadError, first_line
 from pvdal_ns.utils.files import save_torch
 
 CACHE_VERSION = 1
@@ -110,28 +110,40 @@ class TeacherCache(Teacher):
         if not meta_path.is_file():
             raise TeacherLoadError(f"teacher cache {path} exists but is not a finished pvdal teacher cache "
                                    "(no meta.json): delete it or choose another --teacher-cache path")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("version") != CACHE_VERSION:
-            raise TeacherLoadError(f"teacher cache {path} has format version {meta.get('version')}, this pvdal-ns "
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as error:
+            raise TeacherLoadError(f"teacher cache {path} is damaged (meta.json: {first_line(error)}): delete it to "
+                                   "write a new one") from None
+        if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+            version = meta.get("version") if isinstance(meta, dict) else None
+            raise TeacherLoadError(f"teacher cache {path} has format version {version}, this pvdal-ns "
                                    f"reads version {CACHE_VERSION}: delete it to write a new one")
+        try:  # every field of meta.json and every file read here: a damaged cache gets one line, whatever is damaged
+            self._open(Path(path), meta, expected)
+        except PVDError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise TeacherLoadError(f"teacher cache {path} is damaged ({first_line(error)}): delete it to write a new "
+                                   "one") from None
+
+    def _open(self, path: Path, meta: Dict[str, Any], expected: Optional[Dict]) -> None:
+        """Read a cache whose meta.json is of this version (any error: a damaged cache, told by the caller)."""
         if expected is not None:
             keys = [k for k, v in expected.items() if v is not None and meta["written_for"].get(k) != v]
             if keys:
                 raise TeacherLoadError(f"teacher cache {path} was written for another run (differs in "
                                        f"{', '.join(keys)}): delete it or choose another --teacher-cache path")
-        self.path, self.meta = Path(path), meta
+        self.path, self.meta = path, meta
         self.source = Path(meta["written_for"]["teacher"])
         self._name = f"cache of {meta['teacher_name']}"
         self.capabilities = Capability.RECORDED | Capability.POINTS
         if meta["has_volume_feature"]:
             self.capabilities |= Capability.VOLUME_FEATURE
         self.num_samples, self.rays_per_batch = int(meta["num_samples"]), int(meta["rays_per_batch"])
-        try:
-            self.index = np.fromfile(self.path / "index.i64", dtype=np.int64)
-            _check_sizes(self.path, meta, self.index)
-            grid_state = torch.load(self.path / "occupancy.pt", map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 — a damaged cache gets one line, whatever is damaged
-            raise TeacherLoadError(f"teacher cache {path} is damaged ({error}): delete it to write a new one") from None
+        self.index = np.fromfile(self.path / "index.i64", dtype=np.int64)
+        _check_sizes(self.path, meta, self.index)
+        grid_state = torch.load(self.path / "occupancy.pt", map_location="cpu", weights_only=True)
         aabb = torch.tensor(meta["written_for"]["scene_box"], dtype=torch.float32).view(2, 3)
         space = SceneSpace(aabb, bool(meta["written_for"].get("contracted", False)))
         self.occupancy_grid = OccupancyGrid(space, int(meta["written_for"]["grid_resolution"]))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Tuple, Type, Union
 
 import torch
+from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.instant_ngp import InstantNGPModelConfig
 from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.models.splatfacto import SplatfactoModelConfig
@@ -78,21 +79,40 @@ def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device]
             are missing.
     """
     config_path = Path(config_path).expanduser().resolve()
-    config = read_trainer_config(config_path)
-    family = next((f for f in TEACHER_FAMILIES if isinstance(config.pipeline.model, f.model_config)), None)
-    if family is None:
-        supported = ", ".join(f.name for f in TEACHER_FAMILIES)
-        raise TeacherLoadError(
-            f"teacher {config_path} is a '{config.method_name}' model ({type(config.pipeline.model).__name__}); "
-            f"supported teacher families: {supported}"
-        )
-    checkpoint = newest_checkpoint(config_path, config)
+    config, family, checkpoint = _teacher_run(config_path)
     try:
         loaded = load_checkpoint(checkpoint)
     except Exception as err:
         first = first_line(err)
         raise TeacherLoadError(f"teacher checkpoint {checkpoint} cannot be read: {first}") from None
     return family.load(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path, sampling)
+
+
+def _teacher_run(config_path: Path) -> Tuple[TrainerConfig, TeacherFamily, Path]:
+    """The run's config, its teacher family and its newest checkpoint, without loading it.
+
+    Raises:
+        TeacherLoadError: missing or unreadable config, an unsupported model family (nerfstudio's default pipeline
+            of an interrupted ``ns-train`` included), no checkpoint."""
+    config = read_trainer_config(config_path)
+    model = getattr(config.pipeline, "model", None)
+    family = next((f for f in TEACHER_FAMILIES if isinstance(model, f.model_config)), None)
+    if family is None:
+        supported = ", ".join(f.name for f in TEACHER_FAMILIES)
+        raise TeacherLoadError(
+            f"teacher {config_path} is a '{config.method_name}' model ({type(model).__name__}); "
+            f"supported teacher families: {supported}"
+        )
+    return config, family, newest_checkpoint(config_path, config)
+
+
+def check_teacher_run(config_path: Union[str, Path]) -> TrainerConfig:
+    """What :func:`load_teacher` checks before reading the checkpoint: a readable config of a supported family with a
+    checkpoint; cheap (nothing is loaded), for the command line to refuse a bad teacher before anything runs.
+
+    Raises:
+        TeacherLoadError: as :func:`load_teacher`, the checkpoint's contents apart."""
+    return _teacher_run(Path(config_path).expanduser().resolve())[0]
 
 
 def teacher_contraction(config_path: Union[str, Path]) -> Optional[bool]:

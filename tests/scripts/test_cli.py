@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pvdal_ns import EMBEDDED_SCENE
 
@@ -63,6 +64,21 @@ def test_bad_teacher_is_one_line_and_exit_code_2(tmp_path):
     assert unreadable.stderr.strip().count("\n") == 0
 
 
+def test_an_interrupted_ns_train_of_nerfstudios_default_pipeline_is_refused_in_one_line(tmp_path):
+    """What an interrupted ``ns-train`` of another method leaves: nerfstudio's default pipeline (no dataparser) and an
+    empty checkpoint folder (issue #33: it ended in an AttributeError from resolve_data)."""
+    from nerfstudio.engine.trainer import TrainerConfig
+
+    run = tmp_path / "run"
+    config = TrainerConfig(method_name="something", output_dir=tmp_path, experiment_name="run")
+    (run / "nerfstudio_models").mkdir(parents=True)
+    (run / "config.yml").write_text(yaml.dump(config))
+    result = _run(BIN / "ns-distill", "run", "--teacher", run / "config.yml", "--student", "hash")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "supported teacher families" in result.stderr
+
+
 def test_teacher_without_checkpoint_is_reported(tiny_teacher, tmp_path):
     import shutil
 
@@ -84,7 +100,9 @@ def test_ns_distill_run_writes_report(tiny_teacher, tmp_path):
     assert main(["run", "--teacher", str(config_path), "--student", "tensors", "--steps", "30",
                  "--output-dir", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    (model,) = report["models"]
+    teacher, model = report["models"]  # the teacher on the same test views at the same size, then the student
+    assert teacher["role"] == "teacher" and teacher["config"] == str(config_path.resolve()) and teacher["psnr"] > 15
+    assert len(teacher["per_view_psnr"]) == 10
     assert model["architecture"] == "tensors" and model["steps"] == 30 and model["parameters"] > 0
     assert len(model["per_view_psnr"]) == 10
     assert model["psnr"] == pytest.approx(sum(model["per_view_psnr"]) / 10, abs=1e-2)
@@ -97,6 +115,34 @@ def test_ns_distill_run_writes_report(tiny_teacher, tmp_path):
         assert set(use) == {"memory"} and "peak_gpu_memory_gib" not in report
     assert report["command"].startswith("ns-distill run --teacher")
     assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_a_student_inherits_its_teachers_image_scale(tiny_teacher, tmp_path):
+    """A teacher trained at a reduced image scale (``--pipeline.datamanager.camera-res-scale-factor``) holds the detail
+    of that scale: its students distil novel poses at it and are evaluated at it (issue #33: at full size they came
+    out blurred against a teacher row there was none of)."""
+    import shutil
+
+    from pvdal_ns.experiments.convert import distillation_config
+    from pvdal_ns.utils.run_config import read_trainer_config
+
+    config_path, _ = tiny_teacher
+    run = tmp_path / "half"
+    shutil.copytree(config_path.parent, run)
+    config = read_trainer_config(run / "config.yml")
+    config.pipeline.datamanager.camera_res_scale_factor = 0.5
+    (run / "config.yml").write_text(yaml.dump(config))
+    student = distillation_config(run / "config.yml", "hash", "small", EMBEDDED_SCENE, tmp_path, "s", 10)
+    assert student.pipeline.datamanager.camera_res_scale_factor == 0.5
+    student.machine.device_type = "cpu"
+    trainer = student.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    datamanager = trainer.pipeline.datamanager
+    assert datamanager.pseudo_labels.image_size == (50, 50)  # novel poses at the teacher's 50×50 of the 100×100 views
+    from pvdal_ns.engine.runner import split_dataloader
+
+    camera, batch = next(iter(split_dataloader(datamanager, "test")))  # evaluated there too
+    assert int(camera.width[0]) == 50 and batch["image"].shape[:2] == (50, 50)
 
 
 def test_ns_distill_run_with_teacher_cache_writes_then_reuses_it(tiny_teacher, tmp_path):
@@ -113,7 +159,7 @@ def test_ns_distill_run_with_teacher_cache_writes_then_reuses_it(tiny_teacher, t
     assert json.loads((cache / "meta.json").read_text()) == meta
     for run in ("first", "second"):
         report = json.loads((tmp_path / run / "report.json").read_text())
-        assert report["teacher_cache"]["bytes"] > 0 and report["models"][0]["psnr"] > 10
+        assert report["teacher_cache"]["bytes"] > 0 and report["models"][1]["psnr"] > 10
     not_a_cache = tmp_path / "first"
     result = _run(BIN / "ns-distill", *args[:-1], not_a_cache)
     assert result.returncode == 2 and "is not a finished pvdal teacher cache" in result.stderr

@@ -3,6 +3,7 @@ interrupted writes and a full disk leave nothing half-written, a student distils
 and a cache of another run is refused."""
 
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -57,6 +58,24 @@ def test_cache_reads_back_the_live_teachers_batches_and_bounds_its_size(tiny_tea
     with pytest.raises(TeacherLoadError, match=r"cut-short is damaged \(outputs.f16 has \d+ bytes, not \d+\)"):
         TeacherCache(tmp_path / "cut-short")
     shutil.rmtree(tmp_path / "cut-short")
+
+    # so is any other damage to what the cache reads back: meta.json not JSON, emptied, a field missing or of
+    # another type; an occupancy grid of another shape
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    damaged_meta = {"not-json": "{ not json", "emptied": "", "a-list": "[1, 2]",
+                    "field-missing": json.dumps({k: v for k, v in meta.items() if k != "num_samples"}),
+                    "wrong-type": json.dumps({**meta, "written_for": "a string"}),
+                    "wrong-number": json.dumps({**meta, "rays_per_batch": "many"})}
+    for name, text in damaged_meta.items():
+        shutil.copytree(tmp_path / "c", tmp_path / name)
+        (tmp_path / name / "meta.json").write_text(text)
+    shutil.copytree(tmp_path / "c", tmp_path / "other-grid")
+    torch.save({"binaries": torch.zeros(1, 4, 4, 4, dtype=torch.bool)}, tmp_path / "other-grid" / "occupancy.pt")
+    for name in [*damaged_meta, "other-grid"]:
+        with pytest.raises(TeacherLoadError) as refused:
+            TeacherCache(tmp_path / name)
+        assert len(str(refused.value).splitlines()) == 1 and str(tmp_path / name) in str(refused.value), name
+        shutil.rmtree(tmp_path / name)
 
     # the bound keeps whole batches; below one batch it refuses and leaves nothing behind
     sizes = [batch_nbytes(1024, b["teacher"].samples.samples_per_ray, len(b["teacher"].points.raw_density), 20)
