@@ -53,7 +53,8 @@ def main() -> None:
 
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.engine import runner
-    from pvdal_ns.experiments.convert import distillation_config, resolve_data, student_config, train_or_reuse_teacher
+    from pvdal_ns.experiments.convert import distillation_config, student_config, train_or_reuse_teacher
+    from pvdal_ns.pipelines.teacher_scene import resolve_data
     from pvdal_ns.presets import DEMO_TEACHER, DEMO_TEACHER_STEPS
     from pvdal_ns.utils.run_config import read_trainer_config
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import torch
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
@@ -25,6 +24,7 @@ from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, tra
 from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_report
 from pvdal_ns.method_configs import method_config, set_steps
 from pvdal_ns.models.pvd_model import PVDModelConfig
+from pvdal_ns.pipelines.teacher_scene import check_same_scene, check_scene_kind
 from pvdal_ns.presets import Size, checkpoint_interval, finetune_start, method_name
 from pvdal_ns.teachers import check_teacher_run, load_teacher
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
@@ -87,35 +87,6 @@ def student_config(architecture: str, size: Size, data: Path, output_dir: Path, 
     config.pipeline.teacher_config = teacher
     config.steps_per_eval_image = config.steps_per_eval_batch = 10**9  # evaluated once at the end
     return set_steps(config, steps) if steps else config
-
-
-def _kind(dataparser: DataParserConfig) -> str:
-    """The dataparser's name on the ns-train command line (nerfstudio's registry: ``blender-data``, …)."""
-    from nerfstudio.configs.dataparser_configs import all_dataparsers  # on use: it imports every dataparser
-
-    return next((name for name, c in all_dataparsers.items() if type(c) is type(dataparser)), type(dataparser).__name__)
-
-
-def resolve_data(teacher: TrainerConfig, teacher_path: Path, data: Optional[Path]) -> Path:
-    """The scene a student uses (training cameras, test images): ``data`` or the teacher's, found
-    relative to the working directory or to the teacher's output folders."""
-    if data is not None:
-        if not data.exists():
-            raise BadInputError(f"--data {data} does not exist")
-        return data
-    datamanager = teacher.pipeline.datamanager
-    named = getattr(datamanager, "data", None) or getattr(getattr(datamanager, "dataparser", None), "data", None)
-    if named is None:
-        raise BadInputError(f"the teacher's config {teacher_path} names no scene; pass --data <scene folder> (the "
-                            "student needs the training cameras and the test images)")
-    recorded = Path(named)
-    candidates = ([recorded] if recorded.is_absolute()
-                  else [Path.cwd() / recorded, *(p / recorded for p in teacher_path.parents)])
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate.resolve()
-    raise BadInputError(f"the teacher's scene {recorded} was not found; pass --data <scene folder> (the student needs "
-                    "the training cameras and the test images)")
 
 
 STOCK_METHODS = ("nerfacto", "instant-ngp", "tensorf", "vanilla-nerf")
@@ -253,49 +224,14 @@ def distillation_config(teacher_path: Path, architecture: str, size: Size, data:
         teacher_grid = model.grid_resolution if isinstance(model, PVDModelConfig) else None
     config = student_config(architecture, size, data, output_dir, experiment, steps, teacher_path)
     theirs = teacher.pipeline.datamanager.dataparser
-    if type(config.pipeline.datamanager.dataparser) is not type(theirs):
-        raise BadInputError(f"--data {data} is a {_kind(config.pipeline.datamanager.dataparser)} scene, but the "
-                        "teacher was "
-                        f"trained on a {_kind(theirs)} one: a student learns its teacher's scene; leave --data out or "
-                        "pass the teacher's scene folder")
+    check_scene_kind(teacher, config.pipeline.datamanager.dataparser, data)
     config.pipeline.datamanager.dataparser = copy.deepcopy(theirs)  # its downscale factor with it
     scale = getattr(teacher.pipeline.datamanager, "camera_res_scale_factor", 1.0)
     config.pipeline.datamanager.camera_res_scale_factor = scale  # the image scale the teacher learnt its detail at
-    _check_shared_cameras(teacher, teacher_path, data)
+    check_same_scene(teacher, teacher_path, config.pipeline.datamanager.dataparser, data)
     if teacher_grid is not None:
         config.pipeline.model.grid_resolution = teacher_grid
     return config
-
-
-def _check_shared_cameras(teacher: TrainerConfig, teacher_path: Path, data: Path) -> None:
-    """Refuse ``data`` when none of its training cameras is one of the teacher's (both read with the teacher's
-    dataparser settings, so in one world frame): another scene of the same kind (two blender scenes share their
-    box but not their cameras). A copy of the teacher's scene at another resolution keeps its cameras. Skipped when
-    the teacher's scene folder is not on this machine or ``data`` is that folder.
-
-    Raises:
-        BadInputError: no training camera centre of ``data`` lies within 1e-4 of the scene box's size of the
-            teacher's."""
-    try:
-        recorded = resolve_data(teacher, teacher_path, None)
-    except BadInputError:
-        return
-    if recorded.resolve() == data.resolve():
-        return
-
-    def centres(folder: Path):
-        parser = copy.deepcopy(teacher.pipeline.datamanager.dataparser)
-        parser.data = folder
-        outputs = parser.setup().get_dataparser_outputs(split="train")
-        return outputs.cameras.camera_to_worlds[:, :3, 3], outputs.scene_box.aabb
-
-    theirs, box = centres(recorded)
-    ours, _ = centres(data)
-    tolerance = 1e-4 * float((box[1] - box[0]).norm())
-    if not bool((torch.cdist(ours, theirs).min(dim=1).values < tolerance).any()):
-        raise BadInputError(f"--data {data} shares no training camera with the teacher's scene {recorded}: it is "
-                        "another "
-                        "scene; a student learns its teacher's scene, so leave --data out or pass that scene's folder")
 
 
 def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path, output_dir: Path,

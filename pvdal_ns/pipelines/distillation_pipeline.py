@@ -37,12 +37,13 @@ from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.models.pvd_model import DistillationPlan, PVDModel, PVDModelConfig
 from pvdal_ns.pipelines.sharing import TEACHER_KEYS, batch_key, shared
+from pvdal_ns.pipelines.teacher_scene import check_same_scene
 from pvdal_ns.presets import finetune_start
 from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, teacher_contraction
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
 from pvdal_ns.utils.library_internals import trainer_start_step
-from pvdal_ns.utils.run_config import fill_missing_defaults
+from pvdal_ns.utils.run_config import fill_missing_defaults, read_trainer_config
 from pvdal_ns.viewer.conversion_panel import ConversionPanel
 
 
@@ -125,6 +126,10 @@ class DistillationPipeline(VanillaPipeline):
         distilling = test_mode == "val" and config.distils
         contracted = self._contraction(dataset, distilling)
         if distilling:
+            if config.teacher_config is not None:  # ns-distill checked it already; ns-train … --pipeline.teacher-config
+                teacher_path = Path(config.teacher_config).expanduser().resolve()
+                check_same_scene(read_trainer_config(teacher_path), teacher_path, config.datamanager.dataparser,
+                                 Path(config.datamanager.data or config.datamanager.dataparser.data))
             sampling = config.model.sampling(dataset.scene_box, contracted)
             serial = config.teacher_cache is not None
             self.batch_key = batch_key(config.teacher_config, config.datamanager, sampling, dataset.cameras,

@@ -110,7 +110,8 @@ class Run:
 
     def main(self, command: str) -> None:
         """Run the conversion; raises BadInputError / TeacherLoadError for bad input."""
-        from pvdal_ns.experiments.convert import check_teacher, convert, evaluate_teacher, finish, resolve_data
+        from pvdal_ns.experiments.convert import check_teacher, convert, evaluate_teacher, finish
+        from pvdal_ns.pipelines.teacher_scene import resolve_data
 
         started = time.perf_counter()
         teacher_path = self.teacher.expanduser().resolve()
@@ -249,7 +250,8 @@ class Compare:
     def main(self, command: str) -> None:
         """Run the comparison."""
         from pvdal_ns.experiments.compare import CompareSettings, run_compare
-        from pvdal_ns.experiments.convert import check_teacher, resolve_data
+        from pvdal_ns.experiments.convert import check_teacher
+        from pvdal_ns.pipelines.teacher_scene import resolve_data
 
         teacher_path = self.teacher.expanduser().resolve()
         data = resolve_data(check_teacher(teacher_path), teacher_path, self.data)

@@ -226,6 +226,22 @@ def test_another_scene_of_the_same_kind_is_refused_and_a_copy_of_the_teachers_sc
         distillation_config(tiny_teacher[0], "hash", "small", other, tmp_path, "other", 10)
 
 
+def test_a_student_set_up_with_a_teacher_of_another_scene_or_world_frame_is_refused(tiny_teacher, tmp_path,
+                                                                                     tiny_config):
+    """``ns-train … --pipeline.teacher-config`` sets the pipeline up without ``ns-distill``'s checks: the pipeline runs
+    them (issue #33): another kind of scene, and the teacher's scene read in another world frame."""
+    from pvdal_ns import EMBEDDED_CAPTURE
+    from pvdal_ns.utils.errors import BadInputError
+
+    other_kind = tiny_config("hash", tmp_path, 10, teacher=tiny_teacher[0], experiment="kind", data=EMBEDDED_CAPTURE)
+    with pytest.raises(BadInputError, match="nerfstudio-data scene, but the teacher was trained on a blender-data"):
+        other_kind.setup(local_rank=0, world_size=1).setup()
+    other_frame = tiny_config("hash", tmp_path, 10, teacher=tiny_teacher[0], experiment="frame")
+    other_frame.pipeline.datamanager.dataparser.scale_factor = 0.5
+    with pytest.raises(BadInputError, match=r"in another world frame than its teacher's .*scale_factor 1\.0→0\.5"):
+        other_frame.setup(local_rank=0, world_size=1).setup()
+
+
 def test_ns_train_with_a_teacher_that_cannot_be_loaded_is_refused_in_one_line(tmp_path):
     import subprocess
     import sys
