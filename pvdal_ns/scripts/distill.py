@@ -13,6 +13,7 @@ are fast. Bad input prints one line and exits with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -364,9 +365,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/nerfstudio deprecations at import
     warnings.filterwarnings("ignore", category=UserWarning)
     from pvdal_ns.utils.errors import PVDError
+    from pvdal_ns.utils.files import exclusive
 
+    # one command at a time writes a folder: its output folder and the folder it trains or reuses the demo's teacher in
+    folders: Dict[Path, str] = {}
+    for flag, name in (("--output-dir", "output_dir"), ("--teacher-dir", "teacher_dir")):
+        folder = getattr(command, name, None)
+        if folder is not None:
+            folders.setdefault(folder.expanduser().resolve(), flag)  # one folder is locked once
     try:
-        command.main(" ".join(["ns-distill", *args]))
+        with contextlib.ExitStack() as locks:
+            for folder, flag in folders.items():
+                locks.enter_context(exclusive(folder, f"{flag} {folder}"))
+            command.main(" ".join(["ns-distill", *args]))
     except PVDError as err:  # the library's one error class (docs/design.md, "Errors")
         return _error(str(err))
     except KeyboardInterrupt:

@@ -45,7 +45,7 @@ from pvdal_ns.model_components.sampling import PackedSamples
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, points_batch
 from pvdal_ns.teachers.base import Teacher
 from pvdal_ns.utils.errors import BadInputError, PVDError, StorageError, TeacherLoadError, first_line
-from pvdal_ns.utils.files import save_torch
+from pvdal_ns.utils.files import exclusive, save_torch
 
 CACHE_VERSION = 1
 _FILES = {"rays": "rays.f32", "masks": "masks.u8", "spans": "spans.f32", "outputs": "outputs.f16"}
@@ -247,10 +247,19 @@ def write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle,
         progress: called with no argument after each batch (a progress-bar advance), or None.
 
     Raises:
-        BadInputError: ``path`` already exists, or ``max_bytes`` is smaller than one batch.
+        BadInputError: ``path`` already exists, another process is writing it (an ``fcntl`` lock on
+            ``.<name>.lock`` beside it: never two writers, and a writer never removes a live one's partial folder), or
+            ``max_bytes`` is smaller than one batch.
         StorageError: the disk is full (nothing of the cache is kept).
     """
     path = Path(path)
+    with exclusive(path.parent / f".{path.name}.lock", f"the teacher cache {path}"):
+        return _write_cache(path, teacher, batches, written_for, max_bytes, progress)
+
+
+def _write_cache(path: Path, teacher: Teacher, batches: Iterable[Tuple[RayBundle, Dict]], written_for: Dict,
+                 max_bytes: int, progress: Optional[Callable[[], None]]) -> TeacherCache:
+    """:func:`write_cache`, its lock held."""
     if path.exists():
         raise BadInputError(f"teacher cache {path} already exists: delete it or choose another path")
     _remove_abandoned_partials(path)

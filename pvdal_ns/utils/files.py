@@ -1,14 +1,50 @@
-"""Writing files so that an interrupted run never leaves one half-written: any file, JSON, torch objects, figures."""
+"""Writing files so that an interrupted run never leaves one half-written: any file, JSON, torch objects, figures;
+and one writer at a time per folder (:func:`exclusive`)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
+
+from pvdal_ns.utils.errors import BadInputError
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` while the block runs, so two processes never write one output
+    folder or one teacher cache at once; the second is refused at once. The kernel drops the lock when its process
+    ends, so a killed run leaves none behind.
+
+    Args:
+        path: a folder (locked itself; made if missing) or a lock file beside what it guards (made if missing; it
+            stays, empty).
+        what: what is guarded, for the message (e.g. "--output-dir outputs/distill").
+
+    Raises:
+        BadInputError: another process holds the lock (one line: wait for it, or choose another path).
+        OSError: the folder or the lock file cannot be made."""
+    if path.suffix != ".lock":
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BadInputError(f"another process is writing {what} at this moment: wait for it to end, or choose "
+                                "another path") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_atomic(path: Path, write: Callable[[Path], None], staging: Optional[Path] = None) -> None:
