@@ -11,7 +11,6 @@ written once training ends) is beside it; it was killed when it has a checkpoint
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,8 +18,8 @@ from typing import Optional
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, first_line
-from pvdal_ns.utils.files import write_json
+from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
+from pvdal_ns.utils.files import read_record, write_json
 from pvdal_ns.utils.run_config import read_trainer_config
 
 RECORD = "run.json"
@@ -108,12 +107,12 @@ def read_finished(config_path: Path) -> Optional[FinishedRun]:
     record = config_path.parent / RECORD
     if not record.is_file():
         return None
-    try:
-        info = json.loads(record.read_text())
-        return FinishedRun(config_path, float(info["seconds"]), int(info["steps"]), int(info.get("start_step", 0)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise BadInputError(f"{record} is damaged ({first_line(error)}): delete it, and the run is trained again "
-                            "or, as a teacher, reported without its training time") from None
+    advice = "delete it, and the run is trained again or, as a teacher, reported without its training time"
+    info = read_record(record, {"seconds": (int, float), "steps": int}, advice)
+    start = info.get("start_step", 0)  # written since runs could resume
+    if not isinstance(start, int) or isinstance(start, bool):
+        raise BadInputError(f"{record} is damaged ('start_step' is a {type(start).__name__}): {advice}")
+    return FinishedRun(config_path, float(info["seconds"]), info["steps"], start)
 
 
 def mark_finished(config_path: Path, seconds: float, steps: int, start_step: int) -> None:

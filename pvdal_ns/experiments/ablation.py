@@ -8,7 +8,6 @@ from its last checkpoint (:func:`~pvdal_ns.engine.resume.reuse_or_resume`).
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from pvdal_ns.experiments.convert import distillation_config, run_and_evaluate
 from pvdal_ns.experiments.report import device_description, versions
 from pvdal_ns.presets import AblationRow, size_of
-from pvdal_ns.utils.files import pyplot, save_figure, write_atomic, write_json
+from pvdal_ns.utils.files import pyplot, read_record, save_figure, write_atomic, write_json
 
 
 def _off(*names: str) -> Callable[[TrainerConfig], None]:
@@ -124,7 +123,8 @@ def run_ablation(settings: AblationSettings, rows: Sequence[str], seeds: Sequenc
     record = output_dir / "ablation.json"
     done: List[dict] = []
     if record.is_file():
-        previous = json.loads(record.read_text())
+        previous = read_record(record, {"settings": dict, "runs": list}, "delete it, and every row is run again",
+                               items=("runs", {"row": str, "seed": int, "psnr": (int, float)}))
         if previous.get("settings") == settings.__dict__:
             done = previous["runs"]
             CONSOLE.log(f"Reusing {len(done)} finished runs from {record}")

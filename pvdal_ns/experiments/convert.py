@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pvdal_ns.pipelines.teacher_scene import check_same_scene, check_scene_kind
 from pvdal_ns.presets import Size, checkpoint_interval, finetune_start, method_name
 from pvdal_ns.teachers import check_teacher_run, load_teacher
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
-from pvdal_ns.utils.files import write_json
+from pvdal_ns.utils.files import Fields, read_record, write_json
 from pvdal_ns.utils.library_internals import offline_lpips
 from pvdal_ns.utils.run_config import read_trainer_config
 
@@ -41,10 +40,11 @@ def dataparser_for(data: Path) -> DataParserConfig:
     Raises:
         BadInputError: the folder holds none of them, or images its transforms files name are missing."""
     if (data / "transforms_train.json").is_file():
-        _check_images(data, ("transforms_train.json", "transforms_val.json", "transforms_test.json"), ".png")
+        _check_images(data, ("transforms_train.json", "transforms_val.json", "transforms_test.json"), ".png",
+                      {"camera_angle_x": (int, float), "frames": list})
         return BlenderDataParserConfig(data=data)
     if (data / "transforms.json").is_file():
-        _check_images(data, ("transforms.json",), "")
+        _check_images(data, ("transforms.json",), "", {"frames": list})
         return NerfstudioDataParserConfig(data=data)
     for model in ("sparse/0", "colmap/sparse/0"):
         if (data / model).is_dir():
@@ -55,15 +55,16 @@ def dataparser_for(data: Path) -> DataParserConfig:
                     "(blender), transforms.json (nerfstudio-data, from ns-process-data) or sparse/0 (colmap)")
 
 
-def _check_images(data: Path, transforms: Sequence[str], suffix: str) -> None:
-    """Raise :class:`BadInputError` when images that ``transforms`` files of ``data`` name (``file_path``, ``suffix``
-    added where it has none, as blender's) are not on disk; unreadable transforms are left to nerfstudio."""
+def _check_images(data: Path, transforms: Sequence[str], suffix: str, fields: Fields) -> None:
+    """Raise :class:`BadInputError` when a ``transforms`` file of ``data`` is damaged (not JSON, without ``fields``,
+    frames without a ``file_path`` and a ``transform_matrix``), or images they name (``file_path``, ``suffix`` added
+    where it has none, as blender's) are not on disk. What nerfstudio reads besides is left to it."""
     names = []
     for name in transforms:
-        try:
-            names += [frame["file_path"] for frame in json.loads((data / name).read_text())["frames"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+        if (data / name).is_file():
+            frames = read_record(data / name, fields, "restore it from the capture, or pass another scene",
+                                 items=("frames", {"file_path": str, "transform_matrix": list}))["frames"]
+            names += [frame["file_path"] for frame in frames]
     missing = [n for n in names if not (data / (n if Path(n).suffix else n + suffix)).exists()]
     if missing:
         raise BadInputError(f"--data {data}: {len(missing)} of the {len(names)} images its transforms files name "
@@ -197,7 +198,8 @@ def train_or_reuse_teacher(architecture: str, size: Size, data: Path, output_dir
     record = output_dir / f"{key}.json"
     config, name = student_config(architecture, size, data, output_dir, key, steps, None), f"teacher ({architecture})"
     if record.is_file():
-        info = json.loads(record.read_text())
+        info = read_record(record, {"config": str, "seconds": (int, float)},
+                           "delete it, and the teacher is trained again")
         config_path = Path(info["config"])
         if config_path.is_file() and info.get("data") == str(data):
             CONSOLE.log(f"Reusing the cached teacher {config_path} (delete {record} to retrain)")

@@ -9,7 +9,6 @@ what it measured and a rerun with the same settings only runs the missing pairs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -19,7 +18,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from pvdal_ns.experiments.convert import Trained, convert, train_or_reuse_teacher
 from pvdal_ns.experiments.report import device_description, versions
 from pvdal_ns.presets import size_of
-from pvdal_ns.utils.files import pyplot, save_figure, write_atomic, write_json
+from pvdal_ns.utils.files import pyplot, read_record, save_figure, write_atomic, write_json
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,10 @@ def run_matrix(settings: MatrixSettings, teachers: Sequence[str], students: Sequ
         TeacherLoadError: a cached teacher cannot be loaded.
     """
     path = output_dir / "matrix.json"
-    record = json.loads(path.read_text()) if path.is_file() else {"teachers": {}, "pairs": []}
+    pair_fields = {"teacher": str, "student": str, "settings": dict}
+    record = (read_record(path, {"teachers": dict, "pairs": list}, "delete it, and every pair is measured again",
+                          items=("pairs", pair_fields))
+              if path.is_file() else {"teachers": {}, "pairs": []})
     record.update(device=device_description(), versions=versions())
 
     def save() -> None:

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -79,6 +79,45 @@ def save_torch(obj: Any, path: Path) -> None:
     except RuntimeError as error:
         free = shutil.disk_usage(Path(path).parent).free
         raise OSError(f"{free / 2**20:.1f} MiB free on its disk; torch.save: {str(error).splitlines()[0]}") from error
+
+
+Fields = Dict[str, Union[type, Tuple[type, ...]]]
+
+
+def read_record(path: Path, fields: Fields, advice: str, items: Optional[Tuple[str, Fields]] = None) -> Dict[str, Any]:
+    """A JSON object this package wrote (``run.json``, the demo's ``teacher-*.json``, ``matrix.json``,
+    ``ablation.json``), checked before any of it is used: an object with ``fields`` of those types and, with
+    ``items`` = (name, fields), every entry of the list ``name`` an object with those fields. They are written
+    atomically (:func:`write_json`), so only a hand or another program damages one.
+
+    Raises:
+        BadInputError: ``"{path} is damaged ({what}): {advice}"``, one line; the file is left as it is."""
+    def damaged(what: str) -> BadInputError:
+        return BadInputError(f"{path} is damaged ({what}): {advice}")
+
+    def check(record: Any, expected: Fields, where: str) -> None:
+        if not isinstance(record, dict):
+            raise damaged(f"{where}not a JSON object")
+        for name, kind in expected.items():
+            if name not in record:
+                raise damaged(f"{where}no {name!r}")
+            if not isinstance(record[name], kind) or isinstance(record[name], bool) and bool not in _types(kind):
+                raise damaged(f"{where}{name!r} is a {type(record[name]).__name__}")
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise damaged(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    check(record, fields, "")
+    if items is not None:
+        name, expected = items
+        for i, item in enumerate(record[name]):
+            check(item, expected, f"{name}[{i}]: ")
+    return record
+
+
+def _types(kind: Union[type, Tuple[type, ...]]) -> Tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
 
 
 def write_json(path: Path, payload: Any) -> None:
