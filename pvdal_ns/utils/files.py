@@ -23,14 +23,16 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
     ends, so a killed run leaves none behind.
 
     Args:
-        path: a folder (locked itself; made if missing) or a lock file beside what it guards (made if missing; it
-            stays, empty).
+        path: a folder (locked itself; made if missing, and removed again if the block leaves it empty: a refused
+            command leaves no folder) or a lock file beside what it guards (made if missing; it stays, empty).
         what: what is guarded, for the message (e.g. "--output-dir outputs/distill").
 
     Raises:
         BadInputError: another process holds the lock (one line: wait for it, or choose another path).
         OSError: the folder or the lock file cannot be made."""
+    made = None
     if path.suffix != ".lock":
+        made = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)  # the first folder made
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDONLY)
     else:
@@ -45,6 +47,13 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+        if made is not None:  # what this call made, if the block left it empty
+            for folder in [path, *path.parents]:
+                if not folder.exists() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
+                if folder == made:
+                    break
 
 
 def write_atomic(path: Path, write: Callable[[Path], None], staging: Optional[Path] = None) -> None:

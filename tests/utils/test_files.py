@@ -52,6 +52,9 @@ def test_a_folder_or_a_cache_another_process_writes_is_refused_and_a_killed_writ
             holder.wait()
     with exclusive(out, "it"):  # the kernel dropped the killed holder's lock
         pass
+    with exclusive(tmp_path / "new" / "folder", "it"):  # made for the lock ...
+        assert (tmp_path / "new" / "folder").is_dir()
+    assert not (tmp_path / "new").exists()  # ... and removed, left empty: a refused command leaves no folder
 
 
 def _damaged_variants(text):
