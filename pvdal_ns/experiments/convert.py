@@ -139,16 +139,17 @@ class Trained:
 
 
 def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[TrainResult, FinishedRun, None] = None,
-                     resume: bool = False) -> Trained:
+                     resume: bool = False, data: Optional[Path] = None) -> Trained:
     """Train ``config`` in-process (unless ``run`` already did) and mark it finished (``run.json``), or reopen a
     finished ``run``; then evaluate it on the test views. With ``resume``, a finished run of the same settings is
     reopened instead of training and a killed one continues from its last checkpoint
-    (:func:`~pvdal_ns.engine.resume.reuse_or_resume`)."""
+    (:func:`~pvdal_ns.engine.resume.reuse_or_resume`). ``data``: a reopened run's scene folder, where its config's
+    own path does not lead from here."""
     if run is None and resume:
         run = reuse_or_resume(config)
     cached = isinstance(run, FinishedRun)
     if cached:
-        run = _reopen(run)  # type: ignore[arg-type]
+        run = _reopen(run, data)  # type: ignore[arg-type]
     else:
         run = run or train(config, f"{name}: training")
         mark_finished(run.config_path, run.seconds, run.steps, run.start_step)
@@ -181,11 +182,8 @@ def evaluate_teacher(teacher_path: Path, data: Path) -> Trained:
     Raises:
         TeacherLoadError: the run cannot be read (:func:`check_teacher_run`)."""
     config = check_teacher_run(teacher_path)
-    run = _reopen(read_finished(teacher_path) or FinishedRun(teacher_path, 0.0, config.max_num_iterations), data)
-    result = evaluate(run.pipeline, f"teacher ({config.method_name}): evaluating")
-    report = model_report(f"teacher ({config.method_name})", "teacher", config.method_name, result, run.seconds,
-                          count_parameters(run.pipeline), run.steps, teacher_path)
-    return Trained(report, result)
+    finished = read_finished(teacher_path) or FinishedRun(teacher_path, 0.0, config.max_num_iterations)
+    return run_and_evaluate(config, f"teacher ({config.method_name})", "teacher", finished, data=data)
 
 
 def train_or_reuse_teacher(architecture: str, size: Size, data: Path, output_dir: Path, steps: int) -> Trained:

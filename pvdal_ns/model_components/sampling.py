@@ -204,12 +204,13 @@ class PackedSamples:
     @classmethod
     def pack(cls, dense: RaySamples, mask: Bool[Tensor, "R S"],
              capacity: Optional[SampleCapacity] = None) -> "PackedSamples":
-        """The samples of ``dense`` (RaySamples [R, S]) where ``mask`` is True, packed (:func:`compact`)."""
+        """The samples of ``dense`` (RaySamples [R, S]) where ``mask`` is True, packed (:meth:`select` of all the
+        R·S samples)."""
         num_rays, per_ray = mask.shape
-        sample_ray = torch.arange(num_rays, device=mask.device).repeat_interleave(per_ray)
-        index, valid, ray_starts, complete = compact(mask.flatten(), sample_ray, num_rays, capacity)
-        ray_indices = torch.where(valid, sample_ray[index], max(num_rays - 1, 0))
-        return cls(dense.flatten()[index], ray_indices, valid, ray_starts, complete, index, per_ray)
+        flat = torch.arange(num_rays * per_ray, device=mask.device)
+        every = cls(dense.flatten(), flat // per_ray, torch.ones_like(flat, dtype=torch.bool), flat[::per_ray],
+                    torch.ones(num_rays, dtype=torch.bool, device=mask.device), flat, per_ray)
+        return every.select(mask.flatten(), capacity)[0]
 
     def to(self, device: Union[str, torch.device]) -> "PackedSamples":
         """The same samples on ``device``."""

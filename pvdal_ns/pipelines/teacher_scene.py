@@ -82,21 +82,22 @@ def check_same_scene(teacher: TrainerConfig, teacher_path: Path, dataparser: Dat
         parser.data = folder
         return parser.setup().get_dataparser_outputs(split="train")
 
-    teacher_frame, student_frame = parsed(theirs, data), parsed(dataparser, data)
-    same_transform = torch.allclose(teacher_frame.dataparser_transform, student_frame.dataparser_transform, atol=1e-5)
-    if not same_transform or abs(teacher_frame.dataparser_scale - student_frame.dataparser_scale) > 1e-6:
-        differing = _differing_settings(theirs, dataparser)
-        raise BadInputError(f"the student's {dataparser_name(dataparser)} settings read {data} in another world frame "
-                            "than its teacher's (another dataparser_transform or scale"
-                            f"{': ' + ', '.join(differing) if differing else ''}); train it with the teacher's "
-                            "dataparser settings")
+    differing = _differing_settings(theirs, dataparser)
+    teacher_frame = None
+    if differing:  # the same settings read one folder in one frame: nothing to parse
+        teacher_frame, student_frame = parsed(theirs, data), parsed(dataparser, data)
+        same = torch.allclose(teacher_frame.dataparser_transform, student_frame.dataparser_transform, atol=1e-5)
+        if not same or abs(teacher_frame.dataparser_scale - student_frame.dataparser_scale) > 1e-6:
+            raise BadInputError(f"the student's {dataparser_name(dataparser)} settings read {data} in another world "
+                                f"frame than its teacher's (another dataparser_transform or scale: "
+                                f"{', '.join(differing)}); train it with the teacher's dataparser settings")
     try:
         recorded = resolve_data(teacher, teacher_path, None)
     except BadInputError:
         return
     if recorded.resolve() == data.resolve():
         return
-    ours = teacher_frame.cameras.camera_to_worlds[:, :3, 3]
+    ours = (teacher_frame or parsed(theirs, data)).cameras.camera_to_worlds[:, :3, 3]
     own = parsed(theirs, recorded)
     box = own.scene_box.aabb
     tolerance = 1e-4 * float((box[1] - box[0]).norm())

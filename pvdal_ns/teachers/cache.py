@@ -45,7 +45,7 @@ from pvdal_ns.model_components.sampling import PackedSamples
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, points_batch
 from pvdal_ns.teachers.base import Teacher
 from pvdal_ns.utils.errors import BadInputError, PVDError, StorageError, TeacherLoadError, first_line
-from pvdal_ns.utils.files import exclusive, save_torch
+from pvdal_ns.utils.files import exclusive, read_record, save_torch
 
 CACHE_VERSION = 1
 _FILES = {"rays": "rays.f32", "masks": "masks.u8", "spans": "spans.f32", "outputs": "outputs.f16"}
@@ -110,14 +110,9 @@ class TeacherCache(Teacher):
         if not meta_path.is_file():
             raise TeacherLoadError(f"teacher cache {path} exists but is not a finished pvdal teacher cache "
                                    "(no meta.json): delete it or choose another --teacher-cache path")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as error:
-            raise TeacherLoadError(f"teacher cache {path} is damaged (meta.json: {first_line(error)}): delete it to "
-                                   "write a new one") from None
-        if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
-            version = meta.get("version") if isinstance(meta, dict) else None
-            raise TeacherLoadError(f"teacher cache {path} has format version {version}, this pvdal-ns "
+        meta = read_record(meta_path, {}, "delete the cache to write a new one", error=TeacherLoadError)
+        if meta.get("version") != CACHE_VERSION:
+            raise TeacherLoadError(f"teacher cache {path} has format version {meta.get('version')}, this pvdal-ns "
                                    f"reads version {CACHE_VERSION}: delete it to write a new one")
         try:  # every field of meta.json and every file read here: a damaged cache gets one line, whatever is damaged
             self._open(Path(path), meta, expected)

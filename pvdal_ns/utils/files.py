@@ -9,11 +9,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type, Union
 
 import torch
 
-from pvdal_ns.utils.errors import BadInputError
+from pvdal_ns.utils.errors import BadInputError, PVDError, first_line
 
 
 @contextlib.contextmanager
@@ -93,16 +93,18 @@ def save_torch(obj: Any, path: Path) -> None:
 Fields = Dict[str, Union[type, Tuple[type, ...]]]
 
 
-def read_record(path: Path, fields: Fields, advice: str, items: Optional[Tuple[str, Fields]] = None) -> Dict[str, Any]:
+def read_record(path: Path, fields: Fields, advice: str, items: Optional[Tuple[str, Fields]] = None,
+                error: Type[PVDError] = BadInputError) -> Dict[str, Any]:
     """A JSON object this package wrote (``run.json``, the demo's ``teacher-*.json``, ``matrix.json``,
     ``ablation.json``), checked before any of it is used: an object with ``fields`` of those types and, with
     ``items`` = (name, fields), every entry of the list ``name`` an object with those fields. They are written
     atomically (:func:`write_json`), so only a hand or another program damages one.
 
     Raises:
-        BadInputError: ``"{path} is damaged ({what}): {advice}"``, one line; the file is left as it is."""
-    def damaged(what: str) -> BadInputError:
-        return BadInputError(f"{path} is damaged ({what}): {advice}")
+        BadInputError (or ``error``, e.g. ``TeacherLoadError`` for a teacher cache): ``"{path} is damaged ({what}):
+            {advice}"``, one line; the file is left as it is."""
+    def damaged(what: str) -> PVDError:
+        return error(f"{path} is damaged ({what}): {advice}")
 
     def check(record: Any, expected: Fields, where: str) -> None:
         if not isinstance(record, dict):
@@ -115,8 +117,8 @@ def read_record(path: Path, fields: Fields, advice: str, items: Optional[Tuple[s
 
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise damaged(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    except (OSError, ValueError) as unreadable:
+        raise damaged(first_line(unreadable)) from None
     check(record, fields, "")
     if items is not None:
         name, expected = items
