@@ -41,6 +41,8 @@ def step_time(args) -> dict:
         config = student_config(args.arch, "small", data, args.output_dir.resolve(), f"step-time-{name}", args.steps,
                                 None)
         config.steps_per_save = 10**6
+        if name == "capture":
+            config.pipeline.model.sampler = args.sampler
         run = train(config, f"{name}: {args.steps} steps")
         seconds = run.step_seconds
         late = seconds[len(seconds) // 2:]
@@ -63,6 +65,7 @@ def teacher(args) -> dict:
                             f"teacher-{args.arch}-{args.contraction}-{args.background}", args.steps, None)
     config.pipeline.model.scene_contraction = args.contraction
     config.pipeline.model.background_color = args.background
+    config.pipeline.model.sampler = args.sampler
     trained = run_and_evaluate(config, f"teacher ({args.arch}, contraction {args.contraction}, background "
                                f"{args.background})", "teacher")
     r = trained.report
@@ -165,6 +168,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--contraction", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--background", default="white", choices=["white", "black", "random"])
+    parser.add_argument("--sampler", default="auto", choices=["auto", "occupancy", "proposal"],
+                        help="step-time (the capture's run) and teacher: --pipeline.model.sampler")
     parser.add_argument("--method", default="nerfacto")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rays", type=int, default=1024)

@@ -15,3 +15,8 @@ EMBEDDED_SCENE = Path(__file__).parent / "scenes" / "lego_100"
 EMBEDDED_CAPTURE = Path(__file__).parent / "scenes" / "axe_162"
 """The embedded socketed-axe capture: 48 real photographs at 162×108 with a backdrop (nerfstudio-data format,
 OPENCV distortion; the dataparser holds out every tenth view). Made by ``scripts/make_embedded_capture.py``."""
+
+EMBEDDED_ROOM = Path(__file__).parent / "scenes" / "room_128"
+"""The embedded procedural room: 48 views at 128×96 from cameras standing inside a textured room, so every view has
+surfaces at all depths (nerfstudio-data format, OPENCV with zero distortion; the dataparser holds out every tenth
+view). Made by ``scripts/make_room_scene.py``."""

@@ -22,6 +22,8 @@ from torch.optim import SparseAdam
 from pvdal_ns.data.datamanager import DistillationDataManagerConfig
 from pvdal_ns.engine.trainer import FusedAdamOptimizerConfig, PVDTrainerConfig
 from pvdal_ns.fields import HashFieldConfig, MLPFieldConfig, PVDFieldConfig, TensorsFieldConfig, VMFieldConfig
+from pvdal_ns.fields.proposal import ProposalFieldConfig
+from pvdal_ns.model_components.sampling import ProposalSampling
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
 from pvdal_ns.presets import LR_FINAL, PRESETS, Size, checkpoint_interval, method_name
@@ -51,7 +53,7 @@ def pvdal_trainer_config(
     Args:
         name: the method name shown by ``ns-train``.
         field: the field configuration (architecture and sizes).
-        learning_rates: initial Adam learning rate per parameter group ("grids", "networks").
+        learning_rates: initial Adam learning rate per parameter group ("grids", "networks", "proposal_networks").
         steps: default number of training steps.
         rays_per_batch: rays per training batch.
         num_samples: uniform samples per ray before occupancy masking.
@@ -120,10 +122,15 @@ def method_config(architecture: str, size: Size) -> TrainerConfig:
     Raises:
         KeyError: no such preset (the compressed size exists for mlp and tensors only)."""
     preset = PRESETS[architecture, size]
+    learning_rates = {**preset.learning_rates, "proposal_networks": preset.proposals.learning_rate}
     config = pvdal_trainer_config(method_name(architecture, size), field_config(architecture, size),
-                                  preset.learning_rates, preset.steps, preset.rays_per_batch, preset.num_samples,
+                                  learning_rates, preset.steps, preset.rays_per_batch, preset.num_samples,
                                   preset.grid)
     assert isinstance(config.pipeline, DistillationPipelineConfig)
+    proposals = preset.proposals
+    config.pipeline.model.proposal = ProposalSampling(
+        num_proposal_samples_per_ray=proposals.proposal_samples, num_samples=proposals.samples,
+        fields=tuple(ProposalFieldConfig(kind, resolution) for kind, resolution in proposals.fields))  # type: ignore
     if preset.ray_pool_size is not None:
         config.pipeline.al.ray_pool_size = preset.ray_pool_size
     return set_steps(config, preset.steps, preset.stage_fractions)

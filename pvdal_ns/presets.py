@@ -57,6 +57,35 @@ SMALL_GRID = {"grid_resolution": 64, "grid_warmup_steps": 64, "grid_ema_decay": 
 
 
 @dataclass(frozen=True)
+class ProposalPreset:
+    """Proposal sampling of a preset (``PVDModelConfig.proposal``; used where space is contracted).
+
+    Attributes:
+        proposal_samples: samples per ray of each proposal level.
+        samples: samples per ray the fields are evaluated at.
+        fields: (kind, resolution) of each level's proposal density field: "hash" (nerfstudio's
+            ``HashMLPDensityField``) or "grid" (a dense grid of log densities).
+        learning_rate: the ``proposal_networks`` group's initial Adam learning rate (a group every preset has; used
+            where a model samples with proposals).
+    """
+
+    proposal_samples: Tuple[int, ...]
+    samples: int
+    fields: Tuple[Tuple[str, int], ...]
+    learning_rate: float
+
+
+NERFACTO_PROPOSALS = ProposalPreset((256, 96), 48, (("hash", 128), ("hash", 256)), 1e-2)
+"""nerfacto's: what the paper-sized presets use (on a GPU)."""
+SMALL_PROPOSALS = ProposalPreset((64, 32), 16, (("grid", 64), ("grid", 128)), 0.3)
+"""The CPU-sized presets': fewer samples (16 and 32 gave the same PSNR after 400 steps on the room and the axe, 16 in
+half the time), and dense grids, which cost on two CPU cores a twenty-fifth of nerfstudio's torch hash grid. A grid
+holds log densities directly, so it moves at its learning rate's pace: 0.3 (a student's own proposals against its
+nerfacto teacher: 18.2 dB against 15.2 at nerfacto's 1e-2, 18.9 at the teacher's samples; docs/benchmarks.md,
+"Captures that fill the view")."""
+
+
+@dataclass(frozen=True)
 class Preset:
     """One ``pvdal-<architecture>[-small|-compressed]`` method.
 
@@ -72,6 +101,7 @@ class Preset:
         demo_steps: distillation steps of this student in ``ns-distill demo`` (CPU presets only).
         ablation_steps: distillation steps of every ``ns-distill ablation`` run with this student.
         teacher_steps: training steps from the images when ``ns-distill matrix`` makes a teacher of it.
+        proposals: proposal sampling, where space is contracted.
     """
 
     field: Dict[str, float]
@@ -85,6 +115,7 @@ class Preset:
     demo_steps: Optional[int] = None
     ablation_steps: Optional[int] = None
     teacher_steps: Optional[int] = None
+    proposals: ProposalPreset = NERFACTO_PROPOSALS
 
 
 def _paper(learning_rates: Dict[str, float]) -> Preset:
@@ -96,7 +127,8 @@ def _small(field_sizes: Dict[str, float], learning_rates: Dict[str, float], demo
            ablation_steps: int = 1200, teacher_steps: int = 1000) -> Preset:
     return Preset(field_sizes, learning_rates, steps, rays_per_batch, num_samples=160, stage_fractions=stage_fractions,
                   grid=SMALL_GRID, ray_pool_size=8 * 2048,  # full after ~80 steps of stage 3, as 4096 × 150 in 20k
-                  demo_steps=demo_steps, ablation_steps=ablation_steps, teacher_steps=teacher_steps)
+                  demo_steps=demo_steps, ablation_steps=ablation_steps, teacher_steps=teacher_steps,
+                  proposals=SMALL_PROPOSALS)
 
 
 HASH_LR = {"grids": GRID_LR, "networks": NETWORK_LR}

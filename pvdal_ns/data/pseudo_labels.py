@@ -29,6 +29,7 @@ from torch import Tensor
 from pvdal_ns.active_learning.active_learning import ActiveLearning, EpochEnd
 from pvdal_ns.cameras.poses import PoseSampler
 from pvdal_ns.cameras.rays import ray_generator
+from pvdal_ns.model_components.proposal_sampling import Sampler
 from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import TeacherImages
 from pvdal_ns.teachers import Teacher, TeacherCache, write_cache
@@ -101,13 +102,16 @@ class RenderedLabels(_Stages):
         rays_per_batch: R, rays of every batch (the datamanager's ``train_num_rays_per_batch``).
         device: where batches are made.
         from_images: distil from the teacher's images only (renders-only distillation).
+        sampler: what places the shared samples (a student's proposal sampling, lent to a teacher without proposal
+            fields of its own); None: the teacher's own sampler.
     """
 
     def __init__(self, teacher: Teacher, active_learning: ActiveLearning, cameras: Cameras, centre: Tensor,
                  config: PseudoLabelsConfig, rays_per_batch: int, device: torch.device,
-                 from_images: bool = False) -> None:
+                 from_images: bool = False, sampler: Optional[Sampler] = None) -> None:
         super().__init__()
         self.teacher, self.active_learning, self.config, self.device = teacher, active_learning, config, device
+        self.sampler = sampler
         self.from_images, self.rays_per_batch = from_images, rays_per_batch
         self.pose_sampler = PoseSampler(cameras.camera_to_worlds, centre, config)
         CONSOLE.log(f"Pseudo-labels: {config.poses_per_epoch} novel poses per epoch from {teacher.source}; the "
@@ -203,9 +207,9 @@ class RenderedLabels(_Stages):
             indices = torch.cat([indices, torch.nn.functional.pad(rays["pixels"].to(indices), (1, 0), value=-1)])
         background = torch.rand(num_rays, 3, device=self.device)
         if self.images is not None:
-            teacher_batch = self.teacher.image_batch(self.images, indices, ray_bundle, background)
+            teacher_batch = self.teacher.image_batch(self.images, indices, ray_bundle, background, self.sampler)
         else:
-            teacher_batch = self.teacher.render(ray_bundle, background, stage)
+            teacher_batch = self.teacher.render(ray_bundle, background, stage, self.sampler)
         batch: Batch = {"teacher": teacher_batch, "indices": indices}
         if pooled is not None:
             batch["pool_slots"] = pooled[1]

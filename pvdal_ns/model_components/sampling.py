@@ -17,9 +17,10 @@ nerfstudio's renderers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from nerfstudio.cameras.rays import RayBundle, RaySamples
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from pvdal_ns.field_components.scene_space import SceneSpace
 from pvdal_ns.fields import PointOutputs
+from pvdal_ns.fields.proposal import NERFACTO_PROPOSAL_FIELDS, ProposalFieldConfig
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 
 NEAR_PLANE, FAR_PLANE = 0.05, 1000.0
@@ -53,6 +55,9 @@ class Sampling:
             :data:`NEAR_PLANE` to :data:`FAR_PLANE`; False: the box only.
         early_stop_eps: samples where the transmittance has fallen below it are not evaluated; 0: all are.
         alpha_thre: nor are samples whose opacity is below it (:func:`visible`); 0: all are.
+        proposal: the shared samples are placed by proposal sampling with these settings
+            (:mod:`~pvdal_ns.model_components.proposal_sampling`; the grid, ``num_samples`` and the culling are then
+            not used for them); None: by the occupancy grid (:class:`OccupancySampler`).
     """
 
     scene_box: SceneBox
@@ -62,6 +67,7 @@ class Sampling:
     contracted: bool = False
     early_stop_eps: float = 0.0
     alpha_thre: float = 0.0
+    proposal: Optional["ProposalSampling"] = None
 
     @property
     def culls(self) -> bool:
@@ -91,6 +97,53 @@ class Sampling:
         """Distance between uniform samples (scene units): the box diagonal over ``num_samples``."""
         aabb = self.scene_box.aabb
         return float((aabb[1] - aabb[0]).norm() / self.num_samples)
+
+
+
+@dataclass
+class ProposalSampling:
+    """Proposal sampling settings (nerfacto's names and defaults; ``PVDModelConfig.proposal``).
+
+    Attributes:
+        num_proposal_samples_per_ray: samples per ray of each proposal level.
+        num_samples: samples per ray the model (and a teacher) is evaluated at.
+        fields: one proposal density field per level (the last one repeats if there are fewer).
+        update_every: after the warm-up, the proposal fields take a gradient every this many steps (nerfacto's
+            ``proposal_update_every``).
+        warmup: steps over which that interval grows from 1 (``proposal_warmup``).
+        anneal_slope: slope of the proposal weights' annealing (Mip-NeRF 360 Eq. 18; ``proposal_weights_anneal_slope``).
+        anneal_steps: steps over which the annealing reaches 1 (``proposal_weights_anneal_max_num_iters``).
+        single_jitter: one jitter for all samples of a ray (``use_single_jitter``).
+        interlevel_loss_mult: weight of nerfstudio's ``interlevel_loss``.
+    """
+
+    num_proposal_samples_per_ray: Tuple[int, ...] = (256, 96)
+    num_samples: int = 48
+    fields: Tuple[ProposalFieldConfig, ...] = field(default_factory=lambda: NERFACTO_PROPOSAL_FIELDS)
+    update_every: int = 5
+    warmup: int = 5000
+    anneal_slope: float = 10.0
+    anneal_steps: int = 1000
+    single_jitter: bool = True
+    interlevel_loss_mult: float = 1.0
+
+    def field_configs(self) -> List[ProposalFieldConfig]:
+        """The field of each level."""
+        return [self.fields[min(i, len(self.fields) - 1)] for i in range(len(self.num_proposal_samples_per_ray))]
+
+    def update_schedule(self, step: int) -> float:
+        """Steps between the proposal fields' gradient steps at ``step`` (nerfacto's ``update_schedule``)."""
+        return float(np.clip(np.interp(step, [0, self.warmup], [0, self.update_every]), 1, self.update_every))
+
+    def anneal(self, step: int) -> float:
+        """The exponent of the proposal weights before PDF sampling at ``step`` (nerfacto's ``set_anneal``)."""
+        x, b = float(np.clip(step / max(self.anneal_steps, 1), 0, 1)), self.anneal_slope
+        return b * x / ((b - 1) * x + 1)
+
+    def key(self) -> dict:
+        """What samples these settings give, for a batch key (``pipelines.sharing.batch_key``)."""
+        return {"proposal_samples": list(self.num_proposal_samples_per_ray), "samples": self.num_samples,
+                "fields": [f"{f.kind} {f.resolution}" for f in self.field_configs()]}
 
 
 
@@ -191,6 +244,8 @@ class PackedSamples:
         sample_index: Int[Tensor, " C"], each slot's sample among the R·S the sampler spaced along the rays
             (ray · S + sample): the teacher cache stores it as bits.
         samples_per_ray: S.
+        proposals: the proposal levels that placed the samples
+            (:class:`~pvdal_ns.model_components.proposal_sampling.ProposalChain`), from a ``ProposalSampler`` only.
     """
 
     ray_samples: RaySamples
@@ -200,17 +255,29 @@ class PackedSamples:
     complete: Tensor
     sample_index: Tensor
     samples_per_ray: int
+    proposals: Optional[Any] = None
+
+    @classmethod
+    def every(cls, dense: RaySamples) -> "PackedSamples":
+        """All R·S samples of ``dense`` (RaySamples [R, S]), each a slot, in order (no count, no padding)."""
+        num_rays, per_ray = dense.shape[:2]
+        device = dense.frustums.starts.device
+        flat = torch.arange(num_rays * per_ray, device=device)
+        return cls(dense.flatten(), flat // per_ray, torch.ones_like(flat, dtype=torch.bool), flat[::per_ray],
+                   torch.ones(num_rays, dtype=torch.bool, device=device), flat, per_ray)
 
     @classmethod
     def pack(cls, dense: RaySamples, mask: Bool[Tensor, "R S"],
              capacity: Optional[SampleCapacity] = None) -> "PackedSamples":
-        """The samples of ``dense`` (RaySamples [R, S]) where ``mask`` is True, packed (:meth:`select` of all the
-        R·S samples)."""
-        num_rays, per_ray = mask.shape
-        flat = torch.arange(num_rays * per_ray, device=mask.device)
-        every = cls(dense.flatten(), flat // per_ray, torch.ones_like(flat, dtype=torch.bool), flat[::per_ray],
-                    torch.ones(num_rays, dtype=torch.bool, device=mask.device), flat, per_ray)
-        return every.select(mask.flatten(), capacity)[0]
+        """The samples of ``dense`` (RaySamples [R, S]) where ``mask`` is True, packed (:meth:`select` of
+        :meth:`every` sample)."""
+        return cls.every(dense).select(mask.flatten(), capacity)[0]
+
+    @property
+    def holds_every_sample(self) -> bool:
+        """Every ray holds its S samples, in order, in R·S slots (a ``ProposalSampler``'s, or a mask all True on a
+        CPU): the slots can be viewed as [R, S]."""
+        return len(self) == self.num_rays * self.samples_per_ray
 
     def to(self, device: Union[str, torch.device]) -> "PackedSamples":
         """The same samples on ``device``."""
@@ -337,6 +404,11 @@ class OccupancySampler(nn.Module):
         self.spaced = sampling.sampler(stratified)
         object.__setattr__(self, "grid", grid)  # the owner's grid, not a second copy in its state_dict
         self.capacity, self.culled_capacity = SampleCapacity(), SampleCapacity()
+
+    @property
+    def culls(self) -> bool:
+        """Whether samples are left out by a density after the grid's (:meth:`cull`; :attr:`Sampling.culls`)."""
+        return self.sampling.culls
 
     def forward(self, ray_bundle: RayBundle, packed: bool = True) -> PackedSamples:
         """The occupied samples of R rays (``nears``/``fars`` set here); ``packed`` False: exactly as many slots

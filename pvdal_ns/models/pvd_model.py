@@ -30,7 +30,13 @@ from pvdal_ns.fields import PointOutputs, PVDField, PVDFieldConfig, VMFieldConfi
 from pvdal_ns.model_components.hard_points import HardPoints
 from pvdal_ns.model_components.losses import PVDLossConfig, clamp_density, point_losses, ray_rgb_errors, rgb_loss
 from pvdal_ns.model_components.occupancy import OccupancyGrid
-from pvdal_ns.model_components.sampling import OccupancySampler, PackedSamples, Sampling
+from pvdal_ns.model_components.proposal_sampling import (
+    ProposalSampler,
+    Sampler,
+    build_proposal_networks,
+    interlevel_loss_against,
+)
+from pvdal_ns.model_components.sampling import OccupancySampler, PackedSamples, ProposalSampling, Sampling
 from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import TeacherBatch
 from pvdal_ns.utils.metrics import image_metrics
@@ -79,12 +85,26 @@ class PVDModelConfig(ModelConfig):
     trained under it: a model trained without it can spread a surface over many faint samples, which it would
     leave out (docs/design.md, "Scenes")."""
 
-    def sampling(self, scene_box: SceneBox, contracted: bool = False) -> Sampling:
+    sampler: Literal["auto", "occupancy", "proposal"] = "auto"
+    """Which sampler places the samples (docs/design.md, "Proposal sampling"): "occupancy" (the occupancy grid's
+    occupied cells, ``num_samples`` spaced samples a ray before masking), "proposal" (nerfacto's proposal sampling,
+    ``proposal``'s settings), or "auto": proposal where space is contracted (captures that fill the view), occupancy
+    in a bounded scene. A checkpoint keeps the sampler it was trained with."""
+    proposal: ProposalSampling = dataclasses.field(default_factory=ProposalSampling)
+    """Proposal sampling: samples per ray at each proposal level and for the field, the proposal density fields,
+    nerfacto's schedules and the interlevel loss's weight (e.g. ``--pipeline.model.proposal.num-samples 32``)."""
+
+    def uses_proposals(self, contracted: bool) -> bool:
+        """Whether a model of this config, contracted or not, samples with proposals (:attr:`sampler`)."""
+        return self.sampler == "proposal" or (self.sampler == "auto" and contracted)
+
+    def sampling(self, scene_box: SceneBox, contracted: bool = False, proposals: Optional[bool] = None) -> Sampling:
         """Where this model's samples lie in ``scene_box``, contracted or not (what a teacher without a grid
-        samples with)."""
+        samples with); ``proposals`` overrides :meth:`uses_proposals` (a checkpoint's own sampler)."""
         eps = self.early_stop_eps if self.early_stop_eps is not None else (1e-4 if contracted else 0.0)
+        proposals = self.uses_proposals(contracted) if proposals is None else proposals
         return Sampling(scene_box, self.grid_resolution, self.num_samples, self.grid_threshold, contracted, eps,
-                        self.alpha_thre)
+                        self.alpha_thre, self.proposal if proposals else None)
 
 
 @dataclass
@@ -127,6 +147,8 @@ class PVDModel(Model):
         self.distillation: Optional[DistillationPlan] = self.kwargs.get("distillation")
         """Set when distilling: the grid then comes from the teacher and is not updated."""
         self.occupancy_grid = OccupancyGrid(self.config.sampling(self.scene_box).space, self.config.grid_resolution)
+        self.proposal_networks: Optional[nn.ModuleList] = None
+        """The proposal density fields (one per level) where the model samples with proposals, else None."""
         self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
         self.mse_loss = MSELoss()
         """Training from images: the image loss (nerfstudio's, as nerfacto's ``rgb_loss``)."""
@@ -135,7 +157,9 @@ class PVDModel(Model):
         self.set_space(bool(self.kwargs.get("contracted", False)))
         if self.distillation is not None:
             self.occupancy_grid.load_state_dict(self.distillation.occupancy_grid.state_dict())
-        self.register_load_state_dict_post_hook(lambda module, keys: module.set_space(bool(module.field.contracted)))
+        self.register_load_state_dict_pre_hook(PVDModel._sampler_of_checkpoint)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.set_space(
+            bool(module.field.contracted), proposals=module.proposal_networks is not None))
         self.step, self.stage = 0, 0
         """The training step and its distillation stage (1–3; 0 until :meth:`set_step` runs)."""
         self.hard_points: Optional[HardPoints] = None
@@ -146,19 +170,40 @@ class PVDModel(Model):
         """Set while a viewer holds a teacher (``pvdal_ns.viewer.conversion_panel.TeacherComparison``): the outputs it
         adds to each camera's render (:meth:`get_outputs_for_camera_ray_bundle`)."""
 
-    def set_space(self, contracted: bool) -> None:
+    def set_space(self, contracted: bool, proposals: Optional[bool] = None) -> None:
         """Contract space or not (:mod:`pvdal_ns.field_components.scene_space`): the field's and the grid's coordinates,
-        the collider and the sampler (:class:`~pvdal_ns.model_components.sampling.Sampling`). Runs at setup and after a
-        checkpoint is loaded, whose setting wins. The new sampler jitters only if the model is in training mode:
-        nerfstudio's ``eval_setup`` calls ``pipeline.eval()`` before it loads the checkpoint, so a sampler built by the
-        load in training mode would jitter every render of ``ns-render`` and ``ns-eval``."""
-        self.sampling = self.config.sampling(self.scene_box, contracted)
+        the collider and the sampler (:class:`~pvdal_ns.model_components.sampling.Sampling`), and with it the proposal
+        fields (built anew when the sampler or the space changes; ``proposals`` None: as the config says). Runs at setup
+        and around a checkpoint's load, whose settings win. The new sampler jitters only if the model is in training
+        mode: nerfstudio's ``eval_setup`` calls ``pipeline.eval()`` before it loads the checkpoint, so a sampler built
+        by the load in training mode would jitter every render of ``ns-render`` and ``ns-eval``."""
+        self.sampling = self.config.sampling(self.scene_box, contracted, proposals)
         self.field.set_contracted(contracted)
         self.occupancy_grid.set_contracted(contracted)
-        self.sampler = OccupancySampler(self.sampling, self.occupancy_grid)
-        """Sets each ray's near and far (once; nerfstudio's ``collider`` stays None), spaces and packs the samples
-        in occupied cells (:class:`~pvdal_ns.model_components.sampling.OccupancySampler`)."""
+        settings = self.sampling.proposal
+        if settings is None:
+            self.proposal_networks = None
+            self.sampler: Sampler = OccupancySampler(self.sampling, self.occupancy_grid)
+            """Sets each ray's near and far (once; nerfstudio's ``collider`` stays None), and places the samples: in
+            occupied cells (:class:`~pvdal_ns.model_components.sampling.OccupancySampler`) or by the proposal fields
+            (:class:`~pvdal_ns.model_components.proposal_sampling.ProposalSampler`)."""
+        elif self.proposal_networks is None or self._proposal_space != (contracted, settings):
+            self.proposal_networks = build_proposal_networks(settings, self.sampling.space).to(self.field.aabb.device)
+            self.sampler = ProposalSampler(self.sampling.collider(), settings,
+                                           [network.density_fn for network in self.proposal_networks], contracted)
+        # else: the same fields and sampler (a checkpoint of this model's own kind; a twin lent to a teacher still
+        # follows the sampler's annealing)
+        self._proposal_space = (contracted, settings)
         self.sampler.train(self.training)
+
+    def _sampler_of_checkpoint(self, state: Dict[str, Tensor], prefix: str, *args: Any) -> None:
+        """Before a checkpoint loads: its space and its sampler (proposal fields in it or not) replace the model's,
+        so that its tensors find their modules (a load-state-dict pre-hook)."""
+        contracted = state.get(prefix + "field.contracted")
+        if contracted is None:
+            return
+        proposals = any(key.startswith(prefix + "proposal_networks.") for key in state)
+        self.set_space(bool(contracted), proposals=proposals)
 
     def warm_start(self, state: Dict[str, Tensor], source: str) -> List[str]:
         """Start the field from a teacher's field weights (the authors load the teacher checkpoint into the
@@ -210,7 +255,11 @@ class PVDModel(Model):
         return sorted(copied)
 
     def get_param_groups(self) -> Dict[str, List[nn.Parameter]]:
-        return self.field.param_groups()
+        """The field's groups ("grids", "networks") and, sampling with proposals, "proposal_networks" (nerfacto's)."""
+        groups = self.field.param_groups()
+        if self.proposal_networks is not None:
+            groups["proposal_networks"] = list(self.proposal_networks.parameters())
+        return groups
 
     def set_step(self, step: int, hard_points: Optional[HardPoints] = None) -> None:
         """The step-dependent state of distillation, set before each training step by the pipeline's
@@ -225,7 +274,16 @@ class PVDModel(Model):
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> List[TrainingCallback]:
-        """Occupancy-grid updates from the field's own density (nerfacc EMA), unless distilling."""
+        """Occupancy-grid updates from the field's own density (nerfacc EMA), unless distilling or sampling with
+        proposals; with proposals, nerfacto's two: the proposal weights' annealing before a step, and nerfstudio's
+        update schedule after it."""
+        if self.proposal_networks is not None:
+            settings = self.config.proposal
+            return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                                     lambda step: self.sampler.set_anneal(settings.anneal(step))),  # type: ignore
+                    TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                                     lambda step: self.sampler.step_cb(step))]  # type: ignore[union-attr]
+
         def update_grid(step: int) -> None:
             if self.distillation is not None:
                 return
@@ -245,8 +303,11 @@ class PVDModel(Model):
         """The packed samples of the rays in occupied cells (:class:`~pvdal_ns.model_components.sampling.Sampling`),
         less those hidden or (except while training from images) nearly transparent where the sampling culls
         (:meth:`~pvdal_ns.model_components.sampling.OccupancySampler.cull`; a density pass without gradients). The
-        model's sampler jitters, and packs into fixed slots on a GPU, in training mode only."""
+        model's sampler jitters, and packs into fixed slots on a GPU, in training mode only. Sampling with proposals:
+        the proposal sampler's S samples a ray, none left out."""
         samples = self.sampler(ray_bundle, packed=self.training)
+        if isinstance(self.sampler, ProposalSampler):
+            return samples
         # no alpha threshold while training from images: at the start every sample is nearly transparent, and
         # left out, it would never become opaque (measured: 11.4 against 17.9 dB on the embedded capture)
         alpha_thre = 0.0 if self.training and self.distillation is None else self.sampling.alpha_thre
@@ -273,7 +334,7 @@ class PVDModel(Model):
         student at the teacher's sample points (:meth:`get_distillation_outputs`)."""
         if teacher_batch is None:
             return super().forward(ray_bundle)
-        return self.get_distillation_outputs(teacher_batch)
+        return self.get_distillation_outputs(teacher_batch, ray_bundle)
 
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """Render R rays: ``rgb`` Float[Tensor, "R 3"], ``accumulation`` and ``depth`` (scene units)
@@ -281,10 +342,13 @@ class PVDModel(Model):
         Bool[Tensor, " R"] (``PackedSamples.complete``: every sample of the ray had a slot)."""
         samples = self.sample(ray_bundle)
         outputs = self.composite(samples, self.query(samples))
-        outputs.pop("weights")
+        weights = outputs.pop("weights")
         outputs["num_samples_per_ray"] = samples.counts()[:, None].float()
         if self.training:  # fixed slots (a GPU) only in training; not an image for the viewer
             outputs["complete"] = samples.complete
+            if samples.proposals is not None:  # the proposal fields learn this model's own weights (as nerfacto)
+                outputs["proposal_target"] = (samples.proposals, samples, weights.detach(),
+                                              self.sampler.spacing(samples, ray_bundle))  # type: ignore[union-attr]
         return outputs
 
     @torch.no_grad()
@@ -297,12 +361,15 @@ class PVDModel(Model):
             outputs.update(self.comparison(camera_ray_bundle, outputs))
         return outputs
 
-    def get_distillation_outputs(self, teacher_batch: TeacherBatch) -> Dict[str, Any]:
+    def get_distillation_outputs(self, teacher_batch: TeacherBatch,
+                                 ray_bundle: Optional[RayBundle] = None) -> Dict[str, Any]:
         """The student at the teacher's sample points, as far as the current stage needs it.
 
         Args:
             teacher_batch: the batch's :class:`~pvdal_ns.model_components.teacher_batch.TeacherBatch` (sample
                 points, mask, background).
+            ray_bundle: the batch's rays: a student sampling with proposals runs its own proposal levels on them
+                (``proposal_target``: its proposal fields learn the teacher's weights at the shared samples).
 
         Returns:
             ``points``: :class:`PointOutputs` at the C slots of the samples (colour from stage 2); ``teacher_points``,
@@ -311,7 +378,9 @@ class PVDModel(Model):
             Float[Tensor, "C 1"], ``rgb_errors`` Float[Tensor, " R"] (each ray's squared error against the
             teacher's render, 0 on a ray not held whole (:attr:`PackedSamples.complete`): L_rgb, the PSNR metric
             and active learning's feedback all read it) and, while active learning selects them, ``hard_points``
-            Bool[Tensor, " C"].
+            Bool[Tensor, " C"]; sampling with proposals, ``proposal_target`` (the student's proposal levels, the
+            shared samples, the teacher's weights there, and their edges in the student's spacing: the interlevel
+            loss's arguments).
         """
         assert self.stage > 0 and self.distillation is not None, "no distillation stage: set_step sets it"
         samples = teacher_batch.samples
@@ -329,7 +398,24 @@ class PVDModel(Model):
                 outputs["hard_points"] = self.hard_points.select(
                     teacher_batch.weights, outputs["weights"], samples, teacher_batch.accumulation,
                     outputs["accumulation"])
+        if isinstance(self.sampler, ProposalSampler) and self.training and ray_bundle is not None:
+            outputs["proposal_target"] = self._proposal_target(ray_bundle, teacher_batch, outputs)
         return outputs
+
+    def _proposal_target(self, ray_bundle: RayBundle, teacher: TeacherBatch, outputs: Dict[str, Any]) -> Tuple:
+        """Distilling with proposals: the student's own proposal levels on the batch's rays (their last samples
+        unused), and what they learn: the teacher's weights at the shared samples (from its render, or from its
+        density at the points as the losses see it; from renders only, the student's own render)."""
+        assert isinstance(self.sampler, ProposalSampler)
+        chain = self.sampler(ray_bundle).proposals
+        samples, teacher_points = teacher.samples, outputs["teacher_points"]
+        if teacher.points is None:
+            weights = outputs["weights"]
+        elif teacher.weights is not None and teacher_points is teacher.points:
+            weights = teacher.weights
+        else:
+            weights = samples.weights(teacher_points.density)
+        return chain, samples, weights.detach(), self.sampler.spacing(samples, ray_bundle)
 
     def _clamped_teacher(self, teacher: TeacherBatch, clip: Tuple[float, float]) -> TeacherBatch:
         """The "forward" clip mode (authors' code, docs/design.md "Method"): the teacher's raw densities
@@ -397,6 +483,9 @@ class PVDModel(Model):
         if distilling and self.stage == 3 and d.loss.rgb_weight > 0:  # type: ignore[union-attr]
             loss["rgb_loss"] = d.loss.rgb_weight * rgb_loss(  # type: ignore[union-attr]
                 outputs["rgb_errors"], d.loss.form, teacher.samples.complete)  # type: ignore[union-attr]
+        if "proposal_target" in outputs:
+            loss["interlevel_loss"] = self.config.proposal.interlevel_loss_mult * interlevel_loss_against(
+                *outputs["proposal_target"])
         return loss
 
     def get_image_metrics_and_images(

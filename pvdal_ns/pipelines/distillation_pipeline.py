@@ -32,6 +32,7 @@ from pvdal_ns.data.datamanager import DistillationDataManager, DistillationDataM
 from pvdal_ns.data.pseudo_labels import PseudoLabels, RecordedLabels, RenderedLabels
 from pvdal_ns.field_components.scene_space import cameras_inside_box
 from pvdal_ns.model_components.losses import PVDLossConfig
+from pvdal_ns.model_components.proposal_sampling import ProposalSampler
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.model_components.stages import StageSchedule
 from pvdal_ns.model_components.teacher_batch import Capability
@@ -160,8 +161,9 @@ class DistillationPipeline(VanillaPipeline):
             else:
                 self.model.warm_start(state, teacher.name)
         if distillation is not None:
-            labels, leads = shared("batches", self.batch_key,
-                                   lambda: self._pseudo_labels(teacher, capabilities, dataset, torch.device(device)))
+            sampler = self._shared_sampler(teacher)
+            labels, leads = shared("batches", self.batch_key, lambda: self._pseudo_labels(
+                teacher, capabilities, dataset, torch.device(device), sampler))
             if not leads:
                 self.active_learning.follow(f"the student of {labels.teacher.name} with the most steps")
             labels.serve(distillation.stages)
@@ -257,14 +259,40 @@ class DistillationPipeline(VanillaPipeline):
 
         return shared("teacher", key, load)[0]
 
-    def _pseudo_labels(self, teacher: Teacher, capabilities: Capability, dataset, device: torch.device) -> PseudoLabels:
+    def _shared_sampler(self, teacher: Teacher) -> Optional[ProposalSampler]:
+        """What places the shared samples when the student samples with proposals (docs/design.md, "Proposal
+        sampling"): the teacher's own proposal fields when it has them (a nerfacto teacher, a pvdal-* one trained with
+        proposals: returns None, its sampler), a cache's recorded samples (None), else the student's, lent to the
+        teacher (a twin of its sampler, under the teacher's ``no_grad``). A student sampling with its occupancy grid
+        takes the teacher's samples, whatever they are.
+
+        Raises:
+            BadInputError: a teacher cache would be written with the student's proposals, untrained before the first
+                step."""
+        model_sampler = self.model.sampler
+        if not isinstance(model_sampler, ProposalSampler) or isinstance(teacher, TeacherCache):
+            return None
+        if teacher.proposal_sampler is not None:
+            CONSOLE.log(f"Proposal sampling: the shared samples are placed by {teacher.name}'s own proposal fields")
+            return None
+        if self._cache_to_write is not None:
+            raise BadInputError(f"teacher {teacher.name} has no proposal fields of its own, and a teacher cache "
+                                "written before the first step would hold the student's untrained proposals' samples: "
+                                "leave out --pipeline.teacher-cache, or give --pipeline.model.sampler occupancy")
+        CONSOLE.log(f"Proposal sampling: {teacher.name} has no proposal fields; the student's place the shared "
+                    "samples")
+        return model_sampler.twin()
+
+    def _pseudo_labels(self, teacher: Teacher, capabilities: Capability, dataset, device: torch.device,
+                       sampler: Optional[ProposalSampler] = None) -> PseudoLabels:
         """The source of this run's batches: a teacher cache's (serial mode; one to write is rendered from the live
-        teacher before the first step), or the teacher's renders of novel poses."""
+        teacher before the first step), or the teacher's renders of novel poses (at the samples ``sampler`` places,
+        or the teacher's own)."""
         if isinstance(teacher, TeacherCache):
             return RecordedLabels(device, cache=teacher)
         rendered = RenderedLabels(teacher, self.active_learning, dataset.cameras, dataset.scene_box.get_center(),
                                   self.config.datamanager, self.config.datamanager.train_num_rays_per_batch, device,
-                                  from_images=capabilities == Capability.IMAGES)
+                                  from_images=capabilities == Capability.IMAGES, sampler=sampler)
         if self._cache_to_write is None:
             return rendered
         return RecordedLabels(device, path=self._cache_to_write, written_for=self.batch_key, writer=rendered)

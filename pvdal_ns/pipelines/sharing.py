@@ -25,7 +25,8 @@ TEACHER_KEYS = ("teacher", "checkpoint", "scene_box", "grid_resolution", "num_sa
 def batch_key(teacher_config: Optional[Path], datamanager: DistillationDataManagerConfig, sampling: Sampling,
               cameras: Cameras, renders_only: bool, serial: bool) -> Dict[str, Any]:
     """What a pseudo-label batch depends on: the teacher (config.yml and its newest checkpoint), where the
-    shared samples lie (scene box, contraction, grid, samples per ray, threshold, early stop, alpha threshold), the rays
+    shared samples lie (scene box, contraction, grid, samples per ray, threshold, early stop, alpha threshold, proposal
+    sampling), the rays
     per batch, the novel poses (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the
     training cameras (digest), renders-only distillation, and whether they come from a teacher cache (serial mode).
     The arguments are the pipeline's settings of those names (``DistillationPipelineConfig``).
@@ -50,6 +51,7 @@ def batch_key(teacher_config: Optional[Path], datamanager: DistillationDataManag
         "scene_box": sampling.scene_box.aabb.flatten().tolist(), "grid_resolution": sampling.grid_resolution,
         "num_samples": sampling.num_samples, "grid_threshold": sampling.grid_threshold,
         "contracted": sampling.contracted, "early_stop_eps": sampling.early_stop_eps, "alpha_thre": sampling.alpha_thre,
+        "proposal": None if sampling.proposal is None else sampling.proposal.key(),
         "rays_per_batch": datamanager.train_num_rays_per_batch, "poses_per_epoch": datamanager.poses_per_epoch,
         "steps_per_epoch": datamanager.steps_per_epoch,
         "elevation_percentiles": list(datamanager.elevation_percentiles),

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.model_components.proposal_sampling import ProposalSampler, Sampler
 from pvdal_ns.model_components.sampling import OccupancySampler, PackedSamples, Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, TeacherImages, points_batch
 
@@ -35,20 +36,26 @@ class Teacher:
         source: the config.yml (or cache folder) it came from, for messages and reports.
         occupancy_grid: the grid whose occupied cells decide the shared sample points; the student's grid is
             set to it.
+        proposal_sampler: where the teacher places samples with proposal fields of its own (a pvdal-* teacher trained
+            with proposals, nerfacto): its sampler, which places the shared samples of a student sampling with
+            proposals; None: it has none (a student sampling with proposals lends it its own).
     """
 
     capabilities: Capability
     source: Path
     occupancy_grid: OccupancyGrid
+    proposal_sampler: Optional[ProposalSampler] = None
 
     @property
     def name(self) -> str:
         """Short name of the teacher's model family (e.g. "VMField", "nerfacto", "cache of tensorf")."""
         raise NotImplementedError
 
-    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int = 3) -> TeacherBatch:
-        """RAYS: sample R rays through the occupancy grid and evaluate them as far as distillation ``stage``
-        (1–3) needs (:class:`TeacherBatch`); stage 3 renders them on ``background``."""
+    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int = 3,
+               sampler: Optional[Sampler] = None) -> TeacherBatch:
+        """RAYS: sample R rays (with ``sampler``, or the teacher's own: through its occupancy grid, or its proposal
+        fields) and evaluate them as far as distillation ``stage`` (1–3) needs (:class:`TeacherBatch`); stage 3
+        renders them on ``background``."""
         raise NotImplementedError(f"{self.name} does not render rays")
 
     def render_rays(self, ray_bundle: RayBundle, chunk: int = 1 << 14) -> Dict[str, Tensor]:
@@ -62,9 +69,10 @@ class Teacher:
         raise NotImplementedError(f"{self.name} does not render images")
 
     def image_batch(self, images: TeacherImages, pixels: Int[Tensor, "R 3"], ray_bundle: RayBundle,
-                    background: Float[Tensor, "R 3"]) -> TeacherBatch:
+                    background: Float[Tensor, "R 3"], sampler: Optional[Sampler] = None) -> TeacherBatch:
         """IMAGES: a batch whose colours come from ``images`` at ``pixels`` (camera, row, column; the rays of
-        ``ray_bundle``), at the occupancy-masked samples the student is evaluated at; no points, no weights."""
+        ``ray_bundle``), at the samples the student is evaluated at (``sampler``'s, or the teacher's own); no points,
+        no weights."""
         raise NotImplementedError(f"{self.name} does not render images")
 
     def render_camera(self, camera: Cameras) -> Float[Tensor, "H W 3"]:
@@ -89,9 +97,10 @@ class ModelTeacher(Teacher):
     checkpoints, parameter groups and ``train()``/``eval()`` switches.
 
     Rays are sampled by an :class:`~pvdal_ns.model_components.sampling.OccupancySampler` of ``sampling`` and
-    ``occupancy_grid`` (jittered), and the samples the teacher's own density hides or leaves transparent are
-    dropped where the sampling culls; subclasses say what the model is at points (:meth:`query_points`). No
-    subclass is ever asked about zero points: an empty query is answered here.
+    ``occupancy_grid`` (jittered), or by the teacher's own proposal fields (``proposal_sampler``), or by the sampler
+    a call is given (a student's proposals); the samples the teacher's own density hides or leaves transparent are
+    dropped where the occupancy sampling culls. Subclasses say what the model is at points (:meth:`query_points`).
+    No subclass is ever asked about zero points: an empty query is answered here.
 
     Args:
         model: the trained nerfstudio model (set to eval mode, gradients off).
@@ -99,20 +108,25 @@ class ModelTeacher(Teacher):
         occupancy_grid: the grid whose occupied cells decide the shared sample points.
         sampling: the collider, sampler and early stop of the shared samples (grid settings unused here).
         capabilities: what the model gives.
+        proposal_sampler: the teacher's own proposal sampling (placed in training mode here: jittered), which then
+            places its samples; None: its occupancy grid does.
     """
 
     def __init__(self, model: torch.nn.Module, source: Path, occupancy_grid: OccupancyGrid, sampling: Sampling,
-                 capabilities: Capability) -> None:
+                 capabilities: Capability, proposal_sampler: Optional[ProposalSampler] = None) -> None:
         self.model = model.eval().requires_grad_(False)
         self.source = source
         self.occupancy_grid = occupancy_grid
         self.capabilities = capabilities
         self.sampling = sampling
+        self.proposal_sampler = None if proposal_sampler is None else proposal_sampler.train()
         # Jittered sample positions along each ray, independent of the frozen model's eval mode.
-        self.sampler = OccupancySampler(sampling, occupancy_grid, stratified=True).train()
+        self.sampler: Sampler = (self.proposal_sampler
+                                 or OccupancySampler(sampling, occupancy_grid, stratified=True).train())
         # Whole images (renders-only targets, figures): evenly spaced samples, so rendering one draws no
         # random numbers from the training stream.
-        self.image_sampler = OccupancySampler(sampling, occupancy_grid, stratified=False).eval()
+        self.image_sampler: Sampler = (proposal_sampler.twin().eval() if proposal_sampler is not None
+                                       else OccupancySampler(sampling, occupancy_grid, stratified=False).eval())
         self.renderer_rgb = RGBRenderer(background_color="white")
 
     @property
@@ -142,20 +156,22 @@ class ModelTeacher(Teacher):
         return self.query_points(samples.positions, samples.directions if with_rgb else None)
 
     @torch.no_grad()
-    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int = 3) -> TeacherBatch:
-        return self._render(ray_bundle, background, stage, self.sampler, packed=True)
+    def render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int = 3,
+               sampler: Optional[Sampler] = None) -> TeacherBatch:
+        return self._render(ray_bundle, background, stage, sampler or self.sampler, packed=True)
 
     def _render(self, ray_bundle: RayBundle, background: Float[Tensor, "R 3"], stage: int,
-                sampler: OccupancySampler, packed: bool) -> TeacherBatch:
+                sampler: Sampler, packed: bool) -> TeacherBatch:
         return points_batch(*self._points(ray_bundle, stage, sampler, packed), background, stage, self.renderer_rgb)
 
-    def _points(self, ray_bundle: RayBundle, stage: int, sampler: OccupancySampler, packed: bool
+    def _points(self, ray_bundle: RayBundle, stage: int, sampler: Sampler, packed: bool
                 ) -> Tuple[PackedSamples, PointOutputs]:
         """Sample (``packed``: into :class:`~pvdal_ns.model_components.sampling.SampleCapacity`'s fixed slots on a
-        GPU; False: exactly), query as far as ``stage`` needs, and cull where the sampling says."""
+        GPU; False: exactly), query as far as ``stage`` needs, and cull where the occupancy sampling says."""
         samples = sampler(ray_bundle, packed)
         points = self.query(samples, with_rgb=stage >= 2)
-        if self.sampling.culls:  # samples hidden behind the teacher's surfaces, or transparent to it, are left out
+        if sampler.culls:  # samples hidden behind the teacher's surfaces, or transparent to it, are left out
+            assert isinstance(sampler, OccupancySampler)
             samples, kept = sampler.cull(samples, points.density, self.sampling.early_stop_eps,
                                          self.sampling.alpha_thre, packed)
             points = points.select(kept)
@@ -184,6 +200,6 @@ class ModelTeacher(Teacher):
 
     @torch.no_grad()
     def image_batch(self, images: TeacherImages, pixels: Int[Tensor, "R 3"], ray_bundle: RayBundle,
-                    background: Float[Tensor, "R 3"]) -> TeacherBatch:
+                    background: Float[Tensor, "R 3"], sampler: Optional[Sampler] = None) -> TeacherBatch:
         rgb, accumulation = images.composite(pixels, background)
-        return TeacherBatch(self.sampler(ray_bundle), None, None, rgb, accumulation, background)
+        return TeacherBatch((sampler or self.sampler)(ray_bundle), None, None, rgb, accumulation, background)

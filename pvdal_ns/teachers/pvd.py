@@ -1,5 +1,5 @@
-"""pvdal-* models as teachers: their own occupancy grid, scene box and samples per ray, and the ϕ¹ volume
-feature where their field has one (any student, converted again, can teach the next conversion)."""
+"""pvdal-* models as teachers: their own occupancy grid (or proposal fields), scene box and samples per ray, and the
+ϕ¹ volume feature where their field has one (any student, converted again, can teach the next conversion)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch import Tensor
 
 from pvdal_ns.fields import HashFieldConfig, PointOutputs
 from pvdal_ns.fields.hash import TCNN_EXISTS, hash_layout, layout_mismatch
+from pvdal_ns.model_components.proposal_sampling import ProposalSampler
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.models.pvd_model import PVDModel
@@ -34,7 +35,8 @@ class PVDTeacher(ModelTeacher):
         capabilities = Capability.RAYS | Capability.IMAGES | Capability.POINTS
         if model.field.has_volume_feature:
             capabilities |= Capability.VOLUME_FEATURE
-        super().__init__(model, source, model.occupancy_grid, model.sampling, capabilities)
+        proposals = model.sampler.twin() if isinstance(model.sampler, ProposalSampler) else None
+        super().__init__(model, source, model.occupancy_grid, model.sampling, capabilities, proposals)
 
     @property
     def name(self) -> str:

@@ -45,13 +45,16 @@ from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field
+from nerfstudio.model_components.scene_colliders import NearFarCollider
 from nerfstudio.models.base_model import Model
+from nerfstudio.models.nerfacto import NerfactoModel
 from nerfstudio.utils.external import TCNN_EXISTS
 from torch import Tensor
 
 from pvdal_ns.fields import VOLUME_FEATURE_DIM, PointOutputs
 from pvdal_ns.model_components.occupancy import OccupancyGrid
-from pvdal_ns.model_components.sampling import Sampling
+from pvdal_ns.model_components.proposal_sampling import ProposalSampler
+from pvdal_ns.model_components.sampling import ProposalSampling, Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherImages
 from pvdal_ns.teachers.base import ModelTeacher
 from pvdal_ns.utils.errors import TeacherLoadError, first_line
@@ -85,17 +88,18 @@ class FieldTeacher(ModelTeacher):
         sampling: the student's scene box and grid settings; the occupancy grid is built from the
             teacher's density on that grid (nerfacc's warm-up update, every cell, ``grid_passes`` times).
         chunk: points per field evaluation (bounds memory).
+        proposal_sampler: the model's own proposal sampling (nerfacto's, :func:`own_proposals`), if any.
     """
 
     grid_passes = 3
 
     def __init__(self, model: Model, field: Field, family: str, source: Path, sampling: Sampling,
-                 chunk: int = 1 << 16) -> None:
+                 chunk: int = 1 << 16, proposal_sampler: Optional[ProposalSampler] = None) -> None:
         self.field, self.family, self.chunk = field, family, chunk
         device = next(iter(model.parameters()), torch.empty(0)).device
         grid = OccupancyGrid(sampling.space, sampling.grid_resolution).to(device)
         capabilities = Capability.RAYS | Capability.IMAGES | Capability.POINTS
-        super().__init__(model, source, grid, sampling, capabilities)
+        super().__init__(model, source, grid, sampling, capabilities, proposal_sampler)
         if self._evaluate(sampling.scene_box.get_center()[None].float().to(device), None).phi1 is not None:
             self.capabilities |= Capability.VOLUME_FEATURE
         self._fill_grid(sampling)
@@ -333,4 +337,17 @@ def load_field_teacher(family: str, field: str, config, state: Dict[str, Tensor]
     model = build_stock_model(config, state, source, sampling)
     model.update_to_step(step)
     model = model.to(device)
-    return FieldTeacher(model, getattr(model, field), family, source, sampling)
+    return FieldTeacher(model, getattr(model, field), family, source, sampling, proposal_sampler=own_proposals(model))
+
+
+def own_proposals(model: Model) -> Optional[ProposalSampler]:
+    """A nerfacto teacher's own proposal sampling (its ``density_fns``, sample counts, jitter and collider), which
+    places the shared samples of a student sampling with proposals; None for a model without proposal fields."""
+    if not isinstance(model, NerfactoModel):
+        return None
+    cfg = model.config
+    settings = ProposalSampling(num_proposal_samples_per_ray=tuple(cfg.num_proposal_samples_per_ray),
+                                num_samples=cfg.num_nerf_samples_per_ray, single_jitter=cfg.use_single_jitter)
+    collider = NearFarCollider(near_plane=cfg.near_plane, far_plane=cfg.far_plane)
+    return ProposalSampler(collider, settings, model.density_fns,
+                           contracted=cfg.proposal_initial_sampler == "piecewise")

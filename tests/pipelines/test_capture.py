@@ -38,8 +38,8 @@ def test_a_capture_trains_in_contracted_space_on_its_photographs(axe_teacher):
 
     camera, _ = next(iter(split_dataloader(pipeline.datamanager, "test")))
     rays = camera.generate_rays(camera_indices=0).flatten()[:512]
-    sampler = model.sampler  # the samples it spaces along the rays, before the occupancy grid keeps some
-    positions = sampler.spaced(sampler.collider(rays)).frustums.get_positions()
+    # the proposal sampler's first level: nerfacto's linear-then-disparity samples out to the far plane
+    positions = model.sampler(rays).proposals.ray_samples[0].frustums.get_positions()
     assert float(positions.abs().amax()) > 10.0
     assert bool((model.field.normalize(positions) < 1.0).all())
 
