@@ -115,6 +115,9 @@ class ProposalSampling:
         anneal_steps: steps over which the annealing reaches 1 (``proposal_weights_anneal_max_num_iters``).
         single_jitter: one jitter for all samples of a ray (``use_single_jitter``).
         interlevel_loss_mult: weight of nerfstudio's ``interlevel_loss``.
+        distortion_loss_mult: weight of Mip-NeRF 360's distortion loss (nerfstudio's ``lossfun_distortion``, as
+            nerfacto's ``distortion_loss``) while training from images: it draws each ray's weights together, against
+            floaters; not while distilling (the teacher's weights say where the surfaces are).
     """
 
     num_proposal_samples_per_ray: Tuple[int, ...] = (256, 96)
@@ -126,6 +129,7 @@ class ProposalSampling:
     anneal_steps: int = 1000
     single_jitter: bool = True
     interlevel_loss_mult: float = 1.0
+    distortion_loss_mult: float = 0.002
 
     def field_configs(self) -> List[ProposalFieldConfig]:
         """The field of each level."""

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.model_components.losses import MSELoss
+from nerfstudio.model_components.losses import MSELoss, lossfun_distortion
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -347,8 +347,9 @@ class PVDModel(Model):
         if self.training:  # fixed slots (a GPU) only in training; not an image for the viewer
             outputs["complete"] = samples.complete
             if samples.proposals is not None:  # the proposal fields learn this model's own weights (as nerfacto)
-                outputs["proposal_target"] = (samples.proposals, samples, weights.detach(),
-                                              self.sampler.spacing(samples, ray_bundle))  # type: ignore[union-attr]
+                sdist = self.sampler.spacing(samples, ray_bundle)  # type: ignore[union-attr]
+                outputs["proposal_target"] = (samples.proposals, samples, weights.detach(), sdist)
+                outputs["distortion"] = lossfun_distortion(sdist, weights.view(samples.num_rays, -1)).mean()
         return outputs
 
     @torch.no_grad()
@@ -486,6 +487,8 @@ class PVDModel(Model):
         if "proposal_target" in outputs:
             loss["interlevel_loss"] = self.config.proposal.interlevel_loss_mult * interlevel_loss_against(
                 *outputs["proposal_target"])
+        if "distortion" in outputs and self.config.proposal.distortion_loss_mult > 0:
+            loss["distortion_loss"] = self.config.proposal.distortion_loss_mult * outputs["distortion"]
         return loss
 
     def get_image_metrics_and_images(
