@@ -46,13 +46,15 @@ def step_time(args) -> dict:
         run = train(config, f"{name}: {args.steps} steps")
         seconds = run.step_seconds
         late = seconds[len(seconds) // 2:]
-        samples = run.pipeline.model.occupancy_grid.occupied_fraction
+        model = run.pipeline.model
+        sampler = type(model.sampler).__name__
+        occupied = None if model.proposal_networks is not None else model.occupancy_grid.occupied_fraction
         out[name] = {"median_s_per_step": statistics.median(late), "mean_s_per_step": statistics.mean(seconds),
-                     "occupied_fraction": samples,
+                     "sampler": sampler, "occupied_fraction": occupied,
                      "rays_per_step": config.pipeline.datamanager.train_num_rays_per_batch}
+        grid = "" if occupied is None else f", grid {occupied:.1%} occupied"
         print(f"{name}: median {out[name]['median_s_per_step']:.3f} s a step over steps "
-              f"{len(seconds) // 2}–{len(seconds)}, "
-              f"mean {out[name]['mean_s_per_step']:.3f} s, grid {samples:.1%} occupied")
+              f"{len(seconds) // 2}–{len(seconds)}, mean {out[name]['mean_s_per_step']:.3f} s, {sampler}{grid}")
     out["ratio"] = out["capture"]["median_s_per_step"] / out["lego"]["median_s_per_step"]
     print(f"capture / lego: {out['ratio']:.2f}×")
     return out

@@ -41,6 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=None, help="the teacher's scene (default: from its config)")
+    parser.add_argument("--scene", type=Path, default=None,
+                        help="without --teacher: the scene the teacher is trained on (default: the embedded lego; "
+                             "pvdal_ns/scenes/room_128: a capture that fills the view, sampled with proposals)")
     parser.add_argument("--architectures", nargs="+", default=["hash", "vm", "mlp", "tensors"])
     parser.add_argument("--size", default="small", choices=["small", "paper"])
     parser.add_argument("--steps", type=int, default=1300)
@@ -60,7 +63,8 @@ def main() -> None:
 
     output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="gpu-step-"))
     if args.teacher is None:
-        trained = train_or_reuse_teacher(DEMO_TEACHER, "small", EMBEDDED_SCENE, output_dir, DEMO_TEACHER_STEPS)
+        trained = train_or_reuse_teacher(DEMO_TEACHER, "small", (args.scene or EMBEDDED_SCENE).resolve(), output_dir,
+                                         DEMO_TEACHER_STEPS)
         args.teacher = Path(trained.report.config)
     teacher = args.teacher.resolve()
     data = resolve_data(read_trainer_config(teacher), teacher, args.data)

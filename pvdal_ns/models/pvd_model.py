@@ -443,15 +443,16 @@ class PVDModel(Model):
         return (pred, gt) if complete is None else (torch.where(complete[:, None], pred, gt.detach()), gt)
 
     def get_metrics_dict(self, outputs: Dict, batch: Dict) -> Dict[str, Tensor]:
-        """From images: ``psnr`` (dB) and ``occupied_fraction``. Distilling: ``stage``, ``samples_per_ray``,
-        from stage 3 ``psnr_vs_teacher`` (dB), and ``al_hard_point_fraction`` while hard points apply."""
+        """From images: ``psnr`` (dB) and, sampling with the occupancy grid, ``occupied_fraction``. Distilling:
+        ``stage``, ``samples_per_ray``, from stage 3 ``psnr_vs_teacher`` (dB), and ``al_hard_point_fraction`` while hard
+        points apply."""
         teacher = batch.get("teacher")
         if teacher is None:
             pred, gt = self._gt(batch, outputs)
-            return {
-                "psnr": self.psnr(pred, gt),
-                "occupied_fraction": torch.tensor(self.occupancy_grid.occupied_fraction),
-            }
+            metrics = {"psnr": self.psnr(pred, gt)}
+            if self.proposal_networks is None:  # with proposals the grid is neither sampled nor updated
+                metrics["occupied_fraction"] = torch.tensor(self.occupancy_grid.occupied_fraction)
+            return metrics
         samples = teacher.samples
         valid = samples.valid.float()
         metrics = {"stage": torch.tensor(float(self.stage)), "samples_per_ray": valid.sum() / samples.num_rays}

@@ -110,33 +110,46 @@ def _background(view_filename: Path) -> torch.Tensor:
 
 def test_a_student_of_a_nerfacto_capture_renders_the_background_its_teacher_renders(tmp_path, tiny_config):
     """Issue #17: a tiny stock nerfacto (torch, CPU) trained on the capture's photographs; its student lives in the
-    contracted space nerfacto implies and, on a held-out view, renders the backdrop and block as the teacher does."""
+    contracted space nerfacto implies and, on a held-out view, renders the backdrop and block as the teacher does.
+    Issue #33: the teacher renders through its own proposal fields, as nerfacto itself renders (tested against
+    nerfacto's render), and the student distils at those samples and renders with proposal fields of its own."""
     from torchmetrics.functional import peak_signal_noise_ratio
 
     from pvdal_ns.engine.runner import split_dataloader, train
     from pvdal_ns.experiments.convert import stock_config
     from pvdal_ns.teachers import load_teacher
 
-    teacher_path = train(stock_config("nerfacto", EMBEDDED_CAPTURE, tmp_path, "nerfacto", NERFACTO_STEPS,
-                                      rays_per_batch=512), "axe nerfacto").config_path
+    nerfacto = train(stock_config("nerfacto", EMBEDDED_CAPTURE, tmp_path, "nerfacto", NERFACTO_STEPS,
+                                  rays_per_batch=512), "axe nerfacto")
+    teacher_path = nerfacto.config_path
     student = train(tiny_config("vm", tmp_path, 200, teacher=teacher_path, data=EMBEDDED_CAPTURE), "axe student")
     model = student.pipeline.model.eval()
     assert bool(model.field.contracted)  # nerfacto's own contraction, followed by auto
     loader = split_dataloader(student.pipeline.datamanager, "test")
-    camera, batch = next(iter(loader))
+    camera, _ = next(iter(loader))
     background = _background(loader.input_dataset.image_filenames[0])
     assert 0.5 < float(background.float().mean()) < 0.99
     teacher = load_teacher(teacher_path, "cpu", model.sampling)
+    assert teacher.proposal_sampler is not None  # nerfacto's own proposal fields place the shared samples
+
+    def psnr(a, b):
+        return float(peak_signal_noise_ratio(a.clamp(0, 1), b.clamp(0, 1), data_range=1.0))
+
     with torch.no_grad():
-        target = teacher.render_camera(camera)[background]
+        image = teacher.render_camera(camera)
+        own = nerfacto.pipeline.model.eval().get_outputs_for_camera(camera)
+        nerfacto_image = own["rgb"].cpu()  # its background is its last sample's colour (nerfacto's "last_sample")
+        rays = camera.generate_rays(camera_indices=0).flatten()
+        shared = teacher.image_sampler(rays)  # the teacher's own samples, as the student distilled at them
+        white = torch.ones(len(rays), 3)
+        fitted = shared.composite(model.field.query(shared.positions, shared.directions), model.renderer_rgb, white)
         render = model.get_outputs_for_camera(camera)["rgb"].cpu()[background]
-    photograph = batch["image"][..., :3].cpu()[background]
-    follows = float(peak_signal_noise_ratio(render.clamp(0, 1), target, data_range=1.0))
-    # the tiny teacher is far from the photograph; a student that learnt the scene rather than its teacher would
-    # be nearer the photograph than the teacher's render
-    truth = float(peak_signal_noise_ratio(render.clamp(0, 1), photograph, data_range=1.0))
+    # the teacher is nerfacto as its user sees it (up to the background: white here, its last sample's colour there)
+    assert psnr(image, nerfacto_image) > 22.0  # measured 27.6 (the old occupancy-grid path: 12.8)
+    target = image[background]
+    fits = psnr(fitted["rgb"].view(*image.shape)[background], target)
+    follows = psnr(render, target)
     # a student that lost what lies beyond the scene box would render it in the background colour (white)
-    white = float(peak_signal_noise_ratio(torch.ones_like(target), target, data_range=1.0))
-    # measured: follows 19.4–20.4 dB, photograph 16.5, white 17.1–17.4 (four runs; nerfacto on the CPU is not
-    # bit-reproducible)
-    assert follows > 17.5 and follows > truth + 1.0 and follows > white + 1.0, (follows, truth, white)
+    blank = psnr(torch.ones_like(target), target)
+    # measured: follows 17.6, blank 12.3 (and 15.2 for follows at proposal lr 1e-2); fits 18.9 on the whole view
+    assert fits > 17.5 and fits > blank + 2.0 and follows > blank + 2.0, (fits, follows, blank)
