@@ -134,7 +134,7 @@ def interlevel_loss_against(chain: ProposalChain, target: PackedSamples, weights
     Raises:
         ValueError: ``target`` does not hold S samples on every ray (occupancy-sampled samples)."""
     num_rays = target.num_rays
-    if len(target) != num_rays * target.samples_per_ray:
+    if not target.holds_every_sample:
         raise ValueError(f"interlevel loss needs {target.samples_per_ray} samples on each of {num_rays} rays, "
                          f"the batch has {len(target)} slots: proposal-sampled samples only")
     ends = sdist[:, 1:, None]

@@ -349,7 +349,8 @@ class PVDModel(Model):
             if samples.proposals is not None:  # the proposal fields learn this model's own weights (as nerfacto)
                 sdist = self.sampler.spacing(samples, ray_bundle)  # type: ignore[union-attr]
                 outputs["proposal_target"] = (samples.proposals, samples, weights.detach(), sdist)
-                outputs["distortion"] = lossfun_distortion(sdist, weights.view(samples.num_rays, -1)).mean()
+                if self.config.proposal.distortion_loss_mult > 0:
+                    outputs["distortion"] = lossfun_distortion(sdist, weights.view(samples.num_rays, -1)).mean()
         return outputs
 
     @torch.no_grad()
@@ -488,7 +489,7 @@ class PVDModel(Model):
         if "proposal_target" in outputs:
             loss["interlevel_loss"] = self.config.proposal.interlevel_loss_mult * interlevel_loss_against(
                 *outputs["proposal_target"])
-        if "distortion" in outputs and self.config.proposal.distortion_loss_mult > 0:
+        if "distortion" in outputs:
             loss["distortion_loss"] = self.config.proposal.distortion_loss_mult * outputs["distortion"]
         return loss
 
