@@ -12,17 +12,20 @@ from pathlib import Path
 from typing import Dict, List, Optional, Type
 
 import torch
+import yaml
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.amp import GradScaler
 
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
+from pvdal_ns.pipelines.teacher_scene import take_teacher_image_scale
 from pvdal_ns.presets import PRESETS, checkpoint_interval, method_name
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars, load_checkpoint
 from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError, install_refusal_hook
 from pvdal_ns.utils.files import save_torch, write_atomic
 from pvdal_ns.utils.library_internals import trainer_start_step
+from pvdal_ns.utils.run_config import read_trainer_config
 
 AMP_SCALE_FLOOR = 2.0**-24
 """Below this gradient scale a run under mixed precision is diverging (:class:`GuardedOptimizers`): float16's
@@ -272,6 +275,30 @@ class PVDTrainerConfig(TrainerConfig):
                                 f"{pipeline.stage2_steps} leave no step of stage 3 in a run of {steps} steps: "
                                 "shorten them, or leave them out to scale the preset's with --max-num-iterations")
 
+    def take_teacher_image_scale(self) -> None:
+        """A student set up by ``ns-train … --pipeline.teacher-config`` takes its teacher's image scale, as
+        ``ns-distill``'s students do (:func:`~pvdal_ns.pipelines.teacher_scene.take_teacher_image_scale`), unless
+        ``--pipeline.teacher-image-scale False``; one log line names what changed, and the run's ``config.yml``,
+        which ``ns-train`` wrote before the trainer was set up, is written again with it, so ``ns-eval`` and
+        ``ns-render`` evaluate at the scale the run trained at.
+
+        Raises:
+            TeacherLoadError: the teacher's config.yml cannot be read."""
+        pipeline = self.pipeline
+        if (not isinstance(pipeline, DistillationPipelineConfig) or pipeline.teacher_config is None
+                or not pipeline.teacher_image_scale):
+            return
+        teacher = read_trainer_config(Path(pipeline.teacher_config).expanduser().resolve())
+        changed = take_teacher_image_scale(teacher, pipeline.datamanager)
+        if not changed:
+            return
+        CONSOLE.log(f"The teacher's image scale: {', '.join(changed)} (--pipeline.teacher-image-scale False keeps "
+                    "this run's)")
+        saved = self.get_base_dir() / "config.yml"
+        if saved.is_file():
+            dumped = yaml.dump(self)
+            write_atomic(saved, lambda path: path.write_text(dumped, "utf8"))
+
 
 class PVDTrainer(Trainer):
     """nerfstudio's ``Trainer`` with atomic checkpoints, a checked resume and the non-finite guard
@@ -288,6 +315,7 @@ class PVDTrainer(Trainer):
         allow_numpy_scalars()
         if isinstance(config, PVDTrainerConfig):
             config.check()
+            config.take_teacher_image_scale()
         super().__init__(config, local_rank, world_size)
         if "cuda" in str(self.device):  # the process's setting: the run's device decides it
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = getattr(config, "tf32", True)

@@ -23,7 +23,7 @@ from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, tra
 from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_report
 from pvdal_ns.method_configs import method_config, set_steps
 from pvdal_ns.models.pvd_model import PVDModelConfig
-from pvdal_ns.pipelines.teacher_scene import check_same_scene, check_scene_kind
+from pvdal_ns.pipelines.teacher_scene import check_same_scene, check_scene_kind, take_teacher_image_scale
 from pvdal_ns.presets import Size, checkpoint_interval, finetune_start, method_name
 from pvdal_ns.teachers import check_teacher_run, load_teacher
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
@@ -226,8 +226,7 @@ def distillation_config(teacher_path: Path, architecture: str, size: Size, data:
     theirs = teacher.pipeline.datamanager.dataparser
     check_scene_kind(teacher, config.pipeline.datamanager.dataparser, data)
     config.pipeline.datamanager.dataparser = copy.deepcopy(theirs)  # its downscale factor with it
-    scale = getattr(teacher.pipeline.datamanager, "camera_res_scale_factor", 1.0)
-    config.pipeline.datamanager.camera_res_scale_factor = scale  # the image scale the teacher learnt its detail at
+    take_teacher_image_scale(teacher, config.pipeline.datamanager)  # the image scale the teacher learnt its detail at
     check_same_scene(teacher, teacher_path, config.pipeline.datamanager.dataparser, data)
     if teacher_grid is not None:
         config.pipeline.model.grid_resolution = teacher_grid

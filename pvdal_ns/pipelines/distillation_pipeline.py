@@ -58,6 +58,10 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
     teacher_config: Optional[Path] = None
     """config.yml of a trained run to distil from (pvdal-*, nerfacto, instant-ngp, tensorf, vanilla-nerf, splatfacto);
     None (and no teacher_cache) trains on the images."""
+    teacher_image_scale: bool = True
+    """Train and evaluate at the teacher's image scale: its datamanager's ``camera_res_scale_factor`` and its
+    dataparser's ``downscale_factor`` replace this run's (ns-train; ``ns-distill`` always does so). False: keep
+    this run's own (:func:`~pvdal_ns.pipelines.teacher_scene.take_teacher_image_scale`)."""
     teacher_cache: Optional[Path] = None
     """Serial mode: a teacher-cache folder. Missing: the teacher renders the run's batches into it before
     the first step and is then released. Present: the student distils from it with no teacher loaded."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
 
@@ -105,6 +106,36 @@ def check_same_scene(teacher: TrainerConfig, teacher_path: Path, dataparser: Dat
         raise BadInputError(f"--data {data} shares no training camera with the teacher's scene {recorded}: it is "
                             "another scene; a student learns its teacher's scene, so leave --data out or pass that "
                             "scene's folder")
+
+
+IMAGE_SCALE_SETTINGS = ("downscale_factor",)
+"""The dataparser settings of an image scale (nerfstudio-data's and others' ``downscale_factor``), which a student
+takes from its teacher with the datamanager's ``camera_res_scale_factor`` (:func:`take_teacher_image_scale`)."""
+
+
+def take_teacher_image_scale(teacher: TrainerConfig, datamanager: DataManagerConfig) -> List[str]:
+    """Give a student's ``datamanager`` its teacher's image scale: the ``camera_res_scale_factor`` and the
+    dataparser's :data:`IMAGE_SCALE_SETTINGS` that both have. A teacher trained at a reduced scale holds the
+    detail of that scale only: distilled and evaluated at full size its student comes out blurred, against a teacher
+    it was never compared with (issue #33). ``ns-distill`` does so for every student; ``ns-train …
+    --pipeline.teacher-config`` unless ``--pipeline.teacher-image-scale False``
+    (:class:`~pvdal_ns.engine.trainer.PVDTrainer`).
+
+    Returns:
+        the settings changed, as ``name student→teacher`` (empty: the scales were the same already)."""
+    changed = []
+    theirs = teacher.pipeline.datamanager
+    pairs = [(theirs, datamanager, ("camera_res_scale_factor",)),
+             (getattr(theirs, "dataparser", None), getattr(datamanager, "dataparser", None), IMAGE_SCALE_SETTINGS)]
+    for source, target, names in pairs:
+        for name in names:
+            if source is None or target is None or not hasattr(target, name):
+                continue
+            value = getattr(source, name, 1.0 if name == "camera_res_scale_factor" else getattr(target, name))
+            if value != getattr(target, name):
+                changed.append(f"{name} {getattr(target, name)!r}→{value!r}")
+                setattr(target, name, value)
+    return changed
 
 
 def _differing_settings(theirs: DataParserConfig, ours: DataParserConfig) -> List[str]:

@@ -145,6 +145,34 @@ def test_a_student_inherits_its_teachers_image_scale(tiny_teacher, tmp_path):
     assert int(camera.width[0]) == 50 and batch["image"].shape[:2] == (50, 50)
 
 
+def test_ns_train_with_a_teacher_takes_its_image_scale_into_the_runs_config(tiny_teacher, tmp_path, tiny_config):
+    """``ns-train … --pipeline.teacher-config`` writes the run's config.yml before the trainer is set up, with the
+    command line's image scale: the trainer gives the student its teacher's scale and writes config.yml again, so
+    ``ns-eval`` evaluates where it trained; ``--pipeline.teacher-image-scale False`` keeps the run's own."""
+    import shutil
+
+    from pvdal_ns.utils.run_config import read_trainer_config
+
+    run = tmp_path / "half"
+    shutil.copytree(tiny_teacher[0].parent, run)
+    teacher = read_trainer_config(run / "config.yml")
+    teacher.pipeline.datamanager.camera_res_scale_factor = 0.5
+    (run / "config.yml").write_text(yaml.dump(teacher))
+    for takes in (True, False):
+        config = tiny_config("hash", tmp_path, 10, teacher=run / "config.yml", experiment=f"takes-{takes}")
+        config.pipeline.teacher_image_scale = takes
+        config.machine.device_type = "cpu"
+        config.set_timestamp()
+        config.save_config()  # as ns-train's main does, before the trainer
+        trainer = config.setup(local_rank=0, world_size=1)
+        trainer.setup()
+        saved = read_trainer_config(config.get_base_dir() / "config.yml", "student")
+        expected = 0.5 if takes else 1.0
+        assert saved.pipeline.datamanager.camera_res_scale_factor == expected
+        side = int(trainer.pipeline.datamanager.train_dataset.cameras[0].width)
+        assert side == int(100 * expected)
+
+
 def test_ns_distill_run_with_teacher_cache_writes_then_reuses_it(tiny_teacher, tmp_path):
     from pvdal_ns.scripts.distill import main
 
