@@ -72,13 +72,20 @@ def set_seed(seed: int) -> None:
 
 
 def _setup_trainer(config: TrainerConfig) -> Trainer:
-    """Seed, write config.yml and set up nerfstudio's ``Trainer`` (LPIPS of stock models not downloaded)."""
+    """Seed, write config.yml and set up nerfstudio's ``Trainer`` (LPIPS of stock models not downloaded). A run that
+    resumes (``load_dir``, :func:`~pvdal_ns.engine.resume.reuse_or_resume`) writes its config.yml, as it was before
+    the trainer shortened it to the steps left, once its checkpoint has loaded: a refused resume leaves the killed
+    run's folder as it was."""
     set_seed(config.machine.seed)
     config.set_timestamp()
-    config.save_config()
+    resuming = copy.deepcopy(config) if config.load_dir is not None else None
+    if resuming is None:
+        config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
     with offline_lpips():  # stock models build LPIPS in populate_modules
         trainer.setup()
+    if resuming is not None:
+        resuming.save_config()
     return trainer
 
 

@@ -21,8 +21,8 @@ from torch.amp import GradScaler
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
 from pvdal_ns.pipelines.teacher_scene import take_teacher_image_scale
 from pvdal_ns.presets import PRESETS, checkpoint_interval, method_name
-from pvdal_ns.utils.checkpoints import allow_numpy_scalars, load_checkpoint
-from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError, install_refusal_hook
+from pvdal_ns.utils.checkpoints import allow_numpy_scalars, load_checkpoint, model_state
+from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError, first_line, install_refusal_hook
 from pvdal_ns.utils.files import save_torch, write_atomic
 from pvdal_ns.utils.library_internals import trainer_start_step
 from pvdal_ns.utils.run_config import read_trainer_config
@@ -350,15 +350,27 @@ class PVDTrainer(Trainer):
         one line; nerfstudio then reads it again). A resumed run ends at the step it was planned to end at:
         nerfstudio would run ``max_num_iterations`` more, so the run is shortened to the steps left."""
         path = self._resume_path()
+        advice = "resume from another one (--load-step) or start again"
         if path is not None:
             try:
-                load_checkpoint(path)
+                loaded = load_checkpoint(path)
             except Exception as error:  # noqa: BLE001 — every unreadable file gets the same one line
                 reason = ("is not there" if not path.exists()
                           else f"cannot be read as a checkpoint ({type(error).__name__})")
-                raise BadInputError(f"checkpoint {path} {reason}: resume from another one (--load-step) or start "
-                                    "again") from None
-        super()._load_checkpoint()
+                raise BadInputError(f"checkpoint {path} {reason}: {advice}") from None
+            try:
+                model_state(loaded)
+                missing = [key for key in ("optimizers", "scalers") if key not in loaded]
+                if missing:
+                    raise ValueError(f"it holds no {missing[0]} (damaged)")
+            except ValueError as error:
+                raise BadInputError(f"checkpoint {path} cannot be resumed from: {error}; {advice}") from None
+        try:
+            super()._load_checkpoint()
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:  # a state unlike the model or optimisers
+            if path is None:
+                raise
+            raise BadInputError(f"checkpoint {path} does not fit this run ({first_line(error)}): {advice}") from None
         start = trainer_start_step(self)
         if start > 0:
             # the checkpoint's step, what a run with no step left saves again at its end

@@ -14,7 +14,6 @@ from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConf
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
-from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.external import TCNN_EXISTS
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -29,7 +28,7 @@ from pvdal_ns.teachers import check_teacher_run, load_teacher
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 from pvdal_ns.utils.files import Fields, read_record, write_json
 from pvdal_ns.utils.library_internals import offline_lpips
-from pvdal_ns.utils.run_config import read_trainer_config
+from pvdal_ns.utils.run_config import open_run, read_trainer_config
 
 
 def dataparser_for(data: Path) -> DataParserConfig:
@@ -149,7 +148,7 @@ def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[Tra
         run = reuse_or_resume(config)
     cached = isinstance(run, FinishedRun)
     if cached:
-        run = _reopen(run, data)  # type: ignore[arg-type]
+        run = _reopen(run, role, data)  # type: ignore[arg-type]
     else:
         run = run or train(config, f"{name}: training")
         mark_finished(run.config_path, run.seconds, run.steps, run.start_step)
@@ -159,17 +158,21 @@ def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[Tra
     return Trained(report, result)
 
 
-def _reopen(finished: FinishedRun, data: Optional[Path] = None) -> TrainResult:
+def _reopen(finished: FinishedRun, role: str, data: Optional[Path] = None) -> TrainResult:
     """A finished run loaded from its last checkpoint (nerfstudio's ``eval_setup``; a stock model without fetching
     LPIPS's weights), as training left it; ``data``: its scene's folder, where its config's own path does not lead
-    from here."""
+    from here.
+
+    Raises:
+        TeacherLoadError: its config.yml or checkpoint is damaged (:func:`~pvdal_ns.utils.run_config.open_run`; the
+            message names its ``role``)."""
     def at_data(config: TrainerConfig) -> TrainerConfig:
         if data is not None:
             config.pipeline.datamanager.data = data
         return config
 
     with offline_lpips():
-        _, pipeline, _, _ = eval_setup(finished.config_path, test_mode="test", update_config_callback=at_data)
+        _, pipeline, _, _ = open_run(finished.config_path, role, update_config_callback=at_data)
     return TrainResult(finished.config_path, finished.seconds, finished.steps, pipeline, start_step=finished.start_step)
 
 
@@ -282,10 +285,10 @@ def finish(output_dir: Path, models: List[Trained], started: float, extra: dict)
 
 def check_teacher(path: Path, role: str = "teacher") -> TrainerConfig:
     """Read a teacher's (or another ``role``'s) config or raise :class:`BadInputError` with the loader's one-line
-    reason; a teacher must also be of a supported family and have a checkpoint (``check_teacher_run``)."""
+    reason; a teacher must also be of a supported family and have a readable checkpoint (``check_teacher_run``)."""
     try:
         if role == "teacher":
-            return check_teacher_run(path)
+            return check_teacher_run(path, read_checkpoint=True)
         return read_trainer_config(path.expanduser().resolve(), role)
     except TeacherLoadError as err:
         raise BadInputError(str(err)) from None
@@ -313,7 +316,7 @@ def view(student: Path, teacher: Optional[Path], port: Optional[int]) -> None:
         raise BadInputError(f"student {student} was trained from images, with no teacher: pass --teacher <config.yml>")
     teacher = Path(teacher).expanduser().resolve()
     check_teacher(teacher)
-    config, pipeline, _, step = eval_setup(student, test_mode="test")
+    config, pipeline, _, step = open_run(student, "student")
     pipeline.conversion.compare_with(load_teacher(teacher, pipeline.device, pipeline.model.sampling),
                                      config.pipeline.al.ray_fraction)
     config.vis = "viewer"  # ns-distill's own runs log to tensorboard (runner.quiet)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -179,6 +179,18 @@ class DistillationPipeline(VanillaPipeline):
         if world_size > 1:
             self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))
             dist.barrier(device_ids=[local_rank])
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = None):
+        """nerfstudio's ``Pipeline.load_state_dict``, strict unless told otherwise: nerfstudio's falls back to a
+        non-strict load when the model's tensors do not all match (``strict=None``), so a checkpoint missing a tensor
+        would load silently and render with that tensor as initialised (issue #33). The error (torch's "Error(s) in
+        loading state_dict") is refused in one line where a checkpoint is read (``utils.run_config.open_run``,
+        ``PVDTrainer._load_checkpoint``).
+
+        Raises:
+            RuntimeError: with ``strict`` None or True, a tensor of the model is missing, unexpected or of another
+                shape."""
+        return super().load_state_dict(state_dict, strict=True if strict is None else strict)
 
     @property
     def batch_pools(self) -> ActiveLearning:

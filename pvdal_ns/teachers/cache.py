@@ -154,9 +154,23 @@ class TeacherCache(Teacher):
         return self._name
 
     def warm_start_state(self) -> Optional[Dict[str, Tensor]]:
-        """The recorded teacher's field weights (``field.pt``, written for pvdal-* teachers), or None."""
+        """The recorded teacher's field weights (``field.pt``, written for pvdal-* teachers), or None.
+
+        Raises:
+            TeacherLoadError: ``field.pt`` is damaged (not a dict of tensors)."""
         path = self.path / "field.pt"
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+                raise ValueError("not a dict of tensors")
+            if "aabb" in state and tuple(state["aabb"].shape) != (2, 3):
+                raise ValueError(f"its aabb is of shape {tuple(state['aabb'].shape)}, not (2, 3)")
+        except Exception as error:  # noqa: BLE001 — whatever is damaged, one line
+            raise TeacherLoadError(f"teacher cache {self.path} is damaged (field.pt: {first_line(error)}): delete it "
+                                   "to write a new one") from None
+        return state
 
     def __len__(self) -> int:
         """Number of cached batches."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
 import torch
 from nerfstudio.engine.trainer import TrainerConfig
@@ -80,12 +80,21 @@ def load_teacher(config_path: Union[str, Path], device: Union[str, torch.device]
     """
     config_path = Path(config_path).expanduser().resolve()
     config, family, checkpoint = _teacher_run(config_path)
+    loaded = _read_checkpoint(checkpoint)
+    return family.load(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path, sampling)
+
+
+def _read_checkpoint(checkpoint: Path) -> Dict[str, Any]:
+    """A teacher's checkpoint, read (``weights_only``) and checked to hold a pipeline state of tensors.
+
+    Raises:
+        TeacherLoadError: it cannot be read, or holds no such state (torch's or ``model_state``'s reason)."""
     try:
         loaded = load_checkpoint(checkpoint)
-    except Exception as err:
-        first = first_line(err)
-        raise TeacherLoadError(f"teacher checkpoint {checkpoint} cannot be read: {first}") from None
-    return family.load(config, model_state(loaded), int(loaded.get("step", 0)), device, config_path, sampling)
+        model_state(loaded)
+    except Exception as err:  # noqa: BLE001 — torch's and model_state's reasons, each one line
+        raise TeacherLoadError(f"teacher checkpoint {checkpoint} cannot be read: {first_line(err)}") from None
+    return loaded
 
 
 def _teacher_run(config_path: Path) -> Tuple[TrainerConfig, TeacherFamily, Path]:
@@ -106,13 +115,17 @@ def _teacher_run(config_path: Path) -> Tuple[TrainerConfig, TeacherFamily, Path]
     return config, family, newest_checkpoint(config_path, config)
 
 
-def check_teacher_run(config_path: Union[str, Path]) -> TrainerConfig:
-    """What :func:`load_teacher` checks before reading the checkpoint: a readable config of a supported family with a
-    checkpoint; cheap (nothing is loaded), for the command line to refuse a bad teacher before anything runs.
+def check_teacher_run(config_path: Union[str, Path], read_checkpoint: bool = False) -> TrainerConfig:
+    """What :func:`load_teacher` checks before building the model: a readable config of a supported family with a
+    checkpoint, and with ``read_checkpoint`` that checkpoint readable and holding a pipeline state; for the command
+    line to refuse a bad teacher before anything runs (no model is built).
 
     Raises:
-        TeacherLoadError: as :func:`load_teacher`, the checkpoint's contents apart."""
-    return _teacher_run(Path(config_path).expanduser().resolve())[0]
+        TeacherLoadError: as :func:`load_teacher`, whether the state fits the model apart."""
+    config, _, checkpoint = _teacher_run(Path(config_path).expanduser().resolve())
+    if read_checkpoint:
+        _read_checkpoint(checkpoint)
+    return config
 
 
 def teacher_contraction(config_path: Union[str, Path]) -> Optional[bool]:

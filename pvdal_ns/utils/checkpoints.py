@@ -46,8 +46,16 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 
 
 def model_state(loaded: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The model's state dict out of a pipeline checkpoint (``_model.`` prefix and DDP ``module.`` removed)."""
-    state = loaded["pipeline"]
+    """The model's state dict out of a pipeline checkpoint (``_model.`` prefix and DDP ``module.`` removed).
+
+    Raises:
+        ValueError: ``loaded`` is not a nerfstudio checkpoint: not a dict, no ``pipeline`` state (a dict of tensors
+            and modules' extra states), or a ``step`` that is not an integer (the message says which)."""
+    state = loaded.get("pipeline") if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ValueError("it holds no pipeline state (not a nerfstudio checkpoint, or damaged)")
+    if not isinstance(loaded.get("step", 0), int):
+        raise ValueError(f"its step is {loaded['step']!r:.40}, not an integer (damaged)")
     out = {}
     for key, value in state.items():
         if key.startswith("_model."):

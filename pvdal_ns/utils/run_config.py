@@ -3,14 +3,21 @@ checkpoints: one line for the user when it cannot be read, and the fields added 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
 import re
-from pathlib import Path
-from typing import Any
+import sys
+import types
+import typing
+from pathlib import Path, PurePath
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import yaml
 from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import Pipeline
 
+from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
 from pvdal_ns.utils.errors import TeacherLoadError, first_line, not_a_run_config
 
 
@@ -35,7 +42,12 @@ def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConf
                                f"{first_line(err)}") from None
     if not isinstance(config, TrainerConfig):
         raise TeacherLoadError(f"{role} config {config_path} is not a nerfstudio training config (config.yml)")
-    return fill_missing_defaults(config)
+    config = fill_missing_defaults(config)
+    problem = wrong_field_type(config)
+    if problem is not None:
+        raise TeacherLoadError(f"{role} config {config_path} is damaged: {problem}; mend that line or train the run "
+                               "again")
+    return config
 
 
 def newest_checkpoint(config_path: Path, config: TrainerConfig) -> Path:
@@ -70,3 +82,110 @@ def fill_missing_defaults(config: Any) -> Any:
         else:
             fill_missing_defaults(getattr(config, f.name))
     return config
+
+
+def open_run(config_path: Path, role: str, update_config_callback: Optional[Callable[[TrainerConfig], TrainerConfig]]
+             = None) -> Tuple[TrainerConfig, Pipeline, Path, int]:
+    """nerfstudio's ``eval_setup`` (test mode) of a finished or stopped run, refused in one line where its config.yml
+    or its newest checkpoint is damaged (issue #33: they ended in tracebacks inside nerfstudio). Returns what
+    ``eval_setup`` does: the config, the pipeline with the checkpoint loaded, the checkpoint's path, its step.
+
+    Raises:
+        TeacherLoadError: the config.yml cannot be read (:func:`read_trainer_config`), the run has no checkpoint, or
+            its newest checkpoint cannot be read or does not fit the model its config.yml builds (the message names
+            the ``role``, the file and the first line of the reason)."""
+    from nerfstudio.utils.eval_utils import eval_setup  # on use: it imports every method config
+
+    config = read_trainer_config(config_path, role)
+    checkpoint = newest_checkpoint(config_path, config)
+    try:
+        model_state(load_checkpoint(checkpoint))
+    except Exception as err:  # noqa: BLE001 — torch's and model_state's reasons, each one line
+        raise TeacherLoadError(f"{role} checkpoint {checkpoint} cannot be read: {first_line(err)}") from None
+    try:
+        return eval_setup(config_path, test_mode="test", update_config_callback=update_config_callback)
+    except RuntimeError as err:
+        if not str(err).startswith("Error(s) in loading state_dict"):
+            raise
+        raise TeacherLoadError(f"{role} checkpoint {checkpoint} does not match its config.yml "
+                               f"({first_line(err)})") from None
+
+
+def wrong_field_type(config: Any, where: str = "") -> Optional[str]:
+    """The first field of a dataclass config, nested configs included (in dicts too: nerfstudio's optimizers), whose
+    value is not of its annotated type, as ``pipeline.model.field.resolution is [1, 2], not int``; None when every
+    field's is. YAML-loaded dataclasses skip ``__init__``, so nothing else checks a config.yml edited by hand or
+    damaged; without this, such a value ends in a traceback deep inside nerfstudio or torch (issue #33).
+
+    Lenient where a config's own defaults are: a float field takes an int, a tuple field a list, a path field a
+    string; annotations that cannot be resolved, classes (``_target``) and callables are not checked."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            problem = wrong_field_type(value, f"{where}{key}.")
+            if problem is not None:
+                return problem
+        return None
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
+    hints = _field_hints(type(config))
+    for f in dataclasses.fields(config):
+        if f.name not in vars(config):
+            continue
+        value, hint = getattr(config, f.name), hints.get(f.name)
+        if hint is not None and not _matches(value, hint):
+            return f"{where}{f.name} is {value!r:.60}, not {_describe(hint)}"
+        problem = wrong_field_type(value, f"{where}{f.name}.")
+        if problem is not None:
+            return problem
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _field_hints(cls: type) -> Dict[str, Any]:
+    """The resolved annotations of ``cls``'s fields, each evaluated in the module of the class that declares it;
+    a field whose annotation cannot be resolved (a name imported for type checking only) is left out."""
+    hints: Dict[str, Any] = {}
+    for base in reversed(cls.__mro__):
+        module = vars(sys.modules.get(base.__module__, types.ModuleType("none")))
+        for name, annotation in vars(base).get("__annotations__", {}).items():
+            try:
+                hints[name] = eval(annotation, module, dict(vars(base))) if isinstance(annotation, str) else annotation
+            except Exception:  # noqa: BLE001 — unresolvable: not checked
+                hints.pop(name, None)
+    return hints
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the type ``hint`` (leniently: see :func:`wrong_field_type`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar) or origin is type or hint is type:
+        return True
+    if origin is Union or (sys.version_info >= (3, 10) and origin is types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
+                                                            for k, v in value.items()))
+    if origin is not None or not isinstance(hint, type):
+        return True  # Callable, Annotated, other generics: not checked
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if issubclass(hint, PurePath):
+        return isinstance(value, (PurePath, str))
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    """A type annotation as a user reads it: ``int``, ``Optional[pathlib.Path]``."""
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
