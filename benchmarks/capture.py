@@ -3,7 +3,7 @@ a white backdrop and a foam block beyond any box around the object).
 
     .venv/bin/python benchmarks/capture.py step-time [--capture ../shared/data/socketed_axe] [--arch vm] [--steps 400]
     .venv/bin/python benchmarks/capture.py teacher --arch vm --steps 1500 [--contraction auto|on|off] [--background …]
-                                           [--resolution N]
+                                           [--resolution N] [--distortion W]
     .venv/bin/python benchmarks/capture.py stock --method nerfacto --minutes 10 [--rays 1024]
     .venv/bin/python benchmarks/capture.py convert --teacher <config.yml> --students mlp hash vm tensors [--steps …]
     .venv/bin/python benchmarks/capture.py evaluate --configs <config.yml> … [--eval-downscale 2]
@@ -64,11 +64,13 @@ def step_time(args) -> dict:
 def teacher(args) -> dict:
     from pvdal_ns.experiments.convert import run_and_evaluate, student_config
 
-    config = student_config(args.arch, "small", args.capture.resolve(), args.output_dir.resolve(),
-                            f"teacher-{args.arch}-{args.contraction}-{args.background}-{args.resolution}", args.steps,
-                            None)
+    experiment = f"teacher-{args.arch}-{args.contraction}-{args.background}-{args.resolution}-{args.distortion}"
+    config = student_config(args.arch, "small", args.capture.resolve(), args.output_dir.resolve(), experiment,
+                            args.steps, None)
     if args.resolution is not None:
         config.pipeline.model.field.resolution = args.resolution
+    if args.distortion is not None:
+        config.pipeline.model.proposal.distortion_loss_mult = args.distortion
     config.pipeline.model.scene_contraction = args.contraction
     config.pipeline.model.background_color = args.background
     config.pipeline.model.sampler = args.sampler
@@ -177,6 +179,8 @@ def main() -> None:
     parser.add_argument("--sampler", default="auto", choices=["auto", "occupancy", "proposal"],
                         help="step-time (the capture's run) and teacher: --pipeline.model.sampler")
     parser.add_argument("--resolution", type=int, help="teacher: the field's grid resolution (default: the preset's)")
+    parser.add_argument("--distortion", type=float,
+                        help="teacher: the distortion loss's weight (--pipeline.model.proposal.distortion-loss-mult)")
     parser.add_argument("--method", default="nerfacto")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rays", type=int, default=1024)

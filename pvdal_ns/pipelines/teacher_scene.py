@@ -129,9 +129,9 @@ def take_teacher_image_scale(teacher: TrainerConfig, datamanager: DataManagerCon
              (getattr(theirs, "dataparser", None), getattr(datamanager, "dataparser", None), IMAGE_SCALE_SETTINGS)]
     for source, target, names in pairs:
         for name in names:
-            if source is None or target is None or not hasattr(target, name):
+            if not (hasattr(source, name) and hasattr(target, name)):  # hasattr(None, …) is False
                 continue
-            value = getattr(source, name, 1.0 if name == "camera_res_scale_factor" else getattr(target, name))
+            value = getattr(source, name)
             if value != getattr(target, name):
                 changed.append(f"{name} {getattr(target, name)!r}→{value!r}")
                 setattr(target, name, value)
