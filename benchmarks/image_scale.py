@@ -1,7 +1,7 @@
 """Benchmark (issue #33, point 2): a teacher trained at a reduced image scale and its student.
 
     .venv/bin/python benchmarks/image_scale.py [--data ../shared/data/nerf_synthetic/lego] [--scale 0.125]
-        [--teacher-steps 1500] [--student-steps 700] [--output-dir outputs/bench-image-scale]
+        [--teacher-steps 1500] [--student-steps 700] [--output-dir outputs/bench-image-scale] [--teacher <config.yml>]
 
 Trains nerfstudio's stock ``tensorf`` on the full-size scene with ``--pipeline.datamanager.camera-res-scale-factor
 <scale>`` (as the issue's user did), then runs ``ns-distill run --teacher … --student hash --steps <student-steps>``
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--student-steps", type=int, default=700)
     parser.add_argument("--rays", type=int, default=1024, help="the teacher's rays a step")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-image-scale"))
+    parser.add_argument("--teacher", type=Path, help="a teacher this script trained before (its config.yml): reused")
     args = parser.parse_args()
 
     from pvdal_ns.engine.resume import mark_finished
@@ -35,14 +36,17 @@ def main() -> None:
     from pvdal_ns.scripts.distill import main as ns_distill
 
     out = args.output_dir.resolve()
-    config = stock_config("tensorf", args.data.resolve(), out, f"tensorf-scale-{args.scale}", args.teacher_steps,
-                          rays_per_batch=args.rays)
-    config.pipeline.datamanager.camera_res_scale_factor = args.scale
-    started = time.perf_counter()
-    run = train(config, f"stock tensorf at image scale {args.scale}: {args.teacher_steps} steps")
-    mark_finished(run.config_path, run.seconds, run.steps, run.start_step)
-    print(f"teacher trained in {time.perf_counter() - started:.0f} s: {run.config_path}")
-    code = ns_distill(["run", "--teacher", str(run.config_path), "--student", "hash", "--steps",
+    teacher = args.teacher
+    if teacher is None:
+        config = stock_config("tensorf", args.data.resolve(), out, f"tensorf-scale-{args.scale}", args.teacher_steps,
+                              rays_per_batch=args.rays)
+        config.pipeline.datamanager.camera_res_scale_factor = args.scale
+        started = time.perf_counter()
+        run = train(config, f"stock tensorf at image scale {args.scale}: {args.teacher_steps} steps")
+        mark_finished(run.config_path, run.seconds, run.steps, run.start_step)
+        print(f"teacher trained in {time.perf_counter() - started:.0f} s: {run.config_path}")
+        teacher = run.config_path
+    code = ns_distill(["run", "--teacher", str(teacher), "--student", "hash", "--steps",
                        str(args.student_steps), "--output-dir", str(out / "students")])
     assert code == 0, f"ns-distill run exited with {code}"
     report = json.loads((out / "students" / "report.json").read_text())

@@ -102,8 +102,14 @@ def open_run(config_path: Path, role: str, update_config_callback: Optional[Call
         model_state(load_checkpoint(checkpoint))
     except Exception as err:  # noqa: BLE001 — torch's and model_state's reasons, each one line
         raise TeacherLoadError(f"{role} checkpoint {checkpoint} cannot be read: {first_line(err)}") from None
+    def as_saved(loaded: TrainerConfig) -> TrainerConfig:
+        # eval_setup puts the method's registered datamanager class here; a run trained with another opens with its
+        # own (ns-distill trains stock methods with nerfstudio's VanillaDataManager, tensorf registers the parallel one)
+        loaded.pipeline.datamanager._target = config.pipeline.datamanager._target
+        return loaded if update_config_callback is None else update_config_callback(loaded)
+
     try:
-        return eval_setup(config_path, test_mode="test", update_config_callback=update_config_callback)
+        return eval_setup(config_path, test_mode="test", update_config_callback=as_saved)
     except RuntimeError as err:
         if not str(err).startswith("Error(s) in loading state_dict"):
             raise

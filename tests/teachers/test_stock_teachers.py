@@ -281,3 +281,18 @@ def test_splatfacto_teacher_needs_cuda_and_samples_where_its_gaussians_are(tmp_p
     assert not grid.occupied(torch.tensor([[0.0, 0.0, 0.0], [1.2, -1.2, 1.2]])).any()
     cell = 3.0 / 32
     assert grid.occupied_fraction <= ((0.4 + 4 * cell) / 3.0) ** 3  # the cluster's box grown by one cell
+
+
+@pytest.mark.parametrize("family", list(TRAINED))
+def test_a_stock_run_reopens_with_the_datamanager_it_trained_with(stock_teachers, family):
+    """``ns-distill`` trains stock methods with nerfstudio's ``VanillaDataManager``; nerfstudio's ``eval_setup`` sets
+    the method's registered datamanager class (tensorf: the parallel one, which cannot take that config), so the
+    teacher row of ``report.json`` ended in an AttributeError for such a teacher. ``open_run`` opens it as it
+    trained."""
+    from pvdal_ns.utils.library_internals import offline_lpips
+    from pvdal_ns.utils.run_config import open_run
+
+    with offline_lpips():  # as ns-distill reopens a stock run: no LPIPS weights to fetch
+        config, pipeline, checkpoint, step = open_run(stock_teachers[family], "teacher")
+    assert type(pipeline.datamanager) is config.pipeline.datamanager._target
+    assert checkpoint.is_file() and step == TRAINED[family] - 1
