@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 import pytest
 import torch
 import yaml
+from damaged_files import json_variants
 
 from pvdal_ns import EMBEDDED_SCENE
 
@@ -63,19 +64,6 @@ def workspace(tiny_teacher, tmp_path_factory) -> Workspace:
 
 
 # --- the damaged variants of each kind of file -------------------------------------------------------------------
-def json_variants(good: bytes) -> Dict[str, bytes]:
-    """Cut short, emptied, not JSON, of another type, its first field missing, its first field of another type."""
-    text = good.decode()
-    record = json.loads(text)
-    variants = {"truncated": text[: len(text) // 2], "emptied": "", "not JSON": "{ no", "a list": "[1, 2]"}
-    if isinstance(record, dict) and record:
-        first = next(iter(record))
-        variants["a field missing"] = json.dumps({k: v for k, v in record.items() if k != first})
-        other = 7 if isinstance(record[first], (dict, list, str)) else {"nested": True}
-        variants["a field of another type"] = json.dumps({**record, first: other})
-    return {name: value.encode() for name, value in variants.items()}
-
-
 def config_variants(good: bytes) -> Dict[str, bytes]:
     """A config.yml cut short, emptied, not YAML, its model's block missing, a field of another type (a nested one, a
     top-level one)."""

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from damaged_files import json_variants
 
 from pvdal_ns.utils.errors import BadInputError
 from pvdal_ns.utils.files import exclusive
@@ -57,21 +58,6 @@ def test_a_folder_or_a_cache_another_process_writes_is_refused_and_a_killed_writ
     assert not (tmp_path / "new").exists()  # ... and removed, left empty: a refused command leaves no folder
 
 
-def _damaged_variants(text):
-    """Damaged copies of a JSON file's text: cut short, emptied, not JSON, of another type, a field missing, a field of
-    another type."""
-    import json
-
-    record = json.loads(text)
-    variants = {"truncated": text[: len(text) // 2], "emptied": "", "not JSON": "{ no", "a list": "[1, 2]"}
-    if isinstance(record, dict) and record:
-        first = next(iter(record))
-        variants["a field missing"] = json.dumps({k: v for k, v in record.items() if k != first})
-        other = 7 if isinstance(record[first], (dict, list, str)) else {"nested": True}
-        variants["a field of another type"] = json.dumps({**record, first: other})
-    return variants
-
-
 def test_every_record_a_command_reads_back_is_refused_in_one_line_when_damaged(tmp_path):
     """run.json, the demo's teacher-*.json, matrix.json, ablation.json and a scene's transforms files, damaged in each
     way: one line naming the file, and the file left as it is (issue #33: they ended in tracebacks)."""
@@ -110,7 +96,8 @@ def test_every_record_a_command_reads_back_is_refused_in_one_line_when_damaged(t
     }
     for path, (good, read) in readers.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        for variant, text in _damaged_variants(good).items():
+        for variant, damaged in json_variants(good.encode()).items():
+            text = damaged.decode()
             path.write_text(text)
             with pytest.raises(BadInputError) as refused:
                 read()
