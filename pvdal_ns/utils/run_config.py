@@ -20,6 +20,10 @@ from nerfstudio.pipelines.base_pipeline import Pipeline
 from pvdal_ns.utils.checkpoints import load_checkpoint, model_state
 from pvdal_ns.utils.errors import TeacherLoadError, first_line, not_a_run_config
 
+ALWAYS_WRITTEN = ("method_name", "pipeline", "timestamp", "vis")
+"""Fields of nerfstudio's ``TrainerConfig`` that every ``config.yml`` names (``ns-train`` writes every field; nerfstudio
+1.x has all four), ``vis`` the last of all (YAML's keys are sorted): a file without one of them was cut short. Fields added since a file was written are filled in instead (:func:`fill_missing_defaults`)."""
+
 
 def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConfig:
     """Read a nerfstudio ``config.yml``; raises TeacherLoadError with a one-line reason that names the run's
@@ -42,6 +46,10 @@ def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConf
                                f"{first_line(err)}") from None
     if not isinstance(config, TrainerConfig):
         raise TeacherLoadError(f"{role} config {config_path} is not a nerfstudio training config (config.yml)")
+    missing = [name for name in ALWAYS_WRITTEN if name not in vars(config)]
+    if missing:  # ns-train writes every field, keys sorted: a file without these was cut short (or never whole)
+        raise TeacherLoadError(f"{role} config {config_path} is cut short: it does not name {', '.join(missing)}, "
+                               "which ns-train writes; restore the file or train the run again")
     config = fill_missing_defaults(config)
     problem = wrong_field_type(config)
     if problem is not None:
@@ -86,35 +94,55 @@ def fill_missing_defaults(config: Any) -> Any:
 
 def open_run(config_path: Path, role: str, update_config_callback: Optional[Callable[[TrainerConfig], TrainerConfig]]
              = None) -> Tuple[TrainerConfig, Pipeline, Path, int]:
-    """nerfstudio's ``eval_setup`` (test mode) of a finished or stopped run, refused in one line where its config.yml
-    or its newest checkpoint is damaged (issue #33: they ended in tracebacks inside nerfstudio). Returns what
-    ``eval_setup`` does: the config, the pipeline with the checkpoint loaded, the checkpoint's path, its step.
+    """A finished or stopped run set up as nerfstudio's ``eval_setup`` does (test mode, the pipeline in eval mode, its
+    newest checkpoint loaded), refused in one line where its config.yml, its scene or its newest checkpoint is
+    damaged or missing (issue #33: they ended in tracebacks inside nerfstudio, or its ``sys.exit(1)``). Returns what
+    ``eval_setup`` does: the config, the pipeline, the checkpoint's path, its step.
+
+    It follows ``eval_setup`` but not in three places, each a way that function failed on runs it was given:
+
+    - the config is the one :func:`read_trainer_config` checked (fields added since filled in), not a second, unchecked
+      read of the file;
+    - the checkpoint is the newest beside the config.yml (:func:`newest_checkpoint`), wherever the run was recorded
+      (``eval_setup`` looks under the recorded ``output_dir``: a moved run, or a config.yml cut short, ended there);
+    - the datamanager is the run's own (``eval_setup`` puts the method's registered one, and ``ns-distill`` trains
+      stock methods with nerfstudio's ``VanillaDataManager`` where tensorf registers the parallel one).
+
+    ``update_config_callback``: as ``eval_setup``'s, applied before the scene is checked and the pipeline set up.
 
     Raises:
-        TeacherLoadError: the config.yml cannot be read (:func:`read_trainer_config`), the run has no checkpoint, or
-            its newest checkpoint cannot be read or does not fit the model its config.yml builds (the message names
-            the ``role``, the file and the first line of the reason)."""
-    from nerfstudio.utils.eval_utils import eval_setup  # on use: it imports every method config
+        TeacherLoadError: the config.yml cannot be read (:func:`read_trainer_config`), the run's scene is not on this
+            machine, the run has no checkpoint, or its newest checkpoint cannot be read or does not fit the model its
+            config.yml builds (the message names the ``role``, the file and the first line of the reason)."""
+    import torch
 
     config = read_trainer_config(config_path, role)
+    if update_config_callback is not None:
+        config = update_config_callback(config)
+    datamanager = config.pipeline.datamanager
+    scene = getattr(datamanager, "data", None) or getattr(getattr(datamanager, "dataparser", None), "data", None)
+    if scene is not None and not Path(scene).exists():
+        raise TeacherLoadError(f"{role} {config_path} was trained on the scene {scene}, which is not on this machine: "
+                               "put the scene back there, or mend the data lines of its config.yml")
     checkpoint = newest_checkpoint(config_path, config)
     try:
-        model_state(load_checkpoint(checkpoint))
+        loaded = load_checkpoint(checkpoint)
+        model_state(loaded)
     except Exception as err:  # noqa: BLE001 — torch's and model_state's reasons, each one line
         raise TeacherLoadError(f"{role} checkpoint {checkpoint} cannot be read: {first_line(err)}") from None
-    def as_saved(loaded: TrainerConfig) -> TrainerConfig:
-        # eval_setup puts the method's registered datamanager class here; a run trained with another opens with its
-        # own (ns-distill trains stock methods with nerfstudio's VanillaDataManager, tensorf registers the parallel one)
-        loaded.pipeline.datamanager._target = config.pipeline.datamanager._target
-        return loaded if update_config_callback is None else update_config_callback(loaded)
-
+    config.load_dir = checkpoint.parent
+    pipeline = config.pipeline.setup(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+                                     test_mode="test")
+    pipeline.eval()
+    step = loaded.get("step", int(checkpoint.stem.split("-")[-1]))
     try:
-        return eval_setup(config_path, test_mode="test", update_config_callback=as_saved)
+        pipeline.load_pipeline(loaded["pipeline"], step)
     except RuntimeError as err:
         if not str(err).startswith("Error(s) in loading state_dict"):
             raise
         raise TeacherLoadError(f"{role} checkpoint {checkpoint} does not match its config.yml "
                                f"({first_line(err)})") from None
+    return config, pipeline, checkpoint, step
 
 
 def wrong_field_type(config: Any, where: str = "") -> Optional[str]:

@@ -65,15 +65,16 @@ def workspace(tiny_teacher, tmp_path_factory) -> Workspace:
 
 # --- the damaged variants of each kind of file -------------------------------------------------------------------
 def config_variants(good: bytes) -> Dict[str, bytes]:
-    """A config.yml cut short, emptied, not YAML, its model's block missing, a field of another type (a nested one, a
-    top-level one)."""
+    """A config.yml cut short (in the middle, by its last line), emptied, not YAML, its model's block missing, a field
+    of another type (a nested one, a top-level one)."""
     config = yaml.load(good.decode(), Loader=yaml.Loader)
     no_model = copy.deepcopy(config)
     del no_model.pipeline.__dict__["model"]
     nested, top = copy.deepcopy(config), copy.deepcopy(config)
     nested.pipeline.datamanager.train_num_rays_per_batch = [1, 2]
     top.max_num_iterations = "many"
-    return {"truncated": good[: len(good) // 2], "emptied": b"", "not YAML": b"\x89PNG\r\n{{{: [",
+    return {"truncated": good[: len(good) // 2], "its last line missing": good[: good.rstrip(b"\n").rfind(b"\n") + 1],
+            "emptied": b"", "not YAML": b"\x89PNG\r\n{{{: [",
             "the model's block missing": yaml.dump(no_model).encode(),
             "a nested field of another type": yaml.dump(nested).encode(),
             "a field of another type": yaml.dump(top).encode()}
