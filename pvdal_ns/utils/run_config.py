@@ -22,7 +22,8 @@ from pvdal_ns.utils.errors import TeacherLoadError, first_line, not_a_run_config
 
 ALWAYS_WRITTEN = ("method_name", "pipeline", "timestamp", "vis")
 """Fields of nerfstudio's ``TrainerConfig`` that every ``config.yml`` names (``ns-train`` writes every field; nerfstudio
-1.x has all four), ``vis`` the last of all (YAML's keys are sorted): a file without one of them was cut short. Fields added since a file was written are filled in instead (:func:`fill_missing_defaults`)."""
+1.x has all four), ``vis`` the last of all (YAML's keys are sorted): a file without one of them was cut short.
+Fields added since a file was written are filled in instead (:func:`fill_missing_defaults`)."""
 
 
 def read_trainer_config(config_path: Path, role: str = "teacher") -> TrainerConfig:
