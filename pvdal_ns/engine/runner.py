@@ -10,7 +10,7 @@ import copy
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -306,7 +306,8 @@ def split_dataloader(datamanager: VanillaDataManager, split: str) -> FixedIndice
 
 @torch.no_grad()
 def evaluate(
-    pipeline: Pipeline, description: str = "Evaluating", split: str = "test", downscale: int = 1
+    pipeline: Pipeline, description: str = "Evaluating", split: str = "test", downscale: int = 1,
+    references: Optional[Sequence[torch.Tensor]] = None,
 ) -> EvalResult:
     """Render every image of ``split`` (the scene's test views by default: what reports give; "val" is what
     presets are tuned on) and score it as ``ns-eval`` does, through the model's own
@@ -318,6 +319,9 @@ def evaluate(
     ``Cameras.rescale_output_resolution``) against the ground truth box-filtered by the same factor (before the
     model composites it): for models whose full-size render is too slow on the machine (a torch nerfacto on a CPU).
 
+    ``references``: the images to score against instead of the split's (Float[Tensor, "H W 3"] in [0, 1], one a
+    view, at the views' size; an edited conversion's: the edited teacher's renders, docs/design.md "Editing").
+
     Raises:
         ValueError: an image's size is not divisible by ``downscale``.
     """
@@ -326,8 +330,8 @@ def evaluate(
     loader = split_dataloader(pipeline.datamanager, split)  # type: ignore[arg-type]
     per_view, images, gts = [], [], []
     with get_progress(description) as progress:
-        for camera, batch in progress.track(loader, total=len(loader)):
-            image = batch["image"]
+        for view, (camera, batch) in enumerate(progress.track(loader, total=len(loader))):
+            image = batch["image"] if references is None else references[view].to(batch["image"])
             if downscale > 1:
                 if image.shape[0] % downscale or image.shape[1] % downscale:
                     raise ValueError(f"a {image.shape[1]}×{image.shape[0]} view cannot be downscaled by {downscale}")

@@ -19,7 +19,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.amp import GradScaler
 
 from pvdal_ns.pipelines.distillation_pipeline import DistillationPipelineConfig
-from pvdal_ns.pipelines.teacher_scene import take_teacher_image_scale
+from pvdal_ns.pipelines.teacher_scene import take_teacher_image_scale, teacher_edits
 from pvdal_ns.presets import PRESETS, checkpoint_interval, method_name
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars, load_checkpoint, model_state
 from pvdal_ns.utils.errors import BadInputError, StorageError, TrainingStoppedError, first_line, install_refusal_hook
@@ -278,22 +278,26 @@ class PVDTrainerConfig(TrainerConfig):
     def take_teacher_image_scale(self) -> None:
         """A student set up by ``ns-train … --pipeline.teacher-config`` takes its teacher's image scale, as
         ``ns-distill``'s students do (:func:`~pvdal_ns.pipelines.teacher_scene.take_teacher_image_scale`), unless
-        ``--pipeline.teacher-image-scale False``; one log line names what changed, and the run's ``config.yml``,
-        which ``ns-train`` wrote before the trainer was set up, is written again with it, so ``ns-eval`` and
-        ``ns-render`` evaluate at the scale the run trained at.
+        ``--pipeline.teacher-image-scale False``; one log line names what changed. It records the edits its
+        teacher's scene went through (``pipeline.edits_before``, :func:`~pvdal_ns.pipelines.teacher_scene.
+        teacher_edits`). The run's ``config.yml``, which ``ns-train`` wrote before the trainer was set up, is written
+        again with them, so ``ns-eval`` and ``ns-render`` evaluate at the scale the run trained at.
 
         Raises:
             TeacherLoadError: the teacher's config.yml cannot be read."""
         pipeline = self.pipeline
-        if (not isinstance(pipeline, DistillationPipelineConfig) or pipeline.teacher_config is None
-                or not pipeline.teacher_image_scale):
+        if not isinstance(pipeline, DistillationPipelineConfig) or pipeline.teacher_config is None:
             return
-        teacher = read_trainer_config(Path(pipeline.teacher_config).expanduser().resolve())
-        changed = take_teacher_image_scale(teacher, pipeline.datamanager)
-        if not changed:
+        teacher_path = Path(pipeline.teacher_config).expanduser().resolve()
+        teacher = read_trainer_config(teacher_path)
+        chain = teacher_edits(teacher, teacher_path)
+        changed = take_teacher_image_scale(teacher, pipeline.datamanager) if pipeline.teacher_image_scale else []
+        if not changed and chain == pipeline.edits_before:
             return
-        CONSOLE.log(f"The teacher's image scale: {', '.join(changed)} (--pipeline.teacher-image-scale False keeps "
-                    "this run's)")
+        if changed:
+            CONSOLE.log(f"The teacher's image scale: {', '.join(changed)} (--pipeline.teacher-image-scale False "
+                        "keeps this run's)")
+        pipeline.edits_before = chain
         saved = self.get_base_dir() / "config.yml"
         if saved.is_file():
             dumped = yaml.dump(self)

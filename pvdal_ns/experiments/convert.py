@@ -8,23 +8,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+import torch
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import Pipeline
 from nerfstudio.utils.external import TCNN_EXISTS
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
 
 from pvdal_ns.engine.resume import FinishedRun, mark_finished, read_finished, reuse_or_resume
-from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, train, train_together
+from pvdal_ns.engine.runner import EvalResult, TrainResult, evaluate, quiet, split_dataloader, train, train_together
 from pvdal_ns.experiments.report import ModelReport, model_report, print_table, save_comparison, write_report
 from pvdal_ns.method_configs import method_config, set_steps
 from pvdal_ns.models.pvd_model import PVDModelConfig
-from pvdal_ns.pipelines.teacher_scene import check_same_scene, check_scene_kind, take_teacher_image_scale
+from pvdal_ns.pipelines.distillation_pipeline import TEACHER_SEED
+from pvdal_ns.pipelines.teacher_scene import (
+    check_same_scene,
+    check_scene_kind,
+    take_teacher_image_scale,
+    teacher_edits,
+)
 from pvdal_ns.presets import Size, checkpoint_interval, finetune_start, method_name
 from pvdal_ns.teachers import check_teacher_run, load_teacher
+from pvdal_ns.teachers.edits import SceneEdit, check_edit
+from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 from pvdal_ns.utils.files import Fields, read_record, write_json
 from pvdal_ns.utils.library_internals import offline_lpips
@@ -152,10 +163,28 @@ def run_and_evaluate(config: TrainerConfig, name: str, role: str, run: Union[Tra
     else:
         run = run or train(config, f"{name}: training")
         mark_finished(run.config_path, run.seconds, run.steps, run.start_step)
-    result = evaluate(run.pipeline, f"{name}: evaluating")
+    edit = getattr(config.pipeline, "edit", None)
+    references = None if edit is None or edit.empty else edited_teacher_views(run.pipeline, config)
+    result = evaluate(run.pipeline, f"{name}: evaluating", references=references)
     report = model_report(name, role, config.method_name, result, run.seconds, count_parameters(run.pipeline),
                           run.steps, run.config_path, cached=cached, resumed_at=run.start_step)
     return Trained(report, result)
+
+
+def edited_teacher_views(pipeline: Pipeline, config: TrainerConfig) -> List[Tensor]:
+    """What an edited conversion's student is scored against (issue #34): its teacher, edited as the run's
+    ``pipeline.edit`` says, rendered at the test views on white (Float[Tensor, "H W 3"] each, CPU), not the
+    photographs, which hold what the edit took away.
+
+    Raises:
+        TeacherLoadError: the teacher cannot be loaded."""
+    device = pipeline.device
+    with torch.random.fork_rng():  # a stock teacher's grid is filled from jittered points
+        torch.manual_seed(TEACHER_SEED)
+        teacher = load_teacher(config.pipeline.teacher_config, device, pipeline.model.sampling)
+    teacher.apply_edit(SceneEdit(config.pipeline.edit, device))
+    loader = split_dataloader(pipeline.datamanager, "test")  # type: ignore[arg-type]
+    return [teacher.render_camera(camera.to(device)) for camera, _ in loader]
 
 
 def _reopen(finished: FinishedRun, role: str, data: Optional[Path] = None) -> TrainResult:
@@ -233,13 +262,15 @@ def distillation_config(teacher_path: Path, architecture: str, size: Size, data:
     check_same_scene(teacher, teacher_path, config.pipeline.datamanager.dataparser, data)
     if teacher_grid is not None:
         config.pipeline.model.grid_resolution = teacher_grid
+    config.pipeline.edits_before = teacher_edits(teacher, teacher_path)
     return config
 
 
 def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path, output_dir: Path,
             steps: Dict[str, Optional[int]], experiment: str, together: bool = False,
             teacher_cache: Optional[Path] = None, teacher_cache_gib: float = 4.0,
-            renders_only: bool = False, finetune_steps: int = 0, resume: bool = False) -> List[Trained]:
+            renders_only: bool = False, finetune_steps: int = 0, resume: bool = False,
+            edit: Optional[SceneEditConfig] = None) -> List[Trained]:
     """Distil the teacher at ``teacher_path`` into each of ``students`` (``steps`` per architecture, None or
     missing for the preset's): one run after another, or with ``together`` all in one lockstep run that
     renders the teacher once per batch (:func:`~pvdal_ns.engine.runner.train_together`). With ``teacher_cache``
@@ -247,13 +278,21 @@ def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path,
     and every run distils from them. ``renders_only``: distil from the teacher's images alone (L_rgb).
     ``finetune_steps``: the last N steps of every run train on the real images (paper Table 6). ``resume``: a
     student whose run of the same settings finished is evaluated, not trained; a killed one continues from its
-    last checkpoint (:func:`~pvdal_ns.engine.resume.reuse_or_resume`)."""
+    last checkpoint (:func:`~pvdal_ns.engine.resume.reuse_or_resume`). ``edit``: the teacher goes through these edits
+    and the students are scored against its edited renders (:func:`edited_teacher_views`).
+
+    Raises:
+        BadInputError: fine-tuning steps that leave none to distil; an edit that cannot be carried out
+            (:func:`~pvdal_ns.teachers.edits.check_edit`)."""
+    edit = edit or SceneEditConfig()
+    check_edit(edit, finetune_steps)
     configs = [distillation_config(teacher_path, arch, size, data, output_dir, experiment, steps.get(arch))
                for arch in students]
     for config in configs:
         config.pipeline.teacher_cache, config.pipeline.teacher_cache_gib = teacher_cache, teacher_cache_gib
         config.pipeline.teacher_renders_only = renders_only
         config.pipeline.finetune_steps = finetune_steps
+        config.pipeline.edit = copy.deepcopy(edit)
         try:
             finetune_start(config.max_num_iterations, finetune_steps, f"the steps of {config.method_name}")
         except ValueError as error:
@@ -270,14 +309,18 @@ def convert(teacher_path: Path, students: Sequence[str], size: Size, data: Path,
 
 
 def finish(output_dir: Path, models: List[Trained], started: float, extra: dict) -> None:
-    """Print the table and write ``report.json`` and ``comparison.png`` under ``output_dir``."""
+    """Print the table and write ``report.json`` and ``comparison.png`` under ``output_dir``. With an edit in
+    ``extra``, the students were scored against the edited teacher's renders: the image compares every model with
+    the edited teacher's render (the teacher's error map shows the edit)."""
     reports = [m.report for m in models]
     print_table(reports)
     view = 0
-    gt = models[0].result.gt[view]
+    edited = "edit" in extra
+    gt = models[-1 if edited else 0].result.gt[view]
     renders = {m.report.name: m.result.images[view] for m in models}
     psnrs = {m.report.name: float(m.result.per_view[view]["psnr"]) for m in models}  # type: ignore[arg-type]
-    save_comparison(output_dir / "comparison.png", gt, renders, psnrs)
+    save_comparison(output_dir / "comparison.png", gt, renders, psnrs,
+                    "edited teacher" if edited else "ground truth")
     total = {"total_seconds": round(time.perf_counter() - started, 1)}
     write_report(output_dir / "report.json", reports, {**total, **extra})
     CONSOLE.print(f"Wrote {output_dir / 'report.json'} and {output_dir / 'comparison.png'}")

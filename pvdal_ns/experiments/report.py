@@ -160,11 +160,13 @@ def print_table(models: List[ModelReport]) -> None:
     CONSOLE.print(table)
 
 
-def save_comparison(path: Path, gt: torch.Tensor, renders: Dict[str, torch.Tensor], psnrs: Dict[str, float]) -> None:
+def save_comparison(path: Path, gt: torch.Tensor, renders: Dict[str, torch.Tensor], psnrs: Dict[str, float],
+                    gt_title: str = "ground truth") -> None:
     """``comparison.png``: ground truth | each model (top) and its absolute error map (bottom).
 
     Args:
-        gt: Float[Tensor, "H W 3"] ground truth of one view.
+        gt: Float[Tensor, "H W 3"] ground truth of one view (an edited conversion's: the edited teacher's render,
+            titled ``gt_title``).
         renders: model name → Float[Tensor, "H W 3"] render of that view.
         psnrs: model name → PSNR (dB) of that view.
     """
@@ -173,7 +175,7 @@ def save_comparison(path: Path, gt: torch.Tensor, renders: Dict[str, torch.Tenso
     n = 1 + len(renders)
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
     axes[0, 0].imshow(gt.clamp(0, 1).numpy())
-    axes[0, 0].set_title("ground truth", fontsize=9)
+    axes[0, 0].set_title(gt_title, fontsize=9)
     axes[1, 0].text(0.5, 0.5, "|render − truth|\n(0 … 0.25)", ha="center", va="center", fontsize=9)
     for i, (name, img) in enumerate(renders.items(), start=1):
         axes[0, i].imshow(img.clamp(0, 1).numpy())

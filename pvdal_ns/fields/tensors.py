@@ -79,6 +79,15 @@ class TensorsField(PVDField):
         self.grid = nn.Parameter(torch.zeros(r**3, 1 + 3 * self.num_sh))
         """Float[Tensor, "R³ C"]: the voxels as embedding rows, C = 1 + 3·(degree + 1)²."""
 
+    def voxel_positions(self) -> Float[Tensor, "R3 3"]:
+        """The world position of each voxel, in the grid's row order (corner-aligned: voxel i of R at field
+        coordinate i / (R − 1), through the field's space, :meth:`normalize`'s inverse); for editing the grid
+        directly (docs/design.md, "Editing")."""
+        r = self.config.resolution
+        index = torch.arange(r, device=self.grid.device, dtype=torch.float32) / (r - 1)
+        unit = torch.stack(torch.meshgrid(index, index, index, indexing="ij"), -1).reshape(-1, 3)
+        return self.space.from_unit(unit)
+
     def encode(self, x: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs C"]:
         return trilinear(self.grid, self.config.resolution, x, self.config.sparse_gradients)
 

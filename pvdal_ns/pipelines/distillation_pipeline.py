@@ -41,7 +41,9 @@ from pvdal_ns.pipelines.sharing import TEACHER_KEYS, batch_key, shared
 from pvdal_ns.pipelines.teacher_scene import check_same_scene
 from pvdal_ns.presets import finetune_start
 from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, teacher_contraction
+from pvdal_ns.teachers.edits import SceneEdit, check_edit
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars
+from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
 from pvdal_ns.utils.library_internals import trainer_start_step
 from pvdal_ns.utils.run_config import fill_missing_defaults, read_trainer_config
@@ -87,6 +89,14 @@ class DistillationPipelineConfig(VanillaPipelineConfig):
     finetune_steps: int = 0
     """Fine-tuning after distillation (paper Table 6): the run's last N steps train on the real training
     images with the image loss, as training from images does; 0: distil to the end."""
+    edit: SceneEditConfig = field(default_factory=SceneEditConfig)
+    """Edits the teacher goes through before the student learns it (issue #34; :mod:`pvdal_ns.teachers.edits`):
+    ``--pipeline.edit.erase X0 Y0 Z0 X1 Y1 Z1`` (repeatable), ``--pipeline.edit.keep …``, ``--pipeline.edit.recolor …
+    R G B``, in the viewer's world frame. Not with fine-tuning (the images would bring the erased part back)."""
+    edits_before: List[Dict[str, Any]] = field(default_factory=list)
+    """The edits the teacher's scene had gone through before this run, in order (its ``edit`` and the ones before;
+    filled from the teacher's config.yml: :func:`~pvdal_ns.pipelines.teacher_scene.teacher_edits`); with ``edit``, the
+    whole chain of edits this run's scene holds. Each: the boxes and how it was applied."""
 
     @property
     def distils(self) -> bool:
@@ -131,6 +141,7 @@ class DistillationPipeline(VanillaPipeline):
         distilling = test_mode == "val" and config.distils
         contracted = self._contraction(dataset, distilling)
         if distilling:
+            check_edit(config.edit, config.finetune_steps)
             if config.teacher_config is not None:  # ns-distill checked it already; ns-train … --pipeline.teacher-config
                 teacher_path = Path(config.teacher_config).expanduser().resolve()
                 check_same_scene(read_trainer_config(teacher_path), teacher_path, config.datamanager.dataparser,
@@ -138,7 +149,7 @@ class DistillationPipeline(VanillaPipeline):
             sampling = config.model.sampling(dataset.scene_box, contracted)
             serial = config.teacher_cache is not None
             self.batch_key = batch_key(config.teacher_config, config.datamanager, sampling, dataset.cameras,
-                                       renders_only=config.teacher_renders_only, serial=serial)
+                                       renders_only=config.teacher_renders_only, serial=serial, edit=config.edit)
             """What this run's pseudo-label batches depend on (:func:`batch_key`)."""
             teacher = self._open_teacher(sampling, device)
             contracted = self._teacher_space(teacher, contracted)
@@ -271,7 +282,11 @@ class DistillationPipeline(VanillaPipeline):
         def load() -> Teacher:
             with torch.random.fork_rng():  # a stock teacher's grid is filled from jittered points
                 torch.manual_seed(TEACHER_SEED)
-                return load_teacher(config.teacher_config, device, sampling)  # type: ignore[arg-type]
+                teacher = load_teacher(config.teacher_config, device, sampling)  # type: ignore[arg-type]
+            if not config.edit.empty:
+                teacher.apply_edit(SceneEdit(config.edit, device))
+                CONSOLE.log(f"Teacher edited: {config.edit.describe()}")
+            return teacher
 
         return shared("teacher", key, load)[0]
 

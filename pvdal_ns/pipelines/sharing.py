@@ -15,20 +15,23 @@ from nerfstudio.cameras.cameras import Cameras
 
 from pvdal_ns.data.datamanager import DistillationDataManagerConfig
 from pvdal_ns.model_components.sampling import Sampling
+from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
 
 TEACHER_KEYS = ("teacher", "checkpoint", "scene_box", "grid_resolution", "num_samples", "grid_threshold", "contracted",
-                "early_stop_eps", "alpha_thre")
+                "early_stop_eps", "alpha_thre", "edit")
 """The entries of :func:`batch_key` a loaded teacher depends on (its sample points included)."""
 
 
 def batch_key(teacher_config: Optional[Path], datamanager: DistillationDataManagerConfig, sampling: Sampling,
-              cameras: Cameras, renders_only: bool, serial: bool) -> Dict[str, Any]:
+              cameras: Cameras, renders_only: bool, serial: bool,
+              edit: Optional[SceneEditConfig] = None) -> Dict[str, Any]:
     """What a pseudo-label batch depends on: the teacher (config.yml and its newest checkpoint), where the
     shared samples lie (scene box, contraction, grid, samples per ray, threshold, early stop, alpha threshold, proposal
     sampling), the rays
     per batch, the novel poses (per epoch, steps per epoch, elevation range, forward-facing margin and jitter), the
-    training cameras (digest), renders-only distillation, and whether they come from a teacher cache (serial mode).
+    training cameras (digest), renders-only distillation, whether they come from a teacher cache (serial mode), and
+    the edits the teacher goes through (``edit``; None or empty: none).
     The arguments are the pipeline's settings of those names (``DistillationPipelineConfig``).
 
     A teacher cache stores it (``written_for`` in meta.json) and refuses a run whose key differs; during
@@ -57,6 +60,7 @@ def batch_key(teacher_config: Optional[Path], datamanager: DistillationDataManag
         "elevation_percentiles": list(datamanager.elevation_percentiles),
         "forward_facing_margin": datamanager.forward_facing_margin, "jitter_degrees": datamanager.jitter_degrees,
         "cameras": digest.hexdigest(), "renders_only": renders_only, "serial": serial,
+        "edit": None if edit is None or edit.empty else edit.key(),
     }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
@@ -143,3 +143,15 @@ def _differing_settings(theirs: DataParserConfig, ours: DataParserConfig) -> Lis
     names = [n for n in vars(theirs) if n not in ("data", "_target")]
     return [f"{n} {getattr(theirs, n)!r}→{getattr(ours, n, None)!r}" for n in names
             if getattr(theirs, n) != getattr(ours, n, None)]
+
+
+def teacher_edits(teacher: TrainerConfig, teacher_path: Path) -> List[Dict[str, Any]]:
+    """The edits the teacher's scene has gone through, in order (issue #34: chained conversions chain edits): the
+    ``edits_before`` its own config records, then the edit it was distilled with, if any; [] for a stock run or a
+    chain without edits. A student records them as its ``pipeline.edits_before``."""
+    pipeline = teacher.pipeline
+    chain = [dict(entry) for entry in getattr(pipeline, "edits_before", None) or []]
+    edit = getattr(pipeline, "edit", None)
+    if edit is not None and not edit.empty:
+        chain.append({**edit.key(), "applied": f"distilled from {pipeline.teacher_config} into {teacher_path}"})
+    return chain

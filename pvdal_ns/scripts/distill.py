@@ -6,6 +6,8 @@
     ns-distill matrix                                # paper Table 2: every teacher into every student
     ns-distill compare --teacher outputs/…/config.yml --student mlp   # distilled against from scratch
     ns-distill view --student outputs/…/config.yml [--teacher …]      # the viewer: student beside its teacher
+    ns-distill run --teacher … --student mlp --erase X0 Y0 Z0 X1 Y1 Z1  # an edited conversion (paper §4.5)
+    ns-distill edit --run <pvdal-tensors config.yml> --erase … [--preview]   # edit SH voxels, or preview an edit
 
 Heavy imports (torch, nerfstudio) happen inside the commands, so ``--help`` and errors about bad input
 are fast. Bad input prints one line and exits with code 2.
@@ -38,6 +40,7 @@ from pvdal_ns.presets import (
     finetune_start,
     size_of,
 )
+from pvdal_ns.utils.edit_config import SceneEditConfig
 
 
 @dataclass
@@ -108,6 +111,9 @@ class Run:
     resume: bool = False
     """Continue the newest run of the same settings under --output-dir: a student that finished is evaluated again,
     not retrained; one that was killed continues from its last checkpoint; any other trains afresh."""
+    edit: Annotated[SceneEditConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SceneEditConfig)
+    """Edits of the teacher the students learn (--erase, --keep, --recolor, repeatable; the viewer's world frame):
+    the students are scored against the edited teacher's renders."""
 
     def main(self, command: str) -> None:
         """Run the conversion; raises BadInputError / TeacherLoadError for bad input."""
@@ -125,8 +131,11 @@ class Run:
                            f"from-{teacher_config.method_name}", together=not self.separately,
                            teacher_cache=cache, teacher_cache_gib=self.teacher_cache_gib,
                            renders_only=self.renders_only,
-                           finetune_steps=self.finetune_steps, resume=self.resume)
+                           finetune_steps=self.finetune_steps, resume=self.resume, edit=self.edit)
         extra = {"command": command, "teacher_config": str(teacher_path), "scene": str(data)}
+        if not self.edit.empty:
+            extra["edit"] = {**self.edit.key(), "description": self.edit.describe(),
+                             "students_scored_against": "the edited teacher's renders of the test views"}
         if cache is not None:
             from pvdal_ns.teachers import cache_nbytes
 
@@ -285,6 +294,37 @@ class View:
             print("ns-distill view: stopped")
 
 
+@dataclass
+class Edit:
+    """Edit a scene without training (paper §4.5): with --preview, render any run and the run edited at its first
+    test views (preview.png), to find the box; without, write the edit into a pvdal-tensors run's SH voxels as a new
+    run, which then serves as a teacher (ns-distill run --teacher <it> --student mlp). Boxes are in the viewer's
+    world frame; a VM, hash or MLP run is refused with the conversion route."""
+
+    run: Path
+    """config.yml of the run to edit (a pvdal-tensors run) or to preview (any teacher family)."""
+    edit: Annotated[SceneEditConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SceneEditConfig)
+    """--erase, --keep, --recolor (repeatable), --recolor-mode."""
+    preview: bool = False
+    """Render the run and the edited run at its test views (preview.png) instead of writing a run."""
+    views: int = 4
+    """How many test views --preview renders."""
+    data: Optional[Path] = None
+    """--preview: the scene folder (default: the run's)."""
+    output_dir: Path = Path("outputs/edited")
+    """Where the edited run (or preview.png) goes."""
+
+    def main(self, command: str) -> None:
+        """Preview or write the edit; raises BadInputError / TeacherLoadError for bad input."""
+        from pvdal_ns.experiments.edit import edit_tensors_run, preview
+
+        run, out = self.run.expanduser().resolve(), self.output_dir.expanduser().resolve()
+        if self.preview:
+            preview(run, self.edit, out, self.data, self.views)
+        else:
+            edit_tensors_run(run, self.edit, out)
+
+
 Commands = Union[
     Annotated[Demo, tyro.conf.subcommand(name="demo")],
     Annotated[Run, tyro.conf.subcommand(name="run")],
@@ -292,10 +332,11 @@ Commands = Union[
     Annotated[Matrix, tyro.conf.subcommand(name="matrix")],
     Annotated[Compare, tyro.conf.subcommand(name="compare")],
     Annotated[View, tyro.conf.subcommand(name="view")],
+    Annotated[Edit, tyro.conf.subcommand(name="edit")],
 ]
 
 
-def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) -> None:
+def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View, Edit]) -> None:
     """Checks that need no heavy import, so bad input fails in a moment."""
     from pvdal_ns.utils.errors import not_a_run_config  # light: rich and nerfstudio's console only
     output_dir = getattr(command, "output_dir", None)
@@ -331,6 +372,10 @@ def _quick_checks(command: Union[Demo, Run, Ablation, Matrix, Compare, View]) ->
     runs = [("teacher", command.teacher)] if isinstance(command, (Run, Ablation, Compare)) else []
     if isinstance(command, View):
         runs = [("student", command.student), ("teacher", command.teacher)]
+    if isinstance(command, Edit):
+        runs = [("run", command.run)]
+        if command.views < 1:
+            raise SystemExit(_error(f"--views must be at least 1, got {command.views}"))
     for role, path in runs:
         problem = None if path is None else not_a_run_config(role, path.expanduser())
         if problem is not None:

@@ -25,6 +25,8 @@ from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.proposal_sampling import ProposalSampler, Sampler
 from pvdal_ns.model_components.sampling import OccupancySampler, PackedSamples, Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, TeacherImages, points_batch
+from pvdal_ns.teachers.edits import SceneEdit, within
+from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 
 
 class Teacher:
@@ -91,6 +93,15 @@ class Teacher:
         ``background`` in stage 3)."""
         raise NotImplementedError(f"{self.name} holds no recorded batches")
 
+    def apply_edit(self, edit: SceneEdit) -> None:
+        """Make this teacher the edited scene (:mod:`pvdal_ns.teachers.edits`): whatever it gives from now on (points,
+        renders, its occupancy grid, its proposal fields) is of the edited scene.
+
+        Raises:
+            TeacherLoadError: this kind of teacher cannot be edited (the message says what to do instead)."""
+        raise TeacherLoadError(f"{self.name} teachers cannot be edited yet: convert it into a pvdal-* run first "
+                               "(ns-distill run --student tensors) and edit that run as the teacher")
+
 
 class ModelTeacher(Teacher):
     """A frozen nerfstudio model as teacher. Not an ``nn.Module`` on purpose: it stays out of the student's
@@ -100,7 +111,8 @@ class ModelTeacher(Teacher):
     ``occupancy_grid`` (jittered), or by the teacher's own proposal fields (``proposal_sampler``), or by the sampler
     a call is given (a student's proposals); the samples the teacher's own density hides or leaves transparent are
     dropped where the occupancy sampling culls. Subclasses say what the model is at points (:meth:`query_points`).
-    No subclass is ever asked about zero points: an empty query is answered here.
+    No subclass is ever asked about zero points: an empty query is answered here, and so is an edit
+    (:meth:`apply_edit`): every query goes through it.
 
     Args:
         model: the trained nerfstudio model (set to eval mode, gradients off).
@@ -128,6 +140,8 @@ class ModelTeacher(Teacher):
         self.image_sampler: Sampler = (proposal_sampler.twin().eval() if proposal_sampler is not None
                                        else OccupancySampler(sampling, occupancy_grid, stratified=False).eval())
         self.renderer_rgb = RGBRenderer(background_color="white")
+        self.edit: Optional[SceneEdit] = None
+        """The edit every query goes through (:meth:`apply_edit`); None: the teacher as trained."""
 
     @property
     def name(self) -> str:
@@ -148,7 +162,41 @@ class ModelTeacher(Teacher):
             empty = positions.new_zeros
             phi1 = empty(0, VOLUME_FEATURE_DIM) if Capability.VOLUME_FEATURE in self.capabilities else None
             return PointOutputs(empty(0, 1), None if directions is None else empty(0, 3), phi1)
-        return self._query_points(positions, directions)
+        outputs = self._query_points(positions, directions)
+        return outputs if self.edit is None else self.edit.apply(positions, outputs)
+
+    def apply_edit(self, edit: SceneEdit) -> None:
+        """Every query goes through ``edit`` from now on (:meth:`query_points`: points, renders, images); the occupancy
+        grid's cells wholly emptied by it are unoccupied; the proposal fields' densities are emptied where it empties
+        (so samples go to the surfaces behind an erased part); a recolouring edit takes ϕ¹ away (``VOLUME_FEATURE``:
+        its features hold the old colours).
+
+        Raises:
+            BadInputError: a box that holds no occupied cell of the teacher's grid (it touches nothing the teacher
+                renders; a keep box so would erase everything)."""
+        self._check_touches(edit)
+        self.edit = edit
+        edit.empty_cells(self.occupancy_grid)
+        if edit.changes_colour:
+            self.capabilities &= ~Capability.VOLUME_FEATURE
+        for sampler in (self.proposal_sampler, self.image_sampler):
+            if isinstance(sampler, ProposalSampler):
+                sampler.density_fns = [edit.density_fn(fn) for fn in sampler.density_fns]
+
+    def _check_touches(self, edit: SceneEdit) -> None:
+        grid = self.occupancy_grid
+        occupied = grid.binaries[0].nonzero().float()
+        if len(occupied) == 0:
+            return
+        centres = grid.space.from_unit((occupied + 0.5) / grid.binaries.shape[-1])
+        named = [("--erase", b, box) for b, box in zip(edit.config.erase, edit.erase)]
+        named += [("--keep", b, box) for b, box in zip(edit.config.keep, edit.keep)]
+        named += [("--recolor", b, box) for b, (box, _) in zip(edit.config.recolor, edit.recolor)]
+        for option, numbers, box in named:
+            if not bool(within(box, centres).any()):
+                raise BadInputError(f"{option} {' '.join(f'{v:g}' for v in numbers)} holds nothing the teacher "
+                                    "renders (no occupied cell of its grid): give the box in the viewer's world "
+                                    "frame; ns-distill view shows it (its crop box)")
 
     def query(self, samples: PackedSamples, with_rgb: bool = True) -> PointOutputs:
         """POINTS: :meth:`query_points` at the C slots of ``samples``, with their view directions (colour)

@@ -1,0 +1,112 @@
+"""Scene edits (issue #34, pvdal_ns.teachers.edits): boxes as a user gives them, what an edit does at points, to the
+occupancy grid and to a teacher's renders."""
+
+import math
+
+import pytest
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+
+from pvdal_ns.field_components.scene_space import SceneSpace
+from pvdal_ns.fields import PointOutputs
+from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.model_components.sampling import Sampling
+from pvdal_ns.model_components.teacher_batch import Capability
+from pvdal_ns.teachers.base import ModelTeacher
+from pvdal_ns.teachers.edits import ERASED_RAW_DENSITY, SceneEdit, check_edit, oriented_box, within
+from pvdal_ns.utils.edit_config import SceneEditConfig
+from pvdal_ns.utils.errors import BadInputError
+
+
+def test_a_box_is_read_as_its_corners_or_oriented_and_an_empty_or_malformed_one_is_refused():
+    corners = oriented_box([0, 0, 0, 1, 2, 3], "--erase")
+    points = torch.tensor([[0.5, 1.0, 1.5], [0.5, 2.1, 1.5], [-0.1, 1.0, 1.0]])
+    assert within(corners, points).tolist() == [True, False, False]
+    # a unit cube turned 45° about z: its corners reach (±0.71, 0, 0) and (0, ±0.71, 0), its faces are 0.5 from the
+    # centre along the diagonals, so it holds (0.6, 0, 0) and not (0.4, 0.4, 0), which the cube unturned holds
+    turned = oriented_box([0, 0, 0, 0, 0, math.pi / 4, 1, 1, 1], "--erase")
+    points = torch.tensor([[0.6, 0.0, 0.0], [0.4, 0.4, 0.0], [0.0, -0.6, 0.0]])
+    assert within(turned, points).tolist() == [True, False, True]
+    with pytest.raises(BadInputError, match=r"^--erase 1 0 0 0 1 1 is an empty box .*low corner first"):
+        oriented_box([1, 0, 0, 0, 1, 1], "--erase")
+    with pytest.raises(BadInputError, match=r"^--keep takes 6 numbers .* or 9 .*got 1 2$"):
+        oriented_box([1, 2], "--keep")
+    with pytest.raises(BadInputError, match=r"^--recolor's RGB 255 0 0 is not in \[0, 1\]"):
+        check_edit(SceneEditConfig(recolor=[(0, 0, 0, 1, 1, 1, 255, 0, 0)]))
+    with pytest.raises(BadInputError, match=r"cannot be fine-tuned on the training images"):
+        check_edit(SceneEditConfig(erase=[(0, 0, 0, 1, 1, 1)]), finetune_steps=10)
+    check_edit(SceneEditConfig(), finetune_steps=10)  # no edit: fine-tuning as before
+
+
+def test_an_edit_empties_erased_and_unkept_points_and_recolours_the_rest():
+    positions = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.9, 0.0, 0.0], [-0.5, 0.0, 0.0]])
+    teacher = PointOutputs(torch.full((4, 1), 3.0), torch.full((4, 3), 0.5), torch.ones(4, 16))
+    erase = SceneEdit(SceneEditConfig(erase=[(0.4, -1, -1, 0.6, 1, 1)], keep=[(-1, -1, -1, 1, 1, 1)]))
+    edited = erase.apply(positions, teacher)
+    assert edited.raw_density[:, 0].tolist() == [3.0, ERASED_RAW_DENSITY, 3.0, 3.0]
+    assert edited.phi1[:, 0].tolist() == [1.0, ERASED_RAW_DENSITY, 1.0, 1.0]  # ϕ¹'s density channel follows
+    assert torch.equal(edited.phi1[:, 1:], teacher.phi1[:, 1:]) and torch.equal(edited.rgb, teacher.rgb)
+    crop = SceneEdit(SceneEditConfig(keep=[(-0.7, -1, -1, 0.7, 1, 1)]))
+    assert crop.apply(positions, teacher).raw_density[:, 0].tolist() == [3.0, 3.0, ERASED_RAW_DENSITY, 3.0]
+    for mode, expected in (("replace", [1.0, 0.0, 0.0]), ("multiply", [0.5, 0.0, 0.0])):
+        red = SceneEdit(SceneEditConfig(recolor=[(-1, -1, -1, 0.2, 1, 1, 1, 0, 0)], recolor_mode=mode))
+        recoloured = red.apply(positions, teacher)
+        assert recoloured.rgb[0].tolist() == expected and recoloured.rgb[3].tolist() == expected
+        assert recoloured.rgb[1].tolist() == [0.5, 0.5, 0.5]
+        assert recoloured.phi1 is None  # its features hold the old colours: no ϕ¹ (no L_v, no stage 1)
+
+
+def test_the_grid_cells_wholly_emptied_by_an_edit_are_unoccupied_and_no_other():
+    space = SceneSpace(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), False)
+    grid = OccupancyGrid(space, 16)  # cells of 0.125
+    grid.binaries[:] = True
+    assert SceneEdit(SceneEditConfig(erase=[(-0.51, -0.51, -0.51, 0.51, 0.51, 0.51)])).empty_cells(grid) == 8**3
+    grid.binaries[:] = True
+    # kept: the 8 cells across the box and the 2 it cuts into, on each axis
+    assert SceneEdit(SceneEditConfig(keep=[(-0.51, -0.51, -0.51, 0.51, 0.51, 0.51)])).empty_cells(grid) == 16**3 - 10**3
+
+
+class Sphere(ModelTeacher):
+    """A teacher whose scene is a dense grey ball of radius 0.5 at the origin."""
+
+    def __init__(self):
+        scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+        sampling = Sampling(scene_box, grid_resolution=32, num_samples=256)
+        grid = OccupancyGrid(sampling.space, 32)
+        unit = (torch.stack(torch.meshgrid(*[torch.arange(32)] * 3, indexing="ij"), -1) + 0.5) / 32
+        grid.binaries[0] = sampling.space.from_unit(unit).norm(dim=-1) < 0.6
+        super().__init__(torch.nn.Identity(), "sphere", grid, sampling,
+                         Capability.RAYS | Capability.POINTS | Capability.VOLUME_FEATURE)
+
+    def _query_points(self, positions, directions):
+        raw = torch.where(positions.norm(dim=-1, keepdim=True) < 0.5, 5.0, -20.0)
+        rgb = None if directions is None else torch.full_like(positions, 0.5)
+        return PointOutputs(raw, rgb, torch.cat([raw, torch.zeros(len(raw), 15)], -1))
+
+
+def _rays(origins):
+    origins = torch.tensor(origins)
+    directions = torch.tensor([[0.0, 0.0, 1.0]]).expand_as(origins)
+    return RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(len(origins), 1),
+                     camera_indices=torch.zeros(len(origins), 1, dtype=torch.long))
+
+
+def test_an_edited_teacher_renders_through_the_erased_part_and_a_box_holding_nothing_is_refused():
+    rays = _rays([[0.25, 0.0, -1.5], [-0.25, 0.0, -1.5]])  # one through the half to erase, one through the other
+    sphere = Sphere()
+    assert sphere.render_rays(rays)["accumulation"][:, 0].tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
+    occupied = int(sphere.occupancy_grid.binaries.sum())
+    sphere.apply_edit(SceneEdit(SceneEditConfig(erase=[(0.0, -1, -1, 1, 1, 1)])))
+    opacity = sphere.render_rays(rays)["accumulation"][:, 0].tolist()
+    assert opacity == pytest.approx([0.0, 1.0], abs=1e-3)
+    assert int(sphere.occupancy_grid.binaries.sum()) < occupied * 0.6  # the erased half's cells are empty
+    assert Capability.VOLUME_FEATURE in sphere.capabilities
+    recoloured = Sphere()
+    recoloured.apply_edit(SceneEdit(SceneEditConfig(recolor=[(0.0, -1, -1, 1, 1, 1, 1, 0, 0)])))
+    rgb = recoloured.render_rays(rays)["rgb"]
+    assert rgb[0].tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-3)
+    assert rgb[1].tolist() == pytest.approx([0.5, 0.5, 0.5], abs=1e-3)
+    assert Capability.VOLUME_FEATURE not in recoloured.capabilities
+    with pytest.raises(BadInputError, match=r"^--erase 0.8 0.8 0.8 1 1 1 holds nothing the teacher renders"):
+        Sphere().apply_edit(SceneEdit(SceneEditConfig(erase=[(0.8, 0.8, 0.8, 1, 1, 1)])))
