@@ -47,7 +47,7 @@ from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
 from pvdal_ns.utils.library_internals import trainer_start_step
 from pvdal_ns.utils.run_config import fill_missing_defaults, read_trainer_config
-from pvdal_ns.viewer.conversion_panel import ConversionPanel
+from pvdal_ns.viewer.conversion_panel import ConversionPanel, edit_boxes
 
 
 @dataclass
@@ -183,7 +183,8 @@ class DistillationPipeline(VanillaPipeline):
                 self.active_learning.follow(f"the student of {labels.teacher.name} with the most steps")
             labels.serve(distillation.stages)
             self.datamanager.use_pseudo_labels(labels, leads)
-        self.conversion = ConversionPanel(dataset.cameras, dataset.scene_box.get_center(), config.distils)
+        self.conversion = ConversionPanel(dataset.cameras, dataset.scene_box.get_center(), config.distils,
+                                          edit_boxes(config.edits_before, config.edit))
         """The viewer's panel, hard-pose frustums and teacher comparison (docs/design.md, "The viewer")."""
         if distillation is not None and self._cache_to_write is None:  # serial mode releases its teacher
             self.conversion.compare_with(teacher, config.al.ray_fraction)

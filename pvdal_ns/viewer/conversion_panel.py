@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,11 +26,12 @@ import viser.transforms as vtf
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.model_components.renderers import RGBRenderer
 from nerfstudio.utils.colormaps import ColormapOptions, apply_colormap
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO as VISER_SCALE
-from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerControl, ViewerElement
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerControl, ViewerElement
 from torch import Tensor, nn
 
 from pvdal_ns.active_learning.active_learning import ActiveLearning, HardPosePool
@@ -38,6 +39,7 @@ from pvdal_ns.model_components.losses import ray_rgb_errors
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.teachers import Teacher
+from pvdal_ns.teachers.edits import oriented_box
 
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
@@ -138,6 +140,30 @@ class _OnViewer(ViewerControl):
         self.callback(viewer)
 
 
+EDIT_COLOURS = {"erase": (230, 60, 60), "keep": (60, 190, 90), "recolor": (60, 120, 230)}
+"""The colour each kind of edit box is drawn in (:meth:`ConversionPanel.draw_edits`)."""
+
+_BOX_EDGES = [(0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (0, 4), (1, 5), (2, 6), (3, 7)]
+
+
+def edit_boxes(edits_before: Sequence[Dict[str, Any]], edit: Any) -> List[Tuple[str, OrientedBox]]:
+    """Every box of a run's edits, in order (``pipeline.edits_before``, then ``pipeline.edit``): (kind, box), kind
+    "erase", "keep" or "recolor"; a recolour box without its RGB."""
+    boxes = []
+    for entry in [*edits_before, *([edit.key()] if edit is not None and not edit.empty else [])]:
+        for kind in ("keep", "erase", "recolor"):
+            for numbers in entry.get(kind, []):
+                boxes.append((kind, oriented_box(numbers[:-3] if kind == "recolor" else numbers, f"--{kind}")))
+    return boxes
+
+
+def crop_box_numbers(box: OrientedBox) -> List[float]:
+    """The 9 numbers of an oriented box as ``--erase``/``--keep`` take them (and ``ns-export``'s ``--obb-center
+    --obb-rotation --obb-scale``): centre, roll pitch yaw (radians), sides; world units."""
+    rpy = vtf.SO3.from_matrix(box.R.double().numpy()).as_rpy_radians()
+    return [*box.T.tolist(), float(rpy.roll), float(rpy.pitch), float(rpy.yaw), *box.S.tolist()]
+
+
 @dataclass(frozen=True)
 class FirstView:
     """A browser tab's first camera (world units; the viewer scales them by ``VISER_NERFSTUDIO_SCALE_RATIO``)."""
@@ -216,8 +242,14 @@ class ConversionPanel(nn.Module):
         distilling: show the distillation's panel (stage, losses, pools) and the hard-pose frustums.
     """
 
-    def __init__(self, cameras: Cameras, centre: Float[Tensor, "3"], distilling: bool) -> None:
+    def __init__(self, cameras: Cameras, centre: Float[Tensor, "3"], distilling: bool,
+                 edits: Sequence[Tuple[str, OrientedBox]] = ()) -> None:
         super().__init__()
+        self.edits = list(edits)
+        """The run's edit boxes (:func:`edit_boxes`), drawn as wire boxes when a viewer opens."""
+        self.crop_as_edit = ViewerButton("Crop box as an edit", cb_hook=lambda _: self.show_crop_box())
+        self.crop_edit = ViewerMarkdown("Crop box edit", "Turn on the crop box (Crop Viewport), place it, then press "
+                                        "the button: the box as --keep / --erase numbers")
         self.cameras, self.centre = cameras, centre.cpu()
         distance = float((cameras.camera_to_worlds[:, :3, 3].cpu() - self.centre).norm(dim=-1).median())
         self._frustum_depth = 0.08 * distance * VISER_SCALE  # nerfstudio's 0.1 viser units: a speck from that far
@@ -250,6 +282,7 @@ class ConversionPanel(nn.Module):
             CONSOLE.log(f"Viewer: output types {', '.join(COMPARISON_OUTPUTS)} compare the student with "
                         f"{self.teacher.name}")
         viewer.viser_server.on_client_connect(self._first_camera)
+        self.draw_edits()
         pools = getattr(viewer.pipeline, "batch_pools", None)
         if self.status is not None and pools is not None:
             self.draw_hard_poses(pools.hard_poses)
@@ -318,6 +351,30 @@ class ConversionPanel(nn.Module):
                 f"/hard_poses/pose_{i:03d}", fov=fov, aspect=aspect, scale=self._frustum_depth,
                 color=tuple(int(255 * c) for c in colour), wxyz=rotation.wxyz, position=c2w[:3, 3] * VISER_SCALE,
                 visible=visible))
+
+    def draw_edits(self) -> None:
+        """The run's edit boxes as wire boxes in the scene (``/edits/<kind>_<i>``), in :data:`EDIT_COLOURS`."""
+        if self.viewer is None:
+            return
+        server = self.viewer.viser_server
+        corners = torch.tensor([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+        for i, (kind, box) in enumerate(self.edits):
+            world = (corners * box.S.float()) @ box.R.float().T + box.T.float()
+            points = (world * VISER_SCALE).numpy()
+            for j, (a, b) in enumerate(_BOX_EDGES):
+                server.scene.add_spline_catmull_rom(f"/edits/{kind}_{i}/edge_{j}", np.stack([points[a], points[b]]),
+                                                    color=EDIT_COLOURS[kind], line_width=3.0)
+
+    def show_crop_box(self) -> str:
+        """The viewer's crop box (its Crop Viewport controls) as an edit's numbers, shown in the panel and logged;
+        returns the ``--keep …`` line."""
+        if self.viewer is None:
+            return ""
+        numbers = " ".join(f"{v:.4g}" for v in crop_box_numbers(self.viewer.control_panel.crop_obb))
+        line = f"--keep {numbers}"
+        self.crop_edit.show(f"`{line}` (or `--erase {numbers}`)")
+        CONSOLE.log(f"Viewer: the crop box as an edit: {line} (or --erase {numbers})")
+        return line
 
     def _set_visible(self, visible: bool) -> None:
         for handle in self._frustums:

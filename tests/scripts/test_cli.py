@@ -282,3 +282,17 @@ def test_a_run_continues_on_another_device():
 
     assert same_settings(config("cpu"), config("cuda")) and same_settings(config("cuda"), config("cpu"))
     assert not same_settings(config("cpu"), config("cuda", steps=40))
+
+
+def test_ns_train_takes_an_edit_as_pipeline_edit_options():
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    config = tyro.cli(AnnotatedBaseConfigUnion, args=[
+        "pvdal-hash-small", "--pipeline.edit.erase", "0", "0", "0", "1", "1", "1",
+        "--pipeline.edit.erase", "0", "0", "0", "0", "0", "0.5", "1", "1", "1",
+        "--pipeline.edit.recolor", "0", "0", "0", "1", "1", "1", "1", "0", "0", "--pipeline.edit.recolor-mode",
+        "multiply", "blender-data"])
+    edit = config.pipeline.edit
+    assert [list(b) for b in edit.erase] == [[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0.5, 1, 1, 1]]
+    assert edit.recolor_mode == "multiply" and edit.describe() == "erase 2 boxes, recolor 1 box (multiply)"

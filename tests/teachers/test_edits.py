@@ -110,3 +110,39 @@ def test_an_edited_teacher_renders_through_the_erased_part_and_a_box_holding_not
     assert Capability.VOLUME_FEATURE not in recoloured.capabilities
     with pytest.raises(BadInputError, match=r"^--erase 0.8 0.8 0.8 1 1 1 holds nothing the teacher renders"):
         Sphere().apply_edit(SceneEdit(SceneEditConfig(erase=[(0.8, 0.8, 0.8, 1, 1, 1)])))
+
+
+def test_the_viewer_draws_a_runs_edit_boxes_and_writes_its_crop_box_as_an_edit():
+    import types
+
+    import viser
+    from nerfstudio.data.scene_box import OrientedBox
+
+    from pvdal_ns.viewer.conversion_panel import ConversionPanel, crop_box_numbers, edit_boxes
+
+    chain = [{"erase": [[0, 0, 0, 1, 1, 1]], "keep": [], "recolor": [], "applied": "written into the SH voxels of …"}]
+    edit = SceneEditConfig(recolor=[(0, 0, 0, 0.5, 0.5, 0.5, 1, 0, 0)])
+    boxes = edit_boxes(chain, edit)
+    assert [kind for kind, _ in boxes] == ["erase", "recolor"]
+    assert boxes[1][1].S.tolist() == [0.5, 0.5, 0.5]
+
+    crop = OrientedBox.from_params((0.1, -0.2, 0.3), (0.2, -0.1, 0.7), (0.4, 0.5, 0.6))
+    numbers = crop_box_numbers(crop)  # the crop box → --keep numbers → the same box
+    again = oriented_box(numbers, "--keep")
+    points = torch.rand(2000, 3) - 0.5
+    assert torch.equal(within(again, points), within(OrientedBox(crop.R.float(), crop.T.float(), crop.S.float()),
+                                                      points))
+
+    server = viser.ViserServer(port=0, verbose=False)
+    try:
+        scene_box = torch.tensor([[-1.0, -1, -1], [1, 1, 1]])
+        cameras = types.SimpleNamespace(camera_to_worlds=torch.eye(4)[None, :3])
+        panel = ConversionPanel(cameras, scene_box.mean(0), distilling=False, edits=boxes)
+        panel.viewer = types.SimpleNamespace(viser_server=server, control_panel=types.SimpleNamespace(crop_obb=crop))
+        panel.draw_edits()
+        drawn = [name for name in server.scene._handle_from_node_name if name.startswith("/edits/")]
+        assert len(drawn) == 2 * 12 and "/edits/erase_0/edge_0" in drawn  # 12 edges a box
+        line = panel.show_crop_box()
+        assert line == "--keep " + " ".join(f"{v:.4g}" for v in numbers) and line in panel.crop_edit.content
+    finally:
+        server.stop()
