@@ -34,7 +34,8 @@ from pvdal_ns.pipelines.teacher_scene import (
 )
 from pvdal_ns.presets import Size, checkpoint_interval, finetune_start, method_name
 from pvdal_ns.teachers import check_teacher_run, load_teacher
-from pvdal_ns.teachers.edits import SceneEdit, check_edit
+from pvdal_ns.teachers.composed import open_edited_teacher
+from pvdal_ns.teachers.edits import check_edit
 from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
 from pvdal_ns.utils.files import Fields, read_record, write_json
@@ -181,8 +182,8 @@ def edited_teacher_views(pipeline: Pipeline, config: TrainerConfig) -> List[Tens
     device = pipeline.device
     with torch.random.fork_rng():  # a stock teacher's grid is filled from jittered points
         torch.manual_seed(TEACHER_SEED)
-        teacher = load_teacher(config.pipeline.teacher_config, device, pipeline.model.sampling)
-    teacher.apply_edit(SceneEdit(config.pipeline.edit, device))
+        teacher = open_edited_teacher(config.pipeline.teacher_config, config.pipeline.edit, device,
+                                      pipeline.model.sampling)
     loader = split_dataloader(pipeline.datamanager, "test")  # type: ignore[arg-type]
     return [teacher.render_camera(camera.to(device)) for camera, _ in loader]
 

@@ -20,18 +20,14 @@ from pvdal_ns.fields.tensors import TensorsField, TensorsFieldConfig
 from pvdal_ns.models.pvd_model import PVDModelConfig
 from pvdal_ns.pipelines.teacher_scene import resolve_data, teacher_edits
 from pvdal_ns.teachers import load_teacher, teacher_contraction
-from pvdal_ns.teachers.edits import ERASED_RAW_DENSITY, SceneEdit, within
+from pvdal_ns.teachers.composed import open_edited_teacher
+from pvdal_ns.teachers.edits import ERASED_RAW_DENSITY, SH_C0, SceneEdit, check_edit, within
 from pvdal_ns.teachers.pvd import PVDTeacher
 from pvdal_ns.utils.checkpoints import load_checkpoint
 from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError
 from pvdal_ns.utils.files import save_figure, save_torch
 from pvdal_ns.utils.run_config import newest_checkpoint, read_trainer_config
-
-SH_C0 = 0.28209479177387814
-"""The constant of the degree-0 spherical harmonic, Y₀₀ = 1 / (2√π) (the first component of nerfstudio's
-``components_from_spherical_harmonics``): a voxel whose only coefficient per channel is c has colour
-sigmoid(c · Y₀₀)."""
 
 
 def check_editable(config: TrainerConfig, run: Path) -> None:
@@ -72,8 +68,9 @@ def edit_tensors_run(run: Path, edit: SceneEditConfig, output_dir: Path) -> Path
         TeacherLoadError: the run cannot be read."""
     config = read_trainer_config(run, "run")
     check_editable(config, run)
-    if edit.empty:
-        raise BadInputError("ns-distill edit writes nothing without an edit: give --erase, --keep or --recolor")
+    if not edit.has_boxes:
+        raise BadInputError("ns-distill edit writes boxes into voxels: give --erase, --keep or --recolor (compose "
+                            "scenes by converting: ns-distill run --teacher … --compose …)")
     if edit.recolor and edit.recolor_mode == "multiply":
         raise BadInputError("--recolor-mode multiply cannot be written into SH voxels (a tint of view-dependent "
                             "colours): use replace, or convert with the edit (ns-distill run … --recolor-mode "
@@ -154,9 +151,10 @@ def preview(run: Path, edit: SceneEditConfig, output_dir: Path, data: Optional[P
     device = "cuda" if torch.cuda.is_available() else "cpu"
     contracted = teacher_contraction(run)
     sampling = PVDModelConfig().sampling(outputs.scene_box, bool(contracted))
+    check_edit(edit)
     teacher = load_teacher(run, device, sampling)
     before = [teacher.render_camera(cameras[i : i + 1].to(device)) for i in range(len(cameras))]
-    teacher.apply_edit(SceneEdit(edit, device))
+    teacher = open_edited_teacher(run, edit, device, sampling)
     after = [teacher.render_camera(cameras[i : i + 1].to(device)) for i in range(len(cameras))]
     path = output_dir / "preview.png"
     _save_preview(path, before, after, edit.describe())

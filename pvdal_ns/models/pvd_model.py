@@ -177,6 +177,8 @@ class PVDModel(Model):
         and around a checkpoint's load, whose settings win. The new sampler jitters only if the model is in training
         mode: nerfstudio's ``eval_setup`` calls ``pipeline.eval()`` before it loads the checkpoint, so a sampler built
         by the load in training mode would jitter every render of ``ns-render`` and ``ns-eval``."""
+        # the field's box (a checkpoint's wins: a student of a composed teacher has a larger one than its scene's)
+        self.scene_box = SceneBox(aabb=self.field.aabb.detach().to(self.scene_box.aabb.device).clone())
         self.sampling = self.config.sampling(self.scene_box, contracted, proposals)
         self.field.set_contracted(contracted)
         self.occupancy_grid.set_contracted(contracted)

@@ -40,8 +40,9 @@ from pvdal_ns.models.pvd_model import DistillationPlan, PVDModel, PVDModelConfig
 from pvdal_ns.pipelines.sharing import TEACHER_KEYS, batch_key, shared
 from pvdal_ns.pipelines.teacher_scene import check_same_scene
 from pvdal_ns.presets import finetune_start
-from pvdal_ns.teachers import Teacher, TeacherCache, load_teacher, teacher_contraction
-from pvdal_ns.teachers.edits import SceneEdit, check_edit
+from pvdal_ns.teachers import Teacher, TeacherCache, teacher_contraction
+from pvdal_ns.teachers.composed import open_edited_teacher
+from pvdal_ns.teachers.edits import check_edit
 from pvdal_ns.utils.checkpoints import allow_numpy_scalars
 from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, install_refusal_hook
@@ -164,7 +165,8 @@ class DistillationPipeline(VanillaPipeline):
         """The last training step's losses and metrics, for the viewer panel's callback."""
         self.image_dir: Optional[Path] = None
         """Where the active-learning figures go (``<run>/active_learning``; the leading student's run only)."""
-        self._model = config.model.setup(scene_box=dataset.scene_box, num_train_data=len(dataset),
+        scene_box = dataset.scene_box if distillation is None or teacher.scene_box is None else teacher.scene_box
+        self._model = config.model.setup(scene_box=scene_box, num_train_data=len(dataset),
                                          metadata=dataset.metadata, device=device, grad_scaler=grad_scaler,
                                          contracted=contracted, distillation=distillation)
         self.model.to(device)
@@ -283,9 +285,8 @@ class DistillationPipeline(VanillaPipeline):
         def load() -> Teacher:
             with torch.random.fork_rng():  # a stock teacher's grid is filled from jittered points
                 torch.manual_seed(TEACHER_SEED)
-                teacher = load_teacher(config.teacher_config, device, sampling)  # type: ignore[arg-type]
+                teacher = open_edited_teacher(config.teacher_config, config.edit, device, sampling)  # type: ignore
             if not config.edit.empty:
-                teacher.apply_edit(SceneEdit(config.edit, device))
                 CONSOLE.log(f"Teacher edited: {config.edit.describe()}")
             return teacher
 

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.model_components.renderers import RGBRenderer
 from torch import Tensor
 
@@ -47,6 +48,9 @@ class Teacher:
     source: Path
     occupancy_grid: OccupancyGrid
     proposal_sampler: Optional[ProposalSampler] = None
+    scene_box: Optional[SceneBox] = None
+    """The scene box its student takes instead of its scene's (a composed teacher's holds both scenes,
+    :class:`~pvdal_ns.teachers.composed.ComposedTeacher`); None: the scene's own."""
 
     @property
     def name(self) -> str:

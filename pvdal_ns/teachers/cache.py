@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.model_components.renderers import RGBRenderer
 from torch import Tensor
 
@@ -143,6 +144,9 @@ class TeacherCache(Teacher):
         space = SceneSpace(aabb, bool(meta["written_for"].get("contracted", False)))
         self.occupancy_grid = OccupancyGrid(space, int(meta["written_for"]["grid_resolution"]))
         self.occupancy_grid.load_state_dict(grid_state)
+        grid_box = self.occupancy_grid.space.aabb.detach().cpu()
+        if not torch.allclose(grid_box, aabb):  # written by a composed teacher: its student's box grows as it did
+            self.scene_box = SceneBox(aabb=grid_box.clone())
         self._rays = _Mapped(self.path / _FILES["rays"], np.float32, 7)
         self._spans = _Mapped(self.path / _FILES["spans"], np.float32, 2)
         self._outputs = _Mapped(self.path / _FILES["outputs"], np.float16, int(meta["output_width"]))

@@ -24,6 +24,7 @@ renders (no stage 1).
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Callable, Sequence, Tuple
 
 import torch
@@ -34,11 +35,17 @@ from torch import Tensor
 from pvdal_ns.fields import PointOutputs
 from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.utils.edit_config import SceneEditConfig
-from pvdal_ns.utils.errors import BadInputError
+from pvdal_ns.utils.errors import BadInputError, not_a_run_config
 
 ERASED_RAW_DENSITY = -20.0
 """Raw (log) density of erased points: σ = 2e-9 per scene unit, empty for any ray; below every density clip's floor
 (``PVDLossConfig.density_clip``, -2 by default)."""
+
+SH_C0 = 0.28209479177387814
+"""Y₀₀ = 1 / (2√π), the constant spherical harmonic (the first component of nerfstudio's
+``components_from_spherical_harmonics``; its ``SH2RGB``: colour = 0.5 + Y₀₀ · DC term): what a colour edit of SH
+coefficients writes (a pvdal-tensors run's voxels, splatfacto's Gaussians)."""
+
 
 def oriented_box(numbers: Sequence[float], what: str) -> OrientedBox:
     """nerfstudio's ``OrientedBox`` of a box's numbers (:data:`BoxNumbers`).
@@ -195,6 +202,14 @@ def check_edit(config: SceneEditConfig, finetune_steps: int = 0) -> None:
         BadInputError: a box that is not 6 or 9 numbers, an empty box, an RGB outside [0, 1]; an edit with
             fine-tuning on the training images (``finetune_steps`` > 0: they would bring the erased part back)."""
     SceneEdit(config)
+    if config.compose is not None:
+        problem = not_a_run_config("--compose teacher", Path(config.compose).expanduser())
+        if problem is not None:
+            raise BadInputError(problem)
+        values = torch.tensor([*config.offset, config.scale], dtype=torch.float64)
+        if not bool(values.isfinite().all()) or config.scale <= 0:
+            raise BadInputError(f"--offset {' '.join(f'{v:g}' for v in config.offset)} --scale {config.scale:g}: the "
+                                "offset must be finite and the scale positive")
     if not config.empty and finetune_steps > 0:
         raise BadInputError("an edited conversion cannot be fine-tuned on the training images (they would bring back "
                             "what the edit took away): leave out the fine-tuning steps, or the edit")

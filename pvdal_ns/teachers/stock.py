@@ -57,7 +57,8 @@ from pvdal_ns.model_components.proposal_sampling import ProposalSampler
 from pvdal_ns.model_components.sampling import ProposalSampling, Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherImages
 from pvdal_ns.teachers.base import ModelTeacher
-from pvdal_ns.utils.errors import TeacherLoadError, first_line
+from pvdal_ns.teachers.edits import SH_C0, SceneEdit, within
+from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, first_line
 from pvdal_ns.utils.library_internals import offline_lpips, update_occupancy
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
@@ -162,17 +163,56 @@ class SplatfactoTeacher(ModelTeacher):
 
     def __init__(self, model: Model, source: Path, sampling: Sampling) -> None:
         grid = OccupancyGrid(sampling.space, sampling.grid_resolution).to(model.device)
-        with torch.no_grad():
-            keep = torch.sigmoid(model.opacities).flatten() >= self.min_opacity
-            means = model.means[keep]
-            radius = 2.0 * torch.exp(model.scales[keep]).amax(dim=-1, keepdim=True)
-            corners = torch.tensor(list(product((-1.0, 1.0), repeat=3)), device=means.device)
-            grid.mark(torch.cat([means, (means[:, None] + radius[:, None] * corners).reshape(-1, 3)]))
         super().__init__(model, source, grid, sampling, Capability.IMAGES)
+        self._mark_grid()
+
+    @torch.no_grad()
+    def _mark_grid(self) -> None:
+        model = self.model
+        keep = torch.sigmoid(model.opacities).flatten() >= self.min_opacity
+        means = model.means[keep]
+        radius = 2.0 * torch.exp(model.scales[keep]).amax(dim=-1, keepdim=True)
+        corners = torch.tensor(list(product((-1.0, 1.0), repeat=3)), device=means.device)
+        self.occupancy_grid.mark(torch.cat([means, (means[:, None] + radius[:, None] * corners).reshape(-1, 3)]))
 
     @property
     def name(self) -> str:
         return "splatfacto"
+
+    @torch.no_grad()
+    def apply_edit(self, edit: SceneEdit) -> None:
+        """Edit the Gaussians by where their means fall (issue #34): those the edit empties are dropped (opacity 0);
+        those in a recolour box take its colour (replace: the constant SH term, the view-dependent ones zeroed;
+        multiply: every SH coefficient scaled, so the colour is multiplied exactly before clamping). The grid is
+        marked again from the Gaussians kept.
+
+        Raises:
+            BadInputError: a box holding no Gaussian of opacity ≥ :attr:`min_opacity`."""
+        model = self.model
+        visible = torch.sigmoid(model.opacities).flatten() >= self.min_opacity
+        means = model.means
+        named = [("--erase", b, box) for b, box in zip(edit.config.erase, edit.erase)]
+        named += [("--keep", b, box) for b, box in zip(edit.config.keep, edit.keep)]
+        named += [("--recolor", b, box) for b, (box, _) in zip(edit.config.recolor, edit.recolor)]
+        for option, numbers, box in named:
+            if not bool((within(box, means) & visible).any()):
+                raise BadInputError(f"{option} {' '.join(f'{v:g}' for v in numbers)} holds no Gaussian of the "
+                                    "teacher: give the box in the viewer's world frame")
+        params = model.gauss_params
+        params["opacities"].data[edit.emptied(means)] = -20.0  # sigmoid(−20) ≈ 2e-9
+        sh = model.config.sh_degree > 0
+        for box, rgb in edit.recolor:
+            inside = within(box, means)
+            rgb = rgb.to(means)
+            dc = params["features_dc"].data
+            colour = (dc * SH_C0 + 0.5) if sh else torch.sigmoid(dc)  # nerfstudio's SH2RGB, or its sigmoid colours
+            new = rgb.expand_as(colour) if edit.config.recolor_mode == "replace" else colour * rgb
+            new = new[inside]
+            dc[inside] = ((new - 0.5) / SH_C0) if sh else torch.logit(new.clamp(1e-4, 1 - 1e-4))
+            rest = params["features_rest"].data
+            rest[inside] = 0.0 if edit.config.recolor_mode == "replace" else rest[inside] * rgb
+        self.edit = edit
+        self._mark_grid()
 
     @torch.no_grad()
     def render_images(self, cameras: Cameras) -> TeacherImages:

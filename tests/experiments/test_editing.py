@@ -104,3 +104,23 @@ def test_a_vm_run_is_refused_voxel_editing_with_the_conversion_route(tiny_teache
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(errors) == 1 and "plane × line products" in errors[0] and "--student tensors" in errors[0], errors
     assert not any(tmp_path.iterdir())
+
+
+def test_a_student_of_two_composed_teachers_holds_both_in_its_grown_box(tiny_teacher, tmp_path):
+    from pvdal_ns.scripts.distill import main
+    from pvdal_ns.utils.run_config import open_run
+
+    teacher_config, _ = tiny_teacher
+    out = tmp_path / "composed"
+    assert main(["run", "--teacher", str(teacher_config), "--student", "hash", "--steps", "30", "--output-dir",
+                 str(out), "--compose", str(teacher_config), "--offset", "2", "0", "0", "--scale", "0.5"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["edit"]["compose"] == {"teacher": str(teacher_config.resolve()), "offset": [2.0, 0.0, 0.0],
+                                         "scale": 0.5}
+    student_config = next(out.rglob("pvdal-hash-small/*/config.yml"))
+    _, student, _, _ = open_run(student_config, "student")  # as ns-render / ns-viewer open it: no teacher
+    model = student.model
+    assert model.scene_box.aabb[1, 0].item() == 2.75 and model.field.aabb[1, 0].item() == 2.75  # 2 + 1.5 · 0.5
+    grid = model.occupancy_grid
+    occupied = grid.space.from_unit((grid.binaries[0].nonzero().float() + 0.5) / grid.binaries.shape[-1])
+    assert (occupied[:, 0] > 1.6).any() and (occupied[:, 0] < 1.4).any()  # the second teacher's cells, and the first's

@@ -2,6 +2,7 @@
 occupancy grid and to a teacher's renders."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +147,54 @@ def test_the_viewer_draws_a_runs_edit_boxes_and_writes_its_crop_box_as_an_edit()
         assert line == "--keep " + " ".join(f"{v:.4g}" for v in numbers) and line in panel.crop_edit.content
     finally:
         server.stop()
+
+
+def test_a_second_teacher_composed_into_the_scene_is_rendered_moved_and_scaled_in_a_grown_box():
+    from pvdal_ns.teachers.composed import ComposedTeacher
+
+    composed = ComposedTeacher(Sphere(), Sphere(), offset=(1.2, 0.0, 0.0), scale=0.5)
+    assert composed.scene_box.aabb.flatten().tolist() == pytest.approx([-1, -1, -1, 1.7, 1, 1])  # both boxes
+    # the first ball (radius 0.5 at 0), the second (radius 0.25 at x = 1.2), and the gap between them
+    opacity = composed.render_rays(_rays([[0.0, 0.0, -1.5], [1.2, 0.0, -1.5], [0.85, 0.0, -1.5]]))["accumulation"]
+    assert opacity[:, 0].tolist() == pytest.approx([1.0, 1.0, 0.0], abs=1e-3)
+    at = torch.tensor([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [1.2, 0.0, 0.7]])
+    density = composed.query_points(at).density[:, 0].tolist()
+    assert density[1] == pytest.approx(2 * density[0], rel=1e-4) and density[2] < 1e-6  # σ₂((x − t)/s)/s
+    assert composed.occupancy_grid.occupied(at).tolist() == [True, True, False]
+    assert Capability.VOLUME_FEATURE not in composed.capabilities and composed.name == "Identity + Identity"
+    with pytest.raises(BadInputError, match=r"--offset 0 0 0 --scale 0: the offset must be finite and the scale"):
+        check_edit(SceneEditConfig(compose=Path(__file__), scale=0.0))
+
+
+def test_a_splatfacto_teachers_gaussians_are_dropped_and_recoloured_by_where_their_means_fall():
+    from nerfstudio.models.splatfacto import SplatfactoModelConfig
+
+    from pvdal_ns.teachers.stock import SplatfactoTeacher
+    from pvdal_ns.utils.library_internals import offline_lpips
+
+    scene_box = SceneBox(aabb=torch.tensor([[-5.0, -5, -5], [5, 5, 5]]))
+    with offline_lpips():  # random Gaussians in the box, on the CPU (rendering them needs CUDA; editing does not)
+        model = SplatfactoModelConfig(num_random=2000).setup(scene_box=scene_box, num_train_data=1, metadata={})
+    model.gauss_params["opacities"].data[:] = 0.0  # every Gaussian visible (opacity 0.5)
+    teacher = SplatfactoTeacher(model, Path("splat"), Sampling(scene_box, grid_resolution=16))
+    means = model.means.detach().clone()
+    colours, rest = model.colors.detach().clone(), model.features_rest.detach().clone()
+    occupied = int(teacher.occupancy_grid.binaries.sum())
+    tint = SceneEdit(SceneEditConfig(erase=[(0, -5, -5, 5, 5, 5)], recolor=[(-5, -5, -5, -1, 5, 5, 0.5, 1.0, 0.25)],
+                                     recolor_mode="multiply"))
+    teacher.apply_edit(tint)
+    erased, tinted = means[:, 0] > 0, means[:, 0] < -1
+    opacity = torch.sigmoid(model.opacities.detach())[:, 0]
+    assert bool((opacity[erased] < 1e-8).all()) and bool((opacity[~erased] == 0.5).all())
+    factor = torch.tensor([0.5, 1.0, 0.25])
+    assert torch.allclose(model.colors.detach()[tinted], colours[tinted] * factor, atol=1e-5)  # exact, before clamping
+    assert torch.allclose(model.features_rest.detach()[tinted], rest[tinted] * factor)
+    middle = ~erased & ~tinted
+    assert torch.equal(model.colors.detach()[middle], colours[middle])
+    assert int(teacher.occupancy_grid.binaries.sum()) < occupied  # marked again from the Gaussians kept
+    replace = SplatfactoTeacher(model, Path("splat"), Sampling(scene_box, grid_resolution=16))
+    replace.apply_edit(SceneEdit(SceneEditConfig(recolor=[(-5, -5, -5, -1, 5, 5, 1, 0, 0)])))
+    assert torch.allclose(model.colors.detach()[tinted], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
+    assert bool((model.features_rest.detach()[tinted] == 0).all())
+    with pytest.raises(BadInputError, match=r"^--erase 1 -5 -5 5 5 5 holds no Gaussian of the teacher"):
+        replace.apply_edit(SceneEdit(SceneEditConfig(erase=[(1, -5, -5, 5, 5, 5)])))  # all dropped already
