@@ -131,6 +131,7 @@ def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, m
     from nerfstudio.scripts.render import RenderInterpolated, SpiralRender
 
     import pvdal_ns.pipelines.distillation_pipeline
+    import pvdal_ns.teachers.composed
     from pvdal_ns.engine.runner import train
 
     bindir = tmp_path / "bin"
@@ -142,7 +143,8 @@ def test_student_renders_with_ns_render_and_no_teacher(tiny_teacher, tmp_path, m
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was loaded")
 
-    monkeypatch.setattr(pvdal_ns.pipelines.distillation_pipeline, "load_teacher", no_teacher)
+    monkeypatch.setattr(pvdal_ns.pipelines.distillation_pipeline, "open_edited_teacher", no_teacher)
+    monkeypatch.setattr(pvdal_ns.teachers.composed, "load_teacher", no_teacher)
     video = tmp_path / "interpolate.mp4"
     RenderInterpolated(load_config=run.config_path, output_path=video, interpolation_steps=1, frame_rate=4).main()
     reader = imageio_ffmpeg.read_frames(str(video))
