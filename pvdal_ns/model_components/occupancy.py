@@ -77,6 +77,10 @@ class OccupancyGrid(SpaceBuffers, OccGridEstimator):
         self.binaries[0] = cells > 0
         self.occs[:] = cells.flatten()  # nerfacc's running occupancy; only ``binaries`` decides sampling
 
+    def occupied_centres(self) -> Float[Tensor, "N 3"]:
+        """The world positions (world units) of the centres of the occupied cells."""
+        return self.space.from_unit((self.binaries[0].nonzero().float() + 0.5) / self.binaries.shape[-1])
+
     @property
     def occupied_fraction(self) -> float:
         """Fraction of occupied cells."""

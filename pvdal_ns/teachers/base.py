@@ -26,8 +26,8 @@ from pvdal_ns.model_components.occupancy import OccupancyGrid
 from pvdal_ns.model_components.proposal_sampling import ProposalSampler, Sampler
 from pvdal_ns.model_components.sampling import OccupancySampler, PackedSamples, Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherBatch, TeacherImages, points_batch
-from pvdal_ns.teachers.edits import SceneEdit, within
-from pvdal_ns.utils.errors import BadInputError, TeacherLoadError
+from pvdal_ns.teachers.edits import SceneEdit
+from pvdal_ns.utils.errors import TeacherLoadError
 
 
 class Teacher:
@@ -178,7 +178,9 @@ class ModelTeacher(Teacher):
         Raises:
             BadInputError: a box that holds no occupied cell of the teacher's grid (it touches nothing the teacher
                 renders; a keep box so would erase everything)."""
-        self._check_touches(edit)
+        centres = self.occupancy_grid.occupied_centres()
+        if len(centres):
+            edit.check_touches(centres, "nothing the teacher renders (no occupied cell of its grid)")
         self.edit = edit
         edit.empty_cells(self.occupancy_grid)
         if edit.changes_colour:
@@ -186,21 +188,6 @@ class ModelTeacher(Teacher):
         for sampler in (self.proposal_sampler, self.image_sampler):
             if isinstance(sampler, ProposalSampler):
                 sampler.density_fns = [edit.density_fn(fn) for fn in sampler.density_fns]
-
-    def _check_touches(self, edit: SceneEdit) -> None:
-        grid = self.occupancy_grid
-        occupied = grid.binaries[0].nonzero().float()
-        if len(occupied) == 0:
-            return
-        centres = grid.space.from_unit((occupied + 0.5) / grid.binaries.shape[-1])
-        named = [("--erase", b, box) for b, box in zip(edit.config.erase, edit.erase)]
-        named += [("--keep", b, box) for b, box in zip(edit.config.keep, edit.keep)]
-        named += [("--recolor", b, box) for b, (box, _) in zip(edit.config.recolor, edit.recolor)]
-        for option, numbers, box in named:
-            if not bool(within(box, centres).any()):
-                raise BadInputError(f"{option} {' '.join(f'{v:g}' for v in numbers)} holds nothing the teacher "
-                                    "renders (no occupied cell of its grid): give the box in the viewer's world "
-                                    "frame; ns-distill view shows it (its crop box)")
 
     def query(self, samples: PackedSamples, with_rgb: bool = True) -> PointOutputs:
         """POINTS: :meth:`query_points` at the C slots of ``samples``, with their view directions (colour)

@@ -23,11 +23,6 @@ from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError
 
 
-def _occupied_centres(grid: OccupancyGrid) -> Float[Tensor, "N 3"]:
-    unit = (grid.binaries[0].nonzero().float() + 0.5) / grid.binaries.shape[-1]
-    return grid.space.from_unit(unit)
-
-
 def _inside(aabb: Tensor, positions: Tensor) -> Tensor:
     aabb = aabb.to(positions)
     return ((positions >= aabb[0]) & (positions <= aabb[1])).all(-1, keepdim=True)
@@ -65,8 +60,8 @@ class ComposedTeacher(ModelTeacher):
                                                                                             moved[1])])
         sampling = dataclasses.replace(first.sampling, scene_box=SceneBox(aabb=box.cpu()), proposal=None)
         grid = OccupancyGrid(sampling.space, first.sampling.grid_resolution).to(device)
-        grid.mark(torch.cat([_occupied_centres(first.occupancy_grid),
-                             _occupied_centres(second.occupancy_grid) * self.scale + self.offset]), dilation=1)
+        grid.mark(torch.cat([first.occupancy_grid.occupied_centres(),
+                             second.occupancy_grid.occupied_centres() * self.scale + self.offset]), dilation=1)
         capabilities = (first.capabilities & second.capabilities) & (Capability.RAYS | Capability.IMAGES
                                                                      | Capability.POINTS)
         super().__init__(nn.ModuleList([first.model, second.model]), first.source, grid, sampling, capabilities)

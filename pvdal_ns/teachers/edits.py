@@ -110,6 +110,20 @@ class SceneEdit:
         self.keep = [move(oriented_box(b, "--keep")) for b in config.keep]
         self.recolor = [(move(box), rgb.to(device)) for box, rgb in map(recolor_box, config.recolor)]
 
+    def check_touches(self, positions: Float[Tensor, "N 3"], holds: str) -> None:
+        """Refuse a box that holds none of ``positions`` (world units: where the teacher has something); ``holds``
+        says what the box then holds, for the message ("no Gaussian of the teacher").
+
+        Raises:
+            BadInputError: one line naming the box's option and numbers."""
+        named = [("--erase", b, box) for b, box in zip(self.config.erase, self.erase)]
+        named += [("--keep", b, box) for b, box in zip(self.config.keep, self.keep)]
+        named += [("--recolor", b, box) for b, (box, _) in zip(self.config.recolor, self.recolor)]
+        for option, numbers, box in named:
+            if not bool(within(box, positions).any()):
+                raise BadInputError(f"{option} {' '.join(f'{v:g}' for v in numbers)} holds {holds}: give the box in "
+                                    "the viewer's world frame; ns-distill view shows it (its crop box)")
+
     @property
     def changes_colour(self) -> bool:
         """True when colours change (recolour boxes): the teacher's ϕ¹ features no longer describe it."""

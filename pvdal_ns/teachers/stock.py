@@ -58,7 +58,7 @@ from pvdal_ns.model_components.sampling import ProposalSampling, Sampling
 from pvdal_ns.model_components.teacher_batch import Capability, TeacherImages
 from pvdal_ns.teachers.base import ModelTeacher
 from pvdal_ns.teachers.edits import SH_C0, SceneEdit, within
-from pvdal_ns.utils.errors import BadInputError, TeacherLoadError, first_line
+from pvdal_ns.utils.errors import TeacherLoadError, first_line
 from pvdal_ns.utils.library_internals import offline_lpips, update_occupancy
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
@@ -191,13 +191,7 @@ class SplatfactoTeacher(ModelTeacher):
         model = self.model
         visible = torch.sigmoid(model.opacities).flatten() >= self.min_opacity
         means = model.means
-        named = [("--erase", b, box) for b, box in zip(edit.config.erase, edit.erase)]
-        named += [("--keep", b, box) for b, box in zip(edit.config.keep, edit.keep)]
-        named += [("--recolor", b, box) for b, (box, _) in zip(edit.config.recolor, edit.recolor)]
-        for option, numbers, box in named:
-            if not bool((within(box, means) & visible).any()):
-                raise BadInputError(f"{option} {' '.join(f'{v:g}' for v in numbers)} holds no Gaussian of the "
-                                    "teacher: give the box in the viewer's world frame")
+        edit.check_touches(means[visible], "no Gaussian of the teacher")
         params = model.gauss_params
         params["opacities"].data[edit.emptied(means)] = -20.0  # sigmoid(−20) ≈ 2e-9
         sh = model.config.sh_degree > 0
