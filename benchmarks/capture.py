@@ -64,11 +64,14 @@ def step_time(args) -> dict:
 def teacher(args) -> dict:
     from pvdal_ns.experiments.convert import run_and_evaluate, student_config
 
-    experiment = f"teacher-{args.arch}-{args.contraction}-{args.background}-{args.resolution}-{args.distortion}"
+    experiment = (f"teacher-{args.arch}-{args.contraction}-{args.background}-{args.resolution}-{args.distortion}"
+                  + (f"-tv{args.tv}" if args.tv is not None else ""))
     config = student_config(args.arch, "small", args.capture.resolve(), args.output_dir.resolve(), experiment,
                             args.steps, None)
     if args.resolution is not None:
         config.pipeline.model.field.resolution = args.resolution
+    if args.tv is not None:
+        config.pipeline.model.field.tv_weight = args.tv
     if args.distortion is not None:
         config.pipeline.model.proposal.distortion_loss_mult = args.distortion
     config.pipeline.model.scene_contraction = args.contraction
@@ -181,6 +184,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, help="teacher: the field's grid resolution (default: the preset's)")
     parser.add_argument("--distortion", type=float,
                         help="teacher: the distortion loss's weight (--pipeline.model.proposal.distortion-loss-mult)")
+    parser.add_argument("--tv", type=float, help="teacher: the field's total-variation weight (VM, tensors)")
     parser.add_argument("--method", default="nerfacto")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rays", type=int, default=1024)

@@ -12,7 +12,10 @@ writes to ``results.json``:
   whose student shows the background or a surface beyond the box's far side (target ≥ 95 %);
 - **PSNR against the teacher's renders**, edited pair against the edited teacher, plain pair against the teacher, on
   every pixel and on the pixels whose rays miss the box (target: within 0.3 dB);
-- **the chain's MLP** and the one-step MLP against the teacher edited with both edits (target: within 1 dB).
+- **the chain's MLP** and the one-step MLP against the teacher edited with both edits (target: within 1 dB);
+- **a composed scene**: the teacher with a second copy of itself parked beside it (``--compose <teacher> --offset
+  1.15 0 -0.2 --scale 0.4``) into an MLP and a hash grid, against the composed teacher's renders (target: within
+  1 dB of the plain pair against the teacher).
 
 Also ``worked_example.png``: a test view of the teacher, the edited teacher and the edited students. The PSNRs are
 figures whatever else runs on the machine; the seconds are not printed.
@@ -31,6 +34,8 @@ BUCKET = (-0.8, -1.3, -0.25, 0.8, -0.55, 1.2)
 """The bucket of the embedded lego in the viewer's world frame (found with ``ns-distill edit --preview``)."""
 CAB = (-0.8, -0.5, 0.2, 0.8, 1.5, 1.5, 0.15, 0.35, 0.9)
 """The chain's recolour: the upper body blue."""
+PARKED = dict(offset=(1.15, 0.0, -0.2), scale=0.4)
+"""The composed scene: a second copy of the teacher at 0.4 × its size, parked beside the lego on the same ground."""
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -89,6 +94,7 @@ def main() -> None:
     from pvdal_ns.experiments.edit import edit_tensors_run
     from pvdal_ns.experiments.report import pyplot
     from pvdal_ns.teachers import load_teacher
+    from pvdal_ns.teachers.composed import open_edited_teacher
     from pvdal_ns.teachers.edits import SceneEdit
     from pvdal_ns.utils.edit_config import SceneEditConfig
     from pvdal_ns.utils.files import save_figure
@@ -118,6 +124,8 @@ def main() -> None:
     vm = students(SceneEditConfig(recolor=[CAB]), ["vm"], "chain-vm", source=tensors_edited)["vm"]
     chain_mlp = students(None, ["mlp"], "chain-mlp", source=vm)["mlp"]
     one_step = students(both, ["mlp"], "one-step")["mlp"]
+    composed_edit = SceneEditConfig(compose=teacher_path, **PARKED)
+    composed = students(composed_edit, ["mlp", "hash"], "composed")
 
     # the test views, rendered by the teacher unedited, erased, and with both edits
     teacher = load_teacher(teacher_path)
@@ -166,16 +174,26 @@ def main() -> None:
     results["chain mlp"]["psnr_vs_its_edited_teacher"] = sum(_psnr(s["rgb"], t["rgb"]) for s, t in
                                                              zip(sv, chain_views)) / len(sv)
     results["one-step mlp"]["psnr_vs_its_edited_teacher"] = results["one-step mlp"]["psnr_vs_teacher_with_both_edits"]
+    composed_teacher = open_edited_teacher(teacher_path, composed_edit, "cpu")
+    composed_views = teacher_views(composed_teacher, cameras)
+    for name in ("mlp", "hash"):
+        sv = student_views(composed[name], cameras)
+        results[f"composed {name}"] = {
+            "psnr_vs_composed_teacher": sum(_psnr(s["rgb"], t["rgb"]) for s, t in zip(sv, composed_views)) / len(sv),
+            "psnr_plain_vs_teacher": results[name]["psnr_plain_vs_teacher"]}
     results["runs"] = {"edited": {k: str(v) for k, v in edited.items()}, "plain": {k: str(v) for k, v in plain.items()},
                        "chain": [str(tensors), str(tensors_edited), str(vm), str(chain_mlp)],
-                       "one_step": str(one_step), "teacher": str(teacher_path), "steps": steps}
+                       "one_step": str(one_step), "composed": {k: str(v) for k, v in composed.items()},
+                       "teacher": str(teacher_path), "steps": steps}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
-    view = 0
+    view = 1  # a top view: the bucket and the parked copy both show
     h, w = int(cameras.height[view]), int(cameras.width[view])
     panels = [("teacher", plain_views[view]["rgb"]), ("edited teacher", erased_views[view]["rgb"])]
     panels += [(f"{n} (edited)", student_views(edited[n], cameras[view : view + 1])[0]["rgb"]) for n in ("mlp", "hash")]
     panels += [("chain → mlp", student_views(chain_mlp, cameras[view : view + 1])[0]["rgb"])]
+    panels += [("composed teacher", composed_views[view]["rgb"]),
+               ("composed → hash", student_views(composed["hash"], cameras[view : view + 1])[0]["rgb"])]
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.5))
     for ax, (title, img) in zip(axes, panels):
@@ -195,6 +213,10 @@ def main() -> None:
           f"against its edited teacher (the voxel-edited tensors run, recoloured), "
           f"{results['chain mlp']['psnr_vs_teacher_with_both_edits']:.2f} against the teacher with both edits made "
           f"at points; one step: {results['one-step mlp']['psnr_vs_teacher_with_both_edits']:.2f} dB against it")
+    for name in ("mlp", "hash"):
+        r = results[f"composed {name}"]
+        print(f"composed {name}: {r['psnr_vs_composed_teacher']:.2f} dB against the composed teacher's renders "
+              f"(the plain {name} against the teacher: {r['psnr_plain_vs_teacher']:.2f})")
     print(f"wrote {out / 'results.json'} and {out / 'worked_example.png'}")
 
 
