@@ -28,7 +28,7 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/ruff check pvdal_ns tests benchmarks scripts
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 clean:
 	rm -rf $(VENV) outputs
