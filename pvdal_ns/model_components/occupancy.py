@@ -78,7 +78,10 @@ class OccupancyGrid(SpaceBuffers, OccGridEstimator):
         self.occs[:] = cells.flatten()  # nerfacc's running occupancy; only ``binaries`` decides sampling
 
     def occupied_centres(self) -> Float[Tensor, "N 3"]:
-        """The world positions (world units) of the centres of the occupied cells."""
+        """Float[Tensor, "N 3"]: the world positions (world units) of the centres of the N occupied cells of
+        ``binaries`` (nerfacc's ``OccGridEstimator`` layout, one level), mapped through the grid's :class:`SceneSpace`
+        (:meth:`~pvdal_ns.field_components.scene_space.SceneSpace.from_unit`); N is 0 for an empty grid. Raises
+        nothing. Data-dependent shape (``nonzero``): for set-up, edits and the viewer, not the step path."""
         return self.space.from_unit((self.binaries[0].nonzero().float() + 0.5) / self.binaries.shape[-1])
 
     @property

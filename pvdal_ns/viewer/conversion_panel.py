@@ -206,9 +206,9 @@ def first_view(cameras: Cameras, centre: Float[Tensor, "3"], grid: Optional[Occu
     target = centre.detach().cpu().double()
     occupied = None
     if grid is not None and not grid.space.contracted:
-        cells = grid.binaries[0].nonzero()
+        cells = grid.occupied_centres().detach().cpu().double()
         if len(cells) > 0:
-            occupied = grid.space.from_unit((cells.float() + 0.5) / grid.binaries.shape[-1]).detach().cpu().double()
+            occupied = cells
             if len(occupied) > 1 << 20:  # torch.quantile's limit; a strided sample is as good for the bounds
                 occupied = occupied[:: len(occupied) // (1 << 20) + 1]
             lo, hi = torch.quantile(occupied, torch.tensor([0.005, 0.995], dtype=torch.float64), dim=0)

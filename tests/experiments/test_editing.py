@@ -14,8 +14,7 @@ def test_a_student_of_an_erased_teacher_is_empty_in_the_box_and_learns_the_rest(
     from pvdal_ns.utils.run_config import open_run
 
     teacher_config, teacher = tiny_teacher
-    grid = teacher.model.occupancy_grid
-    occupied = grid.space.from_unit((grid.binaries[0].nonzero().float() + 0.5) / grid.binaries.shape[-1])
+    occupied = teacher.model.occupancy_grid.occupied_centres()
     cut = float(occupied[:, 0].median())  # erase the half of the object beyond x = cut
     box = [cut, -2.0, -2.0, 2.0, 2.0, 2.0]
     out = tmp_path / "edited"
@@ -85,8 +84,7 @@ def test_an_edit_written_into_a_tensors_runs_voxels_is_a_new_run_that_teaches_th
     raw_after = after.query_points(points).raw_density[:, 0]
     assert float(raw_after[inside].max()) <= ERASED_RAW_DENSITY + 1e-3  # the box reads empty
     assert torch.equal(raw_after[outside], raw_before[outside])  # and nothing else changed
-    unit = (after.occupancy_grid.binaries[0].nonzero().float() + 0.5) / after.occupancy_grid.binaries.shape[-1]
-    centres = after.occupancy_grid.space.from_unit(unit)
+    centres = after.occupancy_grid.occupied_centres()
     assert float(centres[:, 0].max()) < 0.1  # the box's cells are unoccupied (those cut by x = 0 may stay)
 
     capsys.readouterr()
@@ -122,6 +120,5 @@ def test_a_student_of_two_composed_teachers_holds_both_in_its_grown_box(tiny_tea
     _, student, _, _ = open_run(student_config, "student")  # as ns-render / ns-viewer open it: no teacher
     model = student.model
     assert model.scene_box.aabb[1, 0].item() == 2.75 and model.field.aabb[1, 0].item() == 2.75  # 2 + 1.5 · 0.5
-    grid = model.occupancy_grid
-    occupied = grid.space.from_unit((grid.binaries[0].nonzero().float() + 0.5) / grid.binaries.shape[-1])
+    occupied = model.occupancy_grid.occupied_centres()
     assert (occupied[:, 0] > 1.6).any() and (occupied[:, 0] < 1.4).any()  # the second teacher's cells, and the first's
