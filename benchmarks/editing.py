@@ -140,17 +140,25 @@ def main() -> None:
     both_teacher = load_teacher(teacher_path)
     both_teacher.apply_edit(SceneEdit(both))
     both_views = teacher_views(both_teacher, cameras)
-    box = SceneEdit(erase).erase[0]
+    erase_edit = SceneEdit(erase)
+    box = erase_edit.erase[0]
+    rendered: Dict[Path, List[Dict[str, torch.Tensor]]] = {}
+
+    def views(path: Path) -> List[Dict[str, torch.Tensor]]:
+        """A student's renders of the test views, made once per run."""
+        if path not in rendered:
+            rendered[path] = student_views(path, cameras)
+        return rendered[path]
 
     results: Dict[str, dict] = {}
     for name in ("mlp", "hash"):
-        ev, pv = student_views(edited[name], cameras), student_views(plain[name], cameras)
+        ev, pv = views(edited[name]), views(plain[name])
         shown, total = 0, 0
         psnr_e, psnr_p, miss_e, miss_p = [], [], [], []
         for t, te, s_e, s_p in zip(plain_views, erased_views, ev, pv):
             crosses, far = _exit_distance(box, t["origins"], t["directions"])
             surface = t["origins"] + t["directions"] * t["depth"][:, None]
-            in_box = (t["acc"] > 0.5) & (SceneEdit(erase).emptied(surface))
+            in_box = (t["acc"] > 0.5) & erase_edit.emptied(surface)
             beyond = (s_e["acc"] < 0.5) | (s_e["depth"] > far)
             shown += int((in_box & beyond).sum())
             total += int(in_box.sum())
@@ -163,21 +171,21 @@ def main() -> None:
                          "psnr_edited_vs_edited_teacher": mean(psnr_e), "psnr_plain_vs_teacher": mean(psnr_p),
                          "psnr_outside_box_edited": mean(miss_e), "psnr_outside_box_plain": mean(miss_p)}
     for name, path in (("chain mlp", chain_mlp), ("one-step mlp", one_step)):
-        sv = student_views(path, cameras)
+        sv = views(path)
         results[name] = {"psnr_vs_teacher_with_both_edits": sum(_psnr(s["rgb"], t["rgb"]) for s, t in
                                                                 zip(sv, both_views)) / len(sv)}
     # the chain's own edited teacher: the voxel-edited tensors run, recoloured as its VM student learnt it
     chain_teacher = load_teacher(tensors_edited)
     chain_teacher.apply_edit(SceneEdit(SceneEditConfig(recolor=[CAB])))
     chain_views = teacher_views(chain_teacher, cameras)
-    sv = student_views(chain_mlp, cameras)
+    sv = views(chain_mlp)
     results["chain mlp"]["psnr_vs_its_edited_teacher"] = sum(_psnr(s["rgb"], t["rgb"]) for s, t in
                                                              zip(sv, chain_views)) / len(sv)
     results["one-step mlp"]["psnr_vs_its_edited_teacher"] = results["one-step mlp"]["psnr_vs_teacher_with_both_edits"]
     composed_teacher = open_edited_teacher(teacher_path, composed_edit, "cpu")
     composed_views = teacher_views(composed_teacher, cameras)
     for name in ("mlp", "hash"):
-        sv = student_views(composed[name], cameras)
+        sv = views(composed[name])
         results[f"composed {name}"] = {
             "psnr_vs_composed_teacher": sum(_psnr(s["rgb"], t["rgb"]) for s, t in zip(sv, composed_views)) / len(sv),
             "psnr_plain_vs_teacher": results[name]["psnr_plain_vs_teacher"]}
@@ -190,10 +198,10 @@ def main() -> None:
     view = 1  # a top view: the bucket and the parked copy both show
     h, w = int(cameras.height[view]), int(cameras.width[view])
     panels = [("teacher", plain_views[view]["rgb"]), ("edited teacher", erased_views[view]["rgb"])]
-    panels += [(f"{n} (edited)", student_views(edited[n], cameras[view : view + 1])[0]["rgb"]) for n in ("mlp", "hash")]
-    panels += [("chain → mlp", student_views(chain_mlp, cameras[view : view + 1])[0]["rgb"])]
+    panels += [(f"{n} (edited)", views(edited[n])[view]["rgb"]) for n in ("mlp", "hash")]
+    panels += [("chain → mlp", views(chain_mlp)[view]["rgb"])]
     panels += [("composed teacher", composed_views[view]["rgb"]),
-               ("composed → hash", student_views(composed["hash"], cameras[view : view + 1])[0]["rgb"])]
+               ("composed → hash", views(composed["hash"])[view]["rgb"])]
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.5))
     for ax, (title, img) in zip(axes, panels):
