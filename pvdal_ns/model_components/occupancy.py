@@ -84,6 +84,18 @@ class OccupancyGrid(SpaceBuffers, OccGridEstimator):
         nothing. Data-dependent shape (``nonzero``): for set-up, edits and the viewer, not the step path."""
         return self.space.from_unit((self.binaries[0].nonzero().float() + 0.5) / self.binaries.shape[-1])
 
+    def occupied_cell_points(self, per_axis: int = 2) -> Float[Tensor, "N 3"]:
+        """Float[Tensor, "N 3"]: world positions (world units) of a ``per_axis``³ lattice spanning each occupied cell
+        from corner to corner (inset by a thousandth of a cell, so each point lies in its own cell), N =
+        ``per_axis``³ × the occupied cells. Marking them (:meth:`mark`, no dilation) in a grid whose cells are at
+        least 1/(``per_axis`` − 1) of these wide occupies exactly the cells they overlap. Raises nothing; like
+        :meth:`occupied_centres`, not for the step path."""
+        steps = torch.linspace(1e-3, 1 - 1e-3, max(per_axis, 2), device=self.binaries.device)
+        offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+        cells = self.binaries[0].nonzero().float()
+        unit = (cells[:, None] + offsets) / self.binaries.shape[-1]
+        return self.space.from_unit(unit.reshape(-1, 3))
+
     @property
     def occupied_fraction(self) -> float:
         """Fraction of occupied cells."""

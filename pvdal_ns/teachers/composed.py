@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor, nn
 
@@ -21,21 +21,63 @@ from pvdal_ns.teachers.edits import SceneEdit
 from pvdal_ns.teachers.registry import load_teacher
 from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError
+from pvdal_ns.utils.library_internals import update_occupancy
 
 
-def _inside(aabb: Tensor, positions: Tensor) -> Tensor:
-    aabb = aabb.to(positions)
+def _rendered(teacher: ModelTeacher, positions: Float[Tensor, "N 3"]) -> Bool[Tensor, "N 1"]:
+    """Where ``teacher`` renders density: inside its box, and, sampling with its occupancy grid, in an occupied cell
+    (its renders never sample the rest, where a field may hold a faint haze that its grid left out)."""
+    if teacher.proposal_sampler is None:
+        return teacher.occupancy_grid.occupied(positions)[:, None]
+    aabb = teacher.sampling.scene_box.aabb.to(positions)
     return ((positions >= aabb[0]) & (positions <= aabb[1])).all(-1, keepdim=True)
+
+
+def _cell_sizes(grid: OccupancyGrid) -> Float[Tensor, "3"]:
+    box = grid.space.aabb
+    return (box[1] - box[0]) / grid.binaries.shape[-1]
+
+
+def _cell_points(teacher: ModelTeacher, scale: float, composed: OccupancyGrid) -> Float[Tensor, "N 3"]:
+    """Points spanning each occupied cell of ``teacher``'s grid, scaled by ``scale``, close enough together that
+    marking them occupies every cell of the ``composed`` grid that such a cell overlaps."""
+    grid = teacher.occupancy_grid
+    ratio = _cell_sizes(grid) * scale / _cell_sizes(composed).to(grid.binaries.device)
+    return grid.occupied_cell_points(int(torch.ceil(ratio.max())) + 1) * scale
+
+
+def _mark_density(grid: OccupancyGrid, teacher: ModelTeacher, scale: float, offset: Float[Tensor, "3"],
+                  sampling: Sampling, passes: int = 3) -> None:
+    """Also occupy the cells of ``grid`` where ``teacher``, scaled and moved, is dense (σ·Δt above the threshold at
+    a jittered point, ``passes`` times, as a stock teacher's grid is filled): for a teacher sampling with proposal
+    fields, whose own grid says nothing."""
+
+    def density(x: Float[Tensor, "N 3"]) -> Float[Tensor, "N 1"]:
+        local = (x - offset.to(x)) / scale
+        return teacher.query_points(local).density / scale * _rendered(teacher, local)
+
+    occupancy = grid.occupancy_fn(density, sampling.step_size)
+    with torch.no_grad():
+        for _ in range(passes):
+            update_occupancy(grid, occupancy, sampling.grid_threshold)
 
 
 class ComposedTeacher(ModelTeacher):
     """The ``first`` teacher's scene with the ``second`` put into it at ``offset`` and uniform ``scale``: at a world
-    point x, σ = σ₁(x) + σ₂((x − offset) / scale) / scale, the colour the density-weighted mean of theirs (each
-    teacher's density is 0 outside its own scene box: a field clamps positions beyond its box onto its faces).
+    point x, σ = σ₁(x) + σ₂((x − offset) / scale) / scale, the colour the density-weighted mean of theirs. Each
+    teacher's density counts only where its own renders sample: inside its scene box (a field clamps positions
+    beyond it onto its faces) and in its occupancy grid's occupied cells (a teacher sampling with proposal fields:
+    its box). The composed grid's cells do not line up with theirs; without this its renders would show the haze
+    a teacher's grid hid.
 
-    Its scene box holds both (the student's grows to it); its occupancy grid marks both teachers' occupied cells,
-    the second's moved and scaled, grown by one cell. It gives points and renders, not ϕ¹ (two architectures' volume
-    features do not add up). Both must be bounded field teachers (pvdal-*, tensorf, vanilla-nerf, a bounded nerfacto).
+    Its scene box holds both (the student's grows to it); its occupancy grid marks the cells that overlap an occupied
+    cell of either teacher's grid (the second's moved and scaled), or, for a teacher sampling with proposal fields,
+    where its density is above the grid threshold. It gives points and renders, and ϕ¹ where both
+    teachers' ϕ¹ means one thing (:func:`one_colour_head`: a scene composed with a copy of itself, or two runs
+    sharing ϕ²): the composed raw density, log σ, then the 15 features of whichever teacher is denser there (the
+    colour ϕ² gives from them is that teacher's; the density-weighted mean of the colours differs only where both
+    are dense). Two other teachers' features do not add up: then no ϕ¹, and their students have no stage 1 and no
+    L_v. Both must be bounded field teachers (pvdal-*, tensorf, vanilla-nerf, a bounded nerfacto).
 
     Raises (at construction):
         BadInputError: either teacher renders no points, or contracts space."""
@@ -60,10 +102,16 @@ class ComposedTeacher(ModelTeacher):
                                                                                             moved[1])])
         sampling = dataclasses.replace(first.sampling, scene_box=SceneBox(aabb=box.cpu()), proposal=None)
         grid = OccupancyGrid(sampling.space, first.sampling.grid_resolution).to(device)
-        grid.mark(torch.cat([first.occupancy_grid.occupied_centres(),
-                             second.occupancy_grid.occupied_centres() * self.scale + self.offset]), dilation=1)
+        placed = ((first, 1.0, torch.zeros_like(self.offset)), (second, self.scale, self.offset))
+        points = [_cell_points(t, s, grid) + o for t, s, o in placed if t.proposal_sampler is None]
+        grid.mark(torch.cat(points) if points else self.offset.new_zeros(0, 3), dilation=0)
+        for teacher, s, o in placed:
+            if teacher.proposal_sampler is not None:  # its grid is not what it samples (a pvdal-* run's is empty)
+                _mark_density(grid, teacher, s, o, sampling)
         capabilities = (first.capabilities & second.capabilities) & (Capability.RAYS | Capability.IMAGES
-                                                                     | Capability.POINTS)
+                                                                     | Capability.POINTS | Capability.VOLUME_FEATURE)
+        if not one_colour_head(first, second):
+            capabilities &= ~Capability.VOLUME_FEATURE
         super().__init__(nn.ModuleList([first.model, second.model]), first.source, grid, sampling, capabilities)
         self.scene_box = sampling.scene_box
 
@@ -76,16 +124,33 @@ class ComposedTeacher(ModelTeacher):
         a = self.first.query_points(positions, directions)
         local = (positions - self.offset.to(positions)) / self.scale
         b = self.second.query_points(local, directions)
-        sigma_a = a.density * _inside(self.first.sampling.scene_box.aabb, positions)
-        sigma_b = b.density / self.scale * _inside(self.second.sampling.scene_box.aabb, local)
+        sigma_a = a.density * _rendered(self.first, positions)
+        sigma_b = b.density / self.scale * _rendered(self.second, local)
         sigma = sigma_a + sigma_b
         raw = torch.log(sigma.clamp_min(1e-9))
-        rgb = None
+        rgb = phi1 = None
         if directions is not None:
             assert a.rgb is not None and b.rgb is not None
             rgb = (sigma_a * a.rgb + sigma_b * b.rgb) / sigma.clamp_min(1e-9)
             rgb = torch.where(sigma > 1e-9, rgb, (a.rgb + b.rgb) / 2)
-        return PointOutputs(raw, rgb, None)
+        if Capability.VOLUME_FEATURE in self.capabilities:
+            assert a.phi1 is not None and b.phi1 is not None
+            features = torch.where(sigma_b > sigma_a, b.phi1[:, 1:], a.phi1[:, 1:])
+            phi1 = torch.cat([raw.to(features), features], dim=-1)
+        return PointOutputs(raw, rgb, phi1)
+
+
+def one_colour_head(first: ModelTeacher, second: ModelTeacher) -> bool:
+    """Whether the two teachers' ϕ¹ features mean the same colours: the same field class with equal ϕ² weights
+    (pvdal-* runs: the field's colour head), or, for stock models, equal weights throughout (one run composed with
+    itself). Only then can one student ϕ² decode a composed ϕ¹ (:class:`ComposedTeacher`)."""
+    heads = [getattr(getattr(t.model, "field", None), "colour", None) for t in (first, second)]
+    if any(head is None for head in heads):
+        heads = [first.model, second.model]
+    fields = [type(getattr(t.model, "field", t.model)) for t in (first, second)]
+    a, b = (head.state_dict() for head in heads)  # type: ignore[union-attr]
+    return (fields[0] is fields[1] and a.keys() == b.keys()
+            and all(torch.equal(a[k], b[k].to(a[k].device)) for k in a))
 
 
 def open_edited_teacher(teacher_config: Union[str, Path], edit: SceneEditConfig, device: Union[str, torch.device],

@@ -69,21 +69,28 @@ def test_the_grid_cells_wholly_emptied_by_an_edit_are_unoccupied_and_no_other():
 
 
 class Sphere(ModelTeacher):
-    """A teacher whose scene is a dense grey ball of radius 0.5 at the origin."""
+    """A teacher whose scene is a dense grey ball of radius 0.5 at the origin, its ϕ¹ features all ``feature``, its
+    ϕ² a linear colour head of weight ``head``."""
 
-    def __init__(self):
+    def __init__(self, feature: float = 0.0, head: float = 0.5):
         scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
         sampling = Sampling(scene_box, grid_resolution=32, num_samples=256)
         grid = OccupancyGrid(sampling.space, 32)
         unit = (torch.stack(torch.meshgrid(*[torch.arange(32)] * 3, indexing="ij"), -1) + 0.5) / 32
         grid.binaries[0] = sampling.space.from_unit(unit).norm(dim=-1) < 0.6
-        super().__init__(torch.nn.Identity(), "sphere", grid, sampling,
+        model = torch.nn.Module()
+        model.field = torch.nn.Module()
+        model.field.colour = torch.nn.Linear(1, 1)
+        torch.nn.init.constant_(model.field.colour.weight, head)
+        torch.nn.init.zeros_(model.field.colour.bias)
+        self.feature = feature
+        super().__init__(model, "sphere", grid, sampling,
                          Capability.RAYS | Capability.POINTS | Capability.VOLUME_FEATURE)
 
     def _query_points(self, positions, directions):
         raw = torch.where(positions.norm(dim=-1, keepdim=True) < 0.5, 5.0, -20.0)
         rgb = None if directions is None else torch.full_like(positions, 0.5)
-        return PointOutputs(raw, rgb, torch.cat([raw, torch.zeros(len(raw), 15)], -1))
+        return PointOutputs(raw, rgb, torch.cat([raw, torch.full((len(raw), 15), self.feature)], -1))
 
 
 def _rays(origins):
@@ -161,7 +168,47 @@ def test_a_second_teacher_composed_into_the_scene_is_rendered_moved_and_scaled_i
     density = composed.query_points(at).density[:, 0].tolist()
     assert density[1] == pytest.approx(2 * density[0], rel=1e-4) and density[2] < 1e-6  # σ₂((x − t)/s)/s
     assert composed.occupancy_grid.occupied(at).tolist() == [True, True, False]
-    assert Capability.VOLUME_FEATURE not in composed.capabilities and composed.name == "Identity + Identity"
+    assert composed.name == "Module + Module"
+    # what a teacher's own grid leaves out its renders never sample: the composition leaves it out too, though the
+    # composed grid's cells, which do not line up with the teacher's, reach there
+    hazy = Sphere()
+    hazy.occupancy_grid.binaries[0, 20:] = False  # its cells from x = 0.25 on: its density at x = 0.4 is never rendered
+    inside = torch.tensor([[0.4, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    assert hazy.query_points(inside).density[:, 0].tolist() == pytest.approx([math.exp(5.0)] * 2)
+    density = ComposedTeacher(hazy, Sphere(), offset=(1.2, 0.0, 0.0), scale=0.5).query_points(inside).density[:, 0]
+    assert density[0] < 1e-6 and float(density[1]) == pytest.approx(math.exp(5.0))
+    # a teacher sampling with proposal fields: its grid says nothing (a pvdal-* run's stays empty), its density does
+    proposals = Sphere()
+    proposals.occupancy_grid.binaries[:] = False
+    proposals.proposal_sampler = torch.nn.Identity()  # stands for its ProposalSampler, which the composition never runs
+    composed = ComposedTeacher(proposals, Sphere(), offset=(1.2, 0.0, 0.0), scale=0.5)
+    assert composed.occupancy_grid.occupied(at).tolist() == [True, True, False]
+    assert composed.render_rays(_rays([[0.0, 0.0, -1.5]]))["accumulation"][0, 0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_grid_on_another_lattice_is_marked_with_exactly_the_cells_an_occupied_cell_overlaps():
+    source = OccupancyGrid(SceneSpace(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), False), 4)  # cells 0.5 wide
+    source.binaries[0, 1, 1, 1] = True  # the cell [-0.5, 0]³
+    shifted = OccupancyGrid(SceneSpace(torch.tensor([[-0.75, -0.75, -0.75], [1.25, 1.25, 1.25]]), False), 4)
+    shifted.mark(source.occupied_cell_points(2), dilation=0)
+    # it overlaps [-0.75, -0.25] and [-0.25, 0.25] along each axis: 8 cells, not the 27 of a centre grown by one
+    assert shifted.binaries[0].nonzero().tolist() == [[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+
+
+def test_a_composed_teacher_gives_phi1_only_where_both_teachers_decode_their_features_with_one_colour_head():
+    from pvdal_ns.teachers.composed import ComposedTeacher
+
+    # one ϕ² (a copy of a scene beside it): ϕ¹ is the composed log density with the denser teacher's features
+    composed = ComposedTeacher(Sphere(feature=1.0), Sphere(feature=2.0), offset=(1.2, 0.0, 0.0), scale=0.5)
+    assert Capability.VOLUME_FEATURE in composed.capabilities
+    at = torch.tensor([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0], [1.2, 0.0, 0.7]])
+    outputs = composed.query_points(at)
+    assert torch.equal(outputs.phi1[:, :1], outputs.raw_density)
+    assert outputs.phi1[:, 0].tolist() == pytest.approx([5.0, 5.0 + math.log(2.0), math.log(1e-9)], abs=1e-4)
+    assert outputs.phi1[:2, 1:].mean(-1).tolist() == [1.0, 2.0]
+    # two colour heads: the same features stand for other colours, which one student ϕ² cannot learn
+    other = ComposedTeacher(Sphere(head=0.5), Sphere(head=0.8), offset=(1.2, 0.0, 0.0), scale=0.5)
+    assert Capability.VOLUME_FEATURE not in other.capabilities and other.query_points(at).phi1 is None
     with pytest.raises(BadInputError, match=r"--offset 0 0 0 --scale 0: the offset must be finite and the scale"):
         check_edit(SceneEditConfig(compose=Path(__file__), scale=0.0))
 
