@@ -15,7 +15,9 @@ writes to ``results.json``:
 - **the chain's MLP** and the one-step MLP against the teacher edited with both edits (target: within 1 dB);
 - **a composed scene**: the teacher with a second copy of itself parked beside it (``--compose <teacher> --offset
   1.15 0 -0.2 --scale 0.4``) into an MLP and a hash grid, against the composed teacher's renders (target: within
-  1 dB of the plain pair against the teacher).
+  1 dB of the plain pair against the teacher); split by whether a ray crosses the copy's box, and beside it the same
+  composed scene with the copy erased (the lego alone in the grown box) and with the lego erased (the copy alone),
+  each pair against its own teacher, so that each object's share of the gap shows.
 
 Also ``worked_example.png``: a test view of the teacher, the edited teacher and the edited students. The PSNRs are
 figures whatever else runs on the machine; the seconds are not printed.
@@ -36,6 +38,9 @@ CAB = (-0.8, -0.5, 0.2, 0.8, 1.5, 1.5, 0.15, 0.35, 0.9)
 """The chain's recolour: the upper body blue."""
 PARKED = dict(offset=(1.15, 0.0, -0.2), scale=0.4)
 """The composed scene: a second copy of the teacher at 0.4 × its size, parked beside the lego on the same ground."""
+ALONE = {"lego alone": (0.8, -0.6, -0.5, 1.75, 0.6, 0.45), "copy alone": (-1.5, -1.5, -1.5, 0.75, 1.5, 1.5)}
+"""Erase boxes that leave one object of the composed scene: the copy's (x ≥ 0.8; the lego's occupied cells end at
+x = 0.70) and everything up to x = 0.75 (the copy's begin at x = 0.88)."""
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -52,6 +57,14 @@ def _exit_distance(box, origins: torch.Tensor, directions: torch.Tensor) -> tupl
     t1, t2 = (-S / 2 - o) / d, (S / 2 - o) / d
     near, far = torch.minimum(t1, t2).amax(-1), torch.maximum(t1, t2).amin(-1)
     return (far > near.clamp_min(0)), far
+
+
+def _crosses(aabb: torch.Tensor, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Per ray: whether it crosses the axis-aligned box ``aabb`` (2 × 3; slab test)."""
+    d = torch.where(directions.abs() < 1e-9, torch.full_like(directions, 1e-9), directions)
+    t1, t2 = (aabb[0] - origins) / d, (aabb[1] - origins) / d
+    near, far = torch.minimum(t1, t2).amax(-1), torch.maximum(t1, t2).amin(-1)
+    return far > near.clamp_min(0)
 
 
 def _views(cameras) -> List:
@@ -126,6 +139,8 @@ def main() -> None:
     one_step = students(both, ["mlp"], "one-step")["mlp"]
     composed_edit = SceneEditConfig(compose=teacher_path, **PARKED)
     composed = students(composed_edit, ["mlp", "hash"], "composed")
+    alone = {what: students(SceneEditConfig(compose=teacher_path, erase=[box], **PARKED), ["mlp", "hash"],
+                            "composed-" + what.replace(" ", "-")) for what, box in ALONE.items()}
 
     # the test views, rendered by the teacher unedited, erased, and with both edits
     teacher = load_teacher(teacher_path)
@@ -184,14 +199,28 @@ def main() -> None:
     results["one-step mlp"]["psnr_vs_its_edited_teacher"] = results["one-step mlp"]["psnr_vs_teacher_with_both_edits"]
     composed_teacher = open_edited_teacher(teacher_path, composed_edit, "cpu")
     composed_views = teacher_views(composed_teacher, cameras)
+    copy_box = composed_teacher.second_box.cpu()
+
+    def split(runs: Dict[str, Path], target: List[Dict[str, torch.Tensor]], name: str) -> Dict[str, float]:
+        """A student's PSNR against ``target`` on every ray, the rays through the copy's box, the rays missing it."""
+        sv, mean = views(runs[name]), lambda v: sum(v) / len(v)  # noqa: E731
+        through = [_crosses(copy_box, t["origins"], t["directions"]) for t in target]
+        return {"all": mean([_psnr(s["rgb"], t["rgb"]) for s, t in zip(sv, target)]),
+                "through_copy_box": mean([_psnr(s["rgb"], t["rgb"], m) for s, t, m in zip(sv, target, through)]),
+                "missing_copy_box": mean([_psnr(s["rgb"], t["rgb"], ~m) for s, t, m in zip(sv, target, through)])}
+
+    alone_views = {what: teacher_views(open_edited_teacher(teacher_path, SceneEditConfig(
+        compose=teacher_path, erase=[box], **PARKED), "cpu"), cameras) for what, box in ALONE.items()}
     for name in ("mlp", "hash"):
-        sv = views(composed[name])
         results[f"composed {name}"] = {
-            "psnr_vs_composed_teacher": sum(_psnr(s["rgb"], t["rgb"]) for s, t in zip(sv, composed_views)) / len(sv),
-            "psnr_plain_vs_teacher": results[name]["psnr_plain_vs_teacher"]}
+            "psnr_vs_composed_teacher": split(composed, composed_views, name)["all"],
+            "psnr_plain_vs_teacher": results[name]["psnr_plain_vs_teacher"],
+            "composed": split(composed, composed_views, name), "plain": split(plain, plain_views, name),
+            **{what: split(alone[what], alone_views[what], name) for what in ALONE}}
     results["runs"] = {"edited": {k: str(v) for k, v in edited.items()}, "plain": {k: str(v) for k, v in plain.items()},
                        "chain": [str(tensors), str(tensors_edited), str(vm), str(chain_mlp)],
                        "one_step": str(one_step), "composed": {k: str(v) for k, v in composed.items()},
+                       **{what: {k: str(v) for k, v in runs.items()} for what, runs in alone.items()},
                        "teacher": str(teacher_path), "steps": steps}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -225,6 +254,9 @@ def main() -> None:
         r = results[f"composed {name}"]
         print(f"composed {name}: {r['psnr_vs_composed_teacher']:.2f} dB against the composed teacher's renders "
               f"(the plain {name} against the teacher: {r['psnr_plain_vs_teacher']:.2f})")
+        for what in ("composed", "plain", *ALONE):
+            print(f"    {what:10s} all {r[what]['all']:.2f}, rays through the copy's box "
+                  f"{r[what]['through_copy_box']:.2f}, missing it {r[what]['missing_copy_box']:.2f} dB")
     print(f"wrote {out / 'results.json'} and {out / 'worked_example.png'}")
 
 
