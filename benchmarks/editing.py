@@ -59,14 +59,6 @@ def _exit_distance(box, origins: torch.Tensor, directions: torch.Tensor) -> tupl
     return (far > near.clamp_min(0)), far
 
 
-def _crosses(aabb: torch.Tensor, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """Per ray: whether it crosses the axis-aligned box ``aabb`` (2 × 3; slab test)."""
-    d = torch.where(directions.abs() < 1e-9, torch.full_like(directions, 1e-9), directions)
-    t1, t2 = (aabb[0] - origins) / d, (aabb[1] - origins) / d
-    near, far = torch.minimum(t1, t2).amax(-1), torch.maximum(t1, t2).amin(-1)
-    return far > near.clamp_min(0)
-
-
 def _views(cameras) -> List:
     return [cameras[i : i + 1] for i in range(len(cameras))]
 
@@ -101,6 +93,8 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench-editing"))
     parser.add_argument("--steps", nargs="*", default=["hash", "700", "mlp", "2400", "tensors", "400", "vm", "500"])
     args = parser.parse_args()
+
+    from nerfstudio.data.scene_box import OrientedBox
 
     from pvdal_ns import EMBEDDED_SCENE
     from pvdal_ns.experiments.convert import convert
@@ -199,12 +193,13 @@ def main() -> None:
     results["one-step mlp"]["psnr_vs_its_edited_teacher"] = results["one-step mlp"]["psnr_vs_teacher_with_both_edits"]
     composed_teacher = open_edited_teacher(teacher_path, composed_edit, "cpu")
     composed_views = teacher_views(composed_teacher, cameras)
-    copy_box = composed_teacher.second_box.cpu()
+    aabb = composed_teacher.second_box.cpu()
+    copy_box = OrientedBox(R=torch.eye(3), T=aabb.mean(0), S=aabb[1] - aabb[0])
 
     def split(runs: Dict[str, Path], target: List[Dict[str, torch.Tensor]], name: str) -> Dict[str, float]:
         """A student's PSNR against ``target`` on every ray, the rays through the copy's box, the rays missing it."""
         sv, mean = views(runs[name]), lambda v: sum(v) / len(v)  # noqa: E731
-        through = [_crosses(copy_box, t["origins"], t["directions"]) for t in target]
+        through = [_exit_distance(copy_box, t["origins"], t["directions"])[0] for t in target]
         return {"all": mean([_psnr(s["rgb"], t["rgb"]) for s, t in zip(sv, target)]),
                 "through_copy_box": mean([_psnr(s["rgb"], t["rgb"], m) for s, t, m in zip(sv, target, through)]),
                 "missing_copy_box": mean([_psnr(s["rgb"], t["rgb"], ~m) for s, t, m in zip(sv, target, through)])}
