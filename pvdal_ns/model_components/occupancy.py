@@ -14,7 +14,7 @@ from nerfacc import OccGridEstimator
 from torch import Tensor
 
 from pvdal_ns.field_components.scene_space import SceneSpace, SpaceBuffers
-from pvdal_ns.utils.library_internals import keep_buffers_out_of_checkpoints
+from pvdal_ns.utils.library_internals import keep_buffers_out_of_checkpoints, update_occupancy
 
 DensityFn = Callable[[Float[Tensor, "N 3"]], Float[Tensor, "N 1"]]
 
@@ -82,19 +82,32 @@ class OccupancyGrid(SpaceBuffers, OccGridEstimator):
         ``binaries`` (nerfacc's ``OccGridEstimator`` layout, one level), mapped through the grid's :class:`SceneSpace`
         (:meth:`~pvdal_ns.field_components.scene_space.SceneSpace.from_unit`); N is 0 for an empty grid. Raises
         nothing. Data-dependent shape (``nonzero``): for set-up, edits and the viewer, not the step path."""
-        return self.space.from_unit((self.binaries[0].nonzero().float() + 0.5) / self.binaries.shape[-1])
+        return self.occupied_cell_points(1)
 
     def occupied_cell_points(self, per_axis: int = 2) -> Float[Tensor, "N 3"]:
-        """Float[Tensor, "N 3"]: world positions (world units) of a ``per_axis``³ lattice spanning each occupied cell
-        from corner to corner (inset by a thousandth of a cell, so each point lies in its own cell), N =
-        ``per_axis``³ × the occupied cells. Marking them (:meth:`mark`, no dilation) in a grid whose cells are at
-        least 1/(``per_axis`` − 1) of these wide occupies exactly the cells they overlap. Raises nothing; like
-        :meth:`occupied_centres`, not for the step path."""
-        steps = torch.linspace(1e-3, 1 - 1e-3, max(per_axis, 2), device=self.binaries.device)
+        """Float[Tensor, "N 3"]: world positions (world units) of a ``per_axis``³ lattice in each occupied cell, N =
+        ``per_axis``³ × the occupied cells: its centre for 1, else spanning it from corner to corner (inset by a
+        thousandth of a cell, so each point lies in its own cell). Marking them (:meth:`mark`, no dilation) in a grid
+        whose cells are at least 1/(``per_axis`` − 1) of these wide occupies exactly the cells they overlap. Raises
+        nothing; like :meth:`occupied_centres`, not for the step path."""
+        device = self.binaries.device
+        steps = (torch.linspace(1e-3, 1 - 1e-3, per_axis, device=device) if per_axis > 1
+                 else torch.full((1,), 0.5, device=device))
         offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
-        cells = self.binaries[0].nonzero().float()
-        unit = (cells[:, None] + offsets) / self.binaries.shape[-1]
+        unit = (self.binaries[0].nonzero().float()[:, None] + offsets) / self.binaries.shape[-1]
         return self.space.from_unit(unit.reshape(-1, 3))
+
+    @torch.no_grad()
+    def fill(self, density_fn: DensityFn, step_size: float, threshold: float, passes: int = 3,
+             chunk: int = 1 << 18) -> None:
+        """Also occupy the cells where σ·``step_size`` (σ from ``density_fn`` of world positions, 1/scene units;
+        ``step_size`` in scene units) exceeds ``threshold`` at a jittered point, the maximum over ``passes`` passes
+        of every cell (nerfacc's warm-up update, :func:`~pvdal_ns.utils.library_internals.update_occupancy`), ``chunk``
+        points per call of ``density_fn``: the grid of a model that has none of its own. Cells already occupied stay
+        so. Raises nothing."""
+        occupancy = self.occupancy_fn(density_fn, step_size, chunk)
+        for _ in range(passes):
+            update_occupancy(self, occupancy, threshold)
 
     @property
     def occupied_fraction(self) -> float:

@@ -13,7 +13,7 @@ from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor, nn
 
 from pvdal_ns.fields import PointOutputs
-from pvdal_ns.model_components.occupancy import OccupancyGrid
+from pvdal_ns.model_components.occupancy import DensityFn, OccupancyGrid
 from pvdal_ns.model_components.sampling import Sampling
 from pvdal_ns.model_components.teacher_batch import Capability
 from pvdal_ns.teachers.base import ModelTeacher, Teacher
@@ -21,7 +21,6 @@ from pvdal_ns.teachers.edits import SceneEdit
 from pvdal_ns.teachers.registry import load_teacher
 from pvdal_ns.utils.edit_config import SceneEditConfig
 from pvdal_ns.utils.errors import BadInputError
-from pvdal_ns.utils.library_internals import update_occupancy
 
 
 def _rendered(teacher: ModelTeacher, positions: Float[Tensor, "N 3"]) -> Bool[Tensor, "N 1"]:
@@ -46,20 +45,14 @@ def _cell_points(teacher: ModelTeacher, scale: float, composed: OccupancyGrid) -
     return grid.occupied_cell_points(int(torch.ceil(ratio.max())) + 1) * scale
 
 
-def _mark_density(grid: OccupancyGrid, teacher: ModelTeacher, scale: float, offset: Float[Tensor, "3"],
-                  sampling: Sampling, passes: int = 3) -> None:
-    """Also occupy the cells of ``grid`` where ``teacher``, scaled and moved, is dense (σ·Δt above the threshold at
-    a jittered point, ``passes`` times, as a stock teacher's grid is filled): for a teacher sampling with proposal
-    fields, whose own grid says nothing."""
+def _density_of(teacher: ModelTeacher, scale: float, offset: Float[Tensor, "3"]) -> DensityFn:
+    """σ (1/scene units) of ``teacher`` scaled by ``scale`` and moved by ``offset``, at world positions."""
 
     def density(x: Float[Tensor, "N 3"]) -> Float[Tensor, "N 1"]:
         local = (x - offset.to(x)) / scale
         return teacher.query_points(local).density / scale * _rendered(teacher, local)
 
-    occupancy = grid.occupancy_fn(density, sampling.step_size)
-    with torch.no_grad():
-        for _ in range(passes):
-            update_occupancy(grid, occupancy, sampling.grid_threshold)
+    return density
 
 
 class ComposedTeacher(ModelTeacher):
@@ -107,7 +100,7 @@ class ComposedTeacher(ModelTeacher):
         grid.mark(torch.cat(points) if points else self.offset.new_zeros(0, 3), dilation=0)
         for teacher, s, o in placed:
             if teacher.proposal_sampler is not None:  # its grid is not what it samples (a pvdal-* run's is empty)
-                _mark_density(grid, teacher, s, o, sampling)
+                grid.fill(_density_of(teacher, s, o), sampling.step_size, sampling.grid_threshold)
         capabilities = (first.capabilities & second.capabilities) & (Capability.RAYS | Capability.IMAGES
                                                                      | Capability.POINTS | Capability.VOLUME_FEATURE)
         if not one_colour_head(first, second):

@@ -59,7 +59,7 @@ from pvdal_ns.model_components.teacher_batch import Capability, TeacherImages
 from pvdal_ns.teachers.base import ModelTeacher
 from pvdal_ns.teachers.edits import SH_C0, SceneEdit, within
 from pvdal_ns.utils.errors import TeacherLoadError, first_line
-from pvdal_ns.utils.library_internals import offline_lpips, update_occupancy
+from pvdal_ns.utils.library_internals import offline_lpips
 
 LOG_DENSITY_RANGE = (-20.0, 20.0)
 """log σ of stock teachers is clamped here (σ = 0 outside nerfacto's contracted box, ReLU zeros of
@@ -110,12 +110,8 @@ class FieldTeacher(ModelTeacher):
         return self.family
 
     def _fill_grid(self, sampling: Sampling) -> None:
-        occ_fn = self.occupancy_grid.occupancy_fn(
-            lambda x: self.query_points(x).density, sampling.step_size, self.chunk
-        )
-        with torch.no_grad():
-            for _ in range(self.grid_passes):  # max over jittered points in every cell
-                update_occupancy(self.occupancy_grid, occ_fn, sampling.grid_threshold)
+        self.occupancy_grid.fill(lambda x: self.query_points(x).density, sampling.step_size, sampling.grid_threshold,
+                                 self.grid_passes, self.chunk)
 
     def _evaluate(self, positions: Float[Tensor, "N 3"], directions: Optional[Float[Tensor, "N 3"]]) -> PointOutputs:
         samples = point_samples(positions, directions if directions is not None else torch.zeros_like(positions))
