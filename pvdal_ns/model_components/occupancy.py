@@ -88,8 +88,9 @@ class OccupancyGrid(SpaceBuffers, OccGridEstimator):
         """Float[Tensor, "N 3"]: world positions (world units) of a ``per_axis``³ lattice in each occupied cell, N =
         ``per_axis``³ × the occupied cells: its centre for 1, else spanning it from corner to corner (inset by a
         thousandth of a cell, so each point lies in its own cell). Marking them (:meth:`mark`, no dilation) in a grid
-        whose cells are at least 1/(``per_axis`` − 1) of these wide occupies exactly the cells they overlap. Raises
-        nothing; like :meth:`occupied_centres`, not for the step path."""
+        whose cells are at least 1/(``per_axis`` − 1) of these wide occupies exactly the cells they overlap: a composed
+        teacher's grid (docs/design.md, "Editing", composing). Raises nothing; like :meth:`occupied_centres`, not for
+        the step path."""
         device = self.binaries.device
         steps = (torch.linspace(1e-3, 1 - 1e-3, per_axis, device=device) if per_axis > 1
                  else torch.full((1,), 0.5, device=device))

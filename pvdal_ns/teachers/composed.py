@@ -136,7 +136,8 @@ class ComposedTeacher(ModelTeacher):
 def one_colour_head(first: ModelTeacher, second: ModelTeacher) -> bool:
     """Whether the two teachers' ϕ¹ features mean the same colours: the same field class with equal ϕ² weights
     (pvdal-* runs: the field's colour head), or, for stock models, equal weights throughout (one run composed with
-    itself). Only then can one student ϕ² decode a composed ϕ¹ (:class:`ComposedTeacher`)."""
+    itself). Only then can one student ϕ² decode a composed ϕ¹ (:class:`ComposedTeacher`; docs/design.md, "Editing",
+    composing). Compares weights on either device; raises nothing."""
     heads = [getattr(getattr(t.model, "field", None), "colour", None) for t in (first, second)]
     if any(head is None for head in heads):
         heads = [first.model, second.model]
